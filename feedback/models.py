@@ -1,0 +1,96 @@
+"""Prompts, generations, votes and the immutable dataset snapshots cut from them."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Prompt(models.Model):
+    # A plain string, or a list of chat messages [{"role": ..., "content": ...}, ...].
+    content = models.JSONField()
+    # sha256 of the canonical JSON of `content`: the same prompt imported twice is one row.
+    content_sha256 = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    @property
+    def is_chat(self) -> bool:
+        return isinstance(self.content, list)
+
+    def __str__(self) -> str:
+        text = self.content if isinstance(self.content, str) else (self.content[-1].get("content", "") if self.content else "")
+        return text[:80]
+
+
+class Generation(models.Model):
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="generations")
+    completion = models.TextField()
+    completion_sha256 = models.CharField(max_length=64)
+    # Free-text origin ("import:file.jsonl", "api", ...); model_version is set when Prospect generated it.
+    source = models.CharField(max_length=200, blank=True)
+    model_version = models.ForeignKey(
+        "training.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="generations"
+    )
+    external_id = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["prompt", "completion_sha256"], name="one_generation_per_prompt_completion"),
+        ]
+
+    def __str__(self) -> str:
+        return f"generation {self.pk}"
+
+
+class Vote(models.Model):
+    generation = models.ForeignKey(Generation, on_delete=models.CASCADE, related_name="votes")
+    # Exactly one of the two voters: a signed-in annotator, or an end user of a product app / an import.
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="votes"
+    )
+    external_user_id = models.CharField(max_length=200, null=True, blank=True)
+    desirable = models.BooleanField()
+    # Scored imports weight a vote by its distance from the threshold; thumbs are 1.
+    weight = models.FloatField(default=1.0)
+    comment = models.TextField(blank=True)
+    source = models.CharField(max_length=50, default="ui")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["generation", "annotator"], condition=Q(annotator__isnull=False), name="one_vote_per_annotator"
+            ),
+            models.UniqueConstraint(
+                fields=["generation", "external_user_id"],
+                condition=Q(external_user_id__isnull=False),
+                name="one_vote_per_external_user",
+            ),
+        ]
+
+
+class DatasetSnapshot(models.Model):
+    """An immutable KTO dataset: one JSONL file plus its hash, counts and the λ weights chosen."""
+
+    path = models.CharField(max_length=1000)
+    sha256 = models.CharField(max_length=64)
+    n_desirable = models.PositiveIntegerField(default=0)
+    n_undesirable = models.PositiveIntegerField(default=0)
+    n_train = models.PositiveIntegerField(default=0)
+    n_holdout = models.PositiveIntegerField(default=0)
+    n_ties_dropped = models.PositiveIntegerField(default=0)
+    n_votes = models.PositiveIntegerField(default=0)
+    desirable_weight = models.FloatField(default=1.0)
+    undesirable_weight = models.FloatField(default=1.0)
+    weight_rule = models.TextField(blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    # The highest vote id included: "new votes since the last snapshot" counts from here.
+    last_vote_id = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"snapshot {self.pk} ({self.n_desirable}D/{self.n_undesirable}U)"
