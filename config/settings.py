@@ -119,6 +119,10 @@ VOTES_PER_ITEM = env_int("PROSPECT_VOTES_PER_ITEM", 1)
 IMPORT_MAX_LINE_BYTES = env_int("PROSPECT_IMPORT_MAX_LINE_BYTES", 1_000_000)
 # Target λ_D·n_D / (λ_U·n_U) when the data is outside the paper's [1, 3/2] band (paper: 4/3).
 KTO_TARGET_RATIO = env_float("PROSPECT_KTO_TARGET_RATIO", 4 / 3)
+# How long an annotator holds the item on their screen before another annotator may be served it.
+QUEUE_CLAIM_SECONDS = env_int("PROSPECT_QUEUE_CLAIM_SECONDS", 300)
+# Share of prompts held out of training for the evaluation gate (split by prompt, never by row).
+SNAPSHOT_HOLDOUT = env_float("PROSPECT_SNAPSHOT_HOLDOUT", 0.1)
 
 # --- Celery --------------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -130,3 +134,5 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+
+from config.settings_loop import *  # noqa: E402,F401,F403

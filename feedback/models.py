@@ -32,6 +32,14 @@ class Generation(models.Model):
         "training.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="generations"
     )
     external_id = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    # How many independent votes this item should get; null means settings.VOTES_PER_ITEM.
+    # Raising it on a slice of items double-rates that slice for measuring agreement.
+    votes_wanted = models.PositiveSmallIntegerField(null=True, blank=True)
+    # A short lease so that two annotators working at once are not served the same item.
+    claimed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    claimed_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -70,11 +78,44 @@ class Vote(models.Model):
         ]
 
 
+class ImportBatch(models.Model):
+    """One accepted import file. Rejected files leave no row (the import is all-or-nothing)."""
+
+    class Format(models.TextChoices):
+        KTO = "kto", "KTO unpaired {prompt, completion, label}"
+        PAIRED = "paired", "Preference pairs {prompt, chosen, rejected}"
+        HH = "hh", "Anthropic HH transcripts {chosen, rejected}"
+        SCORED = "scored", "Scored {prompt, completion, score} with a threshold"
+
+    filename = models.CharField(max_length=500)
+    sha256 = models.CharField(max_length=64, db_index=True)
+    format = models.CharField(max_length=20, choices=Format.choices)
+    threshold = models.FloatField(null=True, blank=True)
+    n_lines = models.PositiveIntegerField(default=0)
+    n_prompts_created = models.PositiveIntegerField(default=0)
+    n_generations_created = models.PositiveIntegerField(default=0)
+    n_votes_created = models.PositiveIntegerField(default=0)
+    # Votes already present from an earlier import of the same file: re-importing adds nothing.
+    n_votes_existing = models.PositiveIntegerField(default=0)
+    n_dropped_at_threshold = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"import {self.pk} ({self.filename}, {self.format})"
+
+
 class DatasetSnapshot(models.Model):
     """An immutable KTO dataset: one JSONL file plus its hash, counts and the λ weights chosen."""
 
     path = models.CharField(max_length=1000)
     sha256 = models.CharField(max_length=64)
+    # Counts of the train split: the λ weights balance exactly what the trainer sees.
     n_desirable = models.PositiveIntegerField(default=0)
     n_undesirable = models.PositiveIntegerField(default=0)
     n_train = models.PositiveIntegerField(default=0)

@@ -1,6 +1,8 @@
 """Training runs and model versions. `status` on each row is the single source of truth."""
 from __future__ import annotations
 
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -11,6 +13,13 @@ class ModelVersion(models.Model):
         ACTIVE = "active"
         RETIRED = "retired"
         REJECTED = "rejected"
+
+    class EvaluationState(models.TextChoices):
+        NOT_REQUIRED = "", "not required"
+        PENDING = "pending"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
 
     name = models.CharField(max_length=100, unique=True)
     # Hub id or local path of the base model the weights/adapter belong to.
@@ -27,6 +36,14 @@ class ModelVersion(models.Model):
     status_reason = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     activated_at = models.DateTimeField(null=True, blank=True)
+    # The version this one replaced when it was promoted: what "roll back" re-activates.
+    previous_active = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaced_by"
+    )
+    # The evaluation gate's own state, so a redelivered gate task evaluates once.
+    evaluation_state = models.CharField(
+        max_length=20, choices=EvaluationState.choices, default=EvaluationState.NOT_REQUIRED, blank=True
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -62,9 +79,102 @@ class TrainingRun(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="training_runs"
+    )
+    # Set once the run_training message reached the broker; a queued run without it is re-sent
+    # by the periodic dispatcher (the broker was down when the run was requested).
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    # Who is running it: the reaper uses these to tell a live run from one whose worker died.
+    worker_hostname = models.CharField(max_length=255, blank=True)
+    worker_pid = models.IntegerField(null=True, blank=True)
+    # Process group of the training subprocess tree (its leader's pid): what timeout/cancel kill.
+    process_group_id = models.IntegerField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    current_step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"run {self.pk} ({self.status})"
+
+
+class TrainingPolicy(models.Model):
+    """The admin-editable retraining policy and default training config (one row, pk=1).
+
+    Missing row → created from settings on first read (see training.services.get_policy).
+    """
+
+    class LambdaMode(models.TextChoices):
+        AUTO = "auto", "automatic (paper's rule)"
+        DOWNSIDE_FIRST = "downside_first", "automatic, downside first"
+        MANUAL = "manual", "manual weights"
+
+    class Loss(models.TextChoices):
+        KTO = "kto"
+        NO_Z0 = "no_z0"
+        CONCAVE = "concave"
+        RISK_NEUTRAL = "risk_neutral"
+        REFERENCE_FREE = "reference_free"
+        SFT = "sft"
+        DPO = "dpo"
+
+    class Judge(models.TextChoices):
+        NONE = "none", "none (holdout metrics only)"
+        DEMO = "demo", "demo task's simulated annotator"
+
+    # --- scheduling ---
+    enabled = models.BooleanField(default=True, help_text="Retrain automatically when enough new votes arrived.")
+    min_new_votes = models.PositiveIntegerField(default=50, help_text="N: new votes since the last snapshot.")
+    cooldown_seconds = models.PositiveIntegerField(
+        default=3600, help_text="Minimum time between the start of two automatic runs."
+    )
+    # --- training config ---
+    base_model = models.CharField(
+        max_length=500, blank=True, help_text="Path or hub id; used only when no version is active yet."
+    )
+    lora = models.BooleanField(default=False, help_text="Train a LoRA adapter instead of full weights.")
+    beta = models.FloatField(default=0.1, validators=[MinValueValidator(1e-6)])
+    learning_rate = models.FloatField(default=5e-6, validators=[MinValueValidator(1e-12)])
+    num_train_epochs = models.FloatField(default=1.0, validators=[MinValueValidator(1e-3)])
+    max_steps = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], help_text="Empty: train the full epochs."
+    )
+    # KTO's z0 pairs each prompt with another example's completion: a microbatch needs ≥ 2.
+    per_device_train_batch_size = models.PositiveIntegerField(default=8, validators=[MinValueValidator(2)])
+    gradient_accumulation_steps = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
+    max_length = models.PositiveIntegerField(default=512, validators=[MinValueValidator(8)])
+    loss = models.CharField(max_length=20, choices=Loss.choices, default=Loss.KTO)
+    lambda_mode = models.CharField(max_length=20, choices=LambdaMode.choices, default=LambdaMode.AUTO)
+    target_ratio = models.FloatField(default=4 / 3, validators=[MinValueValidator(1e-3)], help_text="λ_D·n_D / (λ_U·n_U) aimed at by the automatic rule.")
+    desirable_weight = models.FloatField(
+        default=1.0, validators=[MinValueValidator(1e-6)], help_text="λ_D, used in manual mode."
+    )
+    undesirable_weight = models.FloatField(
+        default=1.0, validators=[MinValueValidator(1e-6)], help_text="λ_U, used in manual mode."
+    )
+    holdout = models.FloatField(
+        default=0.1,
+        validators=[MinValueValidator(0.0), MaxValueValidator(0.9)],
+        help_text="Fraction of each snapshot held out for the gate.",
+    )
+    seed = models.IntegerField(default=0)
+    time_limit_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Kill a run after this long. Empty: PROSPECT_MAX_RUN_SECONDS."
+    )
+    # --- evaluation gate ---
+    promote_margin = models.FloatField(
+        default=0.01, help_text="Auto-promote only when the candidate beats the active version by this much."
+    )
+    judge = models.CharField(max_length=20, choices=Judge.choices, default=Judge.DEMO)
+    judge_prompts = models.PositiveIntegerField(default=64, validators=[MinValueValidator(1)], help_text="Held-out prompts the judge scores.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "training policy"
+        constraints = [models.CheckConstraint(condition=Q(id=1), name="training_policy_singleton")]
+
+    def __str__(self) -> str:
+        return "training policy"

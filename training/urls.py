@@ -1,3 +1,20 @@
 from django.urls import path
 
-urlpatterns: list = []
+from training import api, views
+
+app_name = "training"
+
+urlpatterns = [
+    # Staff pages.
+    path("runs/", views.runs, name="runs"),
+    path("runs/new/", views.retrain, name="retrain"),
+    path("runs/<int:run_id>/", views.run_detail, name="run_detail"),
+    path("runs/<int:run_id>/progress.json", views.run_progress, name="run_progress"),
+    path("runs/<int:run_id>/cancel/", views.cancel, name="cancel"),
+    path("models/", views.versions, name="versions"),
+    path("models/rollback/", views.rollback, name="rollback"),
+    path("models/<int:version_id>/promote/", views.promote, name="promote"),
+    path("models/<int:version_id>/reject/", views.reject, name="reject"),
+    # JSON API (token or session auth).
+    path("api/v1/generate", api.GenerateView.as_view(), name="api-generate"),
+]

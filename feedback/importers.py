@@ -1,0 +1,172 @@
+"""Parse feedback files (JSONL) into binary examples. Pure: reads bytes, writes nothing.
+
+Every format becomes a stream of `ImportExample(line, prompt, completion, desirable, weight)`:
+- kto     `{prompt, completion, label}`      label is a JSON boolean
+- paired  `{prompt, chosen, rejected}`        → chosen desirable, rejected undesirable (paper §3.1)
+- hh      `{chosen, rejected}` transcripts   → prompt = shared dialogue up to the last Assistant turn
+- scored  `{prompt, completion, score}`      → desirable above the threshold, undesirable below,
+                                                items exactly at the threshold are dropped
+Any problem raises `ImportRejected` naming the line and the field; the caller runs the writes in
+one transaction, so a rejected file leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+from feedback.content import ContentError, split_hh_transcript, validate_completion, validate_prompt
+
+FORMATS = ("kto", "paired", "hh", "scored")
+FORMAT_CHOICES = ("auto",) + FORMATS
+
+
+class ImportRejected(ValueError):
+    def __init__(self, message: str, line: int | None = None, field: str | None = None):
+        where = f"line {line}: " if line is not None else ""
+        super().__init__(where + message)
+        self.line = line
+        self.field = field
+
+
+@dataclass(frozen=True)
+class ImportExample:
+    line: int
+    prompt: str | list[dict]
+    completion: str
+    desirable: bool
+    weight: float = 1.0
+    # Distinguishes the two examples a paired line produces, so each gets its own vote key.
+    part: str = ""
+
+
+@dataclass
+class ParseStats:
+    format: str = ""
+    n_lines: int = 0
+    n_dropped_at_threshold: int = 0
+
+
+def detect_format(row: dict) -> str:
+    keys = set(row)
+    if "label" in keys:
+        return "kto"
+    if "score" in keys:
+        return "scored"
+    if {"chosen", "rejected"} <= keys:
+        return "paired" if "prompt" in keys else "hh"
+    raise ValueError(
+        f"cannot tell the format from the fields {sorted(keys)}: expected one of "
+        "{prompt, completion, label}, {prompt, chosen, rejected}, {chosen, rejected}, {prompt, completion, score}"
+    )
+
+
+def read_jsonl_rows(stream: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line; never reads more than one line past the limit."""
+    line_no = 0
+    while True:
+        raw = stream.readline(max_line_bytes + 1)
+        if not raw:
+            return
+        line_no += 1
+        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+            raise ImportRejected(f"longer than the limit of {max_line_bytes} bytes", line=line_no)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ImportRejected(f"not valid UTF-8 (byte {exc.start}); the file must be UTF-8 JSONL", line=line_no) from None
+        if line_no == 1 and text.startswith("\ufeff"):
+            text = text[1:]  # a UTF-8 byte-order mark is harmless; accept it.
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ImportRejected(f"malformed JSON ({exc.msg} at column {exc.colno})", line=line_no) from None
+        if not isinstance(row, dict):
+            raise ImportRejected(f"each line must be a JSON object (got {type(row).__name__})", line=line_no)
+        yield line_no, row
+
+
+def _require(row: dict, line: int, *fields: str) -> None:
+    for field in fields:
+        if field not in row:
+            raise ImportRejected(f"missing field '{field}'", line=line, field=field)
+
+
+def _examples_from_row(fmt: str, row: dict, line: int, threshold: float | None, weight_by_distance: bool, stats: ParseStats):
+    if fmt == "kto":
+        _require(row, line, "prompt", "completion", "label")
+        label = row["label"]
+        if not isinstance(label, bool):
+            raise ImportRejected(
+                f"field 'label': must be a JSON boolean true/false (got {json.dumps(label)})", line=line, field="label"
+            )
+        yield ImportExample(line, validate_prompt(row["prompt"]), validate_completion(row["completion"]), label)
+    elif fmt == "paired":
+        _require(row, line, "prompt", "chosen", "rejected")
+        prompt = validate_prompt(row["prompt"])
+        chosen = validate_completion(row["chosen"], "chosen")
+        rejected = validate_completion(row["rejected"], "rejected")
+        if chosen == rejected:
+            raise ImportRejected("field 'rejected': identical to 'chosen'", line=line, field="rejected")
+        yield ImportExample(line, prompt, chosen, True, part="chosen")
+        yield ImportExample(line, prompt, rejected, False, part="rejected")
+    elif fmt == "hh":
+        _require(row, line, "chosen", "rejected")
+        chosen_prompt, chosen = split_hh_transcript(row["chosen"], "chosen")
+        rejected_prompt, rejected = split_hh_transcript(row["rejected"], "rejected")
+        if chosen_prompt != rejected_prompt:
+            raise ImportRejected(
+                "field 'rejected': does not share the dialogue before the last Assistant turn with 'chosen'",
+                line=line,
+                field="rejected",
+            )
+        if chosen == rejected:
+            raise ImportRejected("field 'rejected': identical to 'chosen'", line=line, field="rejected")
+        yield ImportExample(line, chosen_prompt, chosen, True, part="chosen")
+        yield ImportExample(line, chosen_prompt, rejected, False, part="rejected")
+    elif fmt == "scored":
+        _require(row, line, "prompt", "completion", "score")
+        score = row["score"]
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise ImportRejected(f"field 'score': must be a number (got {json.dumps(score)})", line=line, field="score")
+        prompt = validate_prompt(row["prompt"])
+        completion = validate_completion(row["completion"])
+        if score == threshold:
+            stats.n_dropped_at_threshold += 1
+            return
+        weight = abs(score - threshold) if weight_by_distance else 1.0
+        yield ImportExample(line, prompt, completion, score > threshold, weight)
+
+
+def parse_examples(
+    stream: BinaryIO,
+    fmt: str = "auto",
+    threshold: float | None = None,
+    weight_by_distance: bool = False,
+    max_line_bytes: int = 1_000_000,
+    stats: ParseStats | None = None,
+) -> Iterator[ImportExample]:
+    """Yield examples from a JSONL byte stream, raising ImportRejected at the first bad line."""
+    if fmt not in FORMAT_CHOICES:
+        raise ImportRejected(f"unknown format {fmt!r} (choose one of {', '.join(FORMAT_CHOICES)})", field="format")
+    if fmt == "scored" and threshold is None:
+        raise ImportRejected("the scored format needs a threshold (--threshold T)", field="threshold")
+    stats = stats if stats is not None else ParseStats()
+    stats.format = "" if fmt == "auto" else fmt
+    for line, row in read_jsonl_rows(stream, max_line_bytes):
+        stats.n_lines += 1
+        if not stats.format:
+            try:
+                stats.format = detect_format(row)
+            except ValueError as exc:
+                raise ImportRejected(str(exc), line=line) from None
+            if stats.format == "scored" and threshold is None:
+                raise ImportRejected("the file is in the scored format, which needs a threshold (--threshold T)", line=line)
+        try:
+            yield from _examples_from_row(stats.format, row, line, threshold, weight_by_distance, stats)
+        except ContentError as exc:
+            raise ImportRejected(str(exc), line=line, field=exc.field) from None
+    if stats.n_lines == 0:
+        raise ImportRejected("the file holds no JSON lines")

@@ -1,0 +1,55 @@
+"""python manage.py import_feedback FILE [--format auto|kto|paired|hh|scored] [--threshold T]"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from feedback.importers import FORMAT_CHOICES, ImportRejected
+from feedback.services import import_feedback
+
+
+class Command(BaseCommand):
+    help = "Import a JSONL feedback file (all or nothing) and print a one-line JSON summary."
+
+    def add_arguments(self, parser):
+        parser.add_argument("file")
+        # Not argparse choices: an unknown format must get the same clear message as from the API.
+        parser.add_argument("--format", default="auto", help=f"one of {', '.join(FORMAT_CHOICES)} (default auto)")
+        parser.add_argument("--threshold", type=float, default=None, help="scored format: the score that separates good from bad")
+        parser.add_argument(
+            "--weight-by-distance", action="store_true", help="scored format: weight each vote by |score - threshold|"
+        )
+
+    def handle(self, *args, **options):
+        path = Path(options["file"])
+        if not path.is_file():
+            raise CommandError(f"{path}: no such file")
+        try:
+            with path.open("rb") as stream:
+                batch = import_feedback(
+                    stream,
+                    filename=path.name,
+                    fmt=options["format"],
+                    threshold=options["threshold"],
+                    weight_by_distance=options["weight_by_distance"],
+                )
+        except ImportRejected as exc:
+            raise CommandError(f"{path}: {exc}; nothing was imported") from None
+        self.stdout.write(
+            json.dumps(
+                {
+                    "import_id": batch.pk,
+                    "file": str(path),
+                    "sha256": batch.sha256,
+                    "format": batch.format,
+                    "lines": batch.n_lines,
+                    "prompts_created": batch.n_prompts_created,
+                    "generations_created": batch.n_generations_created,
+                    "votes_created": batch.n_votes_created,
+                    "votes_existing": batch.n_votes_existing,
+                    "dropped_at_threshold": batch.n_dropped_at_threshold,
+                }
+            )
+        )

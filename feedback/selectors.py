@@ -1,0 +1,173 @@
+"""Every read of the feedback app that is more than a one-line lookup."""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db.models import Count, F, Q, Value
+from django.db.models.functions import Coalesce, TruncDate
+from django.utils import timezone
+
+from feedback.models import DatasetSnapshot, Generation, Prompt, Vote
+
+ANNOTATORS_GROUP = "annotators"
+
+
+def is_annotator(user) -> bool:
+    """Annotators (the group) and staff may use the annotation pages."""
+    if not user.is_authenticated or not user.is_active:
+        return False
+    return user.is_staff or user.groups.filter(name=ANNOTATORS_GROUP).exists()
+
+
+# --- The annotation queue -------------------------------------------------------------------
+
+
+def _waiting_for(user, now):
+    """Items this user has not rated that still need votes and that nobody else holds right now."""
+    votes_wanted = Coalesce("votes_wanted", Value(settings.VOTES_PER_ITEM))
+    return (
+        Generation.objects.filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now) | Q(claimed_by=user))
+        .exclude(votes__annotator=user)
+        .annotate(votes_missing=votes_wanted - Count("votes"))
+        .filter(votes_missing__gt=0)
+    )
+
+
+def queue_candidate_ids(user, now, exclude_ids: list[int] = (), limit: int = 20) -> list[int]:
+    """Items in serving order: the most votes still missing first, then the oldest."""
+    waiting = _waiting_for(user, now)
+    if exclude_ids:
+        waiting = waiting.exclude(pk__in=list(exclude_ids))
+    return list(waiting.order_by("-votes_missing", "id").values_list("id", flat=True)[:limit])
+
+
+def current_claim(user, now) -> Generation | None:
+    return (
+        Generation.objects.select_related("prompt")
+        .filter(claimed_by=user, claimed_until__gt=now)
+        .exclude(votes__annotator=user)
+        .order_by("-claimed_until")
+        .first()
+    )
+
+
+@dataclass(frozen=True)
+class QueueProgress:
+    rated_today: int
+    waiting: int
+
+
+def queue_progress(user) -> QueueProgress:
+    now = timezone.now()
+    start_of_today = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    return QueueProgress(
+        rated_today=Vote.objects.filter(annotator=user, created_at__gte=start_of_today).count(),
+        waiting=_waiting_for(user, now).count(),
+    )
+
+
+# --- The admin dashboard --------------------------------------------------------------------
+
+
+@dataclass
+class AnnotatorStats:
+    username: str
+    n_votes: int
+    n_desirable: int
+    # Among this annotator's votes on items with several votes and a clear majority.
+    n_compared: int = 0
+    n_agreeing: int = 0
+
+    @property
+    def agreement(self) -> float | None:
+        return self.n_agreeing / self.n_compared if self.n_compared else None
+
+
+@dataclass
+class DashboardStats:
+    n_prompts: int
+    n_generations: int
+    n_votes: int
+    n_desirable: int
+    n_undesirable: int
+    n_multi_vote_items: int
+    n_unanimous_items: int
+    annotators: list[AnnotatorStats] = field(default_factory=list)
+    votes_per_day: list[tuple[datetime, int]] = field(default_factory=list)
+    n_votes_since_last_snapshot: int = 0
+
+    @property
+    def desirable_ratio(self) -> str:
+        if not self.n_undesirable:
+            return "—" if not self.n_desirable else "all desirable"
+        return f"{self.n_desirable / self.n_undesirable:.2f} : 1"
+
+
+def dashboard_stats(days: int = 14) -> DashboardStats:
+    votes_by_label = dict(Vote.objects.values_list("desirable").annotate(n=Count("id")).values_list("desirable", "n"))
+    n_desirable, n_undesirable = votes_by_label.get(True, 0), votes_by_label.get(False, 0)
+
+    # Agreement with the majority, on items with several votes (ties have no majority).
+    multi_vote_ids = Generation.objects.annotate(n=Count("votes")).filter(n__gte=2).values("id")
+    labels_by_item: dict[int, list[tuple[int | None, bool]]] = defaultdict(list)
+    for generation_id, annotator_id, desirable in Vote.objects.filter(generation_id__in=multi_vote_ids).values_list(
+        "generation_id", "annotator_id", "desirable"
+    ):
+        labels_by_item[generation_id].append((annotator_id, desirable))
+
+    per_annotator: dict[int, AnnotatorStats] = {}
+    User = get_user_model()
+    for row in (
+        Vote.objects.filter(annotator__isnull=False)
+        .values("annotator_id", username=F(f"annotator__{User.USERNAME_FIELD}"))
+        .annotate(n_votes=Count("id"), n_desirable=Count("id", filter=Q(desirable=True)))
+        .order_by("-n_votes")
+    ):
+        per_annotator[row["annotator_id"]] = AnnotatorStats(row["username"], row["n_votes"], row["n_desirable"])
+
+    n_unanimous = 0
+    for labels in labels_by_item.values():
+        tally = Counter(desirable for _, desirable in labels)
+        if len(tally) == 1:
+            n_unanimous += 1
+        if tally[True] == tally[False]:
+            continue
+        majority = tally[True] > tally[False]
+        for annotator_id, desirable in labels:
+            if annotator_id in per_annotator:
+                per_annotator[annotator_id].n_compared += 1
+                per_annotator[annotator_id].n_agreeing += int(desirable == majority)
+
+    since = timezone.now() - timedelta(days=days - 1)
+    since = timezone.localtime(since).replace(hour=0, minute=0, second=0, microsecond=0)
+    per_day = dict(
+        Vote.objects.filter(created_at__gte=since)
+        .annotate(day=TruncDate("created_at", tzinfo=timezone.get_current_timezone()))
+        .values("day")
+        .annotate(n=Count("id"))
+        .values_list("day", "n")
+    )
+    first_day = since.date()
+    votes_per_day = [(first_day + timedelta(days=i), per_day.get(first_day + timedelta(days=i), 0)) for i in range(days)]
+
+    last_snapshot = DatasetSnapshot.objects.order_by("-id").first()
+    return DashboardStats(
+        n_prompts=Prompt.objects.count(),
+        n_generations=Generation.objects.count(),
+        n_votes=n_desirable + n_undesirable,
+        n_desirable=n_desirable,
+        n_undesirable=n_undesirable,
+        n_multi_vote_items=len(labels_by_item),
+        n_unanimous_items=n_unanimous,
+        annotators=list(per_annotator.values()),
+        votes_per_day=votes_per_day,
+        n_votes_since_last_snapshot=Vote.objects.filter(id__gt=last_snapshot.last_vote_id if last_snapshot else 0).count(),
+    )
+
+
+def recent_snapshots(limit: int = 10) -> list[DatasetSnapshot]:
+    return list(DatasetSnapshot.objects.order_by("-id")[:limit])

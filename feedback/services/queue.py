@@ -1,0 +1,89 @@
+"""The annotation queue: which item an annotator sees next, and their votes, skips and undos.
+
+An item is served to one annotator at a time under a short lease (`Generation.claimed_by` /
+`claimed_until`). Taking the lease is a single conditional UPDATE, which the database runs
+atomically, so two annotators asking at the same moment never both get the same item.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from feedback import selectors
+from feedback.models import Generation, Vote
+from feedback.services.votes import record_vote
+
+# How many candidates to try when others grab the first ones between our read and our update.
+CLAIM_ATTEMPTS = 20
+
+
+def _claimable_by(user, now) -> Q:
+    return Q(claimed_until__isnull=True) | Q(claimed_until__lt=now) | Q(claimed_by=user)
+
+
+def _take_lease(user, generation_id: int, now) -> bool:
+    lease_until = now + timedelta(seconds=settings.QUEUE_CLAIM_SECONDS)
+    taken = (
+        Generation.objects.filter(pk=generation_id)
+        .filter(_claimable_by(user, now))
+        .update(claimed_by=user, claimed_until=lease_until)
+    )
+    return taken == 1
+
+
+def release_claim(user, generation_id: int | None = None) -> None:
+    """Drop the user's lease (on one item, or on all of them)."""
+    leases = Generation.objects.filter(claimed_by=user)
+    if generation_id is not None:
+        leases = leases.filter(pk=generation_id)
+    leases.update(claimed_by=None, claimed_until=None)
+
+
+def claim_next_generation(user, skipped_ids: list[int] = ()) -> Generation | None:
+    """The item this annotator should rate now, leased to them; None when nothing is waiting.
+
+    The item already on their screen (a live lease) comes back first, so a reload shows the same
+    item. Otherwise the queue serves items the user has not rated that still need votes, those
+    needing the most votes first. Skipped items come back only when nothing else is left.
+    """
+    now = timezone.now()
+    current = selectors.current_claim(user, now)
+    if current is not None:
+        return current
+    for exclude in (list(skipped_ids), []):
+        for candidate_id in selectors.queue_candidate_ids(user, now, exclude_ids=exclude, limit=CLAIM_ATTEMPTS):
+            if _take_lease(user, candidate_id, now):
+                # One item on screen at a time: leases on anything else go back to the pool.
+                Generation.objects.filter(claimed_by=user).exclude(pk=candidate_id).update(claimed_by=None, claimed_until=None)
+                return Generation.objects.select_related("prompt").get(pk=candidate_id)
+        if not skipped_ids:
+            break
+    return None
+
+
+def record_annotator_vote(user, generation_id: int, desirable: bool, comment: str = "") -> tuple[Vote, bool]:
+    vote, created = record_vote(
+        generation_id=generation_id, desirable=desirable, annotator_id=user.pk, comment=comment.strip(), source="ui"
+    )
+    release_claim(user, generation_id)
+    return vote, created
+
+
+def undo_last_vote(user) -> Generation | None:
+    """Delete the annotator's most recent vote and put that item back on their screen."""
+    with transaction.atomic():
+        vote = Vote.objects.select_for_update().filter(annotator=user).order_by("-id").first()
+        if vote is None:
+            return None
+        generation_id = vote.generation_id
+        vote.delete()
+        release_claim(user)
+        # Force the lease: the user is taking back their own item, whoever else holds it.
+        Generation.objects.filter(pk=generation_id).update(
+            claimed_by=user, claimed_until=timezone.now() + timedelta(seconds=settings.QUEUE_CLAIM_SECONDS)
+        )
+    return Generation.objects.get(pk=generation_id)

@@ -1,0 +1,234 @@
+"""Real Celery workers, real Redis, a real database shared with them.
+
+The workers are separate processes, so they must see what a test wrote: the tests here use
+`transactional_db` (rows are committed), and on SQLite the test database is a file instead of
+pytest-django's default in-memory one (set below, before the test database is created; this
+applies to the whole test session, which is harmless for other tests). On Postgres the workers
+connect to the same test database by name.
+
+Redis: the shared server's database 2 (the loop back end's own; flushed before each test), or
+PROSPECT_LOOP_TEST_REDIS_URL. The Redis-down test starts its own redis-server on a spare port.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+REPO = Path(__file__).resolve().parents[2]
+LOOP_REDIS_URL = os.environ.get("PROSPECT_LOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/2")
+WORKER_READY_SECONDS = 90
+
+
+def _use_file_based_sqlite_test_db() -> None:
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] != "django.db.backends.sqlite3":
+        return
+    test = database.setdefault("TEST", {})
+    if not test.get("NAME"):
+        test["NAME"] = str(Path(tempfile.gettempdir()) / f"prospect-loop-test-{os.getpid()}.sqlite3")
+
+
+_use_file_based_sqlite_test_db()
+
+
+def database_url_for_workers() -> str:
+    """A DATABASE_URL naming the test database this session created (workers are separate processes)."""
+    from django.db import connection
+
+    params = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{params['NAME']}"
+    if connection.vendor == "postgresql":
+        auth = params["USER"] or ""
+        if params.get("PASSWORD"):
+            auth += f":{params['PASSWORD']}"
+        host = params.get("HOST") or "127.0.0.1"
+        port = params.get("PORT") or 5432
+        return f"postgres://{auth}@{host}:{port}/{params['NAME']}"
+    raise RuntimeError(f"no worker DATABASE_URL for {connection.vendor}")
+
+
+def point_celery_at(broker_url: str) -> None:
+    """Make this process (the 'web' side: start_run, delay) send to `broker_url`."""
+    from config.celery import app
+
+    app.conf.broker_url = broker_url
+    # Drop cached connections and producers made for the previous URL.
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+@pytest.fixture
+def data_dir(settings, tmp_path):
+    """A private DATA_DIR (snapshots, run artifacts) shared by the test and its workers."""
+    settings.DATA_DIR = tmp_path / "data"
+    settings.DATA_DIR.mkdir()
+    return settings.DATA_DIR
+
+
+@pytest.fixture
+def loop_redis():
+    import redis
+
+    client = redis.Redis.from_url(LOOP_REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"Redis at {LOOP_REDIS_URL} is not answering ({exc}); the loop tests need a real Redis")
+    client.flushdb()
+    point_celery_at(LOOP_REDIS_URL)
+    yield LOOP_REDIS_URL
+    client.flushdb()
+
+
+class Worker:
+    def __init__(self, proc: subprocess.Popen, log_path: Path, name: str):
+        self.proc, self.log_path, self.name = proc, log_path, name
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_ready(self, timeout: float = WORKER_READY_SECONDS) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready." in self.log():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker {self.name} exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            time.sleep(0.2)
+        raise AssertionError(f"worker {self.name} not ready after {timeout}s:\n{self.log()[-4000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture
+def start_worker(transactional_db, data_dir, tmp_path):
+    """Start real `celery worker` processes against the test database; all are killed at teardown.
+
+    start_worker(queues="default,gpu", beat=False, broker_url=LOOP_REDIS_URL, env={...}) -> Worker
+    """
+    workers: list[Worker] = []
+
+    def start(queues: str = "default,gpu", *, beat: bool = False, broker_url: str = LOOP_REDIS_URL,
+              env: dict | None = None, wait: bool = True) -> Worker:
+        name = f"loop-{uuid.uuid4().hex[:8]}"
+        log_path = tmp_path / f"{name}.log"
+        worker_env = dict(
+            os.environ,
+            DJANGO_SETTINGS_MODULE="config.settings",
+            DATABASE_URL=database_url_for_workers(),
+            CELERY_BROKER_URL=broker_url,
+            PROSPECT_DATA_DIR=str(data_dir),
+            PROSPECT_RUN_POLL_SECONDS="0.5",
+            PROSPECT_TRAIN_LAUNCHER="python",
+            PYTHONUNBUFFERED="1",
+        )
+        worker_env.update(env or {})
+        command = [
+            sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues, "-P", "solo", "-c", "1",
+            "--prefetch-multiplier", "1", "-n", f"{name}@%h", "--without-mingle", "--without-gossip",
+            "--without-heartbeat", "-l", "INFO",
+        ]
+        if beat:
+            command += ["-B", "-S", "django_celery_beat.schedulers:DatabaseScheduler",
+                        "--schedule", str(tmp_path / f"{name}-beat")]
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(command, cwd=REPO, env=worker_env, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+        worker = Worker(proc, log_path, name)
+        workers.append(worker)
+        if wait:
+            worker.wait_ready()
+        return worker
+
+    yield start
+
+    from training.models import TrainingRun
+    from training.runner import kill_run_processes
+
+    for worker in workers:
+        worker.kill()
+    # A killed worker leaves its training tree (own session) behind: stop it before the next test.
+    for run_id, pgid in TrainingRun.objects.exclude(process_group_id=None).values_list("pk", "process_group_id"):
+        kill_run_processes(pgid, run_id)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.25, on_timeout=None):
+    """Poll until predicate() returns a truthy value; fail with `what` (and extra context) otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    extra = on_timeout() if on_timeout else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{extra}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A redis-server of our own on a spare port, which the test may stop and start again."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed; the Redis-down test needs one it can stop")
+    port = free_port()
+
+    class PrivateRedis:
+        url = f"redis://127.0.0.1:{port}/0"
+        proc: subprocess.Popen | None = None
+
+        def start(self) -> None:
+            self.proc = subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", str(tmp_path)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            import redis
+
+            client = redis.Redis(port=port)
+            wait_for(lambda: _pings(client), 20, f"redis-server on port {port}")
+
+        def stop(self) -> None:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(timeout=20)
+
+    server = PrivateRedis()
+    server.start()
+    yield server
+    server.stop()
+
+
+def _pings(client) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False

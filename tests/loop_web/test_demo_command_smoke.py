@@ -1,0 +1,93 @@
+"""`manage.py demo` starts web, workers and beat on embedded defaults, serves pages, and stops them all."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+pytestmark = pytest.mark.slow
+
+CHILDREN = ("web", "worker-default", "worker-gpu", "beat")
+EXIT_AFTER_S = 25
+DEMO_TIMEOUT_S = 240
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("broker", ["redis", "no-redis"])
+def test_demo_starts_everything_serves_and_stops_cleanly(demo_model_dir, tmp_path, broker):
+    data_dir = tmp_path / "data"
+    # A prepared demo model: the command must find it and not spend minutes building one.
+    shutil.copytree(demo_model_dir, data_dir / "demo-model")
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "CELERY_BROKER_URL")}
+    env.update(PROSPECT_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
+    if broker == "redis":
+        import redis
+
+        env["REDIS_URL"] = "redis://127.0.0.1:6379/3"
+        redis.Redis.from_url(env["REDIS_URL"]).flushdb()
+    else:
+        env["REDIS_URL"] = "redis://127.0.0.1:1/0"  # nothing listens there: the filesystem broker is used
+
+    demo = subprocess.Popen(
+        [sys.executable, "manage.py", "demo", "--port", str(port), "--exit-after", str(EXIT_AFTER_S)],
+        cwd=settings.BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(demo.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + DEMO_TIMEOUT_S
+        while not any(line.startswith("ready: ") for line in lines):
+            assert demo.poll() is None, "demo exited before it was ready:\n" + "".join(lines[-80:])
+            assert time.monotonic() < deadline, "demo not ready in time:\n" + "".join(lines[-80:])
+            time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/accounts/login/", timeout=10) as response:
+            assert response.status == 200
+            assert b"Log in" in response.read()
+        demo.wait(timeout=DEMO_TIMEOUT_S)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+        reader.join(timeout=5)
+    output = "".join(lines)
+    assert demo.returncode == 0, output[-6000:]
+
+    expected_broker = "(redis)" if broker == "redis" else "(filesystem)"
+    assert re.search(rf"^broker: .* {re.escape(expected_broker)}$", output, re.M), output[-6000:]
+    assert "admin / admin" in output and "annotator / annotator" in output
+    started = dict(re.findall(r"^started (\S+) pid=(\d+)$", output, re.M))
+    stopped = dict(re.findall(r"^stopped (\S+) pid=(\d+) exit=", output, re.M))
+    assert set(started) == set(CHILDREN), output[-6000:]
+    assert stopped == started
+    # Both workers and beat really came up (not just forked) before the demo stopped them.
+    assert re.search(r"^\[worker-gpu\] .*ready\.", output, re.M), output[-6000:]
+    assert re.search(r"^\[worker-default\] .*ready\.", output, re.M), output[-6000:]
+    assert re.search(r"^\[beat\] .*beat: Starting", output, re.M), output[-6000:]
+    for name, pid in started.items():
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid), 0)
+
+    with sqlite3.connect(data_dir / "db.sqlite3") as db:
+        users = dict(db.execute("select username, is_staff from auth_user").fetchall())
+        active = db.execute("select artifact_path from training_modelversion where status = 'active'").fetchall()
+        queued = db.execute("select count(*) from feedback_generation where model_version_id is not null").fetchone()[0]
+    assert users == {"admin": 1, "annotator": 0}
+    assert active == [(str((data_dir / "demo-model").resolve()),)]
+    assert queued > 0  # the annotation queue was seeded with outputs of the active model

@@ -1,0 +1,88 @@
+"""JSON API of the training app: call the deployed (active) model version."""
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_field
+from rest_framework import serializers, status
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from feedback.content import ContentError, validate_prompt
+from training.inference import EmptyCompletion, NoActiveModelVersion, generate_for_prompt
+
+
+@extend_schema_field({
+    "oneOf": [
+        {"type": "string", "example": "What is 12+7?"},
+        {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["role", "content"],
+            "properties": {"role": {"type": "string", "enum": ["system", "user", "assistant"]},
+                           "content": {"type": "string"}},
+        }},
+    ]
+})
+class PromptField(serializers.JSONField):
+    """A plain string, or a non-empty list of chat messages {role, content}."""
+
+    def to_internal_value(self, data):
+        # The feedback app's validation: the same prompt rules (and hash) as every other entry point.
+        try:
+            return validate_prompt(data, field="prompt")
+        except ContentError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
+class GenerateRequestSerializer(serializers.Serializer):
+    prompt = PromptField(help_text="A string, or a list of chat messages [{role, content}, ...].")
+    max_new_tokens = serializers.IntegerField(required=False, default=32, min_value=1, max_value=1024)
+    temperature = serializers.FloatField(
+        required=False, default=0.0, min_value=0.0, max_value=5.0, help_text="0 = greedy decoding."
+    )
+
+
+class GenerateResponseSerializer(serializers.Serializer):
+    generation_id = serializers.IntegerField(help_text="Send the end user's thumbs for this id to the vote endpoint.")
+    completion = serializers.CharField()
+    model_version = serializers.CharField(help_text="Name of the model version that produced the completion.")
+    model_version_id = serializers.IntegerField()
+
+
+class GenerateView(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        operation_id="generate",
+        summary="Generate a completion from the active model version",
+        description=(
+            "Runs the active model version on the prompt and stores the result as a generation, so "
+            "the product app can later record the end user's thumbs up/down for `generation_id`. "
+            "Answers 503 while no version is active, 502 when the model produced an empty completion."
+        ),
+        request=GenerateRequestSerializer,
+        responses={200: GenerateResponseSerializer},
+        examples=[OpenApiExample("plain prompt", value={"prompt": "What is 12+7?", "max_new_tokens": 16})],
+        tags=["generate"],
+    )
+    def post(self, request):
+        payload = GenerateRequestSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        try:
+            generation = generate_for_prompt(
+                payload.validated_data["prompt"],
+                source="api",
+                max_new_tokens=payload.validated_data["max_new_tokens"],
+                temperature=payload.validated_data["temperature"],
+            )
+        except NoActiveModelVersion as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        except EmptyCompletion as exc:
+            # Nothing to store or rate; the caller may retry with sampling (temperature > 0).
+            return Response({"detail": str(exc)}, status=status.HTTP_502_BAD_GATEWAY)
+        version = generation.served_by
+        body = GenerateResponseSerializer({
+            "generation_id": generation.pk,
+            "completion": generation.completion,
+            "model_version": version.name,
+            "model_version_id": version.pk,
+        }).data
+        return Response(body)

@@ -1,0 +1,182 @@
+"""The evaluation gate: a candidate is promoted only when it beats the active version.
+
+For a candidate produced by a run, both the candidate and the currently active version are
+measured on the run's snapshot holdout with `python -m training.kto evaluate` (KTO loss and
+reward accuracy), and — when the policy's judge is "demo" — on generated outputs: greedy
+completions for held-out demo prompts judged by the demo task's simulated annotator
+(training.kto.demo.demo_accuracy). Each measurement runs in its own subprocess so the worker
+never holds model weights (GPU memory) between tasks.
+
+Decision (margin = the run config's promote_margin, from the admin-editable policy):
+- with a judge: promote iff accuracy(candidate) − accuracy(active) ≥ margin;
+- without one: promote iff holdout reward accuracy(candidate) − reward accuracy(active) ≥ margin
+  and the candidate's holdout KTO loss is not higher than the active version's.
+Otherwise the version stays a candidate and status_reason says why (an admin may still promote
+or reject it by hand). All numbers are stored in the candidate's `metrics`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from training.models import ModelVersion, TrainingPolicy
+
+logger = logging.getLogger(__name__)
+
+# Judge a model version on held-out demo prompts; prints {"demo_accuracy": x, "prompts": n}.
+# argv: artifact_path is_adapter(0/1) base_model n_prompts seed
+_DEMO_JUDGE_SCRIPT = """
+import json, sys
+from training.kto.demo import demo_accuracy, demo_prompts
+artifact, is_adapter, base_model, n, seed = sys.argv[1], sys.argv[2] == "1", sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+prompts = demo_prompts(n, seed=seed, split="heldout")
+if is_adapter:
+    from pathlib import Path
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), artifact).merge_and_unload()
+    tok_dir = artifact if (Path(artifact) / "tokenizer_config.json").exists() else base_model
+    target = (model.eval(), AutoTokenizer.from_pretrained(tok_dir))
+else:
+    target = artifact
+print(json.dumps({"demo_accuracy": demo_accuracy(target, prompts), "prompts": n}))
+"""
+
+
+class GateError(RuntimeError):
+    """A measurement subprocess failed; the message carries its stderr tail."""
+
+
+def _run_json(command: list[str], what: str) -> dict:
+    """Run a measurement subprocess and parse the last JSON line it printed."""
+    result = subprocess.run(
+        command, cwd=settings.BASE_DIR, capture_output=True, text=True,
+        timeout=settings.PROSPECT_EVAL_TIMEOUT_SECONDS, stdin=subprocess.DEVNULL,
+    )
+    if result.returncode != 0:
+        raise GateError(f"{what} exited with code {result.returncode}:\n{result.stderr[-2000:]}")
+    for line in reversed(result.stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    raise GateError(f"{what} printed no JSON line:\n{result.stdout[-1000:]}")
+
+
+def holdout_metrics(version: ModelVersion, holdout_path: Path, reference: ModelVersion | None = None) -> dict:
+    """`python -m training.kto evaluate` of a version on a holdout file (one JSON line of metrics)."""
+    command = [sys.executable, "-m", "training.kto", "evaluate", "--model", version.artifact_path,
+               "--data", str(holdout_path)]
+    if version.is_adapter:
+        command += ["--base-model", version.base_model]
+    if reference is not None:
+        command += ["--reference", reference.artifact_path]
+        if reference.is_adapter:
+            command += ["--reference-base-model", reference.base_model]
+    return _run_json(command, f"evaluate {version.name}")
+
+
+def demo_judge_accuracy(version: ModelVersion, n_prompts: int, seed: int) -> float:
+    """Greedy exact-match accuracy of a version on `n_prompts` held-out demo prompts."""
+    command = [sys.executable, "-c", _DEMO_JUDGE_SCRIPT, version.artifact_path, "1" if version.is_adapter else "0",
+               version.base_model, str(n_prompts), str(seed)]
+    return float(_run_json(command, f"demo judge of {version.name}")["demo_accuracy"])
+
+
+def _count_rows(path: Path) -> int:
+    try:
+        with open(path, "rb") as handle:
+            return sum(1 for line in handle if line.strip())
+    except FileNotFoundError:
+        return 0
+
+
+def decide(measurements: dict, margin: float, judged: bool) -> tuple[bool, str]:
+    """(promote?, reason) from the candidate's and the active version's measurements."""
+    candidate, active = measurements["candidate"], measurements["active"]
+    if judged:
+        gain = candidate["demo_accuracy"] - active["demo_accuracy"]
+        verdict = (f"demo accuracy {candidate['demo_accuracy']:.3f} vs {active['demo_accuracy']:.3f} "
+                   f"of {measurements['active_version']} (gain {gain:+.3f}, margin {margin:+.3f})")
+        return gain >= margin, verdict
+    if "holdout" not in candidate or "holdout" not in active:
+        return False, "no holdout examples and no judge: nothing to compare, promote by hand if wanted"
+    cand_acc, act_acc = candidate["holdout"]["reward_accuracy"], active["holdout"]["reward_accuracy"]
+    cand_loss, act_loss = candidate["holdout"]["loss"], active["holdout"]["loss"]
+    gain = cand_acc - act_acc
+    verdict = (f"holdout reward accuracy {cand_acc:.3f} vs {act_acc:.3f} (gain {gain:+.3f}, margin {margin:+.3f}), "
+               f"KTO loss {cand_loss:.4f} vs {act_loss:.4f} of {measurements['active_version']}")
+    return gain >= margin and cand_loss <= act_loss, verdict
+
+
+def evaluate_candidate(version: ModelVersion) -> ModelVersion:
+    """Measure a pending candidate against the active version and promote it if it is better.
+
+    Only a version whose evaluation_state is pending is evaluated (pending → running is a
+    conditional UPDATE), so a redelivered gate task does nothing.
+    """
+    from training.selectors import active_version
+    from training.services import promote
+
+    claimed = ModelVersion.objects.filter(
+        pk=version.pk, evaluation_state=ModelVersion.EvaluationState.PENDING
+    ).update(evaluation_state=ModelVersion.EvaluationState.RUNNING)
+    if not claimed:
+        return ModelVersion.objects.get(pk=version.pk)
+    version = ModelVersion.objects.select_related("created_by_run").get(pk=version.pk)
+    run = version.created_by_run
+    config = run.config if run is not None else {}
+    margin = float(config.get("promote_margin", settings.PROSPECT_PROMOTE_MARGIN))
+    judged = config.get("judge", settings.PROSPECT_GATE_JUDGE) == TrainingPolicy.Judge.DEMO
+    try:
+        active = active_version()
+        if active is None:
+            # Nothing to beat: the first trained version is better than no model at all.
+            metrics = {"gate": {"decision": "promoted", "reason": "no active version to compare with"}}
+            with transaction.atomic():
+                ModelVersion.objects.filter(pk=version.pk).update(
+                    metrics=metrics, evaluation_state=ModelVersion.EvaluationState.DONE)
+                return promote(version, reason="no version was active")
+        measurements = {"active_version": active.name, "candidate": {}, "active": {}}
+        holdout_path = Path(run.artifact_dir) / "data" / "holdout.jsonl" if run is not None else None
+        if holdout_path is not None and _count_rows(holdout_path) > 0:
+            measurements["holdout_examples"] = _count_rows(holdout_path)
+            measurements["candidate"]["holdout"] = holdout_metrics(version, holdout_path, reference=active)
+            measurements["active"]["holdout"] = holdout_metrics(active, holdout_path, reference=active)
+        if judged:
+            n_prompts = int(config.get("judge_prompts", settings.PROSPECT_GATE_JUDGE_PROMPTS))
+            seed = int(config.get("seed", 0))
+            measurements["judge"] = {"name": "demo simulated annotator", "prompts": n_prompts, "split": "heldout"}
+            measurements["candidate"]["demo_accuracy"] = demo_judge_accuracy(version, n_prompts, seed)
+            measurements["active"]["demo_accuracy"] = demo_judge_accuracy(active, n_prompts, seed)
+        better, verdict = decide(measurements, margin, judged)
+    except Exception as exc:
+        logger.exception("the gate could not evaluate %s", version.name)
+        ModelVersion.objects.filter(pk=version.pk).update(
+            evaluation_state=ModelVersion.EvaluationState.FAILED,
+            status_reason=f"evaluation failed, not promoted: {type(exc).__name__}: {exc}"[:4000],
+        )
+        return ModelVersion.objects.get(pk=version.pk)
+
+    metrics = {**measurements["candidate"], "gate": {
+        **measurements, "margin": margin, "decision": "promoted" if better else "kept as candidate",
+        "reason": verdict, "evaluated_at": timezone.now().isoformat()}}
+    with transaction.atomic():
+        ModelVersion.objects.filter(pk=version.pk).update(
+            metrics=metrics, evaluation_state=ModelVersion.EvaluationState.DONE)
+        if "demo_accuracy" in measurements["active"] and "demo_accuracy" not in (active.metrics or {}):
+            # Show the active version's accuracy on the Models page too (same prompts, same judge).
+            ModelVersion.objects.filter(pk=active.pk).update(
+                metrics={**(active.metrics or {}), "demo_accuracy": measurements["active"]["demo_accuracy"]})
+        version.refresh_from_db()
+        if better and version.status == ModelVersion.Status.CANDIDATE:
+            return promote(version, reason=f"auto-promoted by the gate: {verdict}")
+        if version.status == ModelVersion.Status.CANDIDATE:
+            ModelVersion.objects.filter(pk=version.pk).update(status_reason=f"not promoted: {verdict}")
+    return ModelVersion.objects.get(pk=version.pk)

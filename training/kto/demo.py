@@ -1,0 +1,165 @@
+"""The offline demo model (SPEC §4): two-digit addition, a character tokenizer, a tiny Llama.
+
+    build_demo_model(out_dir, seed=0) -> str        deterministic, offline, about a minute on 2 CPU cores
+    demo_prompts(n, seed=0, split="train") -> list   "What is 37+48?" prompts; train/heldout never overlap
+    simulated_annotator(prompt, completion) -> bool  True (desirable) iff the completion is the right sum
+    demo_accuracy(model_dir, prompts) -> float       greedy exact-match accuracy, batched
+
+The model is SFT-trained on correct answers for a fixed number of steps chosen so it ends up
+deliberately imperfect (roughly 30-60% held-out exact match): alignment has room to help, and
+the simulated annotator can judge every output, so the whole loop runs with no person and no network.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+# Characters the tokenizer knows: enough for the task and for short free text typed in the web app.
+_CHARACTERS = list("0123456789+-*=?.,:;!'\"()/ \n") + [chr(c) for c in range(ord("a"), ord("z") + 1)] \
+    + [chr(c) for c in range(ord("A"), ord("Z") + 1)]
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+CHAT_TEMPLATE = (
+    # The demo model was trained on bare questions; a chat prompt renders as its user turns.
+    "{% for message in messages %}{% if message['role'] == 'user' %}{{ message['content'] }}{% endif %}{% endfor %}"
+)
+OPERAND_RANGE = 100  # operands 0..99
+HELDOUT_FRACTION = 0.2
+
+# The recipe. Changing any of it changes the cache key (testing.py hashes this file).
+MODEL_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
+                   num_key_value_heads=4, max_position_embeddings=64)
+SFT_STEPS = 600
+SFT_BATCH = 128
+SFT_LEARNING_RATE = 3e-3
+
+_PROMPT_PATTERN = re.compile(r"What is (\d+)\s*\+\s*(\d+)\?")
+
+
+def _all_pairs(split: str) -> list[tuple[int, int]]:
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    pairs = [(a, b) for a in range(OPERAND_RANGE) for b in range(OPERAND_RANGE)]
+    # A fixed shuffle (independent of any seed argument) decides the split once and for all.
+    random.Random(20240201).shuffle(pairs)
+    n_heldout = int(len(pairs) * HELDOUT_FRACTION)
+    return pairs[:n_heldout] if split == "heldout" else pairs[n_heldout:]
+
+
+def format_prompt(a: int, b: int) -> str:
+    return f"What is {a}+{b}?"
+
+
+def demo_prompts(n: int, seed: int = 0, split: str = "train") -> list[str]:
+    """n distinct prompts from the split's pool (8000 train / 2000 held-out questions)."""
+    pool = _all_pairs(split)
+    if n > len(pool):
+        raise ValueError(f"the {split} split has only {len(pool)} prompts, asked for {n}")
+    chosen = random.Random(seed).sample(pool, n)
+    return [format_prompt(a, b) for a, b in chosen]
+
+
+def _user_text(prompt: Any) -> str:
+    if isinstance(prompt, list):
+        return "".join(message.get("content", "") for message in prompt if message.get("role") == "user")
+    return str(prompt)
+
+
+def correct_answer(prompt: Any) -> str | None:
+    match = _PROMPT_PATTERN.search(_user_text(prompt))
+    return str(int(match.group(1)) + int(match.group(2))) if match else None
+
+
+def simulated_annotator(prompt: Any, completion: str) -> bool:
+    """Thumbs up (True) iff the completion is exactly the right sum (surrounding spaces ignored).
+    A prompt that is not a demo question cannot be judged right, so it gets a thumbs down."""
+    answer = correct_answer(prompt)
+    return answer is not None and completion.strip() == answer
+
+
+def build_tokenizer():
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + _CHARACTERS)}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one token per character
+    tokenizer.decoder = decoders.Fuse()  # join characters back without spaces
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _sft_batch(tokenizer, pairs: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    sequences, labels = [], []
+    for a, b in pairs:
+        prompt_ids = tokenizer(format_prompt(a, b))["input_ids"]
+        answer_ids = tokenizer(str(a + b), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        sequences.append(prompt_ids + answer_ids)
+        labels.append([-100] * len(prompt_ids) + answer_ids)  # loss on the answer only
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), tokenizer.pad_token_id)
+    label_ids = torch.full((len(sequences), width), -100)
+    for row, (ids, target) in enumerate(zip(sequences, labels)):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        label_ids[row, : len(ids)] = torch.tensor(target)
+    return input_ids, label_ids
+
+
+def build_demo_model(out_dir: str | Path, seed: int = 0) -> str:
+    """Train the demo model and save it (weights + tokenizer) to out_dir; returns the path.
+
+    Deterministic for a given seed and thread count; needs no network.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         tie_word_embeddings=True, **MODEL_SHAPE)
+    model = LlamaForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=SFT_LEARNING_RATE, weight_decay=0.0)
+    # Warm up for 50 steps, then decay linearly to 10%: the annealed end makes the final accuracy
+    # depend less on exactly where training stops.
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / 50, 1.0 - 0.9 * step / SFT_STEPS))
+    train_pairs = _all_pairs("train")
+    rng = random.Random(seed)
+    model.train()
+    for _ in range(SFT_STEPS):
+        input_ids, labels = _sft_batch(tokenizer, rng.sample(train_pairs, SFT_BATCH))
+        # Right padding: pad positions come after each sequence and are excluded from the loss.
+        loss = model(input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(),
+                     labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "demo_model.json").write_text(json.dumps({
+        "task": "two-digit addition: 'What is A+B?' -> 'A+B'", "seed": seed, "sft_steps": SFT_STEPS,
+        "build_seconds": round(time.perf_counter() - started, 1)}))
+    return str(out_dir)
+
+
+def demo_accuracy(model_dir: str | Path | tuple, prompts: Sequence[Any], batch_size: int = 500) -> float:
+    """Exact-match accuracy of greedy completions, judged by simulated_annotator.
+    ``model_dir`` may also be a loaded (model, tokenizer) pair."""
+    from .generation import generate_completions
+
+    completions = generate_completions(model_dir, prompts, max_new_tokens=5, temperature=0.0, batch_size=batch_size)
+    return sum(simulated_annotator(p, c) for p, c in zip(prompts, completions)) / len(prompts)

@@ -1,0 +1,62 @@
+"""Sampling completions from a model directory (full weights or a LoRA adapter)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .data import prompt_text
+from .modeling import load_causal_lm, load_tokenizer
+
+
+def load_for_generation(model_dir: str | Path):
+    tokenizer = load_tokenizer(model_dir)
+    model = load_causal_lm(model_dir)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()  # an adapter: fold it in, generation is then plain
+    model.eval()
+    return model, tokenizer
+
+
+@torch.no_grad()
+def generate_completions(
+    model_dir_or_pair: str | Path | tuple,
+    prompts: Sequence[Any],
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> list[str]:
+    """Completions for prompts (strings or chat message lists). temperature 0 = greedy decoding.
+
+    ``model_dir_or_pair`` is a model directory or an already loaded (model, tokenizer) pair.
+    Prompts are left-padded in batches; sampling is seeded, so results are reproducible.
+    """
+    if isinstance(model_dir_or_pair, tuple):
+        model, tokenizer = model_dir_or_pair
+    else:
+        model, tokenizer = load_for_generation(model_dir_or_pair)
+    device = next(model.parameters()).device
+    generator_state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    completions: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            texts_and_flags = [prompt_text(tokenizer, prompt) for prompt in prompts[start: start + batch_size]]
+            encoded = [tokenizer(text, add_special_tokens=not templated)["input_ids"] for text, templated in texts_and_flags]
+            width = max(len(ids) for ids in encoded)
+            input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+            for row, ids in enumerate(encoded):
+                input_ids[row, width - len(ids):] = torch.tensor(ids)
+                attention_mask[row, width - len(ids):] = 1
+            sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} \
+                if temperature > 0 else {"do_sample": False}
+            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                    max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                    eos_token_id=tokenizer.eos_token_id, **sampling)
+            completions.extend(tokenizer.batch_decode(output[:, width:], skip_special_tokens=True))
+    finally:
+        torch.set_rng_state(generator_state)
+    return completions

@@ -1,0 +1,97 @@
+"""Reads of the training loop (no writes here: see training.services).
+
+Public API (a contract for views, commands and tasks):
+    active_version()           -> ModelVersion | None
+    run_list(limit=50)         -> list[TrainingRun]
+    version_list()             -> list[ModelVersion]
+    run_progress(run)          -> dict   (what the run page polls)
+    new_votes_since_last_snapshot() -> int
+"""
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from training.models import ModelVersion, TrainingRun
+
+# The per-step metrics the run page charts, in the engine's metrics.jsonl names.
+CHART_KEYS = ("loss", "z0", "reward_desirable", "reward_undesirable", "reward_accuracy")
+
+
+def active_version() -> ModelVersion | None:
+    """The one active model version (the database guarantees at most one), or None."""
+    return ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+
+
+def run_list(limit: int = 50) -> list[TrainingRun]:
+    """The latest runs, newest first, with their snapshot, base version and produced version."""
+    return list(
+        TrainingRun.objects.select_related("snapshot", "base_version", "produced_version", "requested_by")
+        .order_by("-created_at")[:limit]
+    )
+
+
+def version_list() -> QuerySet[ModelVersion]:
+    """All model versions, newest first (metrics side by side on the Models page)."""
+    return ModelVersion.objects.select_related("parent", "created_by_run").order_by("-created_at")
+
+
+def run_progress(run: TrainingRun) -> dict:
+    """A JSON-ready picture of a run for its page, which polls it while the run is not finished.
+
+    Keys:
+      id, status ("queued" | "running" | "succeeded" | "failed" | "cancelled"), finished (bool),
+      progress (0..1: step / total steps; 1.0 once succeeded), step, total_steps (int | None),
+      metrics: {"step": [...], "loss": [...], "z0": [...], "reward_desirable": [...],
+                "reward_undesirable": [...], "reward_accuracy": [...]}   (parallel lists, ≤ 500 points,
+                read by the runner from the run's metrics.jsonl),
+      last_metrics (the last metrics.jsonl row as written by the engine, or {}),
+      log_tail (str), error (str), exit_code (int | None),
+      created_at, started_at, finished_at (ISO 8601 or None),
+      version: None, or {"id", "name", "status", "status_reason", "evaluation_state", "metrics"}
+               for the version this run produced (the gate's verdict is there).
+    """
+    run = TrainingRun.objects.select_related("produced_version").get(pk=run.pk)
+    rows = run.metrics if isinstance(run.metrics, list) else []
+    series: dict[str, list] = {"step": [row.get("step") for row in rows]}
+    for key in CHART_KEYS:
+        series[key] = [row.get(key) for row in rows]
+    version = getattr(run, "produced_version", None)
+    progress = 1.0 if run.status == TrainingRun.Status.SUCCEEDED else max(0.0, min(1.0, run.progress))
+    return {
+        "id": run.pk,
+        "status": run.status,
+        "finished": run.status not in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING),
+        "progress": progress,
+        "step": run.current_step,
+        "total_steps": run.total_steps,
+        "metrics": series,
+        "last_metrics": rows[-1] if rows else {},
+        "log_tail": run.log_tail,
+        "error": run.error,
+        "exit_code": run.exit_code,
+        "created_at": _iso(run.created_at),
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "version": None
+        if version is None
+        else {
+            "id": version.pk,
+            "name": version.name,
+            "status": version.status,
+            "status_reason": version.status_reason,
+            "evaluation_state": version.evaluation_state,
+            "metrics": version.metrics,
+        },
+    }
+
+
+def new_votes_since_last_snapshot() -> int:
+    """Votes with an id above the latest snapshot's last_vote_id (all votes when there is none)."""
+    from feedback.models import DatasetSnapshot, Vote
+
+    latest = DatasetSnapshot.objects.order_by("-last_vote_id").first()
+    return Vote.objects.filter(pk__gt=latest.last_vote_id if latest else 0).count()
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value else None
