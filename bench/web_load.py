@@ -332,7 +332,7 @@ def main() -> None:
             # A short warm-up so that every worker has imported everything and opened its DB connection.
             asyncio.run(drive(port, noop_requests, args.clients, 1.0))
             run_tag = f"bench-{int(time.time())}"
-            asyncio.run(drive(port, vote_requests_factory(token, first_id, last_id, run_tag + "-warmup", 50), args.clients, 1.0))
+            asyncio.run(drive(port, vote_requests_factory(token, first_id, last_id, "warmup-" + run_tag, 50), args.clients, 1.0))
             log(f"no-op view: {args.clients} clients for {args.seconds} s")
             noop = asyncio.run(drive(port, noop_requests, args.clients, args.seconds)).summary(200)
             log(f"vote endpoint: {args.clients} clients for {args.seconds} s")

@@ -6,12 +6,16 @@ from __future__ import annotations
 from django.conf import settings
 from drf_spectacular.utils import OpenApiExample, extend_schema
 from rest_framework import serializers, status
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import IsAdminUser, IsAuthenticated
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from feedback import services
+from feedback.authentication import CachedTokenAuthentication
 from feedback.content import ContentError, validate_completion, validate_prompt
 from feedback.importers import FORMAT_CHOICES, ImportRejected
 from feedback.models import DatasetSnapshot, Generation
@@ -19,6 +23,8 @@ from feedback.services.generations import GenerationInput
 from training.models import ModelVersion
 
 MAX_BATCH = 1000
+# Every feedback endpoint: a token (remembered briefly, see feedback.authentication) or a session.
+AUTHENTICATION = [CachedTokenAuthentication, SessionAuthentication]
 
 
 class PromptField(serializers.JSONField):
@@ -76,6 +82,7 @@ def _generation_out(generation: Generation, created: bool) -> dict:
 
 
 class GenerationCreateView(APIView):
+    authentication_classes = AUTHENTICATION
     permission_classes = [IsAuthenticated]
 
     @extend_schema(
@@ -107,6 +114,7 @@ class GenerationBatchOutSerializer(serializers.Serializer):
 
 
 class GenerationBatchView(APIView):
+    authentication_classes = AUTHENTICATION
     permission_classes = [IsAuthenticated]
 
     @extend_schema(
@@ -153,8 +161,63 @@ class VoteOutSerializer(serializers.Serializer):
     created = serializers.BooleanField(help_text="False when this voter had already voted: the first vote stands.")
 
 
+def parse_vote_payload(data) -> dict:
+    """Validate a vote body by hand: the same rules as VoteInSerializer, at a fraction of the cost.
+
+    This endpoint takes one request per end-user click, and a DRF serializer (which deep-copies
+    its fields on every instantiation) was a fifth of its CPU time. VoteInSerializer stays the
+    documented schema; tests hold both to the same answers.
+    """
+    if not isinstance(data, dict):
+        raise serializers.ValidationError({"non_field_errors": ["expected a JSON object"]})
+    errors: dict[str, list[str]] = {}
+    cleaned: dict = {}
+    generation_id = data.get("generation_id")
+    if generation_id is not None:
+        if isinstance(generation_id, bool) or not isinstance(generation_id, int) or generation_id < 1:
+            errors["generation_id"] = ["a positive integer is required"]
+        cleaned["generation_id"] = generation_id
+    external_generation = data.get("generation_external_id")
+    if external_generation is not None:
+        if not isinstance(external_generation, str) or not external_generation or len(external_generation) > 200:
+            errors["generation_external_id"] = ["a non-empty string of at most 200 characters is required"]
+        cleaned["generation_external_id"] = external_generation
+    desirable = data.get("desirable")
+    if not isinstance(desirable, bool):
+        errors["desirable"] = ["this field is required and must be true or false" if desirable is None else "must be true or false"]
+    cleaned["desirable"] = desirable
+    external_user_id = data.get("external_user_id")
+    if external_user_id is not None:
+        if not isinstance(external_user_id, str) or not external_user_id or len(external_user_id) > 200:
+            errors["external_user_id"] = ["a non-empty string of at most 200 characters is required"]
+    cleaned["external_user_id"] = external_user_id
+    comment = data.get("comment", "")
+    if not isinstance(comment, str) or len(comment) > 5000:
+        errors["comment"] = ["a string of at most 5000 characters is required"]
+    cleaned["comment"] = comment if isinstance(comment, str) else ""
+    if not errors and ("generation_id" in cleaned) == ("generation_external_id" in cleaned):
+        errors["non_field_errors"] = ["give exactly one of generation_id and generation_external_id"]
+    if errors:
+        raise serializers.ValidationError(errors)
+    return cleaned
+
+
+class JSONOnly(BaseContentNegotiation):
+    """The busiest endpoint speaks JSON only, so there is nothing to negotiate."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0]
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 class VoteCreateView(APIView):
+    authentication_classes = AUTHENTICATION
     permission_classes = [IsAuthenticated]
+    parser_classes = [JSONParser]
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = JSONOnly
 
     @extend_schema(
         operation_id="record_vote",
@@ -169,9 +232,7 @@ class VoteCreateView(APIView):
         tags=["feedback"],
     )
     def post(self, request):
-        payload = VoteInSerializer(data=request.data)
-        payload.is_valid(raise_exception=True)
-        data = payload.validated_data
+        data = parse_vote_payload(request.data)
         generation_id = data.get("generation_id")
         if generation_id is None:
             generation_id = Generation.objects.filter(external_id=data["generation_external_id"]).values_list("id", flat=True).first()
@@ -180,7 +241,7 @@ class VoteCreateView(APIView):
                     {"generation_external_id": [f"no generation has external_id {data['generation_external_id']!r}"]},
                     status=status.HTTP_404_NOT_FOUND,
                 )
-        external_user_id = data.get("external_user_id")
+        external_user_id = data["external_user_id"]
         try:
             vote, created = services.record_vote(
                 generation_id=generation_id,
@@ -203,6 +264,9 @@ class ImportInSerializer(serializers.Serializer):
     format = serializers.CharField(default="auto", help_text=f"One of {', '.join(FORMAT_CHOICES)}.")
     threshold = serializers.FloatField(required=False, allow_null=True, default=None)
     weight_by_distance = serializers.BooleanField(required=False, default=False)
+    one_y_per_x = serializers.BooleanField(
+        required=False, default=False, help_text="Pairs: keep only one of chosen/rejected, at random (seeded)."
+    )
 
 
 class ImportOutSerializer(serializers.Serializer):
@@ -218,6 +282,7 @@ class ImportOutSerializer(serializers.Serializer):
 
 
 class ImportView(APIView):
+    authentication_classes = AUTHENTICATION
     permission_classes = [IsAdminUser]
     parser_classes = [MultiPartParser, FormParser]
 
@@ -245,6 +310,7 @@ class ImportView(APIView):
                 fmt=data["format"],
                 threshold=data["threshold"],
                 weight_by_distance=data["weight_by_distance"],
+                one_y_per_x=data["one_y_per_x"],
                 user=request.user,
             )
         except ImportRejected as exc:
@@ -289,6 +355,7 @@ class SnapshotSerializer(serializers.ModelSerializer):
 
 
 class SnapshotListCreateView(APIView):
+    authentication_classes = AUTHENTICATION
     permission_classes = [IsAdminUser]
 
     @extend_schema(operation_id="list_snapshots", summary="List dataset snapshots, newest first",

@@ -2,7 +2,8 @@
 
 Every format becomes a stream of `ImportExample(line, prompt, completion, desirable, weight)`:
 - kto     `{prompt, completion, label}`      label is a JSON boolean
-- paired  `{prompt, chosen, rejected}`        → chosen desirable, rejected undesirable (paper §3.1)
+- paired  `{prompt, chosen, rejected}`        → chosen desirable, rejected undesirable (paper §3.1);
+                                                with one_y_per_x, only one of the two, at random
 - hh      `{chosen, rejected}` transcripts   → prompt = shared dialogue up to the last Assistant turn
 - scored  `{prompt, completion, score}`      → desirable above the threshold, undesirable below,
                                                 items exactly at the threshold are dropped
@@ -12,6 +13,7 @@ one transaction, so a rejected file leaves nothing behind.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
@@ -94,7 +96,13 @@ def _require(row: dict, line: int, *fields: str) -> None:
             raise ImportRejected(f"missing field '{field}'", line=line, field=field)
 
 
-def _examples_from_row(fmt: str, row: dict, line: int, threshold: float | None, weight_by_distance: bool, stats: ParseStats):
+def _one_of_pair(examples: tuple[ImportExample, ImportExample], rng: random.Random | None):
+    """Both examples of a pair, or (SPEC §1 "one y per x") one of them chosen at random."""
+    return examples if rng is None else (examples[rng.randrange(2)],)
+
+
+def _examples_from_row(fmt: str, row: dict, line: int, threshold: float | None, weight_by_distance: bool, stats: ParseStats,
+                       rng: random.Random | None = None):
     if fmt == "kto":
         _require(row, line, "prompt", "completion", "label")
         label = row["label"]
@@ -110,8 +118,10 @@ def _examples_from_row(fmt: str, row: dict, line: int, threshold: float | None, 
         rejected = validate_completion(row["rejected"], "rejected")
         if chosen == rejected:
             raise ImportRejected("field 'rejected': identical to 'chosen'", line=line, field="rejected")
-        yield ImportExample(line, prompt, chosen, True, part="chosen")
-        yield ImportExample(line, prompt, rejected, False, part="rejected")
+        yield from _one_of_pair(
+            (ImportExample(line, prompt, chosen, True, part="chosen"), ImportExample(line, prompt, rejected, False, part="rejected")),
+            rng,
+        )
     elif fmt == "hh":
         _require(row, line, "chosen", "rejected")
         chosen_prompt, chosen = split_hh_transcript(row["chosen"], "chosen")
@@ -124,8 +134,11 @@ def _examples_from_row(fmt: str, row: dict, line: int, threshold: float | None, 
             )
         if chosen == rejected:
             raise ImportRejected("field 'rejected': identical to 'chosen'", line=line, field="rejected")
-        yield ImportExample(line, chosen_prompt, chosen, True, part="chosen")
-        yield ImportExample(line, chosen_prompt, rejected, False, part="rejected")
+        yield from _one_of_pair(
+            (ImportExample(line, chosen_prompt, chosen, True, part="chosen"),
+             ImportExample(line, chosen_prompt, rejected, False, part="rejected")),
+            rng,
+        )
     elif fmt == "scored":
         _require(row, line, "prompt", "completion", "score")
         score = row["score"]
@@ -147,8 +160,15 @@ def parse_examples(
     weight_by_distance: bool = False,
     max_line_bytes: int = 1_000_000,
     stats: ParseStats | None = None,
+    one_y_per_x: bool = False,
+    seed: int = 0,
 ) -> Iterator[ImportExample]:
-    """Yield examples from a JSONL byte stream, raising ImportRejected at the first bad line."""
+    """Yield examples from a JSONL byte stream, raising ImportRejected at the first bad line.
+
+    one_y_per_x: for pairs, keep only one of chosen/rejected, drawn with `seed` (reproducible), so
+    the dataset carries no trace of the pairing (the paper's "one-y-per-x" setting).
+    """
+    rng = random.Random(seed) if one_y_per_x else None
     if fmt not in FORMAT_CHOICES:
         raise ImportRejected(f"unknown format {fmt!r} (choose one of {', '.join(FORMAT_CHOICES)})", field="format")
     if fmt == "scored" and threshold is None:
@@ -165,7 +185,7 @@ def parse_examples(
             if stats.format == "scored" and threshold is None:
                 raise ImportRejected("the file is in the scored format, which needs a threshold (--threshold T)", line=line)
         try:
-            yield from _examples_from_row(stats.format, row, line, threshold, weight_by_distance, stats)
+            yield from _examples_from_row(stats.format, row, line, threshold, weight_by_distance, stats, rng)
         except ContentError as exc:
             raise ImportRejected(str(exc), line=line, field=exc.field) from None
     if stats.n_lines == 0:

@@ -309,6 +309,15 @@ def _log_tail(run_dir: Path) -> str:
     return "\n".join(part for part in (stdout, stderr and f"--- stderr ---\n{stderr}") if part)
 
 
+def _engine_total_steps(out_dir: Path) -> int | None:
+    """The step count the engine planned (OUT/config.json "total_steps"), once it wrote it."""
+    try:
+        value = json.loads((out_dir / "config.json").read_text()).get("total_steps")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
 def _progress_fields(metrics: _MetricsTail, run_dir: Path, total_steps: int) -> dict:
     step = int(metrics.rows[-1].get("step", len(metrics.rows))) if metrics.rows else 0
     return {
@@ -344,6 +353,8 @@ def supervise(run: TrainingRun, command: list[str], run_dir: Path, out_dir: Path
         except subprocess.TimeoutExpired:
             exit_code = None
         metrics.read_new()
+        # Our estimate until the engine states its plan (it knows about resumes and rounding).
+        total_steps = _engine_total_steps(out_dir) or total_steps
         still_running = TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING).update(
             heartbeat_at=timezone.now(), **_progress_fields(metrics, run_dir, total_steps)
         )

@@ -58,7 +58,6 @@ CONFIG_FIELDS = (
 )
 
 ACTIVE_RUN_STATUSES = (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING)
-FINISHED_RUN_STATUSES = (TrainingRun.Status.SUCCEEDED, TrainingRun.Status.FAILED, TrainingRun.Status.CANCELLED)
 
 
 # --- Policy and config -------------------------------------------------------------------------

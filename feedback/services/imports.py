@@ -38,6 +38,7 @@ def import_feedback(
     fmt: str = "auto",
     threshold: float | None = None,
     weight_by_distance: bool = False,
+    one_y_per_x: bool = False,
     user=None,
 ) -> ImportBatch:
     """Parse and save a feedback file; raise feedback.importers.ImportRejected on the first bad line.
@@ -56,6 +57,7 @@ def import_feedback(
         weight_by_distance=weight_by_distance,
         max_line_bytes=settings.IMPORT_MAX_LINE_BYTES,
         stats=stats,
+        one_y_per_x=one_y_per_x,
     )
     counts = {"prompts": 0, "generations": 0, "votes": 0, "votes_existing": 0}
     voter_prefix = f"import:{file_sha[:16]}:"

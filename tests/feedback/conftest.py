@@ -16,6 +16,15 @@ def data_dir(settings, tmp_path):
     return settings.DATA_DIR
 
 
+@pytest.fixture(autouse=True)
+def forget_remembered_tokens():
+    from feedback.authentication import CachedTokenAuthentication
+
+    CachedTokenAuthentication.forget_all()
+    yield
+    CachedTokenAuthentication.forget_all()
+
+
 @pytest.fixture
 def annotator(db):
     return make_annotator("alice")

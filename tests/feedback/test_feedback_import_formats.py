@@ -105,3 +105,18 @@ def test_reimporting_the_same_file_adds_nothing(tmp_path):
     assert (second["votes_created"], second["votes_existing"], second["generations_created"]) == (0, 2, 0)
     assert Vote.objects.count() == 2
     assert ImportBatch.objects.count() == 2
+
+
+def test_one_y_per_x_keeps_one_example_per_pair_reproducibly(tmp_path):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [
+        {"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(40)])
+    summary = run_import(path, "--one-y-per-x")
+    kept = set(Vote.objects.values_list("generation__completion", "desirable"))
+    assert summary["votes_created"] == 40 and Generation.objects.count() == 40
+    assert {completion.split()[1] for completion, _ in kept} == {str(i) for i in range(40)}
+    labels = [desirable for _, desirable in kept]
+    assert 0 < sum(labels) < 40  # both kinds survive: the choice is random, not always "chosen"
+    assert all(desirable == completion.startswith("good") for completion, desirable in kept)
+    Generation.objects.all().delete()  # and their votes: the same file and seed must pick the same
+    run_import(path, "--one-y-per-x")
+    assert set(Vote.objects.values_list("generation__completion", "desirable")) == kept

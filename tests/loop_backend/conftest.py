@@ -129,7 +129,7 @@ def start_worker(transactional_db, data_dir, tmp_path):
     """
     workers: list[Worker] = []
 
-    def start(queues: str = "default,gpu", *, beat: bool = False, broker_url: str = LOOP_REDIS_URL,
+    def start(queues: str = "default,gpu", *, beat: bool = False, broker_url: str | None = LOOP_REDIS_URL,
               env: dict | None = None, wait: bool = True) -> Worker:
         name = f"loop-{uuid.uuid4().hex[:8]}"
         log_path = tmp_path / f"{name}.log"
@@ -137,12 +137,15 @@ def start_worker(transactional_db, data_dir, tmp_path):
             os.environ,
             DJANGO_SETTINGS_MODULE="config.settings",
             DATABASE_URL=database_url_for_workers(),
-            CELERY_BROKER_URL=broker_url,
+            CELERY_BROKER_URL=broker_url or "",
             PROSPECT_DATA_DIR=str(data_dir),
             PROSPECT_RUN_POLL_SECONDS="0.5",
             PROSPECT_TRAIN_LAUNCHER="python",
             PYTHONUNBUFFERED="1",
         )
+        if broker_url is None:
+            # No broker configured: the settings choose one (Redis if it answers, else files).
+            del worker_env["CELERY_BROKER_URL"]
         worker_env.update(env or {})
         command = [
             sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues, "-P", "solo", "-c", "1",
@@ -232,3 +235,43 @@ def _pings(client) -> bool:
         return bool(client.ping())
     except redis.ConnectionError:
         return False
+
+
+# Small enough to train in seconds on a CPU; the loop, not the model quality, is under test.
+TINY_TRAINING = {
+    "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "max_steps": 3,
+    "max_length": 32,
+    "learning_rate": 1e-4,
+    "holdout": 0.0,
+    "judge": "none",
+    "judge_prompts": 16,
+}
+
+
+@pytest.fixture
+def demo_loop(transactional_db, data_dir, demo_model_dir):
+    """The demo model as the active version, a policy with a tiny training config, 20 prompts' votes."""
+    from tests.loop_backend.helpers import cast_demo_votes
+    from training import services
+
+    policy = services.get_policy()
+    for name, value in TINY_TRAINING.items():
+        setattr(policy, name, value)
+    policy.base_model = demo_model_dir
+    policy.min_new_votes, policy.cooldown_seconds = 10_000, 0  # tests start runs themselves unless they lower it
+    policy.save()
+    base = services.ensure_base_version(demo_model_dir)
+    cast_demo_votes(20)
+    return base
+
+
+def run_status(run_id: int) -> str:
+    from training.models import TrainingRun
+
+    return TrainingRun.objects.get(pk=run_id).status
+
+
+def run_dirs(data_dir: Path, run_id: int) -> list[Path]:
+    return sorted((data_dir / "runs").glob(f"run-{run_id}-*"))

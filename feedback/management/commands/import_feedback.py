@@ -22,6 +22,10 @@ class Command(BaseCommand):
             "--weight-by-distance", action="store_true", help="scored format: weight each vote by |score - threshold|"
         )
 
+        parser.add_argument(
+            "--one-y-per-x", action="store_true", help="paired/hh: keep only one of chosen/rejected, at random (seeded)"
+        )
+
     def handle(self, *args, **options):
         path = Path(options["file"])
         if not path.is_file():
@@ -34,6 +38,7 @@ class Command(BaseCommand):
                     fmt=options["format"],
                     threshold=options["threshold"],
                     weight_by_distance=options["weight_by_distance"],
+                    one_y_per_x=options["one_y_per_x"],
                 )
         except ImportRejected as exc:
             raise CommandError(f"{path}: {exc}; nothing was imported") from None
