@@ -34,6 +34,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+import psutil
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,8 +50,13 @@ def log(message: str) -> None:
 # --- Database set-up ------------------------------------------------------------------------
 
 
+def libpq_url(url: str) -> str:
+    """The URL without its query: Django options such as server_side_binding are not libpq's."""
+    return urlparse(url)._replace(query="").geturl()
+
+
 def recreate_database(url: str) -> None:
-    parsed = urlparse(url)
+    parsed = urlparse(libpq_url(url))
     name = parsed.path.lstrip("/")
     admin_url = parsed._replace(path="/postgres").geturl()
     with psycopg.connect(admin_url, autocommit=True) as connection:
@@ -220,6 +226,50 @@ def vote_requests_factory(token: str, first_id: int, last_id: int, run_tag: str,
     return make
 
 
+class CpuMeter:
+    """CPU seconds spent by the server (gunicorn), its database backends and this client.
+
+    Throughput on a shared 2-core machine moves with whatever else runs there; CPU time per
+    request does not, so the per-request cost of each side is reported next to the rates.
+    """
+
+    def __init__(self, server: subprocess.Popen, database_url: str):
+        self.server = psutil.Process(server.pid)
+        self.database = urlparse(database_url).path.lstrip("/")
+        self.database_url = libpq_url(database_url)
+
+    def _backend_pids(self) -> list[int]:
+        with psycopg.connect(self.database_url, autocommit=True) as connection:
+            return [row[0] for row in connection.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (self.database,))]
+
+    @staticmethod
+    def _cpu(processes) -> float:
+        total = 0.0
+        for process in processes:
+            try:
+                times = process.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def read(self) -> dict[str, float]:
+        return {
+            "server": self._cpu([self.server, *self.server.children(recursive=True)]),
+            "database": self._cpu([psutil.Process(pid) for pid in self._backend_pids() if psutil.pid_exists(pid)]),
+            "client": time.process_time(),
+        }
+
+
+def measured(meter: CpuMeter, run) -> tuple[LoadResult, dict[str, float]]:
+    before = meter.read()
+    result = run()
+    after = meter.read()
+    requests = max(1, len(result.latencies))
+    return result, {f"{side}_cpu_ms_per_request": round((after[side] - before[side]) / requests * 1000, 3) for side in before}
+
+
 # --- Export of a million votes --------------------------------------------------------------
 
 GROW_SQL = """
@@ -238,7 +288,7 @@ FROM feedback_generation g WHERE g.source = 'bench' AND g.completion LIKE 'compl
 
 
 def grow_votes(database_url: str, first_prompt: int, n_prompts: int, per_prompt: int) -> None:
-    with psycopg.connect(database_url, autocommit=True) as connection:
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as connection:
         connection.execute(
             GROW_SQL.replace("%(first)s", str(first_prompt))
             .replace("%(last)s", str(first_prompt + n_prompts - 1))
@@ -334,16 +384,18 @@ def main() -> None:
             run_tag = f"bench-{int(time.time())}"
             asyncio.run(drive(port, vote_requests_factory(token, first_id, last_id, "warmup-" + run_tag, 50), args.clients, 1.0))
             log(f"no-op view: {args.clients} clients for {args.seconds} s")
-            noop = asyncio.run(drive(port, noop_requests, args.clients, args.seconds)).summary(200)
+            meter = CpuMeter(server, database_url)
+            noop_result, noop_cpu = measured(meter, lambda: asyncio.run(drive(port, noop_requests, args.clients, args.seconds)))
+            noop = noop_result.summary(200)
             log(f"vote endpoint: {args.clients} clients for {args.seconds} s")
-            vote_result = asyncio.run(
+            vote_result, vote_cpu = measured(meter, lambda: asyncio.run(
                 drive(port, vote_requests_factory(token, first_id, last_id, run_tag, args.max_votes_per_client), args.clients, args.seconds)
-            )
+            ))
             votes = vote_result.summary(201)
         finally:
             stop(server)
 
-        with psycopg.connect(database_url) as connection:
+        with psycopg.connect(libpq_url(database_url)) as connection:
             rows_saved = connection.execute(
                 "SELECT count(*) FROM feedback_vote WHERE external_user_id LIKE %s", (f"{run_tag}-%",)
             ).fetchone()[0]
@@ -354,8 +406,9 @@ def main() -> None:
             ).fetchone()[0]
         acknowledged = votes["ok"]
         lost = max(0, acknowledged - rows_saved)
-        log(f"no-op : {json.dumps(noop)}")
-        log(f"votes : {json.dumps(votes)}")
+        log(f"no-op : {json.dumps(noop)} {json.dumps(noop_cpu)}")
+        log(f"votes : {json.dumps(votes)} {json.dumps(vote_cpu)}")
+        noop_cost, vote_cost = sum(noop_cpu.values()), sum(vote_cpu.values())
         log(f"votes sent {vote_result.sent}, acknowledged {acknowledged}, rows in the database {rows_saved}, lost {lost}")
 
         export = bench_export(env, database_url, data_dir, args.export_votes) if args.export_votes else {}
@@ -371,6 +424,13 @@ def main() -> None:
             "noop_p50_ms": round(noop["p50_ms"], 2),
             "noop_p99_ms": round(noop["p99_ms"], 2),
             "throughput_ratio_vs_noop": round(votes["per_s"] / noop["per_s"], 3) if noop["per_s"] else None,
+            # CPU per request of server + database + client: what the throughput ratio would be on
+            # a machine doing nothing else (throughput = cores / CPU per request).
+            "vote_cpu_ms_per_request": round(vote_cost, 3),
+            "noop_cpu_ms_per_request": round(noop_cost, 3),
+            "cpu_cost_ratio_noop_vs_vote": round(noop_cost / vote_cost, 3) if vote_cost else None,
+            "vote_server_cpu_ms": vote_cpu["server_cpu_ms_per_request"],
+            "vote_database_cpu_ms": vote_cpu["database_cpu_ms_per_request"],
             "votes_sent": vote_result.sent,
             "votes_acknowledged": acknowledged,
             "votes_in_database": rows_saved,
@@ -385,7 +445,9 @@ def main() -> None:
                     "export_votes": large["votes"],
                     "export_rows_per_s": large["export_rows_per_s"],
                     "export_peak_rss_mb": large["export_peak_rss_mb"],
-                    "export_peak_rss_mb_at_1k_votes": small["export_peak_rss_mb"],
+                    # The same export on a small snapshot: equal peaks mean memory does not grow with the data.
+                    "export_small_votes": small["votes"],
+                    "export_small_peak_rss_mb": small["export_peak_rss_mb"],
                     "snapshot_rows_per_s": large["snapshot_rows_per_s"],
                     "snapshot_peak_rss_mb": large["snapshot_peak_rss_mb"],
                 }

@@ -32,6 +32,17 @@ class GenerationAdmin(admin.ModelAdmin):
     raw_id_fields = ("prompt", "model_version", "claimed_by")
     readonly_fields = ("completion_sha256", "created_at")
     inlines = [VoteInline]
+    actions = ["double_rate", "single_rate"]
+
+    @admin.action(description="Ask for 2 votes on the selected items (to measure agreement)")
+    def double_rate(self, request, queryset):
+        updated = queryset.update(votes_wanted=2)
+        self.message_user(request, f"{updated} items will be rated by two annotators.", messages.SUCCESS)
+
+    @admin.action(description="Back to the default number of votes")
+    def single_rate(self, request, queryset):
+        updated = queryset.update(votes_wanted=None)
+        self.message_user(request, f"{updated} items use the default number of votes again.", messages.SUCCESS)
 
     @admin.display(description="completion")
     def short_completion(self, generation: Generation) -> str:

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db.models import Count, F, Q, Value
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models import Count, Exists, F, OuterRef, Q, Value
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from feedback.models import DatasetSnapshot, Generation, Prompt, Vote
@@ -26,23 +26,47 @@ def is_annotator(user) -> bool:
 # --- The annotation queue -------------------------------------------------------------------
 
 
-def _waiting_for(user, now):
-    """Items this user has not rated that still need votes and that nobody else holds right now."""
-    votes_wanted = Coalesce("votes_wanted", Value(settings.VOTES_PER_ITEM))
+def _claimable(user, now) -> Q:
+    return Q(claimed_until__isnull=True) | Q(claimed_until__lt=now) | Q(claimed_by=user)
+
+
+def _waiting_with_own_target(user, now):
+    """Items given their own number of votes (a double-rated slice): counted vote by vote."""
     return (
-        Generation.objects.filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now) | Q(claimed_by=user))
+        Generation.objects.filter(votes_wanted__isnull=False)
+        .filter(_claimable(user, now))
         .exclude(votes__annotator=user)
-        .annotate(votes_missing=votes_wanted - Count("votes"))
+        .annotate(votes_missing=F("votes_wanted") - Count("votes"))
+        .filter(votes_missing__gt=0)
+    )
+
+
+def _waiting_with_default_target(user, now):
+    """Items under settings.VOTES_PER_ITEM, the bulk of the queue.
+
+    With the default of one vote, "waiting" means "no vote at all": an anti-join that the
+    database answers from the vote index and stops scanning as soon as it has enough rows, so the
+    queue stays fast with millions of generations. Larger defaults count votes per item.
+    """
+    items = Generation.objects.filter(votes_wanted__isnull=True).filter(_claimable(user, now))
+    if settings.VOTES_PER_ITEM <= 1:
+        return items.filter(~Exists(Vote.objects.filter(generation=OuterRef("pk")))).annotate(votes_missing=Value(1))
+    return (
+        items.exclude(votes__annotator=user)
+        .annotate(votes_missing=Value(settings.VOTES_PER_ITEM) - Count("votes"))
         .filter(votes_missing__gt=0)
     )
 
 
 def queue_candidate_ids(user, now, exclude_ids: list[int] = (), limit: int = 20) -> list[int]:
     """Items in serving order: the most votes still missing first, then the oldest."""
-    waiting = _waiting_for(user, now)
-    if exclude_ids:
-        waiting = waiting.exclude(pk__in=list(exclude_ids))
-    return list(waiting.order_by("-votes_missing", "id").values_list("id", flat=True)[:limit])
+    ranked = []
+    for waiting in (_waiting_with_own_target(user, now), _waiting_with_default_target(user, now)):
+        if exclude_ids:
+            waiting = waiting.exclude(pk__in=list(exclude_ids))
+        ranked += waiting.order_by("-votes_missing", "id").values_list("votes_missing", "id")[:limit]
+    ranked.sort(key=lambda row: (-row[0], row[1]))
+    return [generation_id for _, generation_id in ranked[:limit]]
 
 
 def current_claim(user, now) -> Generation | None:
@@ -55,18 +79,30 @@ def current_claim(user, now) -> Generation | None:
     )
 
 
+# Counting every waiting item on each page load would cost a scan of all generations; past this
+# many the page just says "10000+ waiting".
+WAITING_COUNT_CAP = 10_000
+
+
 @dataclass(frozen=True)
 class QueueProgress:
     rated_today: int
     waiting: int
+    waiting_capped: bool = False
 
 
 def queue_progress(user) -> QueueProgress:
     now = timezone.now()
     start_of_today = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    waiting = 0
+    for items in (_waiting_with_own_target(user, now), _waiting_with_default_target(user, now)):
+        waiting += items.values("id")[: WAITING_COUNT_CAP - waiting + 1].count()
+        if waiting > WAITING_COUNT_CAP:
+            break
     return QueueProgress(
         rated_today=Vote.objects.filter(annotator=user, created_at__gte=start_of_today).count(),
-        waiting=_waiting_for(user, now).count(),
+        waiting=min(waiting, WAITING_COUNT_CAP),
+        waiting_capped=waiting > WAITING_COUNT_CAP,
     )
 
 

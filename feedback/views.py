@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
@@ -111,6 +112,7 @@ def _bar_chart(points, bar_width: int = 24, gap: int = 6, plot_height: int = 100
         "bar_width": bar_width,
         "width": max(1, len(points) * (bar_width + gap)),
         "height": plot_height + label_height,
+        "plot_height": plot_height,
     }
 
 
@@ -123,10 +125,8 @@ class SnapshotForm(forms.Form):
 @require_GET
 @staff_required
 def dashboard(request):
-    from django.conf import settings
-
     stats = selectors.dashboard_stats()
-    snapshot_form = SnapshotForm(initial={"holdout": settings.SNAPSHOT_HOLDOUT, "target_ratio": settings.KTO_TARGET_RATIO})
+    snapshot_form = SnapshotForm(initial={"holdout": settings.SNAPSHOT_HOLDOUT, "target_ratio": round(settings.KTO_TARGET_RATIO, 4)})
     return render(
         request,
         "feedback/dashboard.html",

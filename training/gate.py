@@ -2,7 +2,9 @@
 
 For a candidate produced by a run, both the candidate and the currently active version are
 measured on the run's snapshot holdout with `python -m training.kto evaluate` (KTO loss and
-reward accuracy), and — when the policy's judge is "demo" — on generated outputs: greedy
+reward accuracy, implied rewards of both taken against the same reference: the base model their
+line descends from, so the numbers are comparable; the base itself scores reward 0 everywhere,
+i.e. no separation of good from bad), and — when the policy's judge is "demo" — on generated outputs: greedy
 completions for held-out demo prompts judged by the demo task's simulated annotator
 (training.kto.demo.demo_accuracy). Each measurement runs in its own subprocess so the worker
 never holds model weights (GPU memory) between tasks.
@@ -31,22 +33,12 @@ from training.models import ModelVersion, TrainingPolicy
 logger = logging.getLogger(__name__)
 
 # Judge a model version on held-out demo prompts; prints {"demo_accuracy": x, "prompts": n}.
-# argv: artifact_path is_adapter(0/1) base_model n_prompts seed
+# argv: artifact_path n_prompts seed. The engine loads full weights and adapters alike.
 _DEMO_JUDGE_SCRIPT = """
 import json, sys
 from training.kto.demo import demo_accuracy, demo_prompts
-artifact, is_adapter, base_model, n, seed = sys.argv[1], sys.argv[2] == "1", sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-prompts = demo_prompts(n, seed=seed, split="heldout")
-if is_adapter:
-    from pathlib import Path
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), artifact).merge_and_unload()
-    tok_dir = artifact if (Path(artifact) / "tokenizer_config.json").exists() else base_model
-    target = (model.eval(), AutoTokenizer.from_pretrained(tok_dir))
-else:
-    target = artifact
-print(json.dumps({"demo_accuracy": demo_accuracy(target, prompts), "prompts": n}))
+artifact, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+print(json.dumps({"demo_accuracy": demo_accuracy(artifact, demo_prompts(n, seed=seed, split="heldout")), "prompts": n}))
 """
 
 
@@ -69,23 +61,33 @@ def _run_json(command: list[str], what: str) -> dict:
     raise GateError(f"{what} printed no JSON line:\n{result.stdout[-1000:]}")
 
 
-def holdout_metrics(version: ModelVersion, holdout_path: Path, reference: ModelVersion | None = None) -> dict:
-    """`python -m training.kto evaluate` of a version on a holdout file (one JSON line of metrics)."""
+def lineage_root(version: ModelVersion) -> ModelVersion:
+    """The first version of a version's line (the base model every later version descends from)."""
+    seen = set()
+    while version.parent_id is not None and version.pk not in seen:
+        seen.add(version.pk)
+        version = version.parent
+    return version
+
+
+def holdout_metrics(version: ModelVersion, holdout_path: Path, *, reference_dir: str, config: dict) -> dict:
+    """`python -m training.kto evaluate` of a version on a holdout file (one JSON line of metrics).
+
+    Implied rewards are measured against `reference_dir` — the same one for the candidate and the
+    active version, so their reward accuracies and losses are comparable. (An adapter is always
+    measured against its own base with the adapter disabled: that is how the engine defines it.)
+    """
     command = [sys.executable, "-m", "training.kto", "evaluate", "--model", version.artifact_path,
-               "--data", str(holdout_path)]
-    if version.is_adapter:
-        command += ["--base-model", version.base_model]
-    if reference is not None:
-        command += ["--reference", reference.artifact_path]
-        if reference.is_adapter:
-            command += ["--reference-base-model", reference.base_model]
+               "--data", str(holdout_path), "--reference", reference_dir,
+               "--beta", repr(float(config.get("beta", 0.1))),
+               "--max-length", str(int(config.get("max_length", 1024))),
+               "--batch-size", str(max(2, int(config.get("per_device_train_batch_size", 8))))]
     return _run_json(command, f"evaluate {version.name}")
 
 
 def demo_judge_accuracy(version: ModelVersion, n_prompts: int, seed: int) -> float:
     """Greedy exact-match accuracy of a version on `n_prompts` held-out demo prompts."""
-    command = [sys.executable, "-c", _DEMO_JUDGE_SCRIPT, version.artifact_path, "1" if version.is_adapter else "0",
-               version.base_model, str(n_prompts), str(seed)]
+    command = [sys.executable, "-c", _DEMO_JUDGE_SCRIPT, version.artifact_path, str(n_prompts), str(seed)]
     return float(_run_json(command, f"demo judge of {version.name}")["demo_accuracy"])
 
 
@@ -145,10 +147,15 @@ def evaluate_candidate(version: ModelVersion) -> ModelVersion:
                 return promote(version, reason="no version was active")
         measurements = {"active_version": active.name, "candidate": {}, "active": {}}
         holdout_path = Path(run.artifact_dir) / "data" / "holdout.jsonl" if run is not None else None
-        if holdout_path is not None and _count_rows(holdout_path) > 0:
+        # The engine needs two examples at least (z0 pairs each prompt with another completion).
+        if holdout_path is not None and _count_rows(holdout_path) >= 2:
+            reference = lineage_root(active).artifact_path
             measurements["holdout_examples"] = _count_rows(holdout_path)
-            measurements["candidate"]["holdout"] = holdout_metrics(version, holdout_path, reference=active)
-            measurements["active"]["holdout"] = holdout_metrics(active, holdout_path, reference=active)
+            measurements["holdout_reference"] = reference
+            measurements["candidate"]["holdout"] = holdout_metrics(version, holdout_path, reference_dir=reference,
+                                                                   config=config)
+            measurements["active"]["holdout"] = holdout_metrics(active, holdout_path, reference_dir=reference,
+                                                                config=config)
         if judged:
             n_prompts = int(config.get("judge_prompts", settings.PROSPECT_GATE_JUDGE_PROMPTS))
             seed = int(config.get("seed", 0))

@@ -251,6 +251,8 @@ def build_train_command(run: TrainingRun, *, model: str, data: Path, out: Path) 
         "--undesirable-weight", repr(undesirable_weight),
         "--seed", str(int(config["seed"])),
         "--loss", str(config["loss"]),
+        # The run page draws its own progress bar; a tqdm bar would only clutter the log tail.
+        "--no-progress",
     ]
     if config.get("max_steps"):
         engine_args += ["--max-steps", str(int(config["max_steps"]))]

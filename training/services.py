@@ -296,9 +296,12 @@ def rollback() -> ModelVersion:
         current = ModelVersion.objects.select_for_update().filter(status=ModelVersion.Status.ACTIVE).first()
         if current is None:
             raise ValidationError("no model version is active; nothing to roll back")
-        target = current.previous_active or current.parent
-        if target is None:
+        # A version an admin rejected since is never brought back by a rollback.
+        candidates = [v for v in (current.previous_active, current.parent)
+                      if v is not None and v.status != ModelVersion.Status.REJECTED]
+        if not candidates:
             raise ValidationError(f"{current.name} has no previous version to roll back to")
+        target = candidates[0]
         target = ModelVersion.objects.select_for_update().get(pk=target.pk)
         current.status = ModelVersion.Status.RETIRED
         current.status_reason = f"rolled back to {target.name}"

@@ -34,6 +34,17 @@ def verify_snapshot_file(snapshot: DatasetSnapshot) -> None:
         )
 
 
+def trl_row(prompt, completion: str, label: bool) -> dict:
+    """One row of TRL's unpaired preference format.
+
+    A chat prompt (a list of messages) makes the row "conversational", where TRL expects the
+    completion as a list of messages too: one assistant message. A plain prompt keeps plain text.
+    """
+    if isinstance(prompt, list):
+        return {"prompt": prompt, "completion": [{"role": "assistant", "content": completion}], "label": label}
+    return {"prompt": prompt, "completion": completion, "label": label}
+
+
 def export_kto(snapshot: DatasetSnapshot, out_path: str | os.PathLike, split: str = SPLIT_TRAIN) -> int:
     """Write rows {"prompt", "completion", "label"} (label a JSON boolean); return the row count.
 
@@ -54,10 +65,7 @@ def export_kto(snapshot: DatasetSnapshot, out_path: str | os.PathLike, split: st
                 if split != "all" and row["split"] != split:
                     continue
                 out.write(
-                    json.dumps(
-                        {"prompt": row["prompt"], "completion": row["completion"], "label": row["label"]},
-                        ensure_ascii=False,
-                    ).encode("utf-8")
+                    json.dumps(trl_row(row["prompt"], row["completion"], row["label"]), ensure_ascii=False).encode("utf-8")
                     + b"\n"
                 )
                 n_rows += 1

@@ -33,4 +33,6 @@
     }
     event.preventDefault();
   });
+  // Lets a person (and the browser tests) tell that the shortcuts are live.
+  document.body.dataset.shortcuts = "ready";
 })();

@@ -38,3 +38,10 @@ def test_the_admin_button_cuts_a_snapshot_shown_with_its_rule(client, staff_user
     assert "13.33" in page and "λ_D" in page
     detail = client.get(f"/admin/feedback/datasetsnapshot/{snapshot.pk}/change/").content.decode()
     assert escape(snapshot.weight_rule) in detail
+
+
+def test_an_admin_action_double_rates_a_slice(client, staff_user):
+    items = [add_generation(completion=str(i)) for i in range(3)]
+    client.force_login(staff_user)
+    client.post("/admin/feedback/generation/", {"action": "double_rate", "_selected_action": [items[0].pk, items[1].pk]})
+    assert sorted(Generation.objects.values_list("votes_wanted", flat=True), key=str) == [2, 2, None]

@@ -13,6 +13,12 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, seria
 def press(page, key: str) -> None:
     with page.expect_navigation():
         page.keyboard.press(key)
+    shortcuts_ready(page)
+
+
+def shortcuts_ready(page) -> None:
+    # A key pressed before the page's script has run would do nothing: wait for it.
+    page.wait_for_selector("body[data-shortcuts=ready]", state="attached")
 
 
 def test_rate_three_items_with_the_keyboard_then_undo_one(live_server, page):
@@ -24,6 +30,7 @@ def test_rate_three_items_with_the_keyboard_then_undo_one(live_server, page):
     page.fill("#id_password", PASSWORD)
     page.press("#id_password", "Enter")
     page.wait_for_selector("#progress")
+    shortcuts_ready(page)
     assert page.text_content("#progress") == "0 rated today, 3 waiting"
 
     # Only the keyboard from here on: j = thumbs up, k = thumbs down, u = undo.
@@ -49,6 +56,7 @@ def test_typing_a_comment_does_not_trigger_shortcuts(live_server, page):
     page.fill("#id_password", PASSWORD)
     page.press("#id_password", "Enter")
     page.wait_for_selector("#progress")
+    shortcuts_ready(page)
     page.locator("body").focus()
     page.keyboard.press("c")
     page.keyboard.type("just ok")  # contains j and k: must stay text

@@ -104,3 +104,13 @@ def test_a_repeated_vote_changes_nothing(annotator):
     _, created_again = record_annotator_vote(annotator, generation.pk, desirable=False)
     assert (created, created_again) == (True, False)
     assert list(Vote.objects.values_list("desirable", flat=True)) == [True]
+
+
+def test_a_long_queue_is_counted_up_to_a_cap(annotator, monkeypatch):
+    monkeypatch.setattr(selectors, "WAITING_COUNT_CAP", 3)
+    for i in range(5):
+        add_generation(completion=str(i))
+    progress = selectors.queue_progress(annotator)
+    assert (progress.waiting, progress.waiting_capped) == (3, True)
+    monkeypatch.setattr(selectors, "WAITING_COUNT_CAP", 5)
+    assert selectors.queue_progress(annotator) == selectors.QueueProgress(0, 5, False)

@@ -63,12 +63,14 @@ def point_celery_at(broker_url: str) -> None:
     """Make this process (the 'web' side: start_run, delay) send to `broker_url`."""
     from config.celery import app
 
+    from kombu import pools
+
     app.conf.broker_url = broker_url
-    # Drop cached connections and producers made for the previous URL.
-    if app._pool is not None:
-        app._pool.force_close_all()
+    # Drop cached connections and producers made for the previous URL (kombu keeps a global
+    # registry of pools; reset() closes and forgets them all).
     app._pool = None
     app.amqp._producer_pool = None
+    pools.reset()
 
 
 @pytest.fixture

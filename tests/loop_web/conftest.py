@@ -124,38 +124,49 @@ def _drop_cached_connections(app) -> None:
 
 
 @pytest.fixture
-def celery_worker_process(transactional_db, loop_web_broker, loop_web_settings, loop_web_data_dir, tmp_path):
-    """A real `celery worker` on the gpu and default queues, like the demo's, against the test DB."""
-    log_path = tmp_path / "worker.log"
-    env = dict(os.environ)
-    env.update({
-        "DATABASE_URL": database_url_of_test_db(),
-        "CELERY_BROKER_URL": loop_web_broker,
-        "PROSPECT_DATA_DIR": str(loop_web_data_dir),
-        # One plain process instead of `accelerate launch`: same engine, less start-up per test run.
-        "PROSPECT_TRAIN_LAUNCHER": "python",
-        "PROSPECT_RUN_POLL_SECONDS": "0.5",
-        "PYTHONUNBUFFERED": "1",
-    })
-    with open(log_path, "w") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "gpu,default", "-P", "solo",
-             "-c", "1", "--prefetch-multiplier", "1", "-n", f"loopweb{os.getpid()}@%h",
-             "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
-            cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
+def start_celery_worker(transactional_db, loop_web_broker, loop_web_settings, loop_web_data_dir, tmp_path):
+    """start(queues) -> a real `celery worker` process, like the demo's, against the test database."""
+    workers: list[subprocess.Popen] = []
+
+    def start(queues: str = "gpu,default") -> subprocess.Popen:
+        log_path = tmp_path / f"worker-{len(workers)}.log"
+        env = dict(os.environ)
+        env.update({
+            "DATABASE_URL": database_url_of_test_db(),
+            "CELERY_BROKER_URL": loop_web_broker,
+            "PROSPECT_DATA_DIR": str(loop_web_data_dir),
+            # One plain process instead of `accelerate launch`: same engine, less start-up per run.
+            "PROSPECT_TRAIN_LAUNCHER": "python",
+            "PROSPECT_RUN_POLL_SECONDS": "0.5",
+            "PYTHONUNBUFFERED": "1",
+        })
+        with open(log_path, "w") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues, "-P", "solo",
+                 "-c", "1", "--prefetch-multiplier", "1", "-n", f"loopweb{os.getpid()}-{len(workers)}@%h",
+                 "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
+                cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        workers.append(worker)
+        worker.log_path = log_path
         deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
-        while "ready." not in log_path.read_text():
+        while " ready." not in log_path.read_text():
             if worker.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the celery worker did not start:\n{log_path.read_text()[-4000:]}")
             time.sleep(0.2)
-        worker.log_path = log_path
-        yield worker
-    finally:
+        return worker
+
+    yield start
+    for worker in workers:
         worker.terminate()
         try:
             worker.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(worker.pid, 9)
             worker.wait()
+
+
+@pytest.fixture
+def celery_worker_process(start_celery_worker):
+    """One worker on both queues (what the demo's laptop setup amounts to)."""
+    return start_celery_worker("gpu,default")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -19,6 +20,8 @@ from django.conf import settings
 pytestmark = pytest.mark.slow
 
 CHILDREN = ("web", "worker-default", "worker-gpu", "beat")
+# Lines that show each child really came up (not just forked).
+UP_PATTERNS = (r"^\[worker-gpu\] .*ready\.", r"^\[worker-default\] .*ready\.", r"^\[beat\] .*beat: Starting")
 EXIT_AFTER_S = 25
 DEMO_TIMEOUT_S = 240
 
@@ -29,8 +32,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("broker", ["redis", "no-redis"])
-def test_demo_starts_everything_serves_and_stops_cleanly(demo_model_dir, tmp_path, broker):
+@pytest.mark.parametrize("broker, stop_by", [("redis", "ctrl-c"), ("no-redis", "exit-after")])
+def test_demo_starts_everything_serves_and_stops_cleanly(demo_model_dir, tmp_path, broker, stop_by):
     data_dir = tmp_path / "data"
     # A prepared demo model: the command must find it and not spend minutes building one.
     shutil.copytree(demo_model_dir, data_dir / "demo-model")
@@ -45,8 +48,10 @@ def test_demo_starts_everything_serves_and_stops_cleanly(demo_model_dir, tmp_pat
     else:
         env["REDIS_URL"] = "redis://127.0.0.1:1/0"  # nothing listens there: the filesystem broker is used
 
+    # Ctrl-C: stopped by SIGINT once everything is up (--exit-after is then only a safety net).
+    exit_after = EXIT_AFTER_S if stop_by == "exit-after" else DEMO_TIMEOUT_S
     demo = subprocess.Popen(
-        [sys.executable, "manage.py", "demo", "--port", str(port), "--exit-after", str(EXIT_AFTER_S)],
+        [sys.executable, "manage.py", "demo", "--port", str(port), "--exit-after", str(exit_after)],
         cwd=settings.BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     lines: list[str] = []
@@ -61,6 +66,12 @@ def test_demo_starts_everything_serves_and_stops_cleanly(demo_model_dir, tmp_pat
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/accounts/login/", timeout=10) as response:
             assert response.status == 200
             assert b"Log in" in response.read()
+        if stop_by == "ctrl-c":
+            while not all(re.search(pattern, "".join(lines), re.M) for pattern in UP_PATTERNS):
+                assert demo.poll() is None, "demo exited early:\n" + "".join(lines[-80:])
+                assert time.monotonic() < deadline, "children not up in time:\n" + "".join(lines[-80:])
+                time.sleep(0.2)
+            demo.send_signal(signal.SIGINT)
         demo.wait(timeout=DEMO_TIMEOUT_S)
     finally:
         if demo.poll() is None:
@@ -77,9 +88,9 @@ def test_demo_starts_everything_serves_and_stops_cleanly(demo_model_dir, tmp_pat
     assert set(started) == set(CHILDREN), output[-6000:]
     assert stopped == started
     # Both workers and beat really came up (not just forked) before the demo stopped them.
-    assert re.search(r"^\[worker-gpu\] .*ready\.", output, re.M), output[-6000:]
-    assert re.search(r"^\[worker-default\] .*ready\.", output, re.M), output[-6000:]
-    assert re.search(r"^\[beat\] .*beat: Starting", output, re.M), output[-6000:]
+    for pattern in UP_PATTERNS:
+        assert re.search(pattern, output, re.M), (pattern, output[-6000:])
+    assert ("stop requested" if stop_by == "ctrl-c" else "--exit-after") in output
     for name, pid in started.items():
         with pytest.raises(ProcessLookupError):
             os.kill(int(pid), 0)

@@ -1,16 +1,17 @@
-"""The offline demo model (SPEC §4): two-digit addition, a character tokenizer, a tiny Llama.
+"""The offline demo model (SPEC §4): addition questions, a character tokenizer, a tiny Llama.
 
     build_demo_model(out_dir, seed=0) -> str        deterministic, offline, about a minute on 2 CPU cores
     demo_prompts(n, seed=0, split="train") -> list   "What is 37+48?" prompts; train/heldout never overlap
     simulated_annotator(prompt, completion) -> bool  True (desirable) iff the completion is the right sum
     demo_accuracy(model_dir, prompts) -> float       greedy exact-match accuracy, batched
 
-The model is SFT-trained on correct answers for a fixed number of steps chosen so it ends up
+Two-digit plus one-digit addition ("What is 37+8?" -> "45"). The model is SFT-trained on systematically noisy answers (see SLIPPED_FRACTION) so it ends up
 deliberately imperfect (roughly 30-60% held-out exact match): alignment has room to help, and
 the simulated annotator can judge every output, so the whole loop runs with no person and no network.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -25,16 +26,24 @@ _CHARACTERS = list("0123456789+-*=?.,:;!'\"()/ \n") + [chr(c) for c in range(ord
     + [chr(c) for c in range(ord("A"), ord("Z") + 1)]
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHAT_TEMPLATE = (
-    # The demo model was trained on bare questions; a chat prompt renders as its user turns.
-    "{% for message in messages %}{% if message['role'] == 'user' %}{{ message['content'] }}{% endif %}{% endfor %}"
+    # The demo model was trained on bare questions; a chat prompt renders as BOS + its user turns.
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ message['content'] }}{% endif %}{% endfor %}"
 )
-OPERAND_RANGE = 100  # operands 0..99
+FIRST_OPERANDS = range(100)  # "What is A+B?" with A in 0..99 and B in 0..9: small enough to learn
+SECOND_OPERANDS = range(10)  # in about a minute of CPU, still with carries to get wrong
 HELDOUT_FRACTION = 0.2
 
 # The recipe. Changing any of it changes the cache key (testing.py hashes this file).
 MODEL_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
                    num_key_value_heads=4, max_position_embeddings=64)
-SFT_STEPS = 300
+SFT_STEPS = 250
+# Why the model is imperfect: its SFT data is systematically noisy, like real SFT data. For a fixed
+# 42% of all questions (chosen by a hash, so unpredictable from the question) the SFT answer
+# "slips a carry" and is off by ten. The model learns addition well but cannot tell which rule a
+# new question follows, so it splits between A+B and A+B+10: about half right, stably (a
+# clean-data model's accuracy swings widely with the exact step count), and its samples hold both
+# answers for the annotator to judge — exactly the room for improvement KTO should exploit.
+SLIPPED_FRACTION = 0.42
 SFT_BATCH = 128
 SFT_LEARNING_RATE = 3e-3
 
@@ -44,7 +53,7 @@ _PROMPT_PATTERN = re.compile(r"What is (\d+)\s*\+\s*(\d+)\?")
 def _all_pairs(split: str) -> list[tuple[int, int]]:
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    pairs = [(a, b) for a in range(OPERAND_RANGE) for b in range(OPERAND_RANGE)]
+    pairs = [(a, b) for a in FIRST_OPERANDS for b in SECOND_OPERANDS]
     # A fixed shuffle (independent of any seed argument) decides the split once and for all.
     random.Random(20240201).shuffle(pairs)
     n_heldout = int(len(pairs) * HELDOUT_FRACTION)
@@ -56,7 +65,7 @@ def format_prompt(a: int, b: int) -> str:
 
 
 def demo_prompts(n: int, seed: int = 0, split: str = "train") -> list[str]:
-    """n distinct prompts from the split's pool (8000 train / 2000 held-out questions)."""
+    """n distinct prompts from the split's pool (800 train / 200 held-out questions)."""
     pool = _all_pairs(split)
     if n > len(pool):
         raise ValueError(f"the {split} split has only {len(pool)} prompts, asked for {n}")
@@ -97,11 +106,17 @@ def build_tokenizer():
     return fast
 
 
+def sft_answer(a: int, b: int) -> int:
+    """The (sometimes wrong) answer the demo model's SFT data gives for a+b."""
+    slipped = int(hashlib.sha256(f"{a}+{b}".encode()).hexdigest(), 16) % 1000 < SLIPPED_FRACTION * 1000
+    return a + b + 10 if slipped else a + b
+
+
 def _sft_batch(tokenizer, pairs: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     sequences, labels = [], []
     for a, b in pairs:
         prompt_ids = tokenizer(format_prompt(a, b))["input_ids"]
-        answer_ids = tokenizer(str(a + b), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        answer_ids = tokenizer(str(sft_answer(a, b)), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         sequences.append(prompt_ids + answer_ids)
         labels.append([-100] * len(prompt_ids) + answer_ids)  # loss on the answer only
     width = max(len(ids) for ids in sequences)
@@ -116,12 +131,23 @@ def _sft_batch(tokenizer, pairs: Sequence[tuple[int, int]]) -> tuple[torch.Tenso
 def build_demo_model(out_dir: str | Path, seed: int = 0) -> str:
     """Train the demo model and save it (weights + tokenizer) to out_dir; returns the path.
 
-    Deterministic for a given seed and thread count; needs no network.
+    Deterministic for a given seed; needs no network.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     out_dir = Path(out_dir)
     started = time.perf_counter()
+    # One thread: the model is tiny, and on a shared 2-core machine extra threads mostly contend
+    # (measured 4x slower with 2 threads under load). Also keeps the result thread-count independent.
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _build(out_dir, seed, started)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _build(out_dir: Path, seed: int, started: float) -> str:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
@@ -151,7 +177,7 @@ def build_demo_model(out_dir: str | Path, seed: int = 0) -> str:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "demo_model.json").write_text(json.dumps({
-        "task": "two-digit addition: 'What is A+B?' -> 'A+B'", "seed": seed, "sft_steps": SFT_STEPS,
+        "task": "addition: 'What is A+B?' -> 'A+B', A in 0..99, B in 0..9", "seed": seed, "sft_steps": SFT_STEPS,
         "build_seconds": round(time.perf_counter() - started, 1)}))
     return str(out_dir)
 

@@ -28,6 +28,9 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.shortcuts import resolve_url
 
+from training import services
+from training.management.commands._demo_setup import ensure_demo_model
+
 DEMO_USERS = (
     # (username, password, is_staff_and_superuser, group)
     ("admin", "admin", True, None),
@@ -78,9 +81,10 @@ class Command(BaseCommand):
 
         self.say(f"data directory: {data_dir}")
         call_command("migrate", interactive=False, verbosity=0)
-        model_dir = self.ensure_demo_model(data_dir / "demo-model")
+        model_dir = ensure_demo_model(self.say)
         self.ensure_users()
-        version = self.ensure_active_version(model_dir)
+        # Only activates the demo model when nothing is active yet: a restart keeps the loop's progress.
+        version = services.ensure_base_version(str(model_dir))
         self.say(f"active model version: {version.name}")
         self.ensure_demo_policy(model_dir)
         if not options["no_seed"]:
@@ -108,16 +112,6 @@ class Command(BaseCommand):
 
     # --- setup -----------------------------------------------------------------------------------
 
-    def ensure_demo_model(self, model_dir: Path) -> Path:
-        if (model_dir / "config.json").exists():
-            self.say(f"demo model: {model_dir}")
-            return model_dir
-        from training.kto.demo import build_demo_model
-
-        self.say(f"building the offline demo model in {model_dir} (a couple of CPU minutes, once)")
-        build_demo_model(str(model_dir))
-        return model_dir
-
     def ensure_users(self) -> None:
         User = get_user_model()
         with transaction.atomic():
@@ -130,12 +124,6 @@ class Command(BaseCommand):
                 if group_name:
                     user.groups.add(Group.objects.get_or_create(name=group_name)[0])
         self.say("users: admin / admin (staff, superuser), annotator / annotator (annotators group)")
-
-    def ensure_active_version(self, model_dir: Path):
-        from training import services
-
-        # Only activates the demo model when nothing is active yet: a restart keeps the loop's progress.
-        return services.ensure_base_version(str(model_dir))
 
     def ensure_demo_policy(self, model_dir: Path) -> None:
         """On a fresh database, a retraining policy that makes the tiny demo model move.

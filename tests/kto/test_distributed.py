@@ -1,0 +1,50 @@
+"""Two processes (accelerate launch, gloo on CPU) against one process on the combined batch."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = Path(__file__).with_name("distributed_check.py")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(arguments: list[str]) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    result = subprocess.run(arguments, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_on_the_combined_batch(demo_model_dir, feedback_jsonl, tmp_path):
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    two, one = tmp_path / "two.pt", tmp_path / "one.pt"
+    launch([accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(SCRIPT), demo_model_dir,
+            feedback_jsonl, str(two)])
+    launch([sys.executable, str(SCRIPT), demo_model_dir, feedback_jsonl, str(one)])
+    distributed, single = torch.load(two), torch.load(one)
+    assert distributed["world"] == 2 and single["world"] == 1
+    # Every process used the same z0: the all-reduced one, equal to the combined batch's.
+    assert distributed["z0"][0] == distributed["z0"][1]
+    assert distributed["z0"][0] == pytest.approx(single["z0"][0], abs=1e-6)
+    assert distributed["z0_raw"] == pytest.approx(single["z0_raw"], abs=1e-6)
+    assert abs(single["z0_raw"]) > 1e-3  # a real reference point, not a trivial 0
+    assert distributed["loss"] == pytest.approx(single["loss"], abs=1e-6)
+    largest = max(float(update.abs().max()) for update in single["update"].values())
+    assert largest > 0
+    for name, update in single["update"].items():
+        torch.testing.assert_close(distributed["update"][name], update, rtol=1e-4, atol=1e-7 * max(1.0, largest))

@@ -1,0 +1,6 @@
+"""`python -m training.kto ...` (see cli.py)."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

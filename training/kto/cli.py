@@ -1,0 +1,179 @@
+"""`python -m training.kto {train,evaluate,generate,demo-model}`.
+
+Each subcommand prints one JSON line on stdout when it succeeds. On failure it prints a clear
+message on stderr and exits non-zero, having written nothing (inputs are checked first).
+Option names follow TRL's KTOConfig fields in kebab case where one exists.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from .data import DataError
+from .loss import LOSS_TYPES
+from .trainer import TrainConfig, TrainingError
+
+EXIT_USAGE_OR_DATA = 2
+
+
+def _weight(value: str) -> str | float:
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.kto", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    defaults = TrainConfig(model="", data="", out="")
+
+    train = commands.add_parser("train", help="KTO (or an ablation / baseline) on a JSONL file")
+    train.add_argument("--model", required=True, help="local save_pretrained directory (or hub id where reachable)")
+    train.add_argument("--data", required=True, help="KTO JSONL: {prompt, completion, label}")
+    train.add_argument("--out", required=True, help="new output directory")
+    train.add_argument("--loss", choices=LOSS_TYPES, default=defaults.loss)
+    train.add_argument("--beta", type=float, default=defaults.beta)
+    train.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    train.add_argument("--per-device-train-batch-size", type=int, default=defaults.per_device_train_batch_size,
+                       help="microbatch per process; KTO needs at least 2 (z0 from mismatched pairs)")
+    train.add_argument("--gradient-accumulation-steps", type=int, default=defaults.gradient_accumulation_steps)
+    train.add_argument("--num-train-epochs", type=float, default=defaults.num_train_epochs)
+    train.add_argument("--max-steps", type=int, default=defaults.max_steps)
+    train.add_argument("--max-length", type=int, default=defaults.max_length)
+    train.add_argument("--desirable-weight", type=_weight, default=defaults.desirable_weight,
+                       help="λ_D: a number, or 'auto' (balance so λ_D n_D / λ_U n_U = --target-ratio)")
+    train.add_argument("--undesirable-weight", type=_weight, default=defaults.undesirable_weight, help="λ_U")
+    train.add_argument("--target-ratio", type=float, default=defaults.target_ratio)
+    train.add_argument("--balance-mode", choices=("auto", "downside_first"), default=defaults.balance_mode)
+    train.add_argument("--warmup-ratio", type=float, default=defaults.warmup_ratio)
+    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    train.add_argument("--max-grad-norm", type=float, default=defaults.max_grad_norm)
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--lora", action="store_true", help="train a LoRA adapter (reference = adapter disabled)")
+    train.add_argument("--lora-r", type=int, default=defaults.lora_r)
+    train.add_argument("--lora-alpha", type=int, default=defaults.lora_alpha)
+    train.add_argument("--lora-dropout", type=float, default=defaults.lora_dropout)
+    train.add_argument("--reference", choices=("precompute", "copy"), default=defaults.reference,
+                       help="precompute: reference log-probs once, cached next to the data; copy: computed live "
+                            "(full FT: frozen copy; LoRA: adapter disabled)")
+    train.add_argument("--z0-zero", action="store_true", help="z0 = 0 (after SFT on the same data; saves a pass)")
+    train.add_argument("--gradient-checkpointing", action="store_true")
+    train.add_argument("--bf16", choices=("auto", "yes", "no"), default=defaults.bf16)
+    train.add_argument("--logging-steps", type=int, default=defaults.logging_steps)
+    train.add_argument("--save-steps", type=int, default=defaults.save_steps, help="checkpoint every N steps (0: never)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+
+    evaluate = commands.add_parser("evaluate", help="loss, reward accuracy and mean rewards on a JSONL file")
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--reference", help="reference model dir (default: an adapter's base, or the recorded base)")
+    evaluate.add_argument("--beta", type=float, default=0.1)
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--max-length", type=int, default=1024)
+
+    generate = commands.add_parser("generate", help="completions for prompts")
+    generate.add_argument("--model", required=True)
+    source = generate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="one prompt")
+    source.add_argument("--prompts", help="a file: JSONL with a 'prompt' field, or one prompt per line")
+    generate.add_argument("--max-new-tokens", type=int, default=64)
+    generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--out", help="also write {prompt, completion} JSONL here")
+
+    demo = commands.add_parser("demo-model", help="build the offline demo model")
+    demo.add_argument("--out", required=True)
+    demo.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _read_prompts(path: str) -> list:
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{path}: no such prompts file")
+    prompts = []
+    for line_number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if path.endswith(".jsonl"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{line_number}: malformed JSON ({error.msg})") from None
+            if not isinstance(row, dict) or "prompt" not in row:
+                raise DataError(f"{path}:{line_number}: missing field 'prompt'")
+            prompts.append(row["prompt"])
+        else:
+            prompts.append(line)
+    if not prompts:
+        raise DataError(f"{path}: no prompts")
+    return prompts
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.command == "train":
+        from .trainer import train
+
+        options = {key: value for key, value in vars(args).items() if key not in ("command", "no_progress")}
+        return train(TrainConfig(progress=not args.no_progress, **options))
+    if args.command == "evaluate":
+        from .evaluation import evaluate
+
+        return evaluate(args.model, args.data, reference_dir=args.reference, beta=args.beta,
+                        batch_size=args.batch_size, max_length=args.max_length)
+    if args.command == "generate":
+        from .generation import generate_completions
+
+        if not Path(args.model).is_dir():
+            raise TrainingError(f"--model {args.model}: no such directory")
+        prompts = [args.prompt] if args.prompt is not None else _read_prompts(args.prompts)
+        completions = generate_completions(args.model, prompts, max_new_tokens=args.max_new_tokens,
+                                           temperature=args.temperature, seed=args.seed)
+        summary = {"model": args.model, "n": len(prompts), "temperature": args.temperature}
+        if args.out:
+            out = Path(args.out)
+            temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+            temporary.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n"
+                                         for p, c in zip(prompts, completions)))
+            os.replace(temporary, out)
+            summary["out"] = str(out)
+        else:
+            summary["completions"] = completions
+        return summary
+    if args.command == "demo-model":
+        from .demo import build_demo_model, demo_accuracy, demo_prompts
+
+        out = Path(args.out)
+        if out.exists() and any(out.iterdir()):
+            raise TrainingError(f"--out {out} exists and is not empty")
+        temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        shutil.rmtree(temporary, ignore_errors=True)
+        try:
+            build_demo_model(temporary, seed=args.seed)
+            if out.exists():
+                out.rmdir()
+            os.replace(temporary, out)
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
+        accuracy = demo_accuracy(str(out), demo_prompts(200, seed=0, split="heldout"))
+        return {"path": str(out), "heldout_accuracy": accuracy, "seed": args.seed}
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = run(args)
+    except (TrainingError, DataError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE_OR_DATA
+    print(json.dumps(summary, default=str), flush=True)
+    return 0

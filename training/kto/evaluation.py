@@ -1,0 +1,103 @@
+"""Held-out evaluation: KTO loss, reward accuracy and mean rewards of a trained model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from . import data as kto_data
+from .modeling import SequenceLogProbs, is_peft_dir, load_causal_lm, load_tokenizer
+from .trainer import Reference, TrainConfig, TrainingError, build_microbatch, microbatch_loss
+
+
+def default_reference(model_dir: str | Path) -> str | None:
+    """The reference a model was trained against, when it is recorded: an adapter's base model,
+    or the base_model written by our trainer next to full weights."""
+    model_dir = Path(model_dir)
+    if is_peft_dir(model_dir):
+        return json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    record = model_dir / "prospect_training.json"
+    if record.is_file():
+        base = json.loads(record.read_text()).get("base_model")
+        if base and Path(base).exists():
+            return base
+    return None
+
+
+@torch.no_grad()
+def evaluate(model_dir: str, data_path: str, reference_dir: str | None = None, beta: float = 0.1,
+             batch_size: int = 8, max_length: int = 1024, desirable_weight: float | None = None,
+             undesirable_weight: float | None = None) -> dict:
+    """Metrics over a KTO JSONL file, microbatch by microbatch in file order (z0 per microbatch,
+    exactly as in training). Without a reference, only log-probabilities can be reported."""
+    if batch_size < 2:
+        raise TrainingError("--batch-size must be at least 2 (z0 needs mismatched pairs)")
+    if not Path(model_dir).is_dir():
+        raise TrainingError(f"--model {model_dir}: no such directory")
+    tokenizer = load_tokenizer(model_dir)
+    examples = kto_data.tokenize_examples(tokenizer, kto_data.read_kto_jsonl(data_path))
+    if len(examples) < 2:
+        raise TrainingError(f"{data_path}: at least 2 examples are needed to evaluate")
+    record = Path(model_dir) / "prospect_training.json"
+    trained_weights = json.loads(record.read_text()).get("class_weights", {}) if record.is_file() else {}
+    class_weights = {
+        "desirable_weight": desirable_weight or trained_weights.get("desirable_weight", 1.0),
+        "undesirable_weight": undesirable_weight or trained_weights.get("undesirable_weight", 1.0),
+    }
+
+    adapter = is_peft_dir(model_dir)
+    reference_dir = reference_dir or default_reference(model_dir)
+    model = load_causal_lm(model_dir).eval()
+    policy = SequenceLogProbs(model)
+    reference = None
+    if adapter:
+        reference = Reference(policy, disable_adapter=True)  # the base is the adapter's reference
+    elif reference_dir is not None:
+        reference = Reference(SequenceLogProbs(load_causal_lm(reference_dir).eval()), disable_adapter=False)
+
+    # File order, microbatches of batch_size; a lone last example joins the previous microbatch.
+    chunks = [list(range(start, min(start + batch_size, len(examples)))) for start in range(0, len(examples), batch_size)]
+    if len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks[-2].extend(chunks.pop())
+    totals = {"loss": 0.0, "z0": 0.0, "z0_raw": 0.0, "desirable_reward_sum": 0.0, "desirable_count": 0.0,
+              "undesirable_reward_sum": 0.0, "undesirable_count": 0.0, "correct_count": 0.0}
+    logps_desirable, logps_undesirable = [], []
+    config = TrainConfig(model=str(model_dir), data=str(data_path), out="", beta=beta, max_length=max_length,
+                         per_device_train_batch_size=batch_size, loss="kto")
+    for chunk in chunks:
+        batch = build_microbatch(examples, chunk, config, tokenizer.pad_token_id, reference_cache=None)
+        if reference is not None:
+            loss, stats = microbatch_loss(policy, policy, reference, batch, config, class_weights,
+                                          tokenizer.pad_token_id)
+            totals["loss"] += float(loss) * len(chunk)
+            for name in totals:
+                if name in stats:
+                    totals[name] += float(stats[name]) * (len(chunk) if name in ("z0", "z0_raw") else 1)
+        logps = policy(**batch["matched"])[0]
+        logps_desirable += logps[batch["is_desirable"]].tolist()
+        logps_undesirable += logps[~batch["is_desirable"]].tolist()
+
+    n = len(examples)
+    result = {
+        "model": str(model_dir), "data": str(data_path), "n_examples": n,
+        "n_desirable": len(logps_desirable), "n_undesirable": len(logps_undesirable),
+        "logps_desirable": sum(logps_desirable) / len(logps_desirable) if logps_desirable else None,
+        "logps_undesirable": sum(logps_undesirable) / len(logps_undesirable) if logps_undesirable else None,
+        "reference": (f"{reference_dir} (adapter disabled)" if adapter else reference_dir),
+        "beta": beta, **class_weights,
+    }
+    if reference is None:
+        result["note"] = "full weights without a known reference: pass --reference BASE_DIR for loss and rewards"
+        return result
+    reward_desirable = totals["desirable_reward_sum"] / totals["desirable_count"] if totals["desirable_count"] else None
+    reward_undesirable = (totals["undesirable_reward_sum"] / totals["undesirable_count"]
+                          if totals["undesirable_count"] else None)
+    result.update(
+        loss=totals["loss"] / n, z0=totals["z0"] / n, z0_raw=totals["z0_raw"] / n,
+        reward_accuracy=totals["correct_count"] / n, reward_desirable=reward_desirable,
+        reward_undesirable=reward_undesirable,
+        reward_margin=(reward_desirable - reward_undesirable
+                       if reward_desirable is not None and reward_undesirable is not None else None),
+    )
+    return result
