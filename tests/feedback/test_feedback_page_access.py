@@ -17,8 +17,15 @@ def test_an_annotator_gets_403_on_staff_pages(client, annotator, url):
 
 def test_an_annotator_cannot_use_the_django_admin(client, annotator):
     client.force_login(annotator)
+    for url in ("/admin/", "/admin/feedback/vote/", "/admin/login/", "/admin/feedback/vote/add/"):
+        response = client.get(url)
+        assert response.status_code == 403, url
+    response = client.post("/admin/feedback/vote/add/", {"desirable": "on"})
+    assert response.status_code == 403
+
+
+def test_anonymous_visitors_get_the_admin_login_form(client):
     response = client.get("/admin/feedback/vote/")
-    # Django's admin answers a signed-in non-staff user with its login form, never the page.
     assert response.status_code == 302 and "/admin/login/" in response.url
 
 

@@ -1,6 +1,7 @@
 """Two processes (accelerate launch, gloo on CPU) against one process on the combined batch."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -32,7 +33,9 @@ def launch(arguments: list[str]) -> None:
 def test_two_processes_match_one_process_on_the_combined_batch(demo_model_dir, feedback_jsonl, tmp_path):
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     two, one = tmp_path / "two.pt", tmp_path / "one.pt"
-    launch([accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+    # Without CUDA, `--multi_gpu --num_processes 2` is what starts two torchrun workers (`--cpu`
+    # would start a single process); Accelerator(cpu=True) then makes them a gloo group.
+    launch([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
             "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(SCRIPT), demo_model_dir,
             feedback_jsonl, str(two)])
     launch([sys.executable, str(SCRIPT), demo_model_dir, feedback_jsonl, str(one)])
@@ -48,3 +51,25 @@ def test_two_processes_match_one_process_on_the_combined_batch(demo_model_dir, f
     assert largest > 0
     for name, update in single["update"].items():
         torch.testing.assert_close(distributed["update"][name], update, rtol=1e-4, atol=1e-7 * max(1.0, largest))
+
+
+@pytest.mark.slow
+def test_train_cli_runs_data_parallel_under_accelerate_launch(demo_model_dir, feedback_jsonl, tmp_path):
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "training.kto", "train",
+         "--model", demo_model_dir, "--data", feedback_jsonl, "--out", str(out), "--max-steps", "3",
+         "--save-steps", "2", "--per-device-train-batch-size", "4", "--gradient-accumulation-steps", "2",
+         "--max-length", "32", "--learning-rate", "1e-4", "--no-progress"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1  # only the main process reports
+
+    assert json.loads(lines[0])["steps"] == 3
+    assert (out / "final" / "model.safetensors").is_file()
+    assert {p.name for p in (out / "checkpoints" / "step-2").glob("rng-*.pt")} == {"rng-0.pt", "rng-1.pt"}
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2

@@ -175,5 +175,6 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainingError, DataError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE_OR_DATA
-    print(json.dumps(summary, default=str), flush=True)
+    if summary is not None:  # None on the non-main processes of a multi-process run
+        print(json.dumps(summary, default=str), flush=True)
     return 0

@@ -509,7 +509,7 @@ def check_config(config: TrainConfig) -> None:
         raise TrainingError(f"--out {out} exists and is not empty; choose a new directory or pass --resume")
 
 
-def train(config: TrainConfig) -> dict:
+def train(config: TrainConfig) -> dict | None:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -521,7 +521,9 @@ def train(config: TrainConfig) -> dict:
     class_weights = resolve_class_weights(config, n_desirable, n_undesirable)
 
     use_bf16 = config.bf16 == "yes" or (config.bf16 == "auto" and torch.cuda.is_available())
-    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
+    # cpu=True without CUDA: under `accelerate launch --num_processes N` this selects gloo
+    # multi-CPU data parallelism instead of N independent single processes.
+    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
     set_seed(config.seed)  # CPU kernels are deterministic for a fixed thread count
     steps = plan_steps(examples, config, accelerator.num_processes)
     if not steps:
@@ -692,7 +694,8 @@ def train(config: TrainConfig) -> dict:
         "reference": config.reference if needs_reference else "none", "reference_cache": cache_info,
     }
     summary.update({key: last_logged.get(key) for key in ("loss", "z0", "reward_accuracy", "reward_margin")})
-    return summary
+    # Under `accelerate launch` only the main process reports (one JSON line for the whole run).
+    return summary if accelerator.is_main_process else None
 
 
 def build_microbatch_keys(local_indices: list[int], config: TrainConfig) -> list[tuple[int, int]]:

@@ -60,7 +60,10 @@ class Command(BaseCommand):
         parser.add_argument("--learning-rate", type=float, default=None)
         parser.add_argument("--epochs", type=float, default=None)
         parser.add_argument("--max-steps", type=int, default=None)
+        parser.add_argument("--batch-size", type=int, default=None, help="Per-device training batch size.")
         parser.add_argument("--lora", action="store_true", help="Train LoRA adapters instead of full weights.")
+        parser.add_argument("--judge-prompts", type=int, default=None,
+                            help="Held-out prompts the evaluation gate judges each candidate on.")
         parser.add_argument("--seed", type=int, default=0)
         mode = parser.add_mutually_exclusive_group()
         mode.add_argument("--inline", action="store_true",
@@ -115,11 +118,13 @@ class Command(BaseCommand):
     def training_config(self, options) -> dict:
         config = dict(DEMO_TRAINING)
         for option, key in (("beta", "beta"), ("learning_rate", "learning_rate"), ("epochs", "num_train_epochs"),
-                            ("max_steps", "max_steps")):
+                            ("max_steps", "max_steps"), ("batch_size", "per_device_train_batch_size")):
             if options[option] is not None:
                 config[key] = options[option]
         if options["lora"]:
             config["lora"] = True
+        if options["judge_prompts"] is not None:
+            config["judge_prompts"] = options["judge_prompts"]
         config["seed"] = options["seed"]
         return config
 

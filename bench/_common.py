@@ -1,0 +1,183 @@
+"""Shared by bench/speed_vs_trl.py and bench/gpu_speed.py: local models, synthetic data, and one
+training run of Prospect or TRL measured in a fresh subprocess (so peak memory is per trainer)."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+ALPHABET = "abcdefghijklmnopqrstuvwxyz      .,?0123456789"
+
+
+def save_random_model(out_dir: Path, kind: str, seed: int = 0) -> str:
+    """A randomly initialised causal LM saved with the demo character tokenizer (model ids beyond
+    the tokenizer's vocabulary are simply never produced; the LM head still spans the whole vocab)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from training.kto.demo import build_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                   pad_token_id=tokenizer.pad_token_id)
+    if kind == "cpu-small":
+        # Small enough for a 2-core CPU, with a realistic vocabulary so the LM head matters.
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=256, intermediate_size=704,
+                                             num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                                             max_position_embeddings=2048, tie_word_embeddings=True, **special))
+    elif kind == "qwen2.5-0.5b":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        # Qwen2.5-0.5B's published shape (config built locally; weights random).
+        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                                             num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                                             max_position_embeddings=32768, rope_theta=1000000.0,
+                                             rms_norm_eps=1e-6, tie_word_embeddings=True, **special))
+    elif kind == "qwen2.5-1.5b":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                                             num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                                             max_position_embeddings=32768, rope_theta=1000000.0,
+                                             rms_norm_eps=1e-6, tie_word_embeddings=True, **special))
+    elif kind == "tiny":
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=128,
+                                             num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                             max_position_embeddings=2048, tie_word_embeddings=True, **special))
+    else:
+        raise ValueError(kind)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+def write_synthetic_kto(path: Path, n: int, prompt_chars: tuple[int, int], completion_chars: tuple[int, int],
+                        seed: int = 0) -> str:
+    """Random-text KTO rows with varied lengths (so padding and bucketing matter), labels ~50/50."""
+    rng = random.Random(seed)
+    rows = []
+    for index in range(n):
+        prompt = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(*prompt_chars)))
+        completion = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(*completion_chars))).strip() or "x"
+        rows.append({"prompt": prompt, "completion": completion, "label": rng.random() < 0.5})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def count_tokens(model_dir: str, data_path: str, max_length: int) -> int:
+    """Prompt + completion (+EOS) tokens of the dataset, the same numerator for both trainers."""
+    from training.kto import data as kto_data
+    from training.kto.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    examples = kto_data.tokenize_examples(tokenizer, kto_data.read_kto_jsonl(data_path))
+    return sum(kto_data.sequence_length(example, max_length) for example in examples)
+
+
+def peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run_prospect(spec: dict) -> dict:
+    """One Prospect run, timed end to end (model load, tokenization, reference pass, loop, save)."""
+    import torch
+
+    from training.kto.trainer import TrainConfig, train
+
+    started = time.perf_counter()
+    summary = train(TrainConfig(
+        model=spec["model"], data=spec["data"], out=spec["out"], beta=0.1, learning_rate=spec["learning_rate"],
+        per_device_train_batch_size=spec["batch_size"], gradient_accumulation_steps=spec["grad_accum"],
+        num_train_epochs=spec["epochs"], max_length=spec["max_length"], desirable_weight=1.0,
+        undesirable_weight=1.0, warmup_ratio=0.1, seed=spec["seed"], lora=spec["lora"], lora_r=16, lora_alpha=32,
+        reference=spec["reference"], gradient_checkpointing=spec.get("gradient_checkpointing", False),
+        progress=False, logging_steps=1))
+    elapsed = time.perf_counter() - started
+    losses = [json.loads(line)["loss"] for line in (Path(spec["out"]) / "metrics.jsonl").read_text().splitlines()]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {"seconds": elapsed, "losses": losses, "peak_memory_mb": peak_memory_mb(device),
+            "reference_cache": summary["reference_cache"], "loop_seconds": summary["train_runtime_s"]}
+
+
+def run_trl(spec: dict) -> dict:
+    """One TRL KTOTrainer run with the same model, data, batch, epochs, schedule and reference handling."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import KTOConfig, KTOTrainer
+
+    from training.kto.modeling import load_tokenizer
+
+    started = time.perf_counter()
+    rows = [json.loads(line) for line in Path(spec["data"]).read_text().splitlines() if line.strip()]
+    dataset = Dataset.from_list(rows)
+    tokenizer = load_tokenizer(spec["model"])
+    model = AutoModelForCausalLM.from_pretrained(spec["model"])
+    on_gpu = torch.cuda.is_available()
+    args = KTOConfig(
+        output_dir=spec["out"], per_device_train_batch_size=spec["batch_size"],
+        gradient_accumulation_steps=spec["grad_accum"], num_train_epochs=spec["epochs"],
+        learning_rate=spec["learning_rate"], beta=0.1, max_length=spec["max_length"], desirable_weight=1.0,
+        undesirable_weight=1.0, lr_scheduler_type="linear", warmup_steps=0.1,  # a float < 1 is a ratio in transformers 5 max_grad_norm=1.0,
+        logging_steps=1, save_strategy="no", report_to=[], seed=spec["seed"], bf16=on_gpu,
+        precompute_ref_log_probs=spec["reference"] == "precompute", disable_tqdm=True, dataloader_num_workers=0,
+        gradient_checkpointing=spec.get("gradient_checkpointing", False), use_cpu=not on_gpu,
+    )
+    peft_config = None
+    if spec["lora"]:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+    trainer = KTOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config)
+    trainer.train()
+    trainer.save_model(spec["out"] + "/final")
+    elapsed = time.perf_counter() - started
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    device = "cuda" if on_gpu else "cpu"
+    return {"seconds": elapsed, "losses": losses, "peak_memory_mb": peak_memory_mb(device)}
+
+
+def measure(trainer: str, spec: dict, threads: int, timeout: float = 1800) -> dict:
+    """Run one trainer in a fresh Python process; returns its measurements or {"error": ...}."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=str(REPO_ROOT))
+    command = [sys.executable, str(Path(__file__).resolve()), trainer, json.dumps(spec)]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout}s"}
+    for line in reversed(result.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    return {"error": (result.stderr or result.stdout)[-2000:]}
+
+
+if __name__ == "__main__":
+    # Worker mode: python bench/_common.py prospect|trl SPEC_JSON
+    import torch
+
+    spec = json.loads(sys.argv[2])
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    runner = {"prospect": run_prospect, "trl": run_trl}[sys.argv[1]]
+    try:
+        print(json.dumps(runner(spec)))
+    except Exception as error:  # report, don't hide: the caller prints it next to the other figures
+        import traceback
+
+        traceback.print_exc()
+        print(json.dumps({"error": f"{type(error).__name__}: {error}"}))
