@@ -15,7 +15,7 @@ pages = [
 api_v1 = [
     path("generations/", api.GenerationCreateView.as_view(), name="generations"),
     path("generations/batch/", api.GenerationBatchView.as_view(), name="generations-batch"),
-    path("votes/", api.VoteCreateView.as_view(), name="votes"),
+    path("votes/", api.record_vote, name="votes"),
     path("imports/", api.ImportView.as_view(), name="imports"),
     path("snapshots/", api.SnapshotListCreateView.as_view(), name="snapshots"),
 ]

@@ -171,8 +171,11 @@ def evaluate_candidate(version: ModelVersion) -> ModelVersion:
         )
         return ModelVersion.objects.get(pk=version.pk)
 
+    # The candidate's own numbers at the top level (the Models page shows them side by side); the
+    # gate's record holds what it was compared with and the verdict.
+    compared = {key: value for key, value in measurements.items() if key != "candidate"}
     metrics = {**measurements["candidate"], "gate": {
-        **measurements, "margin": margin, "decision": "promoted" if better else "kept as candidate",
+        **compared, "margin": margin, "decision": "promoted" if better else "kept as candidate",
         "reason": verdict, "evaluated_at": timezone.now().isoformat()}}
     with transaction.atomic():
         ModelVersion.objects.filter(pk=version.pk).update(

@@ -413,4 +413,22 @@ def reap_orphaned_runs() -> list[int]:
         if run.worker_hostname == hostname and run.process_group_id:
             # The training tree runs in its own session and outlives its worker: stop it too.
             kill_run_processes(run.process_group_id, run.pk)
+    _fail_gates_of_dead_workers(hostname)
     return reaped
+
+
+def _fail_gates_of_dead_workers(hostname: str) -> None:
+    """A worker that died while gating its run's candidate leaves evaluation_state 'running':
+    record that the gate failed, so the Models page says so (an admin may promote by hand)."""
+    from training.runner import process_alive
+
+    evaluating = ModelVersion.objects.filter(
+        evaluation_state=ModelVersion.EvaluationState.RUNNING, created_by_run__worker_hostname=hostname
+    ).select_related("created_by_run")
+    for version in evaluating:
+        pid = version.created_by_run.worker_pid
+        if pid and not process_alive(pid):
+            ModelVersion.objects.filter(pk=version.pk, evaluation_state=ModelVersion.EvaluationState.RUNNING).update(
+                evaluation_state=ModelVersion.EvaluationState.FAILED,
+                status_reason=f"not promoted: worker process {pid} died during the evaluation gate",
+            )

@@ -79,3 +79,19 @@ def test_process_alive_sees_zombies_as_dead():
         time.sleep(0.05)
     assert not process_alive(proc.pid)
     proc.wait()
+
+
+def test_gate_interrupted_by_a_dead_worker_is_recorded_as_failed():
+    from training.models import ModelVersion
+
+    run = _running_run(worker_pid=_dead_pid(), status=TrainingRun.Status.SUCCEEDED)
+    candidate = ModelVersion.objects.create(
+        name="run-x", base_model="/m", artifact_path="/m/final", created_by_run=run,
+        evaluation_state=ModelVersion.EvaluationState.RUNNING,
+    )
+
+    reap_orphaned_runs()
+
+    candidate.refresh_from_db()
+    assert candidate.evaluation_state == ModelVersion.EvaluationState.FAILED
+    assert candidate.status == ModelVersion.Status.CANDIDATE and "died during the evaluation gate" in candidate.status_reason

@@ -116,11 +116,13 @@ def loop_web_broker():
 
 
 def _drop_cached_connections(app) -> None:
-    # Celery caches the connection and producer pools per app: drop them so the new URL is used.
-    if app._pool is not None:
-        app._pool.force_close_all()
+    # Celery caches connection and producer pools per app, and kombu keeps a global registry of
+    # them per broker URL (which may hold pools another fixture closed): clear both.
+    import kombu.pools
+
     app._pool = None
     app.amqp._producer_pool = None
+    kombu.pools.reset()
 
 
 @pytest.fixture
