@@ -31,8 +31,8 @@ def save_random_model(out_dir: Path, kind: str, seed: int = 0) -> str:
                    pad_token_id=tokenizer.pad_token_id)
     if kind == "cpu-small":
         # Small enough for a 2-core CPU, with a realistic vocabulary so the LM head matters.
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=256, intermediate_size=704,
-                                             num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=192, intermediate_size=512,
+                                             num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
                                              max_position_embeddings=2048, tie_word_embeddings=True, **special))
     elif kind == "qwen2.5-0.5b":
         from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -93,7 +93,11 @@ def peak_memory_mb(device: str) -> float:
 
 def run_prospect(spec: dict) -> dict:
     """One Prospect run, timed end to end (model load, tokenization, reference pass, loop, save)."""
+    import accelerate  # noqa: F401  (imports outside the timed region, as for TRL below)
+    import peft  # noqa: F401
     import torch
+    import tqdm.auto  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
     from training.kto.trainer import TrainConfig, train
 
@@ -121,6 +125,15 @@ def run_trl(spec: dict) -> dict:
 
     from training.kto.modeling import load_tokenizer
 
+    try:
+        from datasets import fingerprint
+
+        # datasets fingerprints map() functions by pickling them with dill, which fails on some
+        # Python/pyarrow combinations (seen: Python 3.12, "Can't pickle MonthDayNano"). The
+        # fingerprint only names cache files, so a random one changes nothing measured here.
+        fingerprint.Hasher.hash = classmethod(lambda cls, value: fingerprint.generate_random_fingerprint())
+    except (ImportError, AttributeError):
+        pass
     started = time.perf_counter()
     rows = [json.loads(line) for line in Path(spec["data"]).read_text().splitlines() if line.strip()]
     dataset = Dataset.from_list(rows)
@@ -154,8 +167,8 @@ def run_trl(spec: dict) -> dict:
 
 def measure(trainer: str, spec: dict, threads: int, timeout: float = 1800) -> dict:
     """Run one trainer in a fresh Python process; returns its measurements or {"error": ...}."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=str(REPO_ROOT))
+    python_path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", PYTHONPATH=python_path)
     command = [sys.executable, str(Path(__file__).resolve()), trainer, json.dumps(spec)]
     try:
         result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_ROOT)

@@ -41,7 +41,7 @@ DATASETS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-kind", default="cpu-small", help="cpu-small | tiny | qwen2.5-0.5b")
-    parser.add_argument("--examples", type=int, default=256)
+    parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--epochs", type=float, default=1.0)
@@ -99,8 +99,8 @@ def main() -> None:
                           f"peak {run['peak_memory_mb']:8.1f} MiB  {run['seconds']:7.1f} s  "
                           f"loss first {run['losses'][0]:.4f} mean {statistics.fmean(run['losses']):.4f}",
                           file=sys.stderr)
-        (Path(__file__).resolve().parent / "results").mkdir(exist_ok=True)
-        (Path(__file__).resolve().parent / "results" / "speed_vs_trl.json").write_text(
+        (Path(__file__).resolve().parent / "out").mkdir(exist_ok=True)
+        (Path(__file__).resolve().parent / "out" / "speed_vs_trl.json").write_text(
             json.dumps({"args": vars(args), "results": results}, indent=2, default=str))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

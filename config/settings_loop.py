@@ -15,6 +15,8 @@ import os
 import socket
 from urllib.parse import urlparse
 
+from django.core.exceptions import ImproperlyConfigured
+
 from config.env import env_bool, env_float, env_int, env_str
 from config.settings import DATA_DIR, REDIS_URL
 
@@ -33,6 +35,8 @@ PROSPECT_EVAL_TIMEOUT_SECONDS = env_int("PROSPECT_EVAL_TIMEOUT_SECONDS", 3600)
 # "accelerate": `accelerate launch [--config_file F] --num_processes N -m training.kto train ...`
 # "python": `python -m training.kto train ...` (one process, no accelerate start-up cost).
 PROSPECT_TRAIN_LAUNCHER = env_str("PROSPECT_TRAIN_LAUNCHER", "accelerate")
+if PROSPECT_TRAIN_LAUNCHER not in ("accelerate", "python"):
+    raise ImproperlyConfigured(f"PROSPECT_TRAIN_LAUNCHER={PROSPECT_TRAIN_LAUNCHER!r}: use 'accelerate' or 'python'")
 # An accelerate config file per deployment (1 process, N GPUs, FSDP, DeepSpeed); empty = plain
 # single process with accelerate's defaults.
 PROSPECT_ACCELERATE_CONFIG = env_str("PROSPECT_ACCELERATE_CONFIG", "")

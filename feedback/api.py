@@ -24,11 +24,11 @@ from feedback.content import ContentError, validate_completion, validate_prompt
 from feedback.importers import FORMAT_CHOICES, ImportRejected
 from feedback.models import DatasetSnapshot, Generation
 from feedback.services.generations import GenerationInput
-from feedback.services.votes import GenerationNotFound, insert_vote, insert_vote_if_token_valid, standing_vote
+from feedback.services.votes import GenerationNotFound, insert_vote, insert_vote_if_token_valid
 from training.models import ModelVersion
 
 MAX_BATCH = 1000
-# Every feedback endpoint: a token (remembered briefly, see feedback.authentication) or a session.
+# Every feedback endpoint: a token (checked on every request, see feedback.authentication) or a session.
 AUTHENTICATION = [CachedTokenAuthentication, SessionAuthentication]
 
 
@@ -328,10 +328,8 @@ def record_vote(request):
             )
             if vote_id is not None:
                 return _vote_response(vote_id, generation_id, data["desirable"], True)
-            # Nothing inserted: a token no longer valid (401 here), or a repeated vote.
-            caller_id = token_voter_id(token_key)
-            vote_id, desirable = standing_vote(generation_id=generation_id, **_voter(caller_id, external_user_id))
-            return _vote_response(vote_id, generation_id, desirable, False)
+            # Nothing inserted: a token no longer valid (401 just below), or most likely a repeated
+            # vote, which the general path answers with the standing vote.
         if token_key is not None:
             caller_id = token_voter_id(token_key)
     except exceptions.APIException as exc:

@@ -15,6 +15,7 @@ pages = [
 api_v1 = [
     path("generations/", api.GenerationCreateView.as_view(), name="generations"),
     path("generations/batch/", api.GenerationBatchView.as_view(), name="generations-batch"),
+    # A plain Django view (the hot path), documented in the schema as a DRF view: see feedback.api.
     path("votes/", api.record_vote, name="votes"),
     path("imports/", api.ImportView.as_view(), name="imports"),
     path("snapshots/", api.SnapshotListCreateView.as_view(), name="snapshots"),
@@ -26,6 +27,8 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", views.healthz, name="healthz"),
-    path("", include((pages, "feedback"))),
+    # The API before the pages: URL resolution tries patterns in order, and the vote endpoint
+    # is the busiest route of the app.
     path("api/v1/", include((api_v1, "feedback-api"))),
+    path("", include((pages, "feedback"))),
 ]

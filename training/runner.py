@@ -348,6 +348,17 @@ def supervise(run: TrainingRun, command: list[str], run_dir: Path, out_dir: Path
             start_new_session=True,
         )
     TrainingRun.objects.filter(pk=run.pk).update(process_group_id=proc.pid, heartbeat_at=timezone.now())
+    try:
+        return _monitor(run, proc, metrics, run_dir, out_dir, total_steps, time_limit)
+    except BaseException:
+        # The monitor itself failed (database gone, worker shutting down): never leave an
+        # unsupervised training tree behind.
+        _stop_group(proc)
+        raise
+
+
+def _monitor(run: TrainingRun, proc: subprocess.Popen, metrics: _MetricsTail, run_dir: Path, out_dir: Path,
+             total_steps: int, time_limit: int) -> _Outcome:
     deadline = time.monotonic() + time_limit
     while True:
         try:

@@ -6,6 +6,7 @@ visitor is sent to the login page.
 """
 from __future__ import annotations
 
+import json
 from functools import wraps
 
 from django import forms
@@ -70,6 +71,13 @@ class RetrainForm(forms.Form):
 
     OVERRIDES = ("beta", "learning_rate", "num_train_epochs", "max_steps", "lora", "loss", "lambda_mode",
                  "desirable_weight", "undesirable_weight")
+
+    def __init__(self, *args, defaults: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Show what a blank field means: the policy's current value.
+        for name, value in (defaults or {}).items():
+            if name in self.fields and isinstance(self.fields[name], (forms.FloatField, forms.IntegerField)):
+                self.fields[name].widget.attrs["placeholder"] = "default: none" if value is None else f"default: {value:g}"
 
     def clean(self):
         cleaned = super().clean()
@@ -140,8 +148,9 @@ def cancel(request, run_id: int):
 
 @staff_required
 def retrain(request):
+    defaults = services.default_training_config()
     if request.method == "POST":
-        form = RetrainForm(request.POST)
+        form = RetrainForm(request.POST, defaults=defaults)
         if form.is_valid():
             try:
                 run = services.start_run(
@@ -156,17 +165,27 @@ def retrain(request):
                 messages.success(request, f"Run {run.pk} queued.")
                 return redirect("training:run_detail", run_id=run.pk)
     else:
-        form = RetrainForm()
+        form = RetrainForm(defaults=defaults)
     return render(request, "training/retrain.html", {
         "form": form,
-        "defaults": services.default_training_config(),
+        "defaults": defaults,
         "active_version": selectors.active_version(),
     })
 
 
-# Version metrics the Models page leaves out of the table: the gate's full record (its verdict is
-# already shown as the version's reason).
-HIDDEN_METRICS = ("gate",)
+# The columns of the Models page, in this order, when any version has them: the gate's judge
+# (demo accuracy) and the holdout numbers of `python -m training.kto evaluate`. Everything else a
+# version's metrics hold (paths, counts, the gate's full record) is under its "all metrics".
+METRIC_COLUMNS = (
+    "demo_accuracy",
+    "holdout.loss",
+    "holdout.reward_accuracy",
+    "holdout.reward_margin",
+    "holdout.reward_desirable",
+    "holdout.reward_undesirable",
+    "holdout.z0",
+    "holdout.n_examples",
+)
 
 
 @require_GET
@@ -174,10 +193,11 @@ HIDDEN_METRICS = ("gate",)
 def versions(request):
     all_versions = list(selectors.version_list())
     flat = {version.pk: _flatten_metrics(version.metrics or {}) for version in all_versions}
-    # Metrics side by side: one column per metric any version has, in a stable order.
-    metric_names = sorted({name for metrics in flat.values() for name in metrics})
+    # Metrics side by side: the key columns any version has.
+    metric_names = [name for name in METRIC_COLUMNS if any(name in metrics for metrics in flat.values())]
     rows = [
-        {"version": version, "metrics": [_format_metric(flat[version.pk].get(name)) for name in metric_names]}
+        {"version": version, "metrics": [_format_metric(flat[version.pk].get(name)) for name in metric_names],
+         "all_metrics": json.dumps(version.metrics or {}, indent=2, sort_keys=True, default=str)}
         for version in all_versions
     ]
     return render(request, "training/versions.html", {
@@ -191,8 +211,6 @@ def _flatten_metrics(metrics: dict) -> dict:
     """{"holdout": {"loss": 0.4}, "demo_accuracy": 0.6} → {"holdout.loss": 0.4, "demo_accuracy": 0.6}."""
     flat = {}
     for name, value in metrics.items():
-        if name in HIDDEN_METRICS:
-            continue
         if isinstance(value, dict):
             flat.update({f"{name}.{inner}": v for inner, v in value.items() if _is_scalar(v)})
         elif _is_scalar(value):

@@ -1,7 +1,6 @@
 """Recording a vote. One vote per (generation, voter): a repeated submission changes nothing."""
 from __future__ import annotations
 
-import psycopg
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -56,6 +55,8 @@ def _execute_fetchone(postgres_sql: str, other_sql: str, params: list):
     statement still marks the connection for Django's health check.
     """
     if connection.vendor == "postgresql":
+        import psycopg  # only where the database is PostgreSQL
+
         connection.ensure_connection()
         with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
             cursor.execute(postgres_sql, params, prepare=True)
@@ -79,8 +80,13 @@ def insert_vote_if_token_valid(
     the token is not valid, or this voter already voted on this generation (the first vote
     stands). The caller tells the two apart. GenerationNotFound as record_vote.
     """
-    if not transaction.get_autocommit() and not Generation.objects.filter(pk=generation_id).exists():
-        raise GenerationNotFound(f"generation {generation_id} does not exist")
+    if not transaction.get_autocommit():
+        # Inside a caller's transaction the generation must be looked up first (see record_vote),
+        # but "no such generation" is for a valid token's holder only: check the token before.
+        if not Token.objects.filter(key=token_key, user__is_active=True).exists():
+            return None
+        if not Generation.objects.filter(pk=generation_id).exists():
+            raise GenerationNotFound(f"generation {generation_id} does not exist")
     created_at = timezone.now()
     params = [generation_id, external_user_id is None, external_user_id, desirable, comment, source,
               connection.ops.adapt_datetimefield_value(created_at), token_key]

@@ -118,8 +118,17 @@ class Worker:
         raise AssertionError(f"worker {self.name} not ready after {timeout}s:\n{self.log()[-4000:]}")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the worker process only (what a crash or an OOM kill does to it)."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
+        self.proc.wait(timeout=60)
+
+    def kill_group(self) -> None:
+        """The worker and its children (embedded beat); the training tree has its own session."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self.proc.wait(timeout=60)
 
 
@@ -158,8 +167,9 @@ def start_worker(transactional_db, data_dir, tmp_path):
             command += ["-B", "-S", "django_celery_beat.schedulers:DatabaseScheduler",
                         "--schedule", str(tmp_path / f"{name}-beat")]
         with open(log_path, "wb") as log:
+            # Own process group: `-B` runs beat in a child process that must die with the worker.
             proc = subprocess.Popen(command, cwd=REPO, env=worker_env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
         worker = Worker(proc, log_path, name)
         workers.append(worker)
         if wait:
@@ -172,7 +182,7 @@ def start_worker(transactional_db, data_dir, tmp_path):
     from training.runner import kill_run_processes
 
     for worker in workers:
-        worker.kill()
+        worker.kill_group()
     # A killed worker leaves its training tree (own session) behind: stop it before the next test.
     for run_id, pgid in TrainingRun.objects.exclude(process_group_id=None).values_list("pk", "process_group_id"):
         kill_run_processes(pgid, run_id)
