@@ -6,8 +6,9 @@ What it does (bounded in count and time; nothing here is a test):
    migrates it, and seeds an API token and some generations.
 2. Starts the app under gunicorn (gthread: one worker per core, 4 threads each) on loopback; both
    endpoints are measured against this one server.
-3. Drives `GET /healthz` (a view that does nothing: the ceiling) and then `POST /api/v1/votes/`
-   with C concurrent keep-alive clients (asyncio, raw HTTP/1.1) for a fixed time each, recording
+3. Drives `GET /healthz` (a view that does nothing: the ceiling) and `POST /api/v1/votes/`
+   in alternating slices (--rounds), with C concurrent keep-alive clients (asyncio, raw HTTP/1.1)
+   for a fixed total time each, recording
    every latency. Each vote carries a unique end-user id, so after the run
    "sent and acknowledged (201)" can be compared with the rows in the database: lost votes.
 4. Grows the database to 1M votes with SQL, runs `snapshot_dataset` and `export_kto` as child
@@ -15,7 +16,7 @@ What it does (bounded in count and time; nothing here is a test):
    that the export's memory does not grow with the data).
 Ends with one JSON line of headline figures (SPEC §3 "Benchmarks").
 
-    .venv/bin/python bench/web_load.py [--clients 64] [--seconds 10] [--export-votes 1000000]
+    .venv/bin/python bench/web_load.py [--clients 64] [--seconds 10] [--rounds 5] [--export-votes 1000000]
 """
 from __future__ import annotations
 
@@ -133,6 +134,14 @@ class LoadResult:
         self.sent = 0
         self.elapsed = 0.0
         self.errors = 0
+
+    def add(self, other: "LoadResult") -> None:
+        self.latencies += other.latencies
+        for code, n in other.statuses.items():
+            self.statuses[code] = self.statuses.get(code, 0) + n
+        self.sent += other.sent
+        self.elapsed += other.elapsed
+        self.errors += other.errors
 
     def summary(self, ok_status: int) -> dict:
         ordered = sorted(self.latencies)
@@ -263,11 +272,21 @@ class CpuMeter:
 
 
 def measured(meter: CpuMeter, run) -> tuple[LoadResult, dict[str, float]]:
+    """Run RUN; return its LoadResult and the CPU seconds each side spent meanwhile."""
     before = meter.read()
     result = run()
     after = meter.read()
+    return result, {side: after[side] - before[side] for side in before}
+
+
+def _add_cpu(total: dict[str, float], cpu: dict[str, float], _result: LoadResult) -> None:
+    for side, seconds in cpu.items():
+        total[side] = total.get(side, 0.0) + seconds
+
+
+def _per_request(cpu: dict[str, float], result: LoadResult) -> dict[str, float]:
     requests = max(1, len(result.latencies))
-    return result, {f"{side}_cpu_ms_per_request": round((after[side] - before[side]) / requests * 1000, 3) for side in before}
+    return {f"{side}_cpu_ms_per_request": round(seconds / requests * 1000, 3) for side, seconds in cpu.items()}
 
 
 # --- Export of a million votes --------------------------------------------------------------
@@ -347,7 +366,8 @@ def bench_export(env: dict, database_url: str, data_dir: Path, total_votes: int)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each load phase")
+    parser.add_argument("--seconds", type=float, default=10.0, help="load time per endpoint, over all rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating no-op/vote slices per endpoint")
     # One worker process per core, a few threads each to overlap the vote's database round trip.
     # Measured on the 2-core box (same code, 64 clients): 2x4 gave the best vote/no-op ratio and
     # p99; 4x8 (the former default) and 2x16 lost to GIL hand-offs between many threads and to
@@ -387,14 +407,24 @@ def main() -> None:
             asyncio.run(drive(port, noop_requests, args.clients, 1.0))
             run_tag = f"bench-{int(time.time())}"
             asyncio.run(drive(port, vote_requests_factory(token, first_id, last_id, "warmup-" + run_tag, 50), args.clients, 1.0))
-            log(f"no-op view: {args.clients} clients for {args.seconds} s")
+            # The two endpoints take turns (no-op, votes, no-op, votes, ...) in short slices, so a
+            # job that starts or stops elsewhere on this shared machine weighs on both alike and
+            # the ratio stays comparable between runs.
             meter = CpuMeter(server, database_url)
-            noop_result, noop_cpu = measured(meter, lambda: asyncio.run(drive(port, noop_requests, args.clients, args.seconds)))
+            slice_s = args.seconds / args.rounds
+            noop_result, vote_result = LoadResult(), LoadResult()
+            noop_cpu, vote_cpu = {}, {}
+            for round_index in range(args.rounds):
+                log(f"round {round_index + 1}/{args.rounds}: no-op view then votes, {args.clients} clients, {slice_s:.1f} s each")
+                part, cpu = measured(meter, lambda: asyncio.run(drive(port, noop_requests, args.clients, slice_s)))
+                noop_result.add(part), _add_cpu(noop_cpu, cpu, part)
+                part, cpu = measured(meter, lambda: asyncio.run(drive(
+                    port, vote_requests_factory(token, first_id, last_id, f"{run_tag}-r{round_index}", args.max_votes_per_client),
+                    args.clients, slice_s)))
+                vote_result.add(part), _add_cpu(vote_cpu, cpu, part)
+            noop_cpu = _per_request(noop_cpu, noop_result)
+            vote_cpu = _per_request(vote_cpu, vote_result)
             noop = noop_result.summary(200)
-            log(f"vote endpoint: {args.clients} clients for {args.seconds} s")
-            vote_result, vote_cpu = measured(meter, lambda: asyncio.run(
-                drive(port, vote_requests_factory(token, first_id, last_id, run_tag, args.max_votes_per_client), args.clients, args.seconds)
-            ))
             votes = vote_result.summary(201)
         finally:
             stop(server)
@@ -419,6 +449,7 @@ def main() -> None:
         headline = {
             "bench": "web_load",
             "clients": args.clients,
+            "rounds": args.rounds,
             "server": f"gunicorn gthread {args.workers}x{args.threads}",
             "cpus": os.cpu_count(),
             "votes_per_s": round(votes["per_s"], 1),

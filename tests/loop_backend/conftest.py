@@ -164,8 +164,9 @@ def start_worker(transactional_db, data_dir, tmp_path):
             "--without-heartbeat", "-l", "INFO",
         ]
         if beat:
-            command += ["-B", "-S", "django_celery_beat.schedulers:DatabaseScheduler",
-                        "--schedule", str(tmp_path / f"{name}-beat")]
+            # Embedded beat; CELERY_BEAT_SCHEDULER already selects django-celery-beat's
+            # DatabaseScheduler (for `celery worker`, -S would mean --statedb, a file in the cwd).
+            command += ["-B"]
         with open(log_path, "wb") as log:
             # Own process group: `-B` runs beat in a child process that must die with the worker.
             proc = subprocess.Popen(command, cwd=REPO, env=worker_env, stdout=log, stderr=subprocess.STDOUT,
