@@ -124,8 +124,8 @@ KTO_TARGET_RATIO = env_float("PROSPECT_KTO_TARGET_RATIO", 4 / 3)
 QUEUE_CLAIM_SECONDS = env_int("PROSPECT_QUEUE_CLAIM_SECONDS", 300)
 # Share of prompts held out of training for the evaluation gate (split by prompt, never by row).
 SNAPSHOT_HOLDOUT = env_float("PROSPECT_SNAPSHOT_HOLDOUT", 0.1)
-# The feedback API remembers a verified token per process for this long (0 = ask the database on
-# every request): a revoked token or deactivated user is refused at most this many seconds later.
+# How long the DRF endpoints reuse a verified user object; each request still re-checks the token,
+# so a revoked token or a deactivated user is refused on the very next request.
 API_TOKEN_CACHE_SECONDS = env_float("PROSPECT_API_TOKEN_CACHE_SECONDS", 10.0)
 
 # --- Celery --------------------------------------------------------------------------------

@@ -547,12 +547,15 @@ def train(config: TrainConfig) -> dict | None:
                                                  task_type="CAUSAL_LM"))
     policy = SequenceLogProbs(model).to(accelerator.device)
     needs_reference = config.loss not in ("sft", "reference_free")
-    if needs_reference and not config.lora:
-        # Full fine-tuning: a frozen copy of the initial weights (dropped after precomputing).
-        reference_module = copy.deepcopy(policy).requires_grad_(False).eval()
     reference = None
-    if needs_reference:
-        reference = Reference(policy if config.lora else reference_module, disable_adapter=config.lora)
+    if needs_reference and config.lora:
+        reference = Reference(policy, disable_adapter=True)  # the base itself: no second copy
+    elif needs_reference and config.reference == "precompute":
+        # Before the first update the policy *is* the reference: precompute with it, no copy.
+        reference = Reference(policy, disable_adapter=False)
+    elif needs_reference:
+        # Full fine-tuning with a live reference: a frozen copy of the initial weights.
+        reference = Reference(copy.deepcopy(policy).requires_grad_(False).eval(), disable_adapter=False)
 
     # 3-4. Reference log-probs precomputed for every sequence the planned steps will use.
     reference_cache, cache_info = None, None
@@ -568,8 +571,7 @@ def train(config: TrainConfig) -> dict | None:
         reference_cache, cache_info = load_or_precompute_reference(
             reference, examples, keys, config, tokenizer.pad_token_id, accelerator,
             batch_size=4 * config.per_device_train_batch_size)
-        reference = None
-        reference_module = None  # the frozen copy is no longer needed: free its memory
+        reference = None  # training reads the cache from here on
 
     # 5. Optimizer, schedule, resume.
     trainable = [parameter for parameter in policy.parameters() if parameter.requires_grad]
