@@ -497,6 +497,8 @@ def check_config(config: TrainConfig) -> None:
     if not Path(config.model).exists():
         raise TrainingError(f"--model {config.model}: no such directory (no model hub is used; give a local "
                             "save_pretrained directory)")
+    if is_peft_dir(config.model):
+        raise TrainingError("--model is a LoRA adapter directory; train from a full model (its base)")
     out = Path(config.out)
     if config.resume:
         if not (out / "config.json").is_file():
@@ -533,12 +535,9 @@ def train(config: TrainConfig) -> dict | None:
     # 2. Policy, LoRA, reference.
     base_model_path = str(Path(config.model).resolve())
     model = load_causal_lm(base_model_path)
-    if is_peft_dir(config.model):
-        raise TrainingError("--model is a LoRA adapter directory; train from a full model (its base)")
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
-    reference_module = None
     if config.lora:
         from peft import LoraConfig, get_peft_model
 
