@@ -53,6 +53,7 @@ def main(model_dir: str, data_path: str, out_path: str) -> None:
         torch.save({"loss": mean_loss.item(), "z0": z0_per_process, "z0_raw": stats["z0_raw"].item(),
                     "update": update, "world": world}, out_path)
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # destroy the gloo group before exit
 
 
 if __name__ == "__main__":

@@ -695,8 +695,12 @@ def train(config: TrainConfig) -> dict | None:
         "reference": config.reference if needs_reference else "none", "reference_cache": cache_info,
     }
     summary.update({key: last_logged.get(key) for key in ("loss", "z0", "reward_accuracy", "reward_margin")})
+    is_main = accelerator.is_main_process
+    # Tear the process group down before the interpreter exits: a gloo group left alive can abort
+    # a worker at exit ("terminate called without an active exception").
+    accelerator.end_training()
     # Under `accelerate launch` only the main process reports (one JSON line for the whole run).
-    return summary if accelerator.is_main_process else None
+    return summary if is_main else None
 
 
 def build_microbatch_keys(local_indices: list[int], config: TrainConfig) -> list[tuple[int, int]]:
