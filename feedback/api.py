@@ -423,20 +423,7 @@ class ImportView(APIView):
                 {"detail": f"{exc}; nothing was imported", "line": exc.line, "field": exc.field},
                 status=status.HTTP_400_BAD_REQUEST,
             )
-        return Response(
-            {
-                "id": batch.pk,
-                "sha256": batch.sha256,
-                "format": batch.format,
-                "lines": batch.n_lines,
-                "prompts_created": batch.n_prompts_created,
-                "generations_created": batch.n_generations_created,
-                "votes_created": batch.n_votes_created,
-                "votes_existing": batch.n_votes_existing,
-                "dropped_at_threshold": batch.n_dropped_at_threshold,
-            },
-            status=status.HTTP_201_CREATED,
-        )
+        return Response({"id": batch.pk, **batch.summary()}, status=status.HTTP_201_CREATED)
 
 
 class SnapshotInSerializer(serializers.Serializer):

@@ -109,6 +109,19 @@ class ImportBatch(models.Model):
     def __str__(self) -> str:
         return f"import {self.pk} ({self.filename}, {self.format})"
 
+    def summary(self) -> dict:
+        """What the API answers and the command prints for an accepted import."""
+        return {
+            "sha256": self.sha256,
+            "format": self.format,
+            "lines": self.n_lines,
+            "prompts_created": self.n_prompts_created,
+            "generations_created": self.n_generations_created,
+            "votes_created": self.n_votes_created,
+            "votes_existing": self.n_votes_existing,
+            "dropped_at_threshold": self.n_dropped_at_threshold,
+        }
+
 
 class DatasetSnapshot(models.Model):
     """An immutable KTO dataset: one JSONL file plus its hash, counts and the λ weights chosen."""

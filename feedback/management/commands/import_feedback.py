@@ -42,19 +42,4 @@ class Command(BaseCommand):
                 )
         except ImportRejected as exc:
             raise CommandError(f"{path}: {exc}; nothing was imported") from None
-        self.stdout.write(
-            json.dumps(
-                {
-                    "import_id": batch.pk,
-                    "file": str(path),
-                    "sha256": batch.sha256,
-                    "format": batch.format,
-                    "lines": batch.n_lines,
-                    "prompts_created": batch.n_prompts_created,
-                    "generations_created": batch.n_generations_created,
-                    "votes_created": batch.n_votes_created,
-                    "votes_existing": batch.n_votes_existing,
-                    "dropped_at_threshold": batch.n_dropped_at_threshold,
-                }
-            )
-        )
+        self.stdout.write(json.dumps({"import_id": batch.pk, "file": str(path), **batch.summary()}))
