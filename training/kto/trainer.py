@@ -134,20 +134,25 @@ def _tensors(examples: list[kto_data.TokenizedExample], keys: list[tuple[int, in
     return batch
 
 
+def microbatch_keys(local_indices: list[int], config: TrainConfig) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The (prompt, completion) example indices of one microbatch: matched (x_i, y_i) and, for the
+    losses with a reference point, mismatched (x_i, y_{(i+1) mod m}). Used both to build the
+    microbatch and to plan which reference log-probs to precompute, so the two always agree."""
+    if config.loss == "dpo":
+        # Examples 2k / 2k+1 are pair k's chosen / rejected completions (see prepare_examples).
+        return [(2 * k, 2 * k) for k in local_indices] + [(2 * k + 1, 2 * k + 1) for k in local_indices], []
+    matched = [(i, i) for i in local_indices]
+    if config.loss in ("kto", "concave", "risk_neutral", "reference_free") and not config.z0_zero:
+        partners = kto_data.mismatched_partners(len(local_indices))
+        return matched, [(local_indices[i], local_indices[j]) for i, j in enumerate(partners)]
+    return matched, []
+
+
 def build_microbatch(examples, local_indices: list[int], config: TrainConfig, pad_token_id: int,
                      reference_cache: dict | None) -> dict[str, Any]:
     """Everything one microbatch needs. For KTO: the matched sequences (x_i, y_i), the mismatched
     ones (x_i, y_{(i+1) mod m}) built from this very microbatch, and cached reference log-probs."""
-    if config.loss == "dpo":
-        # Examples 2k / 2k+1 are pair k's chosen / rejected completions (see prepare_examples).
-        matched_keys = [(2 * k, 2 * k) for k in local_indices] + [(2 * k + 1, 2 * k + 1) for k in local_indices]
-        mismatched_keys = []
-    else:
-        matched_keys = [(i, i) for i in local_indices]
-        mismatched_keys = []
-        if config.loss in ("kto", "concave", "risk_neutral", "reference_free") and not config.z0_zero:
-            partners = kto_data.mismatched_partners(len(local_indices))
-            mismatched_keys = [(local_indices[i], local_indices[j]) for i, j in enumerate(partners)]
+    matched_keys, mismatched_keys = microbatch_keys(local_indices, config)
     batch = {
         "matched": _tensors(examples, matched_keys, config, pad_token_id),
         "mismatched": _tensors(examples, mismatched_keys, config, pad_token_id) if mismatched_keys else None,
@@ -565,8 +570,8 @@ def train(config: TrainConfig) -> dict | None:
                 for rank in range(accelerator.num_processes):
                     local = global_microbatch[rank * config.per_device_train_batch_size:
                                               (rank + 1) * config.per_device_train_batch_size]
-                    planned = build_microbatch_keys(local, config)
-                    keys.update(planned)
+                    matched_keys, mismatched_keys = microbatch_keys(local, config)
+                    keys.update(matched_keys + mismatched_keys)
         reference_cache, cache_info = load_or_precompute_reference(
             reference, examples, keys, config, tokenizer.pad_token_id, accelerator,
             batch_size=4 * config.per_device_train_batch_size)
@@ -703,15 +708,6 @@ def train(config: TrainConfig) -> dict | None:
     return summary if is_main else None
 
 
-def build_microbatch_keys(local_indices: list[int], config: TrainConfig) -> list[tuple[int, int]]:
-    """The (prompt, completion) keys whose reference log-probs a microbatch needs."""
-    if config.loss == "dpo":
-        return [(2 * k, 2 * k) for k in local_indices] + [(2 * k + 1, 2 * k + 1) for k in local_indices]
-    keys = [(i, i) for i in local_indices]
-    if config.loss in ("kto", "concave", "risk_neutral") and not config.z0_zero:
-        partners = kto_data.mismatched_partners(len(local_indices))
-        keys += [(local_indices[i], local_indices[j]) for i, j in enumerate(partners)]
-    return keys
 
 
 def _first_step_of_epoch(steps, epoch) -> int:
