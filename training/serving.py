@@ -148,8 +148,7 @@ def get_backend() -> InferenceBackend:
     global _backend
     with _backend_lock:
         if _backend is None:
-            path = getattr(settings, "PROSPECT_INFERENCE_BACKEND", "training.inference.TransformersBackend")
-            _backend = import_string(path)()
+            _backend = import_string(settings.PROSPECT_INFERENCE_BACKEND)()
         return _backend
 
 

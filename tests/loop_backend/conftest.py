@@ -180,7 +180,7 @@ def start_worker(transactional_db, data_dir, tmp_path):
     yield start
 
     from training.models import TrainingRun
-    from training.runner import kill_run_processes
+    from training.processes import kill_run_processes
 
     for worker in workers:
         worker.kill_group()
@@ -267,15 +267,16 @@ TINY_TRAINING = {
 def demo_loop(transactional_db, data_dir, demo_model_dir):
     """The demo model as the active version, a policy with a tiny training config, 20 prompts' votes."""
     from tests.loop_backend.helpers import cast_demo_votes
-    from training import services
+    from training import registry
+    from training.policy import get_policy
 
-    policy = services.get_policy()
+    policy = get_policy()
     for name, value in TINY_TRAINING.items():
         setattr(policy, name, value)
     policy.base_model = demo_model_dir
     policy.min_new_votes, policy.cooldown_seconds = 10_000, 0  # tests start runs themselves unless they lower it
     policy.save()
-    base = services.ensure_base_version(demo_model_dir)
+    base = registry.ensure_base_version(demo_model_dir)
     cast_demo_votes(20)
     return base
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from tests.loop_backend.conftest import run_dirs, run_status, wait_for
-from training import services
+from training import runs
 from training.models import ModelVersion, TrainingRun
 from training.tasks import run_training
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def test_two_deliveries_of_one_run_train_it_once(demo_loop, start_worker, loop_redis, data_dir):
     first, second = start_worker("gpu"), start_worker("gpu")
 
-    run = services.start_run()
+    run = runs.start_run()
     # A redelivery: the very same task (same id and argument) reaches the broker again.
     task_id = f"run-{run.pk}-duplicate"
     run_training.apply_async(args=[run.pk], task_id=task_id)

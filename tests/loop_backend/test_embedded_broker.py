@@ -9,7 +9,7 @@ import pytest
 
 from tests.loop_backend.conftest import REPO, database_url_for_workers, free_port, wait_for
 from tests.loop_backend.helpers import cast_demo_votes
-from training import services
+from training.policy import get_policy
 from training.models import TrainingRun
 
 pytestmark = pytest.mark.slow
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def test_without_redis_tasks_go_through_files_under_data_dir(start_worker, data_dir, tmp_path):
     no_redis = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # nothing listens there
-    policy = services.get_policy()
+    policy = get_policy()
     policy.min_new_votes, policy.cooldown_seconds, policy.base_model = 10, 0, str(tmp_path)
     policy.save()
     cast_demo_votes(5)
@@ -26,8 +26,8 @@ def test_without_redis_tasks_go_through_files_under_data_dir(start_worker, data_
     env.pop("CELERY_BROKER_URL", None)
     # A separate 'web' process sends the periodic check; it must pick the same embedded broker.
     sent = subprocess.run(
-        [sys.executable, "-c", "import django; django.setup(); from django.conf import settings; "
-         "from training.tasks import maybe_retrain; maybe_retrain.delay(); print(settings.CELERY_BROKER_URL)"],
+        [sys.executable, "-c", "import django; django.setup(); from config.celery import app; "
+         "from training.tasks import maybe_retrain; maybe_retrain.delay(); print(app.conf.broker_url)"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )
     assert sent.returncode == 0, sent.stderr

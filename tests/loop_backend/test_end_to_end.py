@@ -6,16 +6,16 @@ import pytest
 
 from feedback.models import Generation, Vote
 from tests.loop_backend.conftest import wait_for
-from training import services
+from training.policy import get_policy
 from training.models import ModelVersion, TrainingRun
-from training.policy import install_schedule
+from training.scheduler import install_schedule
 from training.selectors import active_version
 
 pytestmark = pytest.mark.slow
 
 
 def test_votes_become_a_promoted_version_that_serves_new_generations(demo_loop, start_worker, loop_redis):
-    policy = services.get_policy()
+    policy = get_policy()
     # The policy starts a run on its own once these votes exist; the gate judges with the demo
     # task's simulated annotator on held-out prompts and the holdout split. A negative margin
     # promotes any candidate the gate could measure: the gate's verdicts have their own test
@@ -44,7 +44,7 @@ def test_votes_become_a_promoted_version_that_serves_new_generations(demo_loop, 
     assert run.snapshot.last_vote_id == Vote.objects.latest("pk").pk
 
     # The annotation queue is filled by the gpu worker from the active version: the new one.
-    from training.tasks_inference import fill_queue
+    from training.tasks import fill_queue
 
     fill_queue.delay(n=3)
     wait_for(lambda: Generation.objects.filter(model_version=new_version).exists(), 180,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from training import services
+from training import registry, runs
 from training.gate import decide, evaluate_candidate
 from training.models import ModelVersion, TrainingRun
 from training.runner import _export_splits, new_run_dir
@@ -32,12 +32,12 @@ def test_unjudged_candidate_needs_better_reward_accuracy_and_no_worse_loss():
 @pytest.mark.slow
 def test_candidate_no_better_than_the_active_version_stays_a_candidate(demo_loop, loop_redis, demo_model_dir):
     # The candidate is the active model's own weights: it cannot beat itself by a positive margin.
-    run = services.start_run(config={"holdout": 0.3, "judge": "demo", "judge_prompts": 16, "promote_margin": 0.01})
+    run = runs.start_run(config={"holdout": 0.3, "judge": "demo", "judge_prompts": 16, "promote_margin": 0.01})
     run_dir = new_run_dir(run)
     _export_splits(run, run_dir / "data")
     TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.SUCCEEDED, artifact_dir=str(run_dir))
     run.refresh_from_db()
-    candidate = services.create_candidate_version(run, artifact_path=demo_model_dir, is_adapter=False,
+    candidate = registry.create_candidate_version(run, artifact_path=demo_model_dir, is_adapter=False,
                                                   trained_from=demo_model_dir)
 
     result = evaluate_candidate(candidate)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training import services
+from training import registry, runs
 from training.models import TrainingRun
 from training.runner import execute_run
 
@@ -16,13 +16,13 @@ pytestmark = pytest.mark.slow
 
 def test_adapter_versions_chain(demo_loop, loop_redis, demo_model_dir):
     # This test process plays the gpu worker (the task body is exactly execute_run).
-    first = execute_run(services.start_run(config={"lora": True}).pk)
+    first = execute_run(runs.start_run(config={"lora": True}).pk)
 
     assert first is not None and first.is_adapter and first.base_model == demo_model_dir
     assert json.loads((Path(first.artifact_path) / "adapter_config.json").read_text())
-    services.promote(first)
+    registry.promote(first)
 
-    second = execute_run(services.start_run(config={"lora": True}).pk)
+    second = execute_run(runs.start_run(config={"lora": True}).pk)
 
     run = TrainingRun.objects.get(pk=second.created_by_run_id)
     merged = Path(run.artifact_dir) / "base-merged"

@@ -5,7 +5,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from training import services
+from training import registry
 from training.models import ModelVersion
 from training.selectors import active_version
 
@@ -23,8 +23,8 @@ def test_database_refuses_a_second_active_version():
 
 
 def test_promote_retires_the_previous_active_version():
-    first = services.promote(_version("first"))
-    second = services.promote(_version("second"), reason="better")
+    first = registry.promote(_version("first"))
+    second = registry.promote(_version("second"), reason="better")
 
     first.refresh_from_db()
     assert (first.status, second.status) == (ModelVersion.Status.RETIRED, ModelVersion.Status.ACTIVE)
@@ -33,10 +33,10 @@ def test_promote_retires_the_previous_active_version():
 
 
 def test_rollback_reactivates_the_version_that_was_replaced():
-    first = services.promote(_version("first"))
-    second = services.promote(_version("second"))
+    first = registry.promote(_version("first"))
+    second = registry.promote(_version("second"))
 
-    restored = services.rollback()
+    restored = registry.rollback()
 
     second.refresh_from_db()
     assert restored == first and restored.status == ModelVersion.Status.ACTIVE
@@ -45,30 +45,30 @@ def test_rollback_reactivates_the_version_that_was_replaced():
 
 
 def test_rollback_without_a_previous_version_changes_nothing():
-    only = services.promote(_version("only"))
+    only = registry.promote(_version("only"))
     with pytest.raises(ValidationError, match="no previous version"):
-        services.rollback()
+        registry.rollback()
     only.refresh_from_db()
     assert only.status == ModelVersion.Status.ACTIVE
 
 
 def test_reject_refuses_the_active_version_and_needs_a_reason():
-    active = services.promote(_version("active"))
+    active = registry.promote(_version("active"))
     candidate = _version("candidate")
     with pytest.raises(ValidationError, match="active"):
-        services.reject(active, "bad")
+        registry.reject(active, "bad")
     with pytest.raises(ValidationError):
-        services.reject(candidate, "  ")
+        registry.reject(candidate, "  ")
 
-    services.reject(candidate, "worse on the holdout")
+    registry.reject(candidate, "worse on the holdout")
 
     candidate.refresh_from_db()
     assert candidate.status == ModelVersion.Status.REJECTED and candidate.status_reason == "worse on the holdout"
 
 
 def test_ensure_base_version_creates_the_first_active_version_once(tmp_path):
-    base = services.ensure_base_version(str(tmp_path))
-    again = services.ensure_base_version(str(tmp_path))
+    base = registry.ensure_base_version(str(tmp_path))
+    again = registry.ensure_base_version(str(tmp_path))
 
     assert base == again and base.status == ModelVersion.Status.ACTIVE
     assert (base.artifact_path, base.base_model, base.is_adapter) == (str(tmp_path), str(tmp_path), False)
@@ -77,5 +77,5 @@ def test_ensure_base_version_creates_the_first_active_version_once(tmp_path):
 
 def test_ensure_base_version_refuses_a_missing_directory(tmp_path):
     with pytest.raises(ValidationError, match="does not exist"):
-        services.ensure_base_version(str(tmp_path / "missing"))
+        registry.ensure_base_version(str(tmp_path / "missing"))
     assert not ModelVersion.objects.exists()

@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from feedback.models import DatasetSnapshot
 from training.models import TrainingRun
-from training.runner import process_alive
-from training.services import reap_orphaned_runs
+from training.processes import process_alive
+from training.runs import reap_orphaned_runs
 
 pytestmark = pytest.mark.django_db
 

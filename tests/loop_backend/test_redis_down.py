@@ -6,9 +6,9 @@ import pytest
 from feedback.models import Vote
 from tests.loop_backend.conftest import point_celery_at, wait_for
 from tests.loop_backend.helpers import cast_demo_votes
-from training import services
+from training import runs
 from training.models import TrainingRun
-from training.policy import install_schedule
+from training.scheduler import install_schedule
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ def test_votes_and_runs_survive_a_redis_outage(demo_loop, start_worker, private_
     new_vote_ids = cast_demo_votes(5, seed=7, voter="during-outage")
     assert Vote.objects.count() == votes_before + len(new_vote_ids)
     # The web's "retrain now" still answers: the run is saved, just not sent yet.
-    run = services.start_run()
+    run = runs.start_run()
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.QUEUED and run.enqueued_at is None
     assert run.snapshot.last_vote_id == max(new_vote_ids)

@@ -9,16 +9,16 @@ from django.utils import timezone
 
 from feedback.models import DatasetSnapshot, Vote
 from tests.loop_backend.helpers import cast_demo_votes
-from training import services
+from training.policy import get_policy
 from training.models import TrainingRun
-from training.policy import install_schedule, maybe_retrain
+from training.scheduler import install_schedule, maybe_retrain
 
 
 @pytest.fixture
 def policy(transactional_db, data_dir, loop_redis, tmp_path):
     base = tmp_path / "base-model"
     base.mkdir()
-    policy = services.get_policy()
+    policy = get_policy()
     policy.min_new_votes, policy.cooldown_seconds, policy.base_model = 10, 3600, str(base)
     policy.save()
     return policy

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from training import services
+from training import runs
 from training.models import ModelVersion, TrainingRun
-from training.runner import execute_run, process_alive
+from training.processes import process_alive
+from training.runner import execute_run
 from training.selectors import active_version
 
 pytestmark = pytest.mark.slow
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def test_run_over_its_time_limit_is_killed_and_failed(demo_loop, loop_redis, settings):
     settings.PROSPECT_RUN_POLL_SECONDS = 0.5
-    run = services.start_run(config={"max_steps": 10_000, "time_limit_seconds": 1})
+    run = runs.start_run(config={"max_steps": 10_000, "time_limit_seconds": 1})
 
     # This test process plays the gpu worker (the task body is exactly this call).
     assert execute_run(run.pk) is None

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.loop_backend.conftest import run_dirs, run_status, wait_for
-from training import services
+from training import runs
 from training.models import ModelVersion, TrainingRun
 from training.selectors import active_version
 
@@ -23,7 +23,7 @@ def test_engine_crash_fails_the_run_and_changes_nothing_else(demo_loop, start_wo
     versions_before = set(ModelVersion.objects.values_list("pk", "status"))
     worker = start_worker("gpu")
 
-    run = services.start_run(base_version=broken)
+    run = runs.start_run(base_version=broken)
     snapshot_sha = hashlib.sha256(Path(run.snapshot.path).read_bytes()).hexdigest()
     wait_for(lambda: run_status(run.pk) not in ("queued", "running"), 240, "the run to end",
              on_timeout=worker.log)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tests.loop_backend.conftest import wait_for
-from training import services
+from training import runs
 from training.models import ModelVersion, TrainingRun
-from training.runner import process_alive
+from training.processes import process_alive
 from training.selectors import active_version
 
 pytestmark = pytest.mark.slow
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def test_killed_worker_leaves_a_failed_run_and_the_active_version(demo_loop, start_worker, loop_redis):
     worker = start_worker("gpu")
     # Long enough that the kill lands mid-training.
-    run = services.start_run(config={"max_steps": 10_000, "time_limit_seconds": 3600})
+    run = runs.start_run(config={"max_steps": 10_000, "time_limit_seconds": 3600})
 
     def training_started():
         current = TrainingRun.objects.get(pk=run.pk)

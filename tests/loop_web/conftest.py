@@ -64,9 +64,9 @@ def annotator_user(django_user_model, password):
 
 @pytest.fixture
 def active_demo_version(demo_model_dir):
-    from training import services
+    from training import registry
 
-    return services.ensure_base_version(demo_model_dir)
+    return registry.ensure_base_version(demo_model_dir)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from training import services
+from training.policy import get_policy
 from training.models import ModelVersion, TrainingRun
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -16,7 +16,7 @@ RUN_TIMEOUT_S = 300
 @pytest.fixture
 def tiny_training_policy(active_demo_version, demo_model_dir):
     """Defaults for a few-step run; the gate must not auto-promote, so the admin's click decides."""
-    policy = services.get_policy()
+    policy = get_policy()
     policy.base_model = demo_model_dir
     policy.per_device_train_batch_size = 4
     policy.max_length = 32

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from feedback.models import Generation
-from training.inference import fill_annotation_queue
+from training.serving import fill_annotation_queue
 from training.kto.demo import correct_answer
 
 pytestmark = pytest.mark.django_db

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from feedback.models import Generation
-from training.tasks_inference import fill_queue
+from training.tasks import fill_queue
 
 pytestmark = pytest.mark.slow
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training import services
-from training.inference import TransformersBackend, generate_for_prompt
+from training import registry
+from training.serving import TransformersBackend, generate_for_prompt
 from training.kto.demo import demo_prompts
 from training.kto.generation import generate_completions
 from training.models import ModelVersion
@@ -42,12 +42,12 @@ def test_backend_reloads_when_another_version_is_promoted(active_demo_version, d
     candidate = ModelVersion.objects.create(
         name="perturbed", base_model=demo_model_dir, artifact_path=perturbed_model_dir, parent=active_demo_version
     )
-    services.promote(candidate, reason="test")
+    registry.promote(candidate, reason="test")
     # Same backend object, no restart: the next call serves the newly active version.
     assert backend.generate(PROMPTS, max_new_tokens=5) == expected_perturbed
     assert backend.loaded_version_id == candidate.pk
 
-    services.rollback()
+    registry.rollback()
     assert backend.generate(PROMPTS, max_new_tokens=5) == expected_base
     assert backend.loaded_version_id == active_demo_version.pk
 
@@ -60,7 +60,7 @@ def test_generations_are_labelled_with_the_version_that_served_them(active_demo_
     candidate = ModelVersion.objects.create(
         name="perturbed", base_model=demo_model_dir, artifact_path=perturbed_model_dir, parent=active_demo_version
     )
-    services.promote(candidate, reason="test")
+    registry.promote(candidate, reason="test")
     second = generate_for_prompt(PROMPTS[1], max_new_tokens=5, backend=backend)
     assert second.model_version == candidate
     assert second.served_by == candidate

@@ -32,7 +32,7 @@ def test_overrides_are_passed_to_the_run(client, admin_user, active_demo_version
 
 
 def test_blank_fields_keep_the_defaults(client, admin_user, active_demo_version, voted_demo_data, settings, tmp_path):
-    from training.services import default_training_config
+    from training.policy import default_training_config
 
     settings.DATA_DIR = tmp_path
     client.force_login(admin_user)

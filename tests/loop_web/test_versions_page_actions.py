@@ -7,7 +7,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from training import services
+from training import registry
 from training.models import ModelVersion
 
 pytestmark = pytest.mark.django_db
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def versions():
     base = ModelVersion.objects.create(name="base", base_model="/m", artifact_path="/m")
-    services.promote(base, reason="first")
+    registry.promote(base, reason="first")
     candidate = ModelVersion.objects.create(
         name="run-7", base_model="/m", artifact_path="/runs/7/final", parent=base,
         metrics={"holdout": {"loss": 0.4123456, "reward_accuracy": 0.7}, "demo_accuracy": 0.61,
