@@ -73,6 +73,12 @@ class TrainingRun(models.Model):
         ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs_based_on"
     )
     config = models.JSONField(default=dict, blank=True)
+    # λ_D, λ_U this run trains with, chosen once when the run is created: the snapshot's, unless a
+    # manual override (lambda_mode "manual" on an existing snapshot) replaced them. Passed to the
+    # engine as --desirable-weight / --undesirable-weight; weight_rule says where they came from.
+    desirable_weight = models.FloatField()
+    undesirable_weight = models.FloatField()
+    weight_rule = models.TextField(blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
     progress = models.FloatField(default=0.0)
     metrics = models.JSONField(default=list, blank=True)
@@ -103,6 +109,12 @@ class TrainingRun(models.Model):
 
     def __str__(self) -> str:
         return f"run {self.pk} ({self.status})"
+
+    @property
+    def overrides_snapshot_weights(self) -> bool:
+        """True when the run trains with other λ than its snapshot's (a manual override)."""
+        return (self.desirable_weight, self.undesirable_weight) != (
+            self.snapshot.desirable_weight, self.snapshot.undesirable_weight)
 
 
 # A run in one of these states is not finished: it may still train.

@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from feedback.services import export_kto
 from training.gate import evaluate_candidate
-from training.models import ModelVersion, TrainingPolicy, TrainingRun
+from training.models import ModelVersion, TrainingRun
 from training.processes import stop_group, tail
 from training.registry import create_candidate_version
 
@@ -112,13 +112,6 @@ def _training_model_path(run: TrainingRun, run_dir: Path) -> str:
     return str(merged)
 
 
-def class_weights(run: TrainingRun) -> tuple[float, float]:
-    """λ_D, λ_U: the config's in manual mode, else the ones chosen (and stored) with the snapshot."""
-    if run.config.get("lambda_mode") == TrainingPolicy.LambdaMode.MANUAL:
-        return float(run.config["desirable_weight"]), float(run.config["undesirable_weight"])
-    return float(run.snapshot.desirable_weight), float(run.snapshot.undesirable_weight)
-
-
 def expected_total_steps(config: dict, n_train: int) -> int:
     """Optimizer steps the engine will take: ⌈n / (batch·processes)⌉ / accumulation per epoch, capped."""
     per_step = max(1, int(config["per_device_train_batch_size"]) * max(1, settings.PROSPECT_NUM_PROCESSES))
@@ -133,7 +126,6 @@ def expected_total_steps(config: dict, n_train: int) -> int:
 def build_train_command(run: TrainingRun, *, model: str, data: Path, out: Path) -> list[str]:
     """The engine's command line for this run (SPEC §3 option names)."""
     config = run.config
-    desirable_weight, undesirable_weight = class_weights(run)
     engine_args = [
         "-m", "training.kto", "train",
         "--model", model,
@@ -145,8 +137,9 @@ def build_train_command(run: TrainingRun, *, model: str, data: Path, out: Path) 
         "--gradient-accumulation-steps", str(int(config["gradient_accumulation_steps"])),
         "--num-train-epochs", repr(float(config["num_train_epochs"])),
         "--max-length", str(int(config["max_length"])),
-        "--desirable-weight", repr(desirable_weight),
-        "--undesirable-weight", repr(undesirable_weight),
+        # λ as chosen once when the run was created (training.runs.class_weights_for).
+        "--desirable-weight", repr(float(run.desirable_weight)),
+        "--undesirable-weight", repr(float(run.undesirable_weight)),
         "--seed", str(int(config["seed"])),
         "--loss", str(config["loss"]),
         # The run page draws its own progress bar; a tqdm bar would only clutter the log tail.

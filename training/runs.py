@@ -46,12 +46,29 @@ def _create_snapshot_for(config: dict):
     )
 
 
+def class_weights_for(snapshot, config: dict) -> tuple[float, float, str]:
+    """(λ_D, λ_U, where they come from) for a run on `snapshot`: chosen here, once, and stored on the run.
+
+    The snapshot's weights (chosen when it was cut: automatic rule or manual), unless the run's
+    config asks for manual weights that differ from them: that override is recorded on the run,
+    and the run page shows it beside the snapshot's.
+    """
+    snapshot_weights = (snapshot.desirable_weight, snapshot.undesirable_weight)
+    if config["lambda_mode"] == TrainingPolicy.LambdaMode.MANUAL:
+        manual = (float(config["desirable_weight"]), float(config["undesirable_weight"]))
+        if manual != snapshot_weights:
+            return (*manual, f"manual override of snapshot {snapshot.pk}'s λ_D={snapshot_weights[0]:.4g}, "
+                             f"λ_U={snapshot_weights[1]:.4g}")
+    return (*snapshot_weights, f"snapshot {snapshot.pk}: {snapshot.weight_rule}")
+
+
 def start_run(*, snapshot=None, config: dict | None = None, base_version=None, requested_by=None) -> TrainingRun:
     """Create a queued TrainingRun and send `run_training` to the gpu queue once the row is committed.
 
     snapshot: a feedback.DatasetSnapshot; None → a fresh one is cut now with
         feedback.services.create_snapshot (holdout, λ mode/target/manual weights and seed taken
         from the config). Its refusal (e.g. SnapshotRefused for a single-class dataset) propagates.
+        The run's λ_D / λ_U are the snapshot's, or the config's manual weights (class_weights_for).
     config: overrides of default_training_config() (validated; ValidationError names the field).
     base_version: the ModelVersion to train from; None → the active version, or — when nothing
         is active yet — ensure_base_version(config["base_model"]). ValidationError when there is
@@ -74,10 +91,14 @@ def start_run(*, snapshot=None, config: dict | None = None, base_version=None, r
             base_version = ensure_base_version(resolved["base_model"])
         if snapshot is None:
             snapshot = _create_snapshot_for(resolved)
+        desirable_weight, undesirable_weight, weight_rule = class_weights_for(snapshot, resolved)
         run = TrainingRun.objects.create(
             snapshot=snapshot,
             base_version=base_version,
             config=resolved,
+            desirable_weight=desirable_weight,
+            undesirable_weight=undesirable_weight,
+            weight_rule=weight_rule,
             status=TrainingRun.Status.QUEUED,
             requested_by=requested_by,
         )
