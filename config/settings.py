@@ -138,8 +138,7 @@ API_TOKEN_CACHE_SECONDS = env_float("PROSPECT_API_TOKEN_CACHE_SECONDS", 10.0,
 
 # --- Snapshots: the dataset and its class weights λ_D / λ_U ----------------------------------
 KTO_TARGET_RATIO = env_float("PROSPECT_KTO_TARGET_RATIO", defaults.TARGET_RATIO,
-                             "λ_D·n_D/(λ_U·n_U) aimed at when the data is outside [1, 3/2] (paper Eq. 7)",
-                             shown="4/3")
+                             "λ_D·n_D/(λ_U·n_U) aimed at when the data is outside [1, 3/2] (paper Eq. 7)")
 SNAPSHOT_HOLDOUT = env_float("PROSPECT_SNAPSHOT_HOLDOUT", defaults.SNAPSHOT_HOLDOUT,
                              "share of prompts held out of training for the gate (split by prompt)")
 
