@@ -6,7 +6,8 @@ Broker
     answers a PING at start-up; otherwise — a laptop with no Redis at all — the embedded default
     is kombu's *filesystem* transport: messages are files under ``$PROSPECT_DATA_DIR/broker/``,
     shared by every process on the machine. It needs no server and survives restarts; it is for
-    one machine only (no remote workers). See config/settings_loop.py.
+    one machine only (no remote workers). The choice is made here, when the app's configuration
+    is first read (sending a task, starting a worker), never when the settings are imported.
 
 Queues
     ``default``: CPU work (snapshots, scheduling, reaping dead runs, bookkeeping).
@@ -38,9 +39,13 @@ Reliability
 from __future__ import annotations
 
 import os
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlparse
 
 from celery import Celery
 from celery.signals import beat_init, worker_ready
+from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -49,11 +54,72 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
+@dataclass(frozen=True)
+class BrokerChoice:
+    url: str
+    kind: str  # "configured" (CELERY_BROKER_URL), "redis" (REDIS_URL answered) or "filesystem"
+    transport_options: dict
+
+
+def redis_answers(url: str, timeout: float = 0.3) -> bool:
+    """True when something accepts a TCP connection and answers PING at the Redis URL."""
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"PING\r\n")
+            reply = sock.recv(64)
+    except OSError:
+        return False
+    # "-NOAUTH" still means a Redis is there (the URL's password is used by the real client).
+    return reply.startswith((b"+PONG", b"-NOAUTH"))
+
+
+def choose_broker() -> BrokerChoice:
+    """CELERY_BROKER_URL when set; else Redis at REDIS_URL if it answers; else the filesystem."""
+    if settings.CELERY_BROKER_URL:
+        url, kind = settings.CELERY_BROKER_URL, "configured"
+    elif redis_answers(settings.REDIS_URL):
+        url, kind = settings.REDIS_URL, "redis"
+    else:
+        url, kind = "filesystem://", "filesystem"
+    if url.startswith("filesystem://"):
+        # Producers and consumers on this machine share one folder: messages are files in it.
+        folders = {name: settings.PROSPECT_BROKER_DIR / name for name in ("queue", "processed", "control")}
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        options = {
+            "data_folder_in": str(folders["queue"]),
+            "data_folder_out": str(folders["queue"]),
+            "processed_folder": str(folders["processed"]),
+            "control_folder": str(folders["control"]),
+            "store_processed": False,
+        }
+    else:
+        options = {
+            # An unacknowledged message (late ack: a GPU task acks when it ends) goes back to the
+            # queue after this long. It must exceed the longest run, or a second worker would start
+            # the same run while the first still trains it (the status guard would refuse it anyway).
+            "visibility_timeout": settings.PROSPECT_MAX_RUN_SECONDS + 3600,
+            "socket_connect_timeout": 5,
+        }
+    return BrokerChoice(url, kind, options)
+
+
+@app.on_after_configure.connect
+def _use_chosen_broker(sender, source, **kwargs) -> None:
+    choice = choose_broker()
+    source.broker_url = choice.url
+    source.broker_transport_options = choice.transport_options
+    source.prospect_broker_kind = choice.kind
+
+
 @worker_ready.connect
 def _reap_runs_of_dead_workers(sender=None, **kwargs) -> None:
     # A worker that starts after a crash (same host) finds the crashed worker's run still marked
-    # running: mark it failed right away instead of waiting for the periodic reaper.
-    from training.services import reap_orphaned_runs
+    # running: mark it failed right away instead of waiting for the periodic reaper. (Imported
+    # here: the app registry is not ready when this module is imported.)
+    from training.runs import reap_orphaned_runs
 
     reap_orphaned_runs()
 
@@ -61,6 +127,6 @@ def _reap_runs_of_dead_workers(sender=None, **kwargs) -> None:
 @beat_init.connect
 def _install_periodic_tasks(sender=None, **kwargs) -> None:
     # The retrain check and the reaper exist as soon as beat runs; admin edits are kept.
-    from training.policy import install_schedule
+    from training.scheduler import install_schedule
 
     install_schedule()

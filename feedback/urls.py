@@ -15,8 +15,7 @@ pages = [
 api_v1 = [
     path("generations/", api.GenerationCreateView.as_view(), name="generations"),
     path("generations/batch/", api.GenerationBatchView.as_view(), name="generations-batch"),
-    # A plain Django view (the hot path), documented in the schema as a DRF view: see feedback.api.
-    path("votes/", api.record_vote, name="votes"),
+    path("votes/", api.VoteView.as_view(), name="votes"),
     path("imports/", api.ImportView.as_view(), name="imports"),
     path("snapshots/", api.SnapshotListCreateView.as_view(), name="snapshots"),
 ]

@@ -1,11 +1,12 @@
-"""Admin for runs, versions and the retraining policy. State changes go through the services,
+"""Admin for runs, versions and the retraining policy. State changes go through training.runs
+and training.registry,
 so the admin cannot break the one-active-version rule or the run state machine."""
 from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 
-from training import services
+from training import policy, registry, runs
 from training.models import ModelVersion, TrainingPolicy, TrainingRun
 
 
@@ -35,7 +36,7 @@ class TrainingPolicyAdmin(admin.ModelAdmin):
         return False
 
     def changelist_view(self, request, extra_context=None):
-        services.get_policy()  # so the single row is there to edit
+        policy.get_policy()  # so the single row is there to edit
         return super().changelist_view(request, extra_context)
 
 
@@ -54,7 +55,7 @@ class TrainingRunAdmin(admin.ModelAdmin):
     def cancel_selected(self, request, queryset):
         for run in queryset:
             try:
-                services.cancel_run(run)
+                runs.cancel_run(run)
             except ValidationError as exc:
                 self.message_user(request, "; ".join(exc.messages), messages.WARNING)
 
@@ -74,13 +75,13 @@ class ModelVersionAdmin(admin.ModelAdmin):
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one version to promote.", messages.ERROR)
             return
-        version = services.promote(queryset.get(), reason=f"promoted by {request.user} in the admin")
+        version = registry.promote(queryset.get(), reason=f"promoted by {request.user} in the admin")
         self.message_user(request, f"{version.name} is now active.")
 
     @admin.action(description="Roll back the active version")
     def rollback_active(self, request, queryset):
         try:
-            version = services.rollback()
+            version = registry.rollback()
         except ValidationError as exc:
             self.message_user(request, "; ".join(exc.messages), messages.ERROR)
             return
@@ -90,6 +91,6 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def reject_selected(self, request, queryset):
         for version in queryset:
             try:
-                services.reject(version, f"rejected by {request.user} in the admin")
+                registry.reject(version, f"rejected by {request.user} in the admin")
             except ValidationError as exc:
                 self.message_user(request, "; ".join(exc.messages), messages.ERROR)

@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from feedback.content import ContentError, validate_prompt
-from training.inference import EmptyCompletion, NoActiveModelVersion, generate_for_prompt
+from training.serving import EmptyCompletion, NoActiveModelVersion, generate_for_prompt
 
 
 @extend_schema_field({

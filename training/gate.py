@@ -6,7 +6,7 @@ reward accuracy, implied rewards of both taken against the same reference: the b
 line descends from, so the numbers are comparable; the base itself scores reward 0 everywhere,
 i.e. no separation of good from bad), and — when the policy's judge is "demo" — on generated outputs: greedy
 completions for held-out demo prompts judged by the demo task's simulated annotator
-(training.kto.demo.demo_accuracy). Each measurement runs in its own subprocess so the worker
+(`python -m training.kto demo-accuracy`). Each measurement runs in its own subprocess so the worker
 never holds model weights (GPU memory) between tasks.
 
 Decision (margin = the run config's promote_margin, from the admin-editable policy):
@@ -29,18 +29,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from training.models import ModelVersion, TrainingPolicy
+from training.policy import default_training_config
+from training.registry import promote
+from training.selectors import active_version
 
 logger = logging.getLogger(__name__)
-
-# Judge a model version on held-out demo prompts; prints {"demo_accuracy": x, "prompts": n}.
-# argv: artifact_path n_prompts seed. The engine loads full weights and adapters alike.
-_DEMO_JUDGE_SCRIPT = """
-import json, sys
-from training.kto.demo import demo_accuracy, demo_prompts
-artifact, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-print(json.dumps({"demo_accuracy": demo_accuracy(artifact, demo_prompts(n, seed=seed, split="heldout")), "prompts": n}))
-"""
-
 
 class GateError(RuntimeError):
     """A measurement subprocess failed; the message carries its stderr tail."""
@@ -79,15 +72,16 @@ def holdout_metrics(version: ModelVersion, holdout_path: Path, *, reference_dir:
     """
     command = [sys.executable, "-m", "training.kto", "evaluate", "--model", version.artifact_path,
                "--data", str(holdout_path), "--reference", reference_dir,
-               "--beta", repr(float(config.get("beta", 0.1))),
-               "--max-length", str(int(config.get("max_length", 1024))),
-               "--batch-size", str(max(2, int(config.get("per_device_train_batch_size", 8))))]
+               "--beta", repr(float(config["beta"])),
+               "--max-length", str(int(config["max_length"])),
+               "--batch-size", str(max(2, int(config["per_device_train_batch_size"])))]
     return _run_json(command, f"evaluate {version.name}")
 
 
 def demo_judge_accuracy(version: ModelVersion, n_prompts: int, seed: int) -> float:
     """Greedy exact-match accuracy of a version on `n_prompts` held-out demo prompts."""
-    command = [sys.executable, "-c", _DEMO_JUDGE_SCRIPT, version.artifact_path, str(n_prompts), str(seed)]
+    command = [sys.executable, "-m", "training.kto", "demo-accuracy", "--model", version.artifact_path,
+               "--prompts", str(n_prompts), "--seed", str(seed)]
     return float(_run_json(command, f"demo judge of {version.name}")["demo_accuracy"])
 
 
@@ -123,9 +117,6 @@ def evaluate_candidate(version: ModelVersion) -> ModelVersion:
     Only a version whose evaluation_state is pending is evaluated (pending → running is a
     conditional UPDATE), so a redelivered gate task does nothing.
     """
-    from training.selectors import active_version
-    from training.services import promote
-
     claimed = ModelVersion.objects.filter(
         pk=version.pk, evaluation_state=ModelVersion.EvaluationState.PENDING
     ).update(evaluation_state=ModelVersion.EvaluationState.RUNNING)
@@ -133,9 +124,11 @@ def evaluate_candidate(version: ModelVersion) -> ModelVersion:
         return ModelVersion.objects.get(pk=version.pk)
     version = ModelVersion.objects.select_related("created_by_run").get(pk=version.pk)
     run = version.created_by_run
-    config = run.config if run is not None else {}
-    margin = float(config.get("promote_margin", settings.PROSPECT_PROMOTE_MARGIN))
-    judged = config.get("judge", settings.PROSPECT_GATE_JUDGE) == TrainingPolicy.Judge.DEMO
+    # The run's own config; the policy's defaults for what it lacks (a version without a run, or a
+    # run recorded before an option existed).
+    config = {**default_training_config(), **(run.config if run is not None else {})}
+    margin = float(config["promote_margin"])
+    judged = config["judge"] == TrainingPolicy.Judge.DEMO
     try:
         active = active_version()
         if active is None:
@@ -157,8 +150,8 @@ def evaluate_candidate(version: ModelVersion) -> ModelVersion:
             measurements["active"]["holdout"] = holdout_metrics(active, holdout_path, reference_dir=reference,
                                                                 config=config)
         if judged:
-            n_prompts = int(config.get("judge_prompts", settings.PROSPECT_GATE_JUDGE_PROMPTS))
-            seed = int(config.get("seed", 0))
+            n_prompts = int(config["judge_prompts"])
+            seed = int(config["seed"])
             measurements["judge"] = {"name": "demo simulated annotator", "prompts": n_prompts, "split": "heldout"}
             measurements["candidate"]["demo_accuracy"] = demo_judge_accuracy(version, n_prompts, seed)
             measurements["active"]["demo_accuracy"] = demo_judge_accuracy(active, n_prompts, seed)

@@ -1,10 +1,14 @@
 """Training runs and model versions. `status` on each row is the single source of truth."""
 from __future__ import annotations
 
+from functools import partial
+
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+
+from training.kto import defaults
 
 
 class ModelVersion(models.Model):
@@ -69,6 +73,12 @@ class TrainingRun(models.Model):
         ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs_based_on"
     )
     config = models.JSONField(default=dict, blank=True)
+    # λ_D, λ_U this run trains with, chosen once when the run is created: the snapshot's, unless a
+    # manual override (lambda_mode "manual" on an existing snapshot) replaced them. Passed to the
+    # engine as --desirable-weight / --undesirable-weight; weight_rule says where they came from.
+    desirable_weight = models.FloatField()
+    undesirable_weight = models.FloatField()
+    weight_rule = models.TextField(blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
     progress = models.FloatField(default=0.0)
     metrics = models.JSONField(default=list, blank=True)
@@ -100,11 +110,36 @@ class TrainingRun(models.Model):
     def __str__(self) -> str:
         return f"run {self.pk} ({self.status})"
 
+    @property
+    def overrides_snapshot_weights(self) -> bool:
+        """True when the run trains with other λ than its snapshot's (a manual override)."""
+        return (self.desirable_weight, self.undesirable_weight) != (
+            self.snapshot.desirable_weight, self.snapshot.undesirable_weight)
+
+
+# A run in one of these states is not finished: it may still train.
+ACTIVE_RUN_STATUSES = (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING)
+
+
+def _setting(name: str):
+    return getattr(settings, name)
+
+
+def _max_steps_setting():
+    return settings.PROSPECT_TRAIN_MAX_STEPS or None  # 0 in the environment: no cap
+
+
+def setting_default(name: str):
+    """A field default read from settings.NAME when a row is created: the setting's own default
+    (config/settings.py) is the one place the number is written."""
+    return partial(_setting, name)
+
 
 class TrainingPolicy(models.Model):
     """The admin-editable retraining policy and default training config (one row, pk=1).
 
-    Missing row → created from settings on first read (see training.services.get_policy).
+    Missing row → created from settings on first read (see training.policy.get_policy): every
+    field's default is the PROSPECT_* setting it names.
     """
 
     class LambdaMode(models.TextChoices):
@@ -126,50 +161,56 @@ class TrainingPolicy(models.Model):
         DEMO = "demo", "demo task's simulated annotator"
 
     # --- scheduling ---
-    enabled = models.BooleanField(default=True, help_text="Retrain automatically when enough new votes arrived.")
-    min_new_votes = models.PositiveIntegerField(default=50, help_text="N: new votes since the last snapshot.")
+    enabled = models.BooleanField(default=setting_default("PROSPECT_RETRAIN_ENABLED"), help_text="Retrain automatically when enough new votes arrived.")
+    min_new_votes = models.PositiveIntegerField(default=setting_default("PROSPECT_RETRAIN_MIN_NEW_VOTES"), help_text="N: new votes since the last snapshot.")
     cooldown_seconds = models.PositiveIntegerField(
-        default=3600, help_text="Minimum time between the start of two automatic runs."
+        default=setting_default("PROSPECT_RETRAIN_COOLDOWN_SECONDS"), help_text="Minimum time between the start of two automatic runs."
     )
     # --- training config ---
     base_model = models.CharField(
-        max_length=500, blank=True, help_text="Path or hub id; used only when no version is active yet."
+        max_length=500, blank=True, default=setting_default("PROSPECT_BASE_MODEL"),
+        help_text="Local model directory; used only when no version is active yet."
     )
-    lora = models.BooleanField(default=False, help_text="Train a LoRA adapter instead of full weights.")
-    beta = models.FloatField(default=0.1, validators=[MinValueValidator(1e-6)])
-    learning_rate = models.FloatField(default=5e-6, validators=[MinValueValidator(1e-12)])
-    num_train_epochs = models.FloatField(default=1.0, validators=[MinValueValidator(1e-3)])
+    lora = models.BooleanField(default=setting_default("PROSPECT_TRAIN_LORA"), help_text="Train a LoRA adapter instead of full weights.")
+    beta = models.FloatField(default=setting_default("PROSPECT_TRAIN_BETA"), validators=[MinValueValidator(1e-6)])
+    learning_rate = models.FloatField(default=setting_default("PROSPECT_TRAIN_LEARNING_RATE"), validators=[MinValueValidator(1e-12)])
+    num_train_epochs = models.FloatField(default=setting_default("PROSPECT_TRAIN_EPOCHS"), validators=[MinValueValidator(1e-3)])
     max_steps = models.PositiveIntegerField(
-        null=True, blank=True, validators=[MinValueValidator(1)], help_text="Empty: train the full epochs."
+        null=True, blank=True, default=_max_steps_setting, validators=[MinValueValidator(1)],
+        help_text="Empty: train the full epochs."
     )
     # KTO's z0 pairs each prompt with another example's completion: a microbatch needs ≥ 2.
-    per_device_train_batch_size = models.PositiveIntegerField(default=8, validators=[MinValueValidator(2)])
-    gradient_accumulation_steps = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
-    max_length = models.PositiveIntegerField(default=512, validators=[MinValueValidator(8)])
-    loss = models.CharField(max_length=20, choices=Loss.choices, default=Loss.KTO)
-    lambda_mode = models.CharField(max_length=20, choices=LambdaMode.choices, default=LambdaMode.AUTO)
-    target_ratio = models.FloatField(default=4 / 3, validators=[MinValueValidator(1e-3)], help_text="λ_D·n_D / (λ_U·n_U) aimed at by the automatic rule.")
+    per_device_train_batch_size = models.PositiveIntegerField(
+        default=setting_default("PROSPECT_TRAIN_BATCH_SIZE"), validators=[MinValueValidator(2)])
+    gradient_accumulation_steps = models.PositiveIntegerField(
+        default=setting_default("PROSPECT_TRAIN_GRAD_ACCUM"), validators=[MinValueValidator(1)])
+    max_length = models.PositiveIntegerField(default=setting_default("PROSPECT_TRAIN_MAX_LENGTH"), validators=[MinValueValidator(8)])
+    loss = models.CharField(max_length=20, choices=Loss.choices, default=setting_default("PROSPECT_TRAIN_LOSS"))
+    lambda_mode = models.CharField(
+        max_length=20, choices=LambdaMode.choices, default=setting_default("PROSPECT_TRAIN_LAMBDA_MODE")
+    )
+    target_ratio = models.FloatField(default=setting_default("KTO_TARGET_RATIO"), validators=[MinValueValidator(1e-3)], help_text="λ_D·n_D / (λ_U·n_U) aimed at by the automatic rule.")
     desirable_weight = models.FloatField(
-        default=1.0, validators=[MinValueValidator(1e-6)], help_text="λ_D, used in manual mode."
+        default=defaults.TRL_DESIRABLE_WEIGHT, validators=[MinValueValidator(1e-6)], help_text="λ_D, used in manual mode."
     )
     undesirable_weight = models.FloatField(
-        default=1.0, validators=[MinValueValidator(1e-6)], help_text="λ_U, used in manual mode."
+        default=defaults.TRL_UNDESIRABLE_WEIGHT, validators=[MinValueValidator(1e-6)], help_text="λ_U, used in manual mode."
     )
     holdout = models.FloatField(
-        default=0.1,
+        default=setting_default("SNAPSHOT_HOLDOUT"),
         validators=[MinValueValidator(0.0), MaxValueValidator(0.9)],
         help_text="Fraction of each snapshot held out for the gate.",
     )
-    seed = models.IntegerField(default=0)
+    seed = models.IntegerField(default=setting_default("PROSPECT_TRAIN_SEED"))
     time_limit_seconds = models.PositiveIntegerField(
         null=True, blank=True, help_text="Kill a run after this long. Empty: PROSPECT_MAX_RUN_SECONDS."
     )
     # --- evaluation gate ---
     promote_margin = models.FloatField(
-        default=0.01, help_text="Auto-promote only when the candidate beats the active version by this much."
+        default=setting_default("PROSPECT_PROMOTE_MARGIN"), help_text="Auto-promote only when the candidate beats the active version by this much."
     )
-    judge = models.CharField(max_length=20, choices=Judge.choices, default=Judge.DEMO)
-    judge_prompts = models.PositiveIntegerField(default=64, validators=[MinValueValidator(1)], help_text="Held-out prompts the judge scores.")
+    judge = models.CharField(max_length=20, choices=Judge.choices, default=setting_default("PROSPECT_GATE_JUDGE"))
+    judge_prompts = models.PositiveIntegerField(default=setting_default("PROSPECT_GATE_JUDGE_PROMPTS"), validators=[MinValueValidator(1)], help_text="Held-out prompts the judge scores.")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

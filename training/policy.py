@@ -1,42 +1,136 @@
-"""The retraining policy: when to cut a snapshot and train, and the beat schedule that asks.
+"""The retraining policy: the admin-editable TrainingPolicy row, the training config it implies, and
+the rule that says when a new run is due.
 
-Beat (django-celery-beat's DatabaseScheduler, so the schedule is editable in the admin under
-"Periodic tasks") sends `training.tasks.maybe_retrain` every PROSPECT_RETRAIN_CHECK_SECONDS and
-`training.tasks.reap_orphaned_runs` every minute; install_schedule() creates both, idempotently.
-Beat calls it when it starts (config/celery.py, beat_init), so a fresh database gets the
-schedule without a manual step, and an admin's later edits are kept.
+Reads and the creation of the single row only; nothing here starts or changes a run (that is
+training.runs, which reads this module, never the other way round).
 
-The decision only reads the database (votes newer than the latest snapshot's last_vote_id), so
-votes that arrived while Redis or the workers were down are counted at the next check: nothing
-is lost, scheduling just catches up.
+Public API (views, commands and the layers above call these; the signatures are a contract):
+    get_policy()                       -> TrainingPolicy (the singleton, created from settings)
+    default_training_config()          -> dict
+    resolve_training_config(overrides) -> dict   (defaults + validated overrides)
+    retrain_decision(policy, now=None) -> (bool, str)
 """
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from training.models import TrainingPolicy, TrainingRun
+from training.selectors import active_run, new_votes_since_last_snapshot
 
-logger = logging.getLogger(__name__)
+# The TrainingPolicy fields that make up a run's training config (the rest is scheduling).
+CONFIG_FIELDS = (
+    "base_model",
+    "lora",
+    "beta",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "loss",
+    "lambda_mode",
+    "target_ratio",
+    "desirable_weight",
+    "undesirable_weight",
+    "holdout",
+    "seed",
+    "promote_margin",
+    "judge",
+    "judge_prompts",
+    "time_limit_seconds",
+)
 
-RETRAIN_TASK_NAME = "prospect: retrain when enough new votes"
-REAPER_TASK_NAME = "prospect: fail runs whose worker died"
-REAPER_INTERVAL_SECONDS = 60
+
+def get_policy() -> TrainingPolicy:
+    """The one TrainingPolicy row; created from the PROSPECT_* settings the first time it is read."""
+    policy = TrainingPolicy.objects.filter(pk=1).first()
+    if policy is not None:
+        return policy
+    # Each field's default reads its setting (see training.models.setting_default).
+    candidate = TrainingPolicy(pk=1)
+    # A bad environment value must fail loudly here, naming the setting's field.
+    candidate.full_clean()
+    try:
+        with transaction.atomic():
+            candidate.save(force_insert=True)
+        return candidate
+    except IntegrityError:
+        # Another process created it between our read and our insert: use theirs.
+        return TrainingPolicy.objects.get(pk=1)
+
+
+def default_training_config() -> dict:
+    """The training config a run gets when nothing is overridden: the policy row's values.
+
+    Keys (all present): base_model (str, "" = none configured), lora (bool), beta, learning_rate,
+    num_train_epochs (float), max_steps (int | None), per_device_train_batch_size,
+    gradient_accumulation_steps, max_length (int), loss ("kto", "no_z0", "concave",
+    "risk_neutral", "reference_free", "sft", "dpo"), lambda_mode ("auto", "downside_first",
+    "manual"), target_ratio, desirable_weight, undesirable_weight (floats; the weights are used in
+    manual mode), holdout (float in [0, 1)), seed (int), promote_margin (float), judge ("demo" |
+    "none"), judge_prompts (int), time_limit_seconds (int; PROSPECT_MAX_RUN_SECONDS when the
+    policy leaves it empty).
+    """
+    policy = get_policy()
+    config = {name: getattr(policy, name) for name in CONFIG_FIELDS}
+    if not config["time_limit_seconds"]:
+        config["time_limit_seconds"] = settings.PROSPECT_MAX_RUN_SECONDS
+    return config
+
+
+def resolve_training_config(overrides: dict | None = None) -> dict:
+    """Defaults with `overrides` applied and validated; raises ValidationError naming the field.
+
+    Unknown keys are refused (a typo must not silently train with the default). Values are
+    converted like a form would ("0.1" → 0.1, "true" → True for lora), using the TrainingPolicy
+    field definitions, so the admin, the "retrain now" form and the API accept the same values.
+    """
+    config = default_training_config()
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(CONFIG_FIELDS))
+    if unknown:
+        raise ValidationError({key: f"unknown training option {key!r}" for key in unknown})
+    errors: dict[str, list[str]] = {}
+    for name, raw in overrides.items():
+        field = TrainingPolicy._meta.get_field(name)
+        if raw in (None, "") and field.null:
+            config[name] = None
+            continue
+        if name == "lora" and isinstance(raw, str):
+            raw = raw.strip().lower() in ("1", "true", "yes", "on")
+        try:
+            config[name] = field.clean(raw, None)
+        except ValidationError as exc:
+            errors[name] = exc.messages
+    if config["time_limit_seconds"] in (None, 0):
+        config["time_limit_seconds"] = settings.PROSPECT_MAX_RUN_SECONDS
+    if config["time_limit_seconds"] > settings.PROSPECT_MAX_RUN_SECONDS:
+        # The broker's visibility timeout is sized for PROSPECT_MAX_RUN_SECONDS; a longer run
+        # would be re-delivered while it still trains.
+        errors.setdefault("time_limit_seconds", []).append(
+            f"at most PROSPECT_MAX_RUN_SECONDS={settings.PROSPECT_MAX_RUN_SECONDS}"
+        )
+    if errors:
+        raise ValidationError(errors)
+    return config
 
 
 def retrain_decision(policy: TrainingPolicy, now=None) -> tuple[bool, str]:
-    """(should a run start now, why / why not) — the policy's rules, read-only."""
-    from training.selectors import new_votes_since_last_snapshot
-    from training.services import ACTIVE_RUN_STATUSES
+    """(should a run start now, why / why not) — the policy's rules, read-only.
 
+    The decision only reads the database (votes newer than the latest snapshot's last_vote_id), so
+    votes that arrived while Redis or the workers were down are counted at the next check.
+    """
     now = now or timezone.now()
     if not policy.enabled:
         return False, "automatic retraining is disabled"
-    active = TrainingRun.objects.filter(status__in=ACTIVE_RUN_STATUSES).order_by("pk").first()
+    active = active_run()
     if active is not None:
         return False, f"run {active.pk} is {active.status}"
     new_votes = new_votes_since_last_snapshot()
@@ -48,65 +142,3 @@ def retrain_decision(policy: TrainingPolicy, now=None) -> tuple[bool, str]:
         if now < ready_at:
             return False, f"cooling down until {ready_at.isoformat()}"
     return True, f"{new_votes} new votes since the last snapshot"
-
-
-def maybe_retrain(now=None) -> TrainingRun | None:
-    """Start a run (fresh snapshot + start_run) if the policy says so; re-send undelivered runs.
-
-    The policy row is locked for the decision so two concurrent checks (two beats, a slow
-    worker) cannot both start a run.
-    """
-    from feedback.services import SnapshotRefused
-    from training.services import dispatch_pending_runs, get_policy, start_run
-
-    # Runs requested while the broker was down reach it now.
-    dispatch_pending_runs()
-    get_policy()  # make sure the row exists before locking it
-    with transaction.atomic():
-        policy = TrainingPolicy.objects.select_for_update().get(pk=1)
-        start, why = retrain_decision(policy, now)
-        if not start:
-            logger.info("no retraining: %s", why)
-            return None
-        logger.info("retraining: %s", why)
-        try:
-            return start_run()
-        except SnapshotRefused as exc:
-            # e.g. every new vote says "good": no KTO dataset yet. Checked again next time.
-            logger.warning("no retraining: %s", exc)
-            return None
-
-
-def install_schedule(check_seconds: int | None = None) -> None:
-    """Create (or update the interval of) the periodic tasks beat runs. Idempotent.
-
-    An admin may edit or disable them afterwards in the admin; calling this again only resets
-    the retrain interval when `check_seconds` is given explicitly.
-    """
-    from django_celery_beat.models import IntervalSchedule, PeriodicTask
-
-    def interval(seconds: int) -> IntervalSchedule:
-        schedule, _ = IntervalSchedule.objects.get_or_create(every=seconds, period=IntervalSchedule.SECONDS)
-        return schedule
-
-    with transaction.atomic():
-        retrain, created = PeriodicTask.objects.get_or_create(
-            name=RETRAIN_TASK_NAME,
-            defaults={
-                "task": "training.tasks.maybe_retrain",
-                "interval": interval(check_seconds or settings.PROSPECT_RETRAIN_CHECK_SECONDS),
-                "queue": "default",
-            },
-        )
-        if not created and check_seconds:
-            retrain.interval = interval(check_seconds)
-            retrain.enabled = True
-            retrain.save()
-        PeriodicTask.objects.get_or_create(
-            name=REAPER_TASK_NAME,
-            defaults={
-                "task": "training.tasks.reap_orphaned_runs",
-                "interval": interval(REAPER_INTERVAL_SECONDS),
-                "queue": "default",
-            },
-        )

@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -31,7 +30,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from training.models import ModelVersion, TrainingPolicy, TrainingRun
+from feedback.services import export_kto
+from training.gate import evaluate_candidate
+from training.models import ModelVersion, TrainingRun
+from training.processes import stop_group, tail
+from training.registry import create_candidate_version
 
 logger = logging.getLogger(__name__)
 
@@ -39,113 +42,8 @@ LOG_TAIL_LINES = 40
 ERROR_TAIL_LINES = 20
 # The run page charts at most this many points; longer series are thinned evenly.
 MAX_STORED_METRIC_ROWS = 500
-# After SIGTERM the training tree gets this long to exit before SIGKILL.
-TERMINATE_GRACE_SECONDS = 10
-
-# Merges a peft adapter into its base so the next run can start from full weights.
-_MERGE_ADAPTER_SCRIPT = """
-import sys
-from pathlib import Path
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from peft import PeftModel
-base_dir, adapter_dir, out_dir = sys.argv[1:4]
-model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).merge_and_unload()
-model.save_pretrained(out_dir)
-tok_dir = adapter_dir if any((Path(adapter_dir) / n).exists() for n in ("tokenizer.json", "tokenizer_config.json")) else base_dir
-AutoTokenizer.from_pretrained(tok_dir).save_pretrained(out_dir)
-"""
-
-
 class RunSetupError(RuntimeError):
     """The run could not be prepared (snapshot export, base model); its message is shown on the run."""
-
-
-# --- Process helpers (also used by the reaper) --------------------------------------------------
-def process_alive(pid: int) -> bool:
-    """True when a process with this pid exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        # Field 3 of /proc/<pid>/stat is the state; "Z" is a zombie that only awaits its parent.
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _group_members(pgid: int, run_id: int) -> list[int] | None:
-    """Pids in process group `pgid` started for this run (marked by PROSPECT_RUN_ID in their
-    environment), or None when /proc cannot tell (not Linux)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return None
-    marker = f"PROSPECT_RUN_ID={run_id}".encode()
-    members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.getpgid(int(entry.name)) != pgid:
-                continue
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                members.append(int(entry.name))
-        except (OSError, ProcessLookupError):
-            continue
-    return members
-
-
-def kill_run_processes(pgid: int, run_id: int, sig: int = signal.SIGKILL) -> None:
-    """Signal the training process tree of a run whose monitor is gone (the reaper's case).
-
-    The group id could in principle have been reused by an unrelated process since the worker
-    died, so on Linux only processes carrying the run's environment marker are signalled.
-    """
-    members = _group_members(pgid, run_id)
-    if members is None:
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-        return
-    for pid in members:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _stop_group(proc: subprocess.Popen) -> int:
-    """SIGTERM the whole group, SIGKILL it after a grace period; returns the leader's exit code.
-
-    The leader is not reaped before the group is signalled, so its pid (= the group id) cannot
-    have been reused by another process.
-    """
-    for sig, wait_for in ((signal.SIGTERM, TERMINATE_GRACE_SECONDS), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            return proc.wait(timeout=wait_for)
-        except subprocess.TimeoutExpired:
-            continue
-    return proc.wait()
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - 64 * 1024))
-            data = handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(data.splitlines()[-lines:])
 
 
 # --- Claiming and finishing ----------------------------------------------------------------------
@@ -184,8 +82,6 @@ def new_run_dir(run: TrainingRun) -> Path:
 
 
 def _export_splits(run: TrainingRun, data_dir: Path) -> tuple[Path, Path, int, int]:
-    from feedback.services import export_kto
-
     data_dir.mkdir()
     train_path, holdout_path = data_dir / "train.jsonl", data_dir / "holdout.jsonl"
     n_train = export_kto(run.snapshot, train_path, split="train")
@@ -206,19 +102,14 @@ def _training_model_path(run: TrainingRun, run_dir: Path) -> str:
         return base.artifact_path
     merged = run_dir / "base-merged"
     result = subprocess.run(
-        [sys.executable, "-c", _MERGE_ADAPTER_SCRIPT, base.base_model, base.artifact_path, str(merged)],
-        capture_output=True, text=True, timeout=settings.PROSPECT_EVAL_TIMEOUT_SECONDS,
+        [sys.executable, "-m", "training.kto", "merge-adapter", "--base", base.base_model,
+         "--adapter", base.artifact_path, "--out", str(merged)],
+        cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=settings.PROSPECT_EVAL_TIMEOUT_SECONDS,
+        stdin=subprocess.DEVNULL,
     )
     if result.returncode != 0:
         raise RunSetupError(f"merging adapter {base.name} into {base.base_model} failed:\n{result.stderr[-2000:]}")
     return str(merged)
-
-
-def class_weights(run: TrainingRun) -> tuple[float, float]:
-    """λ_D, λ_U: the config's in manual mode, else the ones chosen (and stored) with the snapshot."""
-    if run.config.get("lambda_mode") == TrainingPolicy.LambdaMode.MANUAL:
-        return float(run.config["desirable_weight"]), float(run.config["undesirable_weight"])
-    return float(run.snapshot.desirable_weight), float(run.snapshot.undesirable_weight)
 
 
 def expected_total_steps(config: dict, n_train: int) -> int:
@@ -235,7 +126,6 @@ def expected_total_steps(config: dict, n_train: int) -> int:
 def build_train_command(run: TrainingRun, *, model: str, data: Path, out: Path) -> list[str]:
     """The engine's command line for this run (SPEC §3 option names)."""
     config = run.config
-    desirable_weight, undesirable_weight = class_weights(run)
     engine_args = [
         "-m", "training.kto", "train",
         "--model", model,
@@ -247,8 +137,9 @@ def build_train_command(run: TrainingRun, *, model: str, data: Path, out: Path) 
         "--gradient-accumulation-steps", str(int(config["gradient_accumulation_steps"])),
         "--num-train-epochs", repr(float(config["num_train_epochs"])),
         "--max-length", str(int(config["max_length"])),
-        "--desirable-weight", repr(desirable_weight),
-        "--undesirable-weight", repr(undesirable_weight),
+        # λ as chosen once when the run was created (training.runs.class_weights_for).
+        "--desirable-weight", repr(float(run.desirable_weight)),
+        "--undesirable-weight", repr(float(run.undesirable_weight)),
         "--seed", str(int(config["seed"])),
         "--loss", str(config["loss"]),
         # The run page draws its own progress bar; a tqdm bar would only clutter the log tail.
@@ -307,7 +198,7 @@ class _MetricsTail:
 
 
 def _log_tail(run_dir: Path) -> str:
-    stdout, stderr = _tail(run_dir / "stdout.log", LOG_TAIL_LINES), _tail(run_dir / "stderr.log", LOG_TAIL_LINES)
+    stdout, stderr = tail(run_dir / "stdout.log", LOG_TAIL_LINES), tail(run_dir / "stderr.log", LOG_TAIL_LINES)
     return "\n".join(part for part in (stdout, stderr and f"--- stderr ---\n{stderr}") if part)
 
 
@@ -353,7 +244,7 @@ def supervise(run: TrainingRun, command: list[str], run_dir: Path, out_dir: Path
     except BaseException:
         # The monitor itself failed (database gone, worker shutting down): never leave an
         # unsupervised training tree behind.
-        _stop_group(proc)
+        stop_group(proc)
         raise
 
 
@@ -375,10 +266,10 @@ def _monitor(run: TrainingRun, proc: subprocess.Popen, metrics: _MetricsTail, ru
             return _Outcome(exit_code)
         if not still_running:
             logger.info("run %s is no longer running (cancelled or reaped): stopping its processes", run.pk)
-            return _Outcome(_stop_group(proc), "no longer running")
+            return _Outcome(stop_group(proc), "no longer running")
         if time.monotonic() > deadline:
             logger.warning("run %s exceeded its time limit of %ss: stopping its processes", run.pk, time_limit)
-            return _Outcome(_stop_group(proc), "timeout")
+            return _Outcome(stop_group(proc), "timeout")
 
 
 # --- The whole run -------------------------------------------------------------------------------
@@ -413,7 +304,7 @@ def execute_run(run_id: int) -> ModelVersion | None:
                 error=f"time limit of {run.config.get('time_limit_seconds')}s exceeded: training stopped")
         return None
     if outcome.exit_code != 0:
-        error_tail = _tail(run_dir / "stderr.log", ERROR_TAIL_LINES) or _tail(run_dir / "stdout.log", ERROR_TAIL_LINES)
+        error_tail = tail(run_dir / "stderr.log", ERROR_TAIL_LINES) or tail(run_dir / "stdout.log", ERROR_TAIL_LINES)
         _finish(run_id, TrainingRun.Status.FAILED, exit_code=outcome.exit_code, log_tail=log_tail,
                 error=f"training exited with code {outcome.exit_code}:\n{error_tail}")
         return None
@@ -422,8 +313,6 @@ def execute_run(run_id: int) -> ModelVersion | None:
         _finish(run_id, TrainingRun.Status.FAILED, exit_code=0, log_tail=log_tail,
                 error=f"training exited with code 0 but wrote no {final_dir}")
         return None
-
-    from training.services import create_candidate_version
 
     with transaction.atomic():
         if not _finish(run_id, TrainingRun.Status.SUCCEEDED, exit_code=0, log_tail=log_tail, progress=1.0):
@@ -435,8 +324,6 @@ def execute_run(run_id: int) -> ModelVersion | None:
             is_adapter=(final_dir / "adapter_config.json").exists(),
             trained_from=model_path,
         )
-    from training.gate import evaluate_candidate
-
     evaluate_candidate(version)
     version.refresh_from_db()
     return version

@@ -6,12 +6,14 @@ Public API (a contract for views, commands and tasks):
     version_list()             -> list[ModelVersion]
     run_progress(run)          -> dict   (what the run page polls)
     new_votes_since_last_snapshot() -> int
+    active_run()               -> TrainingRun | None  (the oldest queued or running run)
 """
 from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from training.models import ModelVersion, TrainingRun
+from feedback.models import DatasetSnapshot, Vote
+from training.models import ACTIVE_RUN_STATUSES, ModelVersion, TrainingRun
 
 # The per-step metrics the run page charts, in the engine's metrics.jsonl names.
 CHART_KEYS = ("loss", "z0", "reward_desirable", "reward_undesirable", "reward_accuracy")
@@ -87,10 +89,13 @@ def run_progress(run: TrainingRun) -> dict:
 
 def new_votes_since_last_snapshot() -> int:
     """Votes with an id above the latest snapshot's last_vote_id (all votes when there is none)."""
-    from feedback.models import DatasetSnapshot, Vote
-
     latest = DatasetSnapshot.objects.order_by("-last_vote_id").first()
     return Vote.objects.filter(pk__gt=latest.last_vote_id if latest else 0).count()
+
+
+def active_run() -> TrainingRun | None:
+    """The oldest run that is queued or running, or None."""
+    return TrainingRun.objects.filter(status__in=ACTIVE_RUN_STATUSES).order_by("pk").first()
 
 
 def _iso(value) -> str | None:

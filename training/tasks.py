@@ -1,48 +1,52 @@
-"""Celery tasks of the training loop: each loads a row by id and calls a service, nothing more.
+"""Celery tasks of the training loop: thin entry points that load a row by id and call down.
 
-Queues (routes in config/settings_loop.py): run_training and evaluate_candidate go to `gpu`;
-maybe_retrain and reap_orphaned_runs to `default`.
+Nothing imports this module but Celery (autodiscovery) and the top-level commands; the layers
+below send these tasks by name through training.dispatch. Queues (CELERY_TASK_ROUTES in
+config/settings.py): run_training, evaluate_candidate and fill_queue go to `gpu`; maybe_retrain
+and reap_orphaned_runs to `default`.
 """
 from __future__ import annotations
 
 from celery import shared_task
 
-# The inference tasks (fill_queue, on the gpu queue) live in 4b's module; importing it here
-# registers them with every worker through autodiscovery of training.tasks.
-from training import tasks_inference  # noqa: F401
+from training import dispatch, gate, runner, runs, scheduler, serving
+from training.models import ModelVersion
 
 
-@shared_task(name="training.tasks.run_training", acks_late=True, reject_on_worker_lost=True)
+@shared_task(name=dispatch.RUN_TRAINING, acks_late=True, reject_on_worker_lost=True)
 def run_training(run_id: int) -> None:
     """Train a queued run, then gate its candidate. A run that is not queued is left alone."""
-    from training.runner import execute_run
-
-    execute_run(run_id)
+    runner.execute_run(run_id)
 
 
-@shared_task(name="training.tasks.evaluate_candidate", acks_late=True, reject_on_worker_lost=True)
+@shared_task(name=dispatch.EVALUATE_CANDIDATE, acks_late=True, reject_on_worker_lost=True)
 def evaluate_candidate(version_id: int) -> None:
     """(Re-)run the evaluation gate for a candidate version whose gate is pending."""
-    from training.gate import evaluate_candidate as run_gate
-    from training.models import ModelVersion
-
     version = ModelVersion.objects.filter(pk=version_id).first()
     if version is not None:
-        run_gate(version)
+        gate.evaluate_candidate(version)
 
 
-@shared_task(name="training.tasks.maybe_retrain")
+@shared_task(name=dispatch.MAYBE_RETRAIN)
 def maybe_retrain() -> int | None:
-    """Beat's periodic check: retrain when enough new votes arrived (see training.policy)."""
-    from training.policy import maybe_retrain as check_policy
-
-    run = check_policy()
+    """Beat's periodic check: retrain when enough new votes arrived (see training.scheduler)."""
+    run = scheduler.maybe_retrain()
     return run.pk if run is not None else None
 
 
-@shared_task(name="training.tasks.reap_orphaned_runs")
+@shared_task(name=dispatch.REAP_ORPHANED_RUNS)
 def reap_orphaned_runs() -> list[int]:
-    """Mark failed the running runs whose worker died (see training.services.reap_orphaned_runs)."""
-    from training.services import reap_orphaned_runs as reap
+    """Mark failed the running runs whose worker died (see training.runs.reap_orphaned_runs)."""
+    return runs.reap_orphaned_runs()
 
-    return reap()
+
+@shared_task(name=dispatch.FILL_QUEUE, acks_late=True)
+def fill_queue(n: int = 16, temperature: float = 1.0, top_up: bool = False) -> dict:
+    """Put `n` fresh samples of the active model into the annotation queue; with top_up, only as
+    many as bring the unrated outputs up to `n` (what the demo's periodic refill uses). The model
+    is loaded once per worker process and follows promotions (see training.serving)."""
+    if top_up:
+        generations = serving.top_up_annotation_queue(n, temperature=temperature)
+    else:
+        generations = serving.fill_annotation_queue(n, temperature=temperature)
+    return {"generations": len(generations), "generation_ids": [g.pk for g in generations]}

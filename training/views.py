@@ -1,7 +1,6 @@
 """Staff pages of the training loop: runs, live run progress, model versions, retrain now.
 
-Views stay thin: reads go through training.selectors, writes through training.services (owned by
-the loop backend). Every view here is staff only; a signed-in annotator gets 403, an anonymous
+Views stay thin: reads go through training.selectors, writes through training.runs and training.registry. Every view here is staff only; a signed-in annotator gets 403, an anonymous
 visitor is sent to the login page.
 """
 from __future__ import annotations
@@ -18,7 +17,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from feedback.models import DatasetSnapshot
-from training import selectors, services
+from training import policy, registry, selectors
+from training.runs import cancel_run, start_run
 from training.models import ModelVersion, TrainingPolicy, TrainingRun
 
 RUNS_PER_PAGE = 50
@@ -41,8 +41,8 @@ def staff_required(view):
 class RetrainForm(forms.Form):
     """'Retrain now': optional snapshot / base version, and overrides of the default training config.
 
-    Blank fields keep the policy's default (services.default_training_config()), so the form only
-    sends what the admin changed; services.resolve_training_config validates the overrides.
+    Blank fields keep the policy's default (policy.default_training_config()), so the form only
+    sends what the admin changed; policy.resolve_training_config validates the overrides.
     """
 
     snapshot = forms.ModelChoiceField(
@@ -138,7 +138,7 @@ def run_progress(request, run_id: int):
 def cancel(request, run_id: int):
     run = get_object_or_404(TrainingRun, pk=run_id)
     try:
-        services.cancel_run(run)
+        cancel_run(run)
     except (ValueError, ValidationError) as exc:
         messages.error(request, f"Could not cancel run {run.pk}: {_error_text(exc)}")
     else:
@@ -148,12 +148,12 @@ def cancel(request, run_id: int):
 
 @staff_required
 def retrain(request):
-    defaults = services.default_training_config()
+    defaults = policy.default_training_config()
     if request.method == "POST":
         form = RetrainForm(request.POST, defaults=defaults)
         if form.is_valid():
             try:
-                run = services.start_run(
+                run = start_run(
                     snapshot=form.cleaned_data["snapshot"],
                     config=form.config_overrides(),
                     base_version=form.cleaned_data["base_version"],
@@ -236,7 +236,7 @@ def promote(request, version_id: int):
     version = get_object_or_404(ModelVersion, pk=version_id)
     reason = request.POST.get("reason", "").strip() or f"promoted by {request.user.get_username()}"
     try:
-        services.promote(version, reason=reason)
+        registry.promote(version, reason=reason)
     except (ValueError, ValidationError) as exc:
         messages.error(request, f"Could not promote {version.name}: {_error_text(exc)}")
     else:
@@ -248,7 +248,7 @@ def promote(request, version_id: int):
 @staff_required
 def rollback(request):
     try:
-        restored = services.rollback()
+        restored = registry.rollback()
     except (ValueError, ValidationError) as exc:
         messages.error(request, f"Could not roll back: {_error_text(exc)}")
     else:
@@ -263,7 +263,7 @@ def reject(request, version_id: int):
     version = get_object_or_404(ModelVersion, pk=version_id)
     reason = request.POST.get("reason", "").strip() or f"rejected by {request.user.get_username()}"
     try:
-        services.reject(version, reason)
+        registry.reject(version, reason)
     except (ValueError, ValidationError) as exc:
         messages.error(request, f"Could not reject {version.name}: {_error_text(exc)}")
     else:

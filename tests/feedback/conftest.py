@@ -1,4 +1,5 @@
 """Fixtures of the feedback tests: users in their roles, API clients, a little data."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,7 +7,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from feedback_helpers import PASSWORD, make_annotator
+from tests.feedback.helpers import PASSWORD, make_annotator
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""`python -m training.kto {train,evaluate,generate,demo-model}`.
+"""`python -m training.kto {train,evaluate,generate,demo-model,merge-adapter,demo-accuracy}`.
 
 Each subcommand prints one JSON line on stdout when it succeeds. On failure it prints a clear
 message on stderr and exits non-zero, having written nothing (inputs are checked first).
@@ -92,6 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo-model", help="build the offline demo model")
     demo.add_argument("--out", required=True)
     demo.add_argument("--seed", type=int, default=0)
+
+    merge = commands.add_parser("merge-adapter", help="fold a LoRA adapter into its base (full weights)")
+    merge.add_argument("--base", required=True, help="the full-weights directory the adapter was trained on")
+    merge.add_argument("--adapter", required=True)
+    merge.add_argument("--out", required=True, help="new output directory")
+
+    judge = commands.add_parser("demo-accuracy", help="greedy exact-match accuracy on held-out demo prompts")
+    judge.add_argument("--model", required=True)
+    judge.add_argument("--prompts", type=int, default=64, help="how many held-out demo prompts")
+    judge.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -165,6 +175,15 @@ def run(args: argparse.Namespace) -> dict:
             shutil.rmtree(temporary, ignore_errors=True)
         accuracy = demo_accuracy(str(out), demo_prompts(200, seed=0, split="heldout"))
         return {"path": str(out), "heldout_accuracy": accuracy, "seed": args.seed}
+    if args.command == "merge-adapter":
+        from .merge import merge_adapter
+
+        return {"path": merge_adapter(args.base, args.adapter, args.out)}
+    if args.command == "demo-accuracy":
+        from .demo import demo_accuracy, demo_prompts
+
+        prompts = demo_prompts(args.prompts, seed=args.seed, split="heldout")
+        return {"demo_accuracy": demo_accuracy(args.model, prompts), "prompts": args.prompts}
     raise AssertionError(args.command)
 
 

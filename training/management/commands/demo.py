@@ -28,8 +28,19 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.shortcuts import resolve_url
 
-from training import services
+from training import registry
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+from config.celery import app as celery_app
+
+from training import dispatch
 from training.management.commands._demo_setup import ensure_demo_model
+from training.management.commands.simulate_annotators import DEMO_TRAINING
+from training.models import TrainingPolicy
+from training.policy import get_policy
+from training.runs import reap_orphaned_runs
+from training.scheduler import install_schedule
+from training.serving import top_up_annotation_queue, unrated_generation_count
 
 DEMO_USERS = (
     # (username, password, is_staff_and_superuser, group)
@@ -84,12 +95,12 @@ class Command(BaseCommand):
         model_dir = ensure_demo_model(self.say)
         self.ensure_users()
         # Only activates the demo model when nothing is active yet: a restart keeps the loop's progress.
-        version = services.ensure_base_version(str(model_dir))
+        version = registry.ensure_base_version(str(model_dir))
         self.say(f"active model version: {version.name}")
         self.ensure_demo_policy(model_dir)
         if not options["no_seed"]:
             self.seed_queue()
-        self.say(f"broker: {settings.CELERY_BROKER_URL} ({settings.PROSPECT_BROKER_KIND})")
+        self.say(f"broker: {celery_app.conf.broker_url} ({celery_app.conf.prospect_broker_kind})")
 
         children = self.children(options)
         env = self.child_env()
@@ -130,13 +141,6 @@ class Command(BaseCommand):
 
         Only the first start sets it: afterwards the admin's edits (Admin → Training policy) win.
         """
-        from django_celery_beat.models import IntervalSchedule, PeriodicTask
-
-        from training.management.commands.simulate_annotators import DEMO_TRAINING
-        from training.models import TrainingPolicy
-        from training.policy import install_schedule
-        from training.services import get_policy
-
         if TrainingPolicy.objects.filter(pk=1).exists():
             return
         policy = get_policy()
@@ -151,15 +155,13 @@ class Command(BaseCommand):
         every, _ = IntervalSchedule.objects.get_or_create(every=DEMO_REFILL_SECONDS, period=IntervalSchedule.SECONDS)
         # After a promotion, annotators should soon rate outputs of the new version.
         PeriodicTask.objects.get_or_create(name=REFILL_TASK_NAME, defaults={
-            "task": "training.fill_queue", "interval": every, "queue": "gpu",
+            "task": dispatch.FILL_QUEUE, "interval": every, "queue": "gpu",
             "kwargs": json.dumps({"n": SEED_QUEUE_SIZE, "top_up": True}),
         })
         self.say(f"retraining policy: every {DEMO_MIN_NEW_VOTES} new votes, cool-down {DEMO_COOLDOWN_SECONDS}s "
                  f"(edit it in the admin)")
 
     def seed_queue(self) -> None:
-        from training.inference import top_up_annotation_queue, unrated_generation_count
-
         added = top_up_annotation_queue(SEED_QUEUE_SIZE)
         self.say(f"annotation queue: {unrated_generation_count()} outputs to rate ({len(added)} new)")
 
@@ -193,7 +195,7 @@ class Command(BaseCommand):
         env = dict(os.environ)
         env["PROSPECT_DATA_DIR"] = str(settings.DATA_DIR)
         # Every child must use the broker chosen here, even if Redis comes or goes meanwhile.
-        env["CELERY_BROKER_URL"] = settings.CELERY_BROKER_URL
+        env["CELERY_BROKER_URL"] = celery_app.conf.broker_url
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
         return env
@@ -279,8 +281,6 @@ class Command(BaseCommand):
     def reap_runs(self) -> None:
         # A run the stopped GPU worker was training is marked failed and its training processes
         # are killed now, rather than looking "running" until the next start.
-        from training.services import reap_orphaned_runs
-
         reap_orphaned_runs()
 
     def _request_stop(self, signum, frame) -> None:

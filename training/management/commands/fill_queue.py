@@ -5,7 +5,8 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from training.inference import NoActiveModelVersion, fill_annotation_queue
+from training import dispatch
+from training.serving import NoActiveModelVersion, fill_annotation_queue
 
 
 class Command(BaseCommand):
@@ -21,10 +22,8 @@ class Command(BaseCommand):
         if n < 1:
             raise CommandError("N must be at least 1")
         if use_worker:
-            from training.tasks_inference import fill_queue
-
-            fill_queue.apply_async(kwargs={"n": n, "temperature": temperature})
-            self.stdout.write(json.dumps({"queued_task": "training.fill_queue", "n": n}))
+            dispatch.send_fill_queue(n, temperature=temperature)
+            self.stdout.write(json.dumps({"queued_task": dispatch.FILL_QUEUE, "n": n}))
             return
         try:
             generations = fill_annotation_queue(n, temperature=temperature)

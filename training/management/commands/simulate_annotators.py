@@ -18,8 +18,9 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from feedback.services import record_vote
-from training import selectors, services
-from training.inference import generate_for_prompts
+from training import runs, selectors
+from training.runner import execute_run
+from training.serving import generate_for_prompts
 from training.management.commands._demo_setup import ensure_active_version
 from training.models import ModelVersion, TrainingRun
 
@@ -152,12 +153,10 @@ class Command(BaseCommand):
 
     def train(self, config: dict, inline: bool, timeout: float) -> TrainingRun:
         try:
-            run = services.start_run(config=config)
+            run = runs.start_run(config=config)
         except (ValueError, ValidationError) as exc:
             raise CommandError(f"could not start a run: {exc}") from exc
         if inline:
-            from training.runner import execute_run
-
             # The runner's status guard makes this a no-op if a worker took the run first.
             execute_run(run.pk)
         return wait_for_run_and_gate(run, timeout)

@@ -1,0 +1,89 @@
+"""Shared test data and plumbing for the training tests: demo-task votes, the worker's view of the
+test database, the Celery producer of this process."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from feedback.services import create_generation, record_vote
+from feedback.services.generations import GenerationInput
+
+REPO = Path(__file__).resolve().parents[2]
+LOOP_REDIS_URL = os.environ.get("PROSPECT_LOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/2")
+
+# Small enough to train in seconds on a CPU; the loop, not the model quality, is under test.
+TINY_TRAINING = {
+    "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "max_steps": 3,
+    "max_length": 32,
+    "learning_rate": 1e-4,
+    "holdout": 0.0,
+    "judge": "none",
+    "judge_prompts": 16,
+}
+
+
+def cast_demo_votes(n_prompts: int, *, seed: int = 0, voter: str = "sim") -> list[int]:
+    """For n demo training prompts, a right and a wrong answer, each rated by the simulated annotator.
+
+    Returns the vote ids. The labels come from the demo task's simulated annotator, so this is
+    exactly the data the real loop produces (desirable = the right sum).
+    """
+    from training.kto.demo import correct_answer, demo_prompts, simulated_annotator
+
+    vote_ids = []
+    for prompt in demo_prompts(n_prompts, seed=seed, split="train"):
+        right = correct_answer(prompt)
+        for completion in (right, str(int(right) + 1)):
+            generation, _ = create_generation(GenerationInput(prompt=prompt, completion=completion, source="test"))
+            vote, _ = record_vote(
+                generation_id=generation.pk,
+                desirable=simulated_annotator(prompt, completion),
+                external_user_id=voter,
+                source="test",
+            )
+            vote_ids.append(vote.pk)
+    return vote_ids
+
+
+def database_url_for_workers() -> str:
+    """A DATABASE_URL naming the test database this session created (workers are separate processes)."""
+    from django.db import connection
+
+    params = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{params['NAME']}"
+    if connection.vendor == "postgresql":
+        auth = params["USER"] or ""
+        if params.get("PASSWORD"):
+            auth += f":{params['PASSWORD']}"
+        host = params.get("HOST") or "127.0.0.1"
+        port = params.get("PORT") or 5432
+        return f"postgres://{auth}@{host}:{port}/{params['NAME']}"
+    raise RuntimeError(f"no worker DATABASE_URL for {connection.vendor}")
+
+
+def point_celery_at(broker_url: str) -> None:
+    """Make this process (the 'web' side: start_run, delay) send to `broker_url`."""
+    from kombu import pools
+
+    from config.celery import app
+
+    app.conf.broker_url = broker_url
+    # Drop cached connections and producers made for the previous URL (kombu keeps a global
+    # registry of pools; reset() closes and forgets them all).
+    app._pool = None
+    app.amqp._producer_pool = None
+    pools.reset()
+
+
+def run_status(run_id: int) -> str:
+    from training.models import TrainingRun
+
+    return TrainingRun.objects.get(pk=run_id).status
+
+
+def run_dirs(data_dir: Path, run_id: int) -> list[Path]:
+    return sorted((data_dir / "runs").glob(f"run-{run_id}-*"))

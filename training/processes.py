@@ -1,0 +1,101 @@
+"""Process-level helpers for training trees: is a pid alive, signal a run's process group, tail a log.
+
+Plain OS calls, no Django: the runner uses them to supervise a run, the reaper to clean up after a
+worker that died.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+# After SIGTERM the training tree gets this long to exit before SIGKILL.
+TERMINATE_GRACE_SECONDS = 10
+
+
+def process_alive(pid: int) -> bool:
+    """True when a process with this pid exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        # Field 3 of /proc/<pid>/stat is the state; "Z" is a zombie that only awaits its parent.
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _group_members(pgid: int, run_id: int) -> list[int] | None:
+    """Pids in process group `pgid` started for this run (marked by PROSPECT_RUN_ID in their
+    environment), or None when /proc cannot tell (not Linux)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    marker = f"PROSPECT_RUN_ID={run_id}".encode()
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != pgid:
+                continue
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                members.append(int(entry.name))
+        except (OSError, ProcessLookupError):
+            continue
+    return members
+
+
+def kill_run_processes(pgid: int, run_id: int, sig: int = signal.SIGKILL) -> None:
+    """Signal the training process tree of a run whose monitor is gone (the reaper's case).
+
+    The group id could in principle have been reused by an unrelated process since the worker
+    died, so on Linux only processes carrying the run's environment marker are signalled.
+    """
+    members = _group_members(pgid, run_id)
+    if members is None:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return
+    for pid in members:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def stop_group(proc: subprocess.Popen) -> int:
+    """SIGTERM the whole group, SIGKILL it after a grace period; returns the leader's exit code.
+
+    The leader is not reaped before the group is signalled, so its pid (= the group id) cannot
+    have been reused by another process.
+    """
+    for sig, wait_for in ((signal.SIGTERM, TERMINATE_GRACE_SECONDS), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            return proc.wait(timeout=wait_for)
+        except subprocess.TimeoutExpired:
+            continue
+    return proc.wait()
+
+
+def tail(path: Path, lines: int) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            data = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])

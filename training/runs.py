@@ -1,0 +1,203 @@
+"""Training runs: create one (with its snapshot), send it to a GPU worker, cancel it, reap it.
+
+Every state change of a run that is not its own training process's goes through here, inside a
+transaction, with a conditional UPDATE where two processes could race (two workers, a worker and
+the web's cancel button, the reaper). The worker side of a run (claim, supervise, finish) is
+training.runner.
+
+Public API (views, commands and the layers above call these; the signatures are a contract):
+    start_run(*, snapshot=None, config=None, base_version=None, requested_by=None) -> TrainingRun
+    cancel_run(run)                   -> None
+    dispatch_pending_runs()           -> list[int]
+    reap_orphaned_runs()              -> list[int]
+"""
+from __future__ import annotations
+
+import logging
+import socket
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from feedback.services import create_snapshot
+from training import dispatch
+from training.models import ACTIVE_RUN_STATUSES, ModelVersion, TrainingPolicy, TrainingRun
+from training.policy import resolve_training_config
+from training.processes import kill_run_processes, process_alive
+from training.registry import ensure_base_version
+from training.selectors import active_version
+
+logger = logging.getLogger(__name__)
+
+
+def _create_snapshot_for(config: dict):
+    manual = None
+    if config["lambda_mode"] == TrainingPolicy.LambdaMode.MANUAL:
+        manual = (config["desirable_weight"], config["undesirable_weight"])
+    return create_snapshot(
+        holdout=config["holdout"],
+        target_ratio=config["target_ratio"],
+        mode="downside_first" if config["lambda_mode"] == TrainingPolicy.LambdaMode.DOWNSIDE_FIRST else "auto",
+        manual_weights=manual,
+        seed=config["seed"],
+    )
+
+
+def class_weights_for(snapshot, config: dict) -> tuple[float, float, str]:
+    """(λ_D, λ_U, where they come from) for a run on `snapshot`: chosen here, once, and stored on the run.
+
+    The snapshot's weights (chosen when it was cut: automatic rule or manual), unless the run's
+    config asks for manual weights that differ from them: that override is recorded on the run,
+    and the run page shows it beside the snapshot's.
+    """
+    snapshot_weights = (snapshot.desirable_weight, snapshot.undesirable_weight)
+    if config["lambda_mode"] == TrainingPolicy.LambdaMode.MANUAL:
+        manual = (float(config["desirable_weight"]), float(config["undesirable_weight"]))
+        if manual != snapshot_weights:
+            return (*manual, f"manual override of snapshot {snapshot.pk}'s λ_D={snapshot_weights[0]:.4g}, "
+                             f"λ_U={snapshot_weights[1]:.4g}")
+    return (*snapshot_weights, f"snapshot {snapshot.pk}: {snapshot.weight_rule}")
+
+
+def start_run(*, snapshot=None, config: dict | None = None, base_version=None, requested_by=None) -> TrainingRun:
+    """Create a queued TrainingRun and send `run_training` to the gpu queue once the row is committed.
+
+    snapshot: a feedback.DatasetSnapshot; None → a fresh one is cut now with
+        feedback.services.create_snapshot (holdout, λ mode/target/manual weights and seed taken
+        from the config). Its refusal (e.g. SnapshotRefused for a single-class dataset) propagates.
+        The run's λ_D / λ_U are the snapshot's, or the config's manual weights (class_weights_for).
+    config: overrides of default_training_config() (validated; ValidationError names the field).
+    base_version: the ModelVersion to train from; None → the active version, or — when nothing
+        is active yet — ensure_base_version(config["base_model"]). ValidationError when there is
+        neither an active version nor a base model configured.
+    requested_by: the user who asked (None for the scheduler).
+
+    If the broker is unreachable the run is still created (queued, enqueued_at empty) and the
+    periodic dispatcher sends it once the broker is back; the caller never sees a broker error.
+    """
+    resolved = resolve_training_config(config)
+    with transaction.atomic():
+        if base_version is None:
+            base_version = active_version()
+        if base_version is None:
+            if not resolved["base_model"]:
+                raise ValidationError(
+                    {"base_model": "no model version is active and no base model is configured "
+                     "(set PROSPECT_BASE_MODEL or the training policy's base model)"}
+                )
+            base_version = ensure_base_version(resolved["base_model"])
+        if snapshot is None:
+            snapshot = _create_snapshot_for(resolved)
+        desirable_weight, undesirable_weight, weight_rule = class_weights_for(snapshot, resolved)
+        run = TrainingRun.objects.create(
+            snapshot=snapshot,
+            base_version=base_version,
+            config=resolved,
+            desirable_weight=desirable_weight,
+            undesirable_weight=undesirable_weight,
+            weight_rule=weight_rule,
+            status=TrainingRun.Status.QUEUED,
+            requested_by=requested_by,
+        )
+        run_id = run.pk
+        transaction.on_commit(lambda: _enqueue_run(run_id))
+    return run
+
+
+def _enqueue_run(run_id: int) -> bool:
+    """Send run_training for a run; record when it reached the broker. False if the broker is down."""
+    try:
+        dispatch.send_run_training(run_id)
+    except Exception as exc:  # kombu raises various OperationalError/ConnectionError flavours
+        # Saving the run must not depend on the broker: the dispatcher re-sends it later.
+        logger.warning("run %s: could not reach the broker (%s); the dispatcher will send it later", run_id, exc)
+        return False
+    TrainingRun.objects.filter(pk=run_id, enqueued_at__isnull=True).update(enqueued_at=timezone.now())
+    return True
+
+
+def dispatch_pending_runs() -> list[int]:
+    """Send the queued runs whose message never reached the broker; returns their ids.
+
+    Called periodically (beat → training.tasks.maybe_retrain). A run sent twice is harmless: the
+    task's status guard lets only one delivery train it.
+    """
+    sent = []
+    pending = TrainingRun.objects.filter(status=TrainingRun.Status.QUEUED, enqueued_at__isnull=True).order_by("pk")
+    for run_id in pending.values_list("pk", flat=True):
+        if _enqueue_run(run_id):
+            sent.append(run_id)
+    return sent
+
+
+def cancel_run(run: TrainingRun) -> None:
+    """Cancel a queued or running run.
+
+    Queued: it becomes cancelled and its task, when delivered, does nothing. Running: it becomes
+    cancelled in the database; the runner's monitor notices within PROSPECT_RUN_POLL_SECONDS,
+    kills the training process group and records the exit code. Raises ValidationError when the
+    run has already finished.
+    """
+    now = timezone.now()
+    cancelled = TrainingRun.objects.filter(pk=run.pk, status__in=ACTIVE_RUN_STATUSES).update(
+        status=TrainingRun.Status.CANCELLED, error="cancelled by an admin", finished_at=now
+    )
+    run.refresh_from_db()
+    if not cancelled:
+        raise ValidationError(f"run {run.pk} has already finished ({run.status}); nothing to cancel")
+
+
+# --- Reaper ------------------------------------------------------------------------------------
+def reap_orphaned_runs() -> list[int]:
+    """Mark failed the running runs whose worker is gone; kill their leftover training processes.
+
+    A run is orphaned when its worker ran on this host and that process no longer exists, or
+    when its heartbeat is older than PROSPECT_RUN_HEARTBEAT_TIMEOUT_SECONDS (any host). Runs are
+    not resumed: a failed run is retried by starting a new one (its artifacts stay for
+    inspection). Returns the ids of the runs marked failed.
+    """
+    hostname = socket.gethostname()
+    now = timezone.now()
+    stale_before = now - timedelta(seconds=settings.PROSPECT_RUN_HEARTBEAT_TIMEOUT_SECONDS)
+    reaped = []
+    for run in TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING):
+        reason = None
+        if run.worker_hostname == hostname and run.worker_pid and not process_alive(run.worker_pid):
+            reason = f"worker process {run.worker_pid} on {hostname} died while the run was training"
+        elif (run.heartbeat_at or run.started_at or run.created_at) < stale_before:
+            reason = (
+                f"no heartbeat from worker {run.worker_hostname}:{run.worker_pid} for more than "
+                f"{settings.PROSPECT_RUN_HEARTBEAT_TIMEOUT_SECONDS}s"
+            )
+        if reason is None:
+            continue
+        marked = TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.RUNNING).update(
+            status=TrainingRun.Status.FAILED, error=reason, finished_at=now
+        )
+        if not marked:
+            continue
+        logger.warning("run %s marked failed: %s", run.pk, reason)
+        reaped.append(run.pk)
+        if run.worker_hostname == hostname and run.process_group_id:
+            # The training tree runs in its own session and outlives its worker: stop it too.
+            kill_run_processes(run.process_group_id, run.pk)
+    _fail_gates_of_dead_workers(hostname)
+    return reaped
+
+
+def _fail_gates_of_dead_workers(hostname: str) -> None:
+    """A worker that died while gating its run's candidate leaves evaluation_state 'running':
+    record that the gate failed, so the Models page says so (an admin may promote by hand)."""
+    evaluating = ModelVersion.objects.filter(
+        evaluation_state=ModelVersion.EvaluationState.RUNNING, created_by_run__worker_hostname=hostname
+    ).select_related("created_by_run")
+    for version in evaluating:
+        pid = version.created_by_run.worker_pid
+        if pid and not process_alive(pid):
+            ModelVersion.objects.filter(pk=version.pk, evaluation_state=ModelVersion.EvaluationState.RUNNING).update(
+                evaluation_state=ModelVersion.EvaluationState.FAILED,
+                status_reason=f"not promoted: worker process {pid} died during the evaluation gate",
+            )

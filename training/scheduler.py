@@ -1,0 +1,87 @@
+"""The scheduler: beat's periodic check that starts a run when the policy says so, and the schedule.
+
+Beat (django-celery-beat's DatabaseScheduler, so the schedule is editable in the admin under
+"Periodic tasks") sends `training.tasks.maybe_retrain` every PROSPECT_RETRAIN_CHECK_SECONDS and
+`training.tasks.reap_orphaned_runs` every minute; install_schedule() creates both, idempotently.
+Beat calls it when it starts (config/celery.py, beat_init), so a fresh database gets the
+schedule without a manual step, and an admin's later edits are kept.
+
+The decision itself is training.policy.retrain_decision (read-only); this module acts on it.
+"""
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+from feedback.services import SnapshotRefused
+from training import dispatch
+from training.models import TrainingPolicy, TrainingRun
+from training.policy import get_policy, retrain_decision
+from training.runs import dispatch_pending_runs, start_run
+
+logger = logging.getLogger(__name__)
+
+RETRAIN_TASK_NAME = "prospect: retrain when enough new votes"
+REAPER_TASK_NAME = "prospect: fail runs whose worker died"
+REAPER_INTERVAL_SECONDS = 60
+
+
+def maybe_retrain(now=None) -> TrainingRun | None:
+    """Start a run (fresh snapshot + start_run) if the policy says so; re-send undelivered runs.
+
+    The policy row is locked for the decision so two concurrent checks (two beats, a slow
+    worker) cannot both start a run.
+    """
+    # Runs requested while the broker was down reach it now.
+    dispatch_pending_runs()
+    get_policy()  # make sure the row exists before locking it
+    with transaction.atomic():
+        policy = TrainingPolicy.objects.select_for_update().get(pk=1)
+        start, why = retrain_decision(policy, now)
+        if not start:
+            logger.info("no retraining: %s", why)
+            return None
+        logger.info("retraining: %s", why)
+        try:
+            return start_run()
+        except SnapshotRefused as exc:
+            # e.g. every new vote says "good": no KTO dataset yet. Checked again next time.
+            logger.warning("no retraining: %s", exc)
+            return None
+
+
+def install_schedule(check_seconds: int | None = None) -> None:
+    """Create (or update the interval of) the periodic tasks beat runs. Idempotent.
+
+    An admin may edit or disable them afterwards in the admin; calling this again only resets
+    the retrain interval when `check_seconds` is given explicitly.
+    """
+
+    def interval(seconds: int) -> IntervalSchedule:
+        schedule, _ = IntervalSchedule.objects.get_or_create(every=seconds, period=IntervalSchedule.SECONDS)
+        return schedule
+
+    with transaction.atomic():
+        retrain, created = PeriodicTask.objects.get_or_create(
+            name=RETRAIN_TASK_NAME,
+            defaults={
+                "task": dispatch.MAYBE_RETRAIN,
+                "interval": interval(check_seconds or settings.PROSPECT_RETRAIN_CHECK_SECONDS),
+                "queue": "default",
+            },
+        )
+        if not created and check_seconds:
+            retrain.interval = interval(check_seconds)
+            retrain.enabled = True
+            retrain.save()
+        PeriodicTask.objects.get_or_create(
+            name=REAPER_TASK_NAME,
+            defaults={
+                "task": dispatch.REAP_ORPHANED_RUNS,
+                "interval": interval(REAPER_INTERVAL_SECONDS),
+                "queue": "default",
+            },
+        )
