@@ -47,7 +47,7 @@ def test_run_page_has_the_live_widgets_and_a_cancel_button(staff_client, running
     for element in ('id="run-progress"', 'id="chart-loss"', 'id="chart-reward"', 'id="chart-z0"', 'id="run-log"'):
         assert element in html
     assert 'id="run-cancel" method="post"' in html and "Cancel run" in html
-    assert "training/run_detail.js" in html and "training/charts.js" in html
+    assert "training/run_detail.js" in html and "vendor/chartjs/chart.umd.min.js" in html
 
 
 def test_cancel_stops_a_running_run(staff_client, running_run):
