@@ -58,7 +58,7 @@ def test_admin_starts_a_run_watches_it_live_and_promotes_it(
     assert seen_progress[0] < 1.0 and seen_progress[-1] == 1.0
     assert seen_progress == sorted(seen_progress)  # the bar only moves forward
     assert page.evaluate("window.__watchMarker") == "still the same page"
-    assert page.locator("#chart-loss path.chart-line").count() >= 1
+    assert page.evaluate("Chart.getChart('chart-loss').data.datasets[0].data.length") >= 1
     assert page.locator("#run-log").inner_text().strip()
 
     # The gate keeps the candidate (margin out of reach); wait for its verdict on the same page.
@@ -73,6 +73,8 @@ def test_admin_starts_a_run_watches_it_live_and_promotes_it(
     page.click("#versions-link")
     page.wait_for_url("**/models/")
     page.click(f"#version-{candidate.pk} .promote-button")
+    with page.expect_navigation():
+        page.click("#confirm-ok")  # the dialog names what will change
     page.wait_for_url("**/models/")
     assert page.inner_text("#active-version") == candidate.name
     candidate.refresh_from_db()
