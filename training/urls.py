@@ -1,6 +1,13 @@
 from django.urls import path
+from drf_spectacular.utils import extend_schema
 
 from training import api, views
+
+
+@extend_schema(exclude=True)  # the same operation as /api/v1/generate/: documented once
+class LegacyGenerateView(api.GenerateView):
+    """/api/v1/generate without the trailing slash, kept for clients written against it."""
+
 
 app_name = "training"
 
@@ -19,5 +26,5 @@ urlpatterns = [
     # JSON API (token or session auth).
     path("api/v1/generate/", api.GenerateView.as_view(), name="api-generate"),
     # The old path without the trailing slash keeps working for clients written against it.
-    path("api/v1/generate", api.GenerateView.as_view(), name="api-generate-legacy"),
+    path("api/v1/generate", LegacyGenerateView.as_view(), name="api-generate-legacy"),
 ]

@@ -79,8 +79,15 @@ def test_schema_examples_of_responses_are_responses():
     assert all("completion" in e["value"] for e in generate["responses"]["200"]["content"]["application/json"]["examples"].values())
 
 
+@pytest.mark.django_db
 def test_generate_has_a_trailing_slash_and_the_old_path_still_works():
-    assert resolve("/api/v1/generate/").func.view_class is resolve("/api/v1/generate").func.view_class
+    from training.api import GenerateView
+
+    assert resolve("/api/v1/generate/").func.view_class is GenerateView
+    assert issubclass(resolve("/api/v1/generate").func.view_class, GenerateView)
+    paths = Client().get("/api/schema/?format=json").json()["paths"]
+    assert "/api/v1/generate/" in paths and "/api/v1/generate" not in paths  # documented once
+    assert all(path.endswith("/") for path in paths if path.startswith("/api/v1/"))
 
 
 @pytest.mark.django_db
