@@ -45,6 +45,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    # Swagger UI / Redoc assets served from the installation (no CDN): /api/docs/.
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "feedback",
     "training",
@@ -123,6 +125,9 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Prospect API",
     "DESCRIPTION": "Send generations and thumbs up/down; call the deployed model.",
     "VERSION": "1.0.0",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Feedback ------------------------------------------------------------------------------

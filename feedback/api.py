@@ -90,8 +90,14 @@ class GenerationCreateView(APIView):
         description="Idempotent: the same prompt and completion again returns the existing row (200, created=false).",
         request=GenerationInSerializer,
         responses={201: GenerationOutSerializer, 200: GenerationOutSerializer},
-        examples=[OpenApiExample("chat prompt", value={
-            "prompt": [{"role": "user", "content": "What is 12+7?"}], "completion": "19", "external_id": "app-123"})],
+        examples=[
+            OpenApiExample("chat prompt", request_only=True, value={
+                "prompt": [{"role": "user", "content": "What is 12+7?"}], "completion": "19", "external_id": "app-123"}),
+            OpenApiExample("created", response_only=True, status_codes=["201"],
+                           value={"id": 42, "prompt_id": 7, "external_id": "app-123", "created": True}),
+            OpenApiExample("already there", response_only=True, status_codes=["200"],
+                           value={"id": 42, "prompt_id": 7, "external_id": "app-123", "created": False}),
+        ],
         tags=["feedback"],
     )
     def post(self, request):
@@ -182,7 +188,12 @@ class VoteView(APIView):
         ),
         request=VoteInSerializer,
         responses={201: VoteOutSerializer, 200: VoteOutSerializer},
-        examples=[OpenApiExample("end-user thumbs", value={"generation_id": 42, "desirable": True, "external_user_id": "user-9"})],
+        examples=[
+            OpenApiExample("end-user thumbs", request_only=True,
+                           value={"generation_id": 42, "desirable": True, "external_user_id": "user-9"}),
+            OpenApiExample("recorded", response_only=True, status_codes=["201"],
+                           value={"id": 1001, "generation_id": 42, "desirable": True, "created": True}),
+        ],
         tags=["feedback"],
     )
     def post(self, request):

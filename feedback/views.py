@@ -16,6 +16,10 @@ from feedback.services.votes import GenerationNotFound
 # Skipped items are remembered per browser session, newest last; older ones fall off the end.
 SESSION_SKIPPED = "feedback_skipped_generation_ids"
 MAX_REMEMBERED_SKIPS = 200
+# A comment the server refused (too long) comes back into the box instead of being lost.
+SESSION_COMMENT_DRAFT = "feedback_comment_draft"
+COMMENT_MAX_CHARS = 5000
+THUMB = {"up": "👍", "down": "👎"}
 
 
 def healthz(request):
@@ -37,7 +41,7 @@ def home(request):
 class VoteForm(forms.Form):
     generation_id = forms.IntegerField(min_value=1)
     label = forms.ChoiceField(choices=[("up", "desirable"), ("down", "undesirable")])
-    comment = forms.CharField(required=False, max_length=5000)
+    comment = forms.CharField(required=False, max_length=COMMENT_MAX_CHARS)
 
 
 class SkipForm(forms.Form):
@@ -48,10 +52,18 @@ class SkipForm(forms.Form):
 @annotator_required
 def annotate(request):
     generation = services.claim_next_generation(request.user, request.session.get(SESSION_SKIPPED, []))
+    draft = request.session.pop(SESSION_COMMENT_DRAFT, None)
+    progress = selectors.queue_progress(request.user)
     return render(
         request,
         "feedback/annotate.html",
-        {"generation": generation, "progress": selectors.queue_progress(request.user)},
+        {
+            "generation": generation,
+            "progress": progress,
+            "session_total": progress.rated_today + progress.waiting,
+            "comment_draft": draft["comment"] if draft and generation and draft["generation_id"] == generation.pk else "",
+            "comment_max_chars": COMMENT_MAX_CHARS,
+        },
     )
 
 
@@ -60,7 +72,15 @@ def annotate(request):
 def vote(request):
     form = VoteForm(request.POST)
     if not form.is_valid():
-        messages.error(request, f"Vote not saved: {form.errors.as_text()}")
+        comment = request.POST.get("comment", "")
+        if "comment" in form.errors and comment:
+            # Keep what was typed: the page puts it back into the box for the same item.
+            request.session[SESSION_COMMENT_DRAFT] = {
+                "generation_id": form.cleaned_data.get("generation_id"), "comment": comment[: 4 * COMMENT_MAX_CHARS]}
+            messages.error(request, f"Vote not saved: the comment has {len(comment):,} characters and the limit is "
+                                    f"{COMMENT_MAX_CHARS:,}. Your text is still in the box: shorten it and vote again.")
+        else:
+            messages.error(request, f"Vote not saved: {form.errors.as_text()}")
         return redirect("feedback:annotate")
     try:
         _, created = services.record_annotator_vote(
@@ -74,6 +94,9 @@ def vote(request):
         return redirect("feedback:annotate")
     if not created:
         messages.info(request, "You had already rated that item; your first vote stands.")
+    else:
+        label = form.cleaned_data["label"]
+        messages.success(request, f"Saved {THUMB[label]}", extra_tags=f"vote-saved vote-{label}")
     return redirect("feedback:annotate")
 
 
@@ -86,6 +109,8 @@ def skip(request):
         skipped = [i for i in request.session.get(SESSION_SKIPPED, []) if i != generation_id] + [generation_id]
         request.session[SESSION_SKIPPED] = skipped[-MAX_REMEMBERED_SKIPS:]
         services.release_claim(request.user, generation_id)
+        messages.info(request, "Skipped. The item stays in the queue (so \"waiting\" does not drop) for another "
+                               "annotator; you will not see it again in this session.", extra_tags="skipped")
     return redirect("feedback:annotate")
 
 
@@ -100,19 +125,28 @@ def undo(request):
     return redirect("feedback:annotate")
 
 
-def _bar_chart(points, bar_width: int = 24, gap: int = 6, plot_height: int = 100, label_height: int = 14) -> dict:
-    """Geometry of a small inline SVG bar chart (no JavaScript, no chart library)."""
-    peak = max((n for _, n in points), default=0)
-    bars = []
-    for index, (day, n) in enumerate(points):
-        height = round(plot_height * n / peak) if peak else 0
-        bars.append({"day": day, "n": n, "x": index * (bar_width + gap), "y": plot_height - height, "height": height})
+def _balance_in_words(n_desirable: int, n_undesirable: int) -> dict:
+    """The D:U balance and the λ weights the next snapshot would get, explained for an admin."""
+    from training.kto.balancing import ACCEPTED_HIGH, ACCEPTED_LOW, balance_weights
+
+    if not n_desirable or not n_undesirable:
+        missing = "undesirable (👎)" if n_desirable else "desirable (👍)"
+        return {"ok": False, "text": f"No {missing} votes yet: KTO needs both kinds, so a snapshot cannot be balanced."}
+    weights = balance_weights(n_desirable, n_undesirable, target_ratio=settings.KTO_TARGET_RATIO)
+    ratio = n_desirable / n_undesirable
+    if weights.desirable_weight == weights.undesirable_weight:
+        action = (f"That is inside the paper's recommended band ({ACCEPTED_LOW:g} to {ACCEPTED_HIGH:g} desirable per "
+                  f"undesirable, its Eq. 7), so both kinds keep weight 1.")
+    else:
+        minority = "desirable" if weights.desirable_weight > weights.undesirable_weight else "undesirable"
+        action = (f"That is outside the paper's recommended band ({ACCEPTED_LOW:g} to {ACCEPTED_HIGH:g}, its Eq. 7), so "
+                  f"the next snapshot weights the {minority} votes up to reach an effective ratio of "
+                  f"{weights.effective_ratio:.3g}.")
     return {
-        "bars": bars,
-        "bar_width": bar_width,
-        "width": max(1, len(points) * (bar_width + gap)),
-        "height": plot_height + label_height,
-        "plot_height": plot_height,
+        "ok": True,
+        "text": f"There are {ratio:.2f} desirable votes for every undesirable one. {action}",
+        "desirable_weight": weights.desirable_weight,
+        "undesirable_weight": weights.undesirable_weight,
     }
 
 
@@ -132,7 +166,11 @@ def dashboard(request):
         "feedback/dashboard.html",
         {
             "stats": stats,
-            "chart": _bar_chart(stats.votes_per_day),
+            "votes_chart": {
+                "labels": [day.strftime("%b %d") for day, _ in stats.votes_per_day],
+                "values": [n for _, n in stats.votes_per_day],
+            },
+            "balance": _balance_in_words(stats.n_desirable, stats.n_undesirable),
             "snapshots": selectors.recent_snapshots(),
             "snapshot_form": snapshot_form,
         },

@@ -60,7 +60,11 @@ class GenerateView(APIView):
         ),
         request=GenerateRequestSerializer,
         responses={200: GenerateResponseSerializer},
-        examples=[OpenApiExample("plain prompt", value={"prompt": "What is 12+7?", "max_new_tokens": 16})],
+        examples=[
+            OpenApiExample("plain prompt", request_only=True, value={"prompt": "What is 12+7?", "max_new_tokens": 16}),
+            OpenApiExample("completion", response_only=True, status_codes=["200"], value={
+                "generation_id": 42, "completion": "19", "model_version": "run-3", "model_version_id": 4}),
+        ],
         tags=["generate"],
     )
     def post(self, request):

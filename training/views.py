@@ -17,7 +17,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from feedback.models import DatasetSnapshot
-from training import policy, registry, selectors
+from training import policy, presentation, registry, selectors, version_selectors
 from training.runs import cancel_run, start_run
 from training.models import ModelVersion, TrainingPolicy, TrainingRun
 
@@ -119,10 +119,13 @@ def runs(request):
 @require_GET
 @staff_required
 def run_detail(request, run_id: int):
-    run = get_object_or_404(TrainingRun.objects.select_related("snapshot", "base_version"), pk=run_id)
+    run = get_object_or_404(TrainingRun.objects.select_related("snapshot", "base_version", "requested_by"), pk=run_id)
+    progress = _progress_with_phase(run)
     return render(request, "training/run_detail.html", {
         "run": run,
-        "progress": selectors.run_progress(run),
+        "progress": progress,
+        "phases": presentation.PHASES,
+        "config_rows": _config_rows(run.config),
     })
 
 
@@ -130,7 +133,46 @@ def run_detail(request, run_id: int):
 @staff_required
 def run_progress(request, run_id: int):
     run = get_object_or_404(TrainingRun, pk=run_id)
-    return JsonResponse(selectors.run_progress(run))
+    return JsonResponse(_progress_with_phase(run))
+
+
+def _progress_with_phase(run: TrainingRun) -> dict:
+    """The selector's picture of the run plus what the page shows in words: phase and step lines."""
+    progress = selectors.run_progress(run)
+    rows = TrainingRun.objects.filter(pk=run.pk).values_list("metrics", flat=True).first()
+    progress["phase"] = presentation.run_phase(progress, run.config or {})
+    progress["step_lines"] = presentation.step_lines(rows, progress.get("total_steps"))
+    # The training steps first (what an admin watches), then the engine's own output.
+    engine_output = (progress.get("log_tail") or "").strip()
+    progress["log_text"] = "\n".join(progress["step_lines"] + (["--- engine output ---", engine_output]
+                                                                if engine_output else []))
+    return progress
+
+
+# Human labels of the training config keys (retrain form defaults, run page).
+CONFIG_LABELS = {
+    "base_model": "Base model (when none is active)", "lora": "LoRA adapter", "beta": "β",
+    "learning_rate": "Learning rate", "num_train_epochs": "Epochs", "max_steps": "Max steps",
+    "per_device_train_batch_size": "Batch size per device", "gradient_accumulation_steps": "Gradient accumulation",
+    "max_length": "Max length (tokens)", "loss": "Variant", "lambda_mode": "λ mode", "target_ratio": "Target D:U ratio",
+    "desirable_weight": "λ_D (manual)", "undesirable_weight": "λ_U (manual)", "holdout": "Holdout share",
+    "seed": "Seed", "promote_margin": "Auto-promote margin", "judge": "Judge", "judge_prompts": "Judge prompts",
+    "time_limit_seconds": "Time limit (s)",
+}
+
+
+def _config_rows(config: dict) -> list[tuple[str, str]]:
+    def shown(value):
+        if value is None or value == "":
+            return "—"
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, float):
+            return f"{value:g}"
+        return str(value)
+
+    known = [(CONFIG_LABELS[key], shown(config[key])) for key in CONFIG_LABELS if key in (config or {})]
+    return known + [(key, shown(value)) for key, value in (config or {}).items() if key not in CONFIG_LABELS]
 
 
 @require_POST
@@ -162,72 +204,62 @@ def retrain(request):
             except (ValueError, ValidationError) as exc:
                 form.add_service_error(exc)
             else:
-                messages.success(request, f"Run {run.pk} queued.")
+                # No flash: the run page itself says "queued", then follows the run live.
                 return redirect("training:run_detail", run_id=run.pk)
     else:
         form = RetrainForm(defaults=defaults)
     return render(request, "training/retrain.html", {
         "form": form,
-        "defaults": defaults,
+        "default_rows": _config_rows(defaults),
         "active_version": selectors.active_version(),
     })
-
-
-# The columns of the Models page, in this order, when any version has them: the gate's judge
-# (demo accuracy) and the holdout numbers of `python -m training.kto evaluate`. Everything else a
-# version's metrics hold (paths, counts, the gate's full record) is under its "all metrics".
-METRIC_COLUMNS = (
-    "demo_accuracy",
-    "holdout.loss",
-    "holdout.reward_accuracy",
-    "holdout.reward_margin",
-    "holdout.reward_desirable",
-    "holdout.reward_undesirable",
-    "holdout.z0",
-    "holdout.n_examples",
-)
 
 
 @require_GET
 @staff_required
 def versions(request):
-    all_versions = list(selectors.version_list())
-    flat = {version.pk: _flatten_metrics(version.metrics or {}) for version in all_versions}
-    # Metrics side by side: the key columns any version has.
-    metric_names = [name for name in METRIC_COLUMNS if any(name in metrics for metrics in flat.values())]
-    rows = [
-        {"version": version, "metrics": [_format_metric(flat[version.pk].get(name)) for name in metric_names],
-         "all_metrics": json.dumps(version.metrics or {}, indent=2, sort_keys=True, default=str)}
-        for version in all_versions
-    ]
+    active = selectors.active_version()
+    rows = []
+    for version in selectors.version_list():
+        flat = presentation.flatten_metrics(version.metrics)
+        rows.append({
+            "version": version,
+            "metrics": [presentation.format_metric(key, flat.get(key)) for key in presentation.TABLE_METRICS],
+            "verdict": presentation.gate_verdict(version),
+            "all_metrics": json.dumps(version.metrics or {}, indent=2, sort_keys=True, default=str),
+            "can_promote": version.status in (ModelVersion.Status.CANDIDATE, ModelVersion.Status.RETIRED),
+            "can_reject": version.status in (ModelVersion.Status.CANDIDATE, ModelVersion.Status.RETIRED),
+        })
+    labels = dict((key, label) for key, label, _ in presentation.METRICS)
     return render(request, "training/versions.html", {
         "rows": rows,
-        "metric_names": metric_names,
-        "active_version": selectors.active_version(),
+        "metric_labels": [labels[key] for key in presentation.TABLE_METRICS],
+        "active_version": active,
+        "rollback_target": version_selectors.rollback_target(active),
     })
 
 
-def _flatten_metrics(metrics: dict) -> dict:
-    """{"holdout": {"loss": 0.4}, "demo_accuracy": 0.6} → {"holdout.loss": 0.4, "demo_accuracy": 0.6}."""
-    flat = {}
-    for name, value in metrics.items():
-        if isinstance(value, dict):
-            flat.update({f"{name}.{inner}": v for inner, v in value.items() if _is_scalar(v)})
-        elif _is_scalar(value):
-            flat[name] = value
-    return flat
-
-
-def _is_scalar(value) -> bool:
-    return isinstance(value, (int, float, str, bool)) or value is None
-
-
-def _format_metric(value) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+@require_GET
+@staff_required
+def compare(request):
+    """Two versions side by side: metric deltas, then their outputs on the prompts both answered."""
+    all_versions = list(selectors.version_list())
+    by_id = {str(version.pk): version for version in all_versions}
+    active = selectors.active_version()
+    a = by_id.get(request.GET.get("a", "")) or active or (all_versions[1] if len(all_versions) > 1 else None)
+    b = by_id.get(request.GET.get("b", "")) or next((v for v in all_versions if v != a), None)
+    context = {"versions": all_versions, "a": a, "b": b}
+    if a is not None and b is not None:
+        up_a, n_a = version_selectors.thumbs_up_share(a)
+        up_b, n_b = version_selectors.thumbs_up_share(b)
+        context.update({
+            "deltas": presentation.metric_deltas(a.metrics, b.metrics),
+            "verdict_a": presentation.gate_verdict(a),
+            "verdict_b": presentation.gate_verdict(b),
+            "thumbs": {"a": (up_a, n_a), "b": (up_b, n_b)},
+            "pairs": version_selectors.shared_prompt_outputs(a, b),
+        })
+    return render(request, "training/compare.html", context)
 
 
 @require_POST

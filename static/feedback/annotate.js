@@ -33,6 +33,20 @@
     }
     event.preventDefault();
   });
+  // The live character counter of the comment box, so the limit is visible before it is reached.
+  const comment = document.getElementById("comment");
+  const count = document.getElementById("comment-count");
+  if (comment && count) {
+    const max = Number(count.dataset.max);
+    const update = function () {
+      const n = comment.value.length;
+      count.textContent = n + " / " + max + (n >= max ? " (limit reached)" : "");
+      count.classList.toggle("over", n >= max * 0.9);
+    };
+    comment.addEventListener("input", update);
+    update();
+  }
+
   // Lets a person (and the browser tests) tell that the shortcuts are live.
   document.body.dataset.shortcuts = "ready";
 })();

@@ -95,7 +95,7 @@ def test_no_active_version_is_a_clear_503(token_client):
 @pytest.mark.django_db
 def test_the_endpoint_is_in_the_openapi_schema(client):
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
-    operation = schema["paths"]["/api/v1/generate"]["post"]
+    operation = schema["paths"]["/api/v1/generate/"]["post"]
     assert operation["operationId"] == "generate"
     assert "200" in operation["responses"]
 

@@ -1,0 +1,115 @@
+"""Builders and page checks shared by the UI tests (Chromium through Playwright)."""
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+
+from feedback.models import Vote
+from feedback.selectors import ANNOTATORS_GROUP
+from feedback.services.generations import GenerationInput, create_generation
+
+PASSWORD = "correct horse battery staple"
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 375, "height": 812}
+SIZES = {"desktop": DESKTOP, "phone": PHONE}
+
+LONG_OUTPUT = (
+    "Here is a function that adds two numbers, and a very long identifier that must wrap: "
+    + "a_really_long_name_without_any_spaces_" * 6
+    + "\n\n```python\ndef add(a, b):\n    return a + b  # a code line long enough to need its own horizontal scroll box\n```\n"
+    "That is all."
+)
+CHAT_PROMPT = [
+    {"role": "system", "content": "You are a careful assistant."},
+    {"role": "user", "content": "Write a Python function that adds two numbers."},
+]
+
+
+def make_user(username: str, *, staff: bool = False, annotator: bool = False):
+    user = get_user_model().objects.create_user(username, password=PASSWORD, is_staff=staff, is_superuser=staff)
+    if annotator:
+        # get_or_create: the flush of live-server tests also empties the group table.
+        user.groups.add(Group.objects.get_or_create(name=ANNOTATORS_GROUP)[0])
+    return user
+
+
+def add_generation(prompt="What is 2+2?", completion="4", **kwargs):
+    generation, _ = create_generation(GenerationInput(prompt=prompt, completion=completion, **kwargs))
+    return generation
+
+
+def add_votes(n_desirable: int, n_undesirable: int, prefix: str = "q") -> None:
+    for index in range(n_desirable + n_undesirable):
+        generation = add_generation(prompt=f"{prefix}{index}", completion=f"answer {index}")
+        Vote.objects.create(generation=generation, external_user_id="rater", desirable=index < n_desirable)
+
+
+def log_in(page, base_url: str, username: str, next_path: str = "/") -> None:
+    page.goto(f"{base_url}/accounts/login/?next={next_path}")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    with page.expect_navigation():
+        page.click("#login-submit")
+
+
+def watch_console(page) -> list[str]:
+    """Collect console errors and uncaught exceptions of a page into the returned list."""
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    return errors
+
+
+def horizontal_overflow(page) -> int:
+    """Pixels by which the page is wider than the window (0 when it fits)."""
+    return page.evaluate("Math.max(0, document.documentElement.scrollWidth - window.innerWidth)")
+
+
+def build_world() -> dict:
+    """Everything the pages show: users, items to rate, votes, a snapshot, versions, runs of every end."""
+    from django.utils import timezone
+
+    from feedback.services import create_snapshot
+    from training.models import ModelVersion, TrainingRun
+
+    make_user("rater", annotator=True)
+    make_user("boss", staff=True)
+    add_generation(prompt=CHAT_PROMPT, completion=LONG_OUTPUT)
+    add_votes(6, 2)
+    snapshot = create_snapshot(holdout=0.0, target_ratio=4 / 3, mode="auto")
+    base = ModelVersion.objects.create(name="base", base_model="/models/demo", artifact_path="/models/demo",
+                                       status=ModelVersion.Status.ACTIVE, status_reason="first version")
+    finished = TrainingRun.objects.create(snapshot=snapshot, base_version=base, status=TrainingRun.Status.SUCCEEDED,
+                                          progress=1.0, current_step=12, total_steps=12, config={"loss": "kto", "beta": 0.1},
+                                          metrics=metric_rows(12), started_at=timezone.now(), finished_at=timezone.now())
+    candidate = ModelVersion.objects.create(
+        name="run-1", base_model="/models/demo", artifact_path="/runs/1/final", parent=base, created_by_run=finished,
+        metrics={"demo_accuracy": 0.688, "holdout": {"loss": 0.4123, "reward_accuracy": 0.71, "reward_margin": 0.9},
+                 "gate": {"decision": "kept as candidate", "reason": "demo accuracy 0.688 vs 0.700 of base "
+                          "(gain -0.012, margin +0.010), a long verdict that must stay on one line in the table"}},
+        status_reason="not promoted: demo accuracy 0.688 vs 0.700 of base",
+    )
+    ModelVersion.objects.filter(pk=base.pk).update(metrics={"demo_accuracy": 0.70, "holdout": {"loss": 0.4500,
+                                                                                             "reward_accuracy": 0.55}})
+    running = TrainingRun.objects.create(snapshot=snapshot, base_version=base, status=TrainingRun.Status.RUNNING,
+                                         progress=0.5, current_step=6, total_steps=12, config={"loss": "kto"},
+                                         metrics=metric_rows(6), log_tail="Loading weights: 100%|██████| 24/24",
+                                         started_at=timezone.now())
+    cancelled = TrainingRun.objects.create(snapshot=snapshot, status=TrainingRun.Status.CANCELLED,
+                                           error="cancelled by an admin", finished_at=timezone.now())
+    failed = TrainingRun.objects.create(snapshot=snapshot, status=TrainingRun.Status.FAILED, exit_code=1,
+                                        error="training exited with code 1:\nCUDA out of memory", finished_at=timezone.now())
+    # Outputs of both versions on the same prompts (the compare view aligns them), and items to rate.
+    for a, b in ((12, 7), (30, 12), (8, 9)):
+        prompt = f"What is {a}+{b}?"
+        add_generation(prompt=prompt, completion=str(a + b + 10), model_version_id=base.pk, source="fill_queue")
+        add_generation(prompt=prompt, completion=str(a + b), model_version_id=candidate.pk, source="fill_queue")
+    return {"snapshot": snapshot, "base": base, "candidate": candidate, "runs": {
+        "succeeded": finished, "running": running, "cancelled": cancelled, "failed": failed}}
+
+
+def metric_rows(n: int) -> list[dict]:
+    """Per-step rows shaped like the engine's metrics.jsonl."""
+    return [{"step": step, "loss": 0.5 - 0.01 * step, "z0": 0.01 * step, "reward_desirable": 0.05 * step,
+             "reward_undesirable": -0.04 * step, "reward_accuracy": 0.5 + 0.02 * step, "examples_per_s": 40.0 + step}
+            for step in range(1, n + 1)]
