@@ -6,8 +6,9 @@ execute_run(run_id) is what the gpu worker's run_training task calls:
 2. a new artifact directory DATA_DIR/runs/run-<id>-<UTC timestamp>/ (never reused) receives the
    snapshot's train and holdout splits (data/), the engine's output (out/) and its logs;
 3. `accelerate launch ... -m training.kto train ...` (or `python -m training.kto train` with
-   PROSPECT_TRAIN_LAUNCHER=python) starts in a new session, so its whole tree is one process
-   group that timeout and cancel kill at once;
+   PROSPECT_TRAIN_LAUNCHER=python) starts in a new session; its environment marks every process
+   of the tree with the run, so timeout and cancel stop all of them, including the ranks torchrun
+   starts in sessions of their own (training.process_tree);
 4. every PROSPECT_RUN_POLL_SECONDS the monitor copies new metrics.jsonl rows, the step, the
    progress and the log tail into the row and heartbeats; a status that is no longer 'running'
    (an admin cancelled, or the reaper declared the run dead) makes it kill the process group;
@@ -31,6 +32,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from training import process_tree
 from training.models import ModelVersion, TrainingPolicy, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -98,12 +100,19 @@ def _group_members(pgid: int, run_id: int) -> list[int] | None:
     return members
 
 
-def kill_run_processes(pgid: int, run_id: int, sig: int = signal.SIGKILL) -> None:
+def kill_run_processes(pgid: int, run_id: int, sig: int = signal.SIGKILL, run_dir: str | None = None) -> None:
     """Signal the training process tree of a run whose monitor is gone (the reaper's case).
 
     The group id could in principle have been reused by an unrelated process since the worker
-    died, so on Linux only processes carrying the run's environment marker are signalled.
+    died, so on Linux only processes carrying the run's environment marker are signalled: with
+    run_dir, every such process in any session (torchrun's ranks), and SIGKILL waits until none is left.
     """
+    if Path("/proc").is_dir() and run_dir:
+        if sig == signal.SIGKILL:
+            process_tree.kill_run(run_id, run_dir, pgid)
+        else:
+            process_tree.signal_run(run_id, run_dir, pgid, sig)
+        # Then the group's marked members too (a tree started before runs carried PROSPECT_RUN_DIR).
     members = _group_members(pgid, run_id)
     if members is None:
         try:
@@ -118,22 +127,21 @@ def kill_run_processes(pgid: int, run_id: int, sig: int = signal.SIGKILL) -> Non
             pass
 
 
-def _stop_group(proc: subprocess.Popen) -> int:
-    """SIGTERM the whole group, SIGKILL it after a grace period; returns the leader's exit code.
+def _stop_group(proc: subprocess.Popen, run_id: int, run_dir: Path) -> int:
+    """SIGTERM the whole tree, SIGKILL what is left after a grace period; returns the leader's exit code.
 
-    The leader is not reaped before the group is signalled, so its pid (= the group id) cannot
-    have been reused by another process.
+    The tree is the launcher's group and every process marked with the run (torchrun's ranks live
+    in sessions of their own). The leader is not reaped before its group is signalled, so its pid
+    (= the group id) cannot have been reused by another process.
     """
-    for sig, wait_for in ((signal.SIGTERM, TERMINATE_GRACE_SECONDS), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            return proc.wait(timeout=wait_for)
-        except subprocess.TimeoutExpired:
-            continue
-    return proc.wait()
+    process_tree.signal_run(run_id, run_dir, proc.pid, signal.SIGTERM)
+    try:
+        exit_code = proc.wait(timeout=TERMINATE_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        exit_code = None
+    # Ranks may outlive their launcher: none of the run's processes is left running after this.
+    process_tree.kill_run(run_id, run_dir, proc.pid if exit_code is None else None)
+    return proc.wait() if exit_code is None else exit_code
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -260,14 +268,28 @@ def build_train_command(run: TrainingRun, *, model: str, data: Path, out: Path) 
         engine_args += ["--lora"]
     if settings.PROSPECT_TRAIN_LAUNCHER == "python":
         return [sys.executable, *engine_args]
+    processes = settings.PROSPECT_NUM_PROCESSES
+    # The engine refuses to train unless it got exactly this many processes.
+    engine_args += ["--expected-world-size", str(processes)]
     launch = [sys.executable, "-m", "accelerate.commands.launch"]
     if settings.PROSPECT_ACCELERATE_CONFIG:
         launch += ["--config_file", settings.PROSPECT_ACCELERATE_CONFIG]
     else:
         # Plain single-machine defaults; spelled out so accelerate does not warn about guessing.
         launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launch += ["--num_processes", str(settings.PROSPECT_NUM_PROCESSES)]
+        if processes > 1:
+            # --multi_gpu is what starts N processes through torchrun, on a GPU host (NCCL) and on a
+            # CPU-only one (gloo) alike; without it accelerate starts one. A free port: not 29500,
+            # which another job on this host may hold.
+            launch += ["--multi_gpu", "--main_process_port", str(_free_port())]
+    launch += ["--num_processes", str(processes)]
     return [*launch, *engine_args]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 # --- Monitoring ----------------------------------------------------------------------------------
@@ -340,7 +362,7 @@ class _Outcome:
 def supervise(run: TrainingRun, command: list[str], run_dir: Path, out_dir: Path, total_steps: int) -> _Outcome:
     """Run `command` in its own session, mirroring its progress into the row until it ends."""
     time_limit = int(run.config.get("time_limit_seconds") or settings.PROSPECT_MAX_RUN_SECONDS)
-    env = dict(os.environ, PROSPECT_RUN_ID=str(run.pk), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **process_tree.run_environment(run.pk, run_dir))
     metrics = _MetricsTail(out_dir / "metrics.jsonl")
     with open(run_dir / "stdout.log", "wb") as stdout, open(run_dir / "stderr.log", "wb") as stderr:
         proc = subprocess.Popen(
@@ -353,7 +375,7 @@ def supervise(run: TrainingRun, command: list[str], run_dir: Path, out_dir: Path
     except BaseException:
         # The monitor itself failed (database gone, worker shutting down): never leave an
         # unsupervised training tree behind.
-        _stop_group(proc)
+        _stop_group(proc, run.pk, run_dir)
         raise
 
 
@@ -375,10 +397,10 @@ def _monitor(run: TrainingRun, proc: subprocess.Popen, metrics: _MetricsTail, ru
             return _Outcome(exit_code)
         if not still_running:
             logger.info("run %s is no longer running (cancelled or reaped): stopping its processes", run.pk)
-            return _Outcome(_stop_group(proc), "no longer running")
+            return _Outcome(_stop_group(proc, run.pk, run_dir), "no longer running")
         if time.monotonic() > deadline:
             logger.warning("run %s exceeded its time limit of %ss: stopping its processes", run.pk, time_limit)
-            return _Outcome(_stop_group(proc), "timeout")
+            return _Outcome(_stop_group(proc, run.pk, run_dir), "timeout")
 
 
 # --- The whole run -------------------------------------------------------------------------------
