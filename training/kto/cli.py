@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save-steps", type=int, default=defaults.save_steps, help="checkpoint every N steps (0: never)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    train.add_argument("--expected-world-size", type=int, default=None,
+                       help="refuse to train unless the launcher started exactly this many processes "
+                            "(default: $PROSPECT_EXPECTED_WORLD_SIZE, else not checked)")
 
     evaluate = commands.add_parser("evaluate", help="loss, reward accuracy and mean rewards on a JSONL file")
     evaluate.add_argument("--model", required=True)
@@ -133,6 +136,10 @@ def run(args: argparse.Namespace) -> dict:
         from .trainer import train
 
         options = {key: value for key, value in vars(args).items() if key not in ("command", "no_progress")}
+        if options["expected_world_size"] is None:
+            from .distributed import expected_world_size_from_env
+
+            options["expected_world_size"] = expected_world_size_from_env()
         return train(TrainConfig(progress=not args.no_progress, **options))
     if args.command == "evaluate":
         from .evaluation import evaluate

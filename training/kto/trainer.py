@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from . import data as kto_data
+from . import distributed as kto_distributed
 from . import loss as kto_loss
 from .balancing import balance_weights
 from .modeling import SequenceLogProbs, is_peft_dir, load_causal_lm, load_tokenizer, model_fingerprint
@@ -72,6 +73,7 @@ class TrainConfig:
     save_steps: int = 0  # 0: no intermediate checkpoints
     resume: bool = False
     progress: bool = True  # the tqdm bar on stderr
+    expected_world_size: int = 0  # > 0: refuse to train unless the launcher started exactly this many processes
 
     # Fields that change the result: a resumed run must match the original on these.
     RESULT_FIELDS = ("model", "data", "loss", "beta", "learning_rate", "per_device_train_batch_size",
@@ -405,10 +407,15 @@ def save_checkpoint(out: Path, step: int, epoch: int, model, optimizer, schedule
         temporary.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), temporary / f"rng-{accelerator.process_index}.pt")
+    sharded = kto_distributed.is_sharded(accelerator)
+    if sharded:
+        # Every rank writes its shard of the weights and optimizer state (resumed with load_state).
+        accelerator.save_state(str(temporary / kto_distributed.SHARDED_STATE_DIR))
     if accelerator.is_main_process:
-        model.save_pretrained(temporary)
+        if not sharded:
+            model.save_pretrained(temporary)
+            torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
         tokenizer.save_pretrained(temporary)
-        torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
         torch.save(scheduler.state_dict(), temporary / "scheduler.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -531,6 +538,11 @@ def train(config: TrainConfig) -> dict | None:
     # cpu=True without CUDA: under `accelerate launch --num_processes N` this selects gloo
     # multi-CPU data parallelism instead of N independent single processes.
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
+    problem = (kto_distributed.world_size_problem(accelerator.num_processes, config.expected_world_size)
+               or kto_distributed.unsupported_backend_problem(accelerator))
+    if problem:
+        accelerator.end_training()
+        raise TrainingError(problem)
     set_seed(config.seed)  # CPU kernels are deterministic for a fixed thread count
     steps = plan_steps(examples, config, accelerator.num_processes)
     if not steps:
@@ -589,13 +601,20 @@ def train(config: TrainConfig) -> dict | None:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor)
     policy_ddp, optimizer = accelerator.prepare(policy, optimizer)
+    # Sharded (FSDP): only the wrapped model's forward gathers the parameters, so every pass goes through it.
+    policy_for_no_grad = policy_ddp if kto_distributed.is_sharded(accelerator) else policy
+    if reference is not None and reference.module is policy:
+        reference.module = policy_for_no_grad
 
     start_step = 0
     if config.resume:
         checkpoint = latest_checkpoint(out)
-        if checkpoint is not None:
+        if checkpoint is not None and kto_distributed.is_sharded(accelerator):
+            accelerator.load_state(str(checkpoint / kto_distributed.SHARDED_STATE_DIR))  # model + optimizer shards
+        if checkpoint is not None and not kto_distributed.is_sharded(accelerator):
             load_checkpoint_weights(policy.model, checkpoint)
             optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=False))
+        if checkpoint is not None:
             scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
             _set_rng_state(torch.load(checkpoint / f"rng-{accelerator.process_index}.pt", weights_only=False))
             start_step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
@@ -637,7 +656,7 @@ def train(config: TrainConfig) -> dict | None:
             # Gradients are averaged across processes only on the last microbatch of the step.
             sync_context = contextlib.nullcontext() if is_last else accelerator.no_sync(policy_ddp)
             with sync_context, accelerator.autocast():
-                loss, stats = microbatch_loss(policy_ddp, policy, reference, device_batch, config, class_weights,
+                loss, stats = microbatch_loss(policy_ddp, policy_for_no_grad, reference, device_batch, config, class_weights,
                                               tokenizer.pad_token_id)
                 accelerator.backward(loss / len(microbatches))
             _accumulate(window, loss, stats)
@@ -679,10 +698,11 @@ def train(config: TrainConfig) -> dict | None:
 
     # 7. final/: written under a temporary name, then renamed — never half a final model.
     final = out / "final"
+    state_dict = kto_distributed.full_state_dict(accelerator, policy_ddp)  # every rank: FSDP gathers the shards
     if accelerator.is_main_process:
         temporary = out / f".final.tmp-{os.getpid()}"
         shutil.rmtree(temporary, ignore_errors=True)
-        accelerator.unwrap_model(policy_ddp).model.save_pretrained(temporary)
+        accelerator.unwrap_model(policy_ddp).model.save_pretrained(temporary, state_dict=state_dict)
         tokenizer.save_pretrained(temporary)
         write_json_atomic(temporary / "prospect_training.json", {
             "base_model": base_model_path, "loss": config.loss, "lora": config.lora, "steps": len(steps),
@@ -701,9 +721,9 @@ def train(config: TrainConfig) -> dict | None:
     }
     summary.update({key: last_logged.get(key) for key in ("loss", "z0", "reward_accuracy", "reward_margin")})
     is_main = accelerator.is_main_process
-    # Tear the process group down before the interpreter exits: a gloo group left alive can abort
-    # a worker at exit ("terminate called without an active exception").
-    accelerator.end_training()
+    # The wrappers first, then the process group (see distributed.py): a rank could otherwise hang at exit.
+    del policy_ddp, policy_for_no_grad, optimizer, state_dict, reference
+    kto_distributed.shut_down(accelerator)
     # Under `accelerate launch` only the main process reports (one JSON line for the whole run).
     return summary if is_main else None
 
