@@ -16,10 +16,11 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from tests.scaleout.conftest import wait_for
-from training import process_tree, runner, services
+from tests.helpers import free_port, wait_for
+from feedback.models import DatasetSnapshot
+from training import process_tree, processes, runner, runs
 from training.models import ModelVersion, TrainingRun
-from training.runner import process_alive
+from training.processes import process_alive
 from training.selectors import active_version
 
 pytestmark = pytest.mark.slow
@@ -27,10 +28,6 @@ pytestmark = pytest.mark.slow
 RANKS = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _marked_processes(run: TrainingRun) -> list[int]:
@@ -41,20 +38,19 @@ def test_reaper_kills_ranks_that_left_the_launchers_group(transactional_db, tmp_
     """A dead worker's run: the reaper SIGKILLs the launcher's group and every rank, wherever it lives."""
     dead_worker = subprocess.Popen([sys.executable, "-c", "pass"])
     dead_worker.wait()
-    from feedback.models import DatasetSnapshot
-
     snapshot = DatasetSnapshot.objects.create(path="/nonexistent", sha256="0" * 64)
     run_dir = tmp_path / "run-dir"
     run_dir.mkdir()
     run = TrainingRun.objects.create(snapshot=snapshot, status=TrainingRun.Status.RUNNING, started_at=timezone.now(),
                                      heartbeat_at=timezone.now(), worker_hostname=socket.gethostname(),
-                                     worker_pid=dead_worker.pid, artifact_dir=str(run_dir))
+                                     worker_pid=dead_worker.pid, artifact_dir=str(run_dir),
+                                     desirable_weight=1.0, undesirable_weight=1.0)
     # The tree exactly as the runner starts it: own session, marked environment, torchrun ranks.
     env = dict(os.environ, OMP_NUM_THREADS="1", **process_tree.run_environment(run.pk, run_dir))
     launcher = subprocess.Popen(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(RANKS),
          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-         str(_free_port()), str(Path(__file__).with_name("rank_stand_in.py")), str(run_dir)],
+         str(free_port()), str(Path(__file__).with_name("rank_stand_in.py")), str(run_dir)],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
     try:
@@ -64,7 +60,7 @@ def test_reaper_kills_ranks_that_left_the_launchers_group(transactional_db, tmp_
         assert all(os.getsid(pid) != os.getsid(launcher.pid) for pid in ranks)  # the premise: other sessions
         TrainingRun.objects.filter(pk=run.pk).update(process_group_id=launcher.pid)
 
-        assert services.reap_orphaned_runs() == [run.pk]
+        assert runs.reap_orphaned_runs() == [run.pk]
 
         assert launcher.wait(timeout=30) == -signal.SIGKILL
         wait_for(lambda: not any(process_alive(pid) for pid in ranks), 30, "every rank to be gone")
@@ -85,9 +81,9 @@ def test_cancel_with_no_grace_stops_every_rank_of_a_two_process_run(demo_loop, l
     settings.PROSPECT_ACCELERATE_CONFIG = ""
     settings.PROSPECT_NUM_PROCESSES = RANKS
     settings.PROSPECT_RUN_POLL_SECONDS = 0.5
-    monkeypatch.setattr(runner, "TERMINATE_GRACE_SECONDS", 0)
+    monkeypatch.setattr(processes, "TERMINATE_GRACE_SECONDS", 0)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    run = services.start_run(config={"max_steps": 10_000, "time_limit_seconds": 3600})
+    run = runs.start_run(config={"max_steps": 10_000, "time_limit_seconds": 3600})
     observed: dict = {}
 
     def cancel_after_the_first_steps():
@@ -99,7 +95,7 @@ def test_cancel_with_no_grace_stops_every_rank_of_a_two_process_run(demo_loop, l
             wait_for(training, 300, "two training steps")
             current = TrainingRun.objects.get(pk=run.pk)
             observed["processes"] = _marked_processes(current)
-            services.cancel_run(current)
+            runs.cancel_run(current)
         finally:
             connection.close()
 
