@@ -50,6 +50,7 @@ def evaluate(model_dir: str, data_path: str, reference_dir: str | None = None, b
     reference_dir = reference_dir or default_reference(model_dir)
     model = load_causal_lm(model_dir).eval()
     policy = SequenceLogProbs(model)
+    policy.verify()
     reference = None
     if adapter:
         reference = Reference(policy, disable_adapter=True)  # the base is the adapter's reference

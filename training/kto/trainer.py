@@ -550,6 +550,7 @@ def train(config: TrainConfig) -> dict | None:
                                                  lora_dropout=config.lora_dropout, target_modules="all-linear",
                                                  task_type="CAUSAL_LM"))
     policy = SequenceLogProbs(model).to(accelerator.device)
+    policy.verify()  # refuses an architecture whose log-probs the engine cannot reproduce exactly
     needs_reference = config.loss not in ("sft", "reference_free")
     reference = None
     if needs_reference and config.lora:
