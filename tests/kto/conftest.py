@@ -1,5 +1,5 @@
-"""Engine-only fixtures: a small simulated-feedback dataset from the demo model, and the real
-tokenizer families (byte-level BPE, SentencePiece) with tiny random models on them."""
+"""Engine-only fixtures: a small simulated-feedback dataset from the demo model, and each real
+tokenizer family in turn (bpe_model_dir / sentencepiece_model_dir live in tests/conftest.py)."""
 from __future__ import annotations
 
 import os
@@ -19,22 +19,6 @@ def feedback_jsonl(demo_model_dir, tmp_path_factory) -> str:
 
     rows = simulated_feedback(demo_model_dir, n_prompts=300, seed=1, samples_per_prompt=2)
     return write_jsonl(rows, tmp_path_factory.mktemp("feedback") / "feedback.jsonl")
-
-
-@pytest.fixture(scope="session")
-def bpe_model_dir() -> str:
-    """Byte-level BPE tokenizer (GPT-2/Qwen style, ChatML template) + a tiny random Qwen2."""
-    from training.kto.testing import get_or_build_fixture_model
-
-    return get_or_build_fixture_model("bpe", "qwen2")
-
-
-@pytest.fixture(scope="session")
-def sentencepiece_model_dir() -> str:
-    """SentencePiece-style tokenizer (Llama 2/Mistral style, BOS, [INST] template) + a tiny random Llama."""
-    from training.kto.testing import get_or_build_fixture_model
-
-    return get_or_build_fixture_model("sentencepiece", "llama")
 
 
 @pytest.fixture(params=["bpe", "sentencepiece"])

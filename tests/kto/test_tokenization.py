@@ -45,7 +45,7 @@ def trl_trainer(model_dir, rows, tmp_path, max_length=1024, batch_size=2):
     from trl import KTOConfig, KTOTrainer
 
     args = KTOConfig(output_dir=str(tmp_path / "trl"), report_to="none", per_device_train_batch_size=batch_size,
-                     use_cpu=True, bf16=False, gradient_checkpointing=False, max_length=max_length,
+                     use_cpu=True, bf16=False, activation_checkpointing=False, max_length=max_length,
                      dataset_num_proc=None)
     return KTOTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(rows),
                       processing_class=load_tokenizer(model_dir))
