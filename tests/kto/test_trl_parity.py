@@ -152,3 +152,24 @@ def test_trl_compat_run_matches_trl(family_model_dir, conversational, lora, tmp_
         if reference is not None:
             moved = max(moved, (tensor - reference).abs().max().item())
     assert moved > 1e-3  # the run changed the weights far more than the tolerance
+
+
+@pytest.mark.parametrize("loss", ["dpo", "sft", "concave"])
+def test_trl_compat_refuses_losses_trls_kto_trainer_does_not_have(bpe_model_dir, tmp_path, loss):
+    from training.kto.trainer import TrainConfig, TrainingError, check_config
+
+    config = TrainConfig(model=bpe_model_dir, data=str(tmp_path / "d.jsonl"), out=str(tmp_path / "out"), loss=loss,
+                         trl_compat=True)
+    with pytest.raises(TrainingError, match="--trl-compat reproduces TRL's KTOTrainer"):
+        check_config(config)
+
+
+def test_trl_order_and_pairing():
+    from training.kto.data import plan_trl_steps, trl_mismatched_partners
+
+    steps = plan_trl_steps(7, microbatch_size=2, world_size=1, gradient_accumulation_steps=2, num_train_epochs=2)
+    assert steps == [(0, [[0, 1], [2, 3]]), (0, [[4, 5], [6]]), (1, [[0, 1], [2, 3]]), (1, [[4, 5], [6]])]
+    assert plan_trl_steps(7, 2, 1, 2, num_train_epochs=1.5) == steps[:3]  # ceil(1.5 × 2 steps)
+    assert trl_mismatched_partners(4) == [3, 0, 1, 2] and trl_mismatched_partners(1) == [0]
+    with pytest.raises(ValueError, match="one process"):
+        plan_trl_steps(8, 2, world_size=2, gradient_accumulation_steps=1, num_train_epochs=1)
