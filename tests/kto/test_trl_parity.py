@@ -98,23 +98,24 @@ def run_trl(model_dir, data_path, out_dir, lora: bool, max_length: int):
     return step_losses, weights, len(trainer.train_dataset)
 
 
-def run_engine(model_dir, data_path, out_dir, lora: bool, max_length: int, run_cli):
-    options = ["--beta", SETTINGS["beta"], "--learning-rate", SETTINGS["learning_rate"],
-               "--per-device-train-batch-size", SETTINGS["per_device_train_batch_size"],
-               "--gradient-accumulation-steps", SETTINGS["gradient_accumulation_steps"],
-               "--num-train-epochs", SETTINGS["num_train_epochs"], "--warmup-ratio", SETTINGS["warmup"],
-               "--weight-decay", SETTINGS["weight_decay"], "--max-grad-norm", SETTINGS["max_grad_norm"],
-               "--seed", SETTINGS["seed"], "--desirable-weight", SETTINGS["desirable_weight"],
-               "--undesirable-weight", SETTINGS["undesirable_weight"], "--max-length", max_length,
-               "--loss", "kto", "--bf16", "no", "--logging-steps", 1, "--save-steps", 0, "--max-steps", -1]
-    if lora:
-        options += ["--lora", "--lora-r", SETTINGS["lora_r"], "--lora-alpha", SETTINGS["lora_alpha"],
-                    "--lora-dropout", 0.0]
-    run_cli("train", "--model", model_dir, "--data", str(data_path), "--out", str(out_dir), "--trl-compat",
-            "--no-progress", *map(str, options))
-    metrics = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+def run_engine(model_dir, data_path, out_dir, lora: bool, max_length: int):
+    """The engine in this process (as `train --trl-compat` runs it; the CLI is tested elsewhere)."""
     from safetensors.torch import load_file
 
+    from training.kto.trainer import TrainConfig, train
+
+    config = TrainConfig(
+        model=model_dir, data=str(data_path), out=str(out_dir), trl_compat=True, progress=False, loss="kto",
+        beta=SETTINGS["beta"], learning_rate=SETTINGS["learning_rate"],
+        per_device_train_batch_size=SETTINGS["per_device_train_batch_size"],
+        gradient_accumulation_steps=SETTINGS["gradient_accumulation_steps"],
+        num_train_epochs=SETTINGS["num_train_epochs"], warmup_ratio=SETTINGS["warmup"],
+        weight_decay=SETTINGS["weight_decay"], max_grad_norm=SETTINGS["max_grad_norm"], seed=SETTINGS["seed"],
+        desirable_weight=SETTINGS["desirable_weight"], undesirable_weight=SETTINGS["undesirable_weight"],
+        max_length=max_length, bf16="no", logging_steps=1, save_steps=0, max_steps=-1, lora=lora,
+        lora_r=SETTINGS["lora_r"], lora_alpha=SETTINGS["lora_alpha"], lora_dropout=0.0)
+    train(config)
+    metrics = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     final = out_dir / "final"
     weights = load_file(final / ("adapter_model.safetensors" if lora else "model.safetensors"))
     return [record["loss"] for record in metrics], weights
@@ -129,7 +130,7 @@ def _trl_name(name: str, trl_weights: dict, lora: bool) -> str:
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 @pytest.mark.parametrize("conversational", [False, True], ids=["standard", "conversational"])
-def test_trl_compat_run_matches_trl(family_model_dir, conversational, lora, tmp_path, run_cli):
+def test_trl_compat_run_matches_trl(family_model_dir, conversational, lora, tmp_path):
     from training.kto.modeling import load_causal_lm
 
     data_path = tmp_path / "data.jsonl"
@@ -138,8 +139,7 @@ def test_trl_compat_run_matches_trl(family_model_dir, conversational, lora, tmp_
     max_length = max_length_for(family_model_dir, rows)
     trl_losses, trl_weights, n_kept = run_trl(family_model_dir, data_path, tmp_path / "trl", lora, max_length)
     assert n_kept == N_ROWS - 1  # TRL dropped the row whose prompt fills max_length
-    engine_losses, engine_weights = run_engine(family_model_dir, data_path, tmp_path / "engine", lora, max_length,
-                                               run_cli)
+    engine_losses, engine_weights = run_engine(family_model_dir, data_path, tmp_path / "engine", lora, max_length)
 
     assert len(engine_losses) == len(trl_losses) == 9
     torch.testing.assert_close(torch.tensor(engine_losses), torch.tensor(trl_losses), rtol=0, atol=1e-5)
@@ -173,3 +173,15 @@ def test_trl_order_and_pairing():
     assert trl_mismatched_partners(4) == [3, 0, 1, 2] and trl_mismatched_partners(1) == [0]
     with pytest.raises(ValueError, match="one process"):
         plan_trl_steps(8, 2, world_size=2, gradient_accumulation_steps=1, num_train_epochs=1)
+
+
+def test_the_cli_flags_reach_the_trainer(bpe_model_dir, tmp_path, run_cli):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in parity_rows(False)))
+    result = run_cli("train", "--model", bpe_model_dir, "--data", str(data), "--out", str(tmp_path / "out"),
+                     "--trl-compat", "--loss", "dpo", check=False)
+    assert result.returncode == 2 and "--trl-compat reproduces TRL's KTOTrainer" in result.stderr
+    result = run_cli("train", "--model", bpe_model_dir, "--data", str(data), "--out", str(tmp_path / "out"),
+                     "--max-prompt-length", "0", check=False)
+    assert result.returncode == 2 and "--max-prompt-length must be at least 1" in result.stderr
+    assert not (tmp_path / "out").exists()
