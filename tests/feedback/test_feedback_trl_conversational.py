@@ -121,7 +121,8 @@ def test_an_export_imports_back_unchanged(tmp_path):
      "line 1: field 'completion': is a list of messages but the prompt is a string"),
     ({"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "user", "content": "a"}], "label": True},
      "line 1: field 'completion': as messages must be exactly one assistant message"),
-    ({"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": " "}], "label": True},
+    ({"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": " "}],
+      "label": True},
      "line 1: field 'completion': must not be empty"),
 ])
 def test_a_bad_message_completion_is_named(tmp_path, row, expected):

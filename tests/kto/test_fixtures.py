@@ -43,7 +43,8 @@ def test_cached_fixtures_have_their_tokenizer_and_model(bpe_model_dir, sentencep
 
     from training.kto.modeling import load_tokenizer
 
-    for path, model_type, eos in ((bpe_model_dir, "qwen2", "<|endoftext|>"), (sentencepiece_model_dir, "llama", "</s>")):
+    for path, model_type, eos in ((bpe_model_dir, "qwen2", "<|endoftext|>"),
+                                  (sentencepiece_model_dir, "llama", "</s>")):
         tokenizer = load_tokenizer(path)
         assert AutoConfig.from_pretrained(path).model_type == model_type
         assert tokenizer.eos_token == eos and tokenizer.chat_template

@@ -1,4 +1,5 @@
-"""`python -m training.kto score`: per row, the completion log-prob the loss uses, checked against the model's forward."""
+"""`python -m training.kto score`: per row, the completion log-prob the loss uses, checked against the
+model's own forward."""
 from __future__ import annotations
 
 import json
@@ -23,7 +24,8 @@ def forward_logp(model, tokenizer, row) -> tuple[float, int]:
     if isinstance(row["prompt"], list):
         completion = row["completion"] if isinstance(row["completion"], list) else \
             [{"role": "assistant", "content": row["completion"]}]
-        prompt_ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, return_dict=True)["input_ids"]
+        prompt_ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True,
+                                                   return_dict=True)["input_ids"]
         full_ids = tokenizer.apply_chat_template(row["prompt"] + completion, return_dict=True)["input_ids"]
     else:
         prompt_ids = tokenizer(row["prompt"])["input_ids"]
@@ -56,7 +58,8 @@ def test_score_truncates_as_training_does(bpe_model_dir, tmp_path, run_cli):
     data = tmp_path / "rows.jsonl"
     data.write_text(json.dumps(ROWS[2]) + "\n")
     scores = {}
-    for name, extra in (("full", []), ("engine", ["--max-length", "12"]), ("trl", ["--max-length", "12", "--trl-compat"])):
+    for name, extra in (("full", []), ("engine", ["--max-length", "12"]),
+                        ("trl", ["--max-length", "12", "--trl-compat"])):
         out = tmp_path / f"{name}.jsonl"
         run_cli("score", "--model", bpe_model_dir, "--data", str(data), "--out", str(out), *extra)
         scores[name] = json.loads(out.read_text())

@@ -122,7 +122,8 @@ def test_demo_tokenizer_renders_assistant_turns_like_its_training_data():
 
 def test_a_template_without_assistant_turns_is_a_clear_error(bpe_model_dir, tmp_path):
     tokenizer = load_tokenizer(bpe_model_dir)
-    tokenizer.chat_template = "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}{% endfor %}"
+    tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}"
+                               "{% endfor %}")
     examples = kto_data.read_kto_jsonl(write_jsonl(tmp_path / "d.jsonl", CHAT_ROWS[:1]))
     with pytest.raises(kto_data.DataError, match="line 1: the completion has no tokens"):
         kto_data.tokenize_examples(tokenizer, examples)

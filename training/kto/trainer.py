@@ -497,7 +497,8 @@ def check_config(config: TrainConfig) -> None:
     if config.loss not in kto_loss.LOSS_TYPES:
         raise TrainingError(f"--loss must be one of {', '.join(kto_loss.LOSS_TYPES)}, got {config.loss!r}")
     if config.trl_compat and config.loss != "kto":
-        raise TrainingError(f"--trl-compat reproduces TRL's KTOTrainer, which trains --loss kto; got --loss {config.loss}")
+        raise TrainingError("--trl-compat reproduces TRL's KTOTrainer, which trains --loss kto; "
+                            f"got --loss {config.loss}")
     if config.max_prompt_length is not None and config.max_prompt_length < 1:
         raise TrainingError(f"--max-prompt-length must be at least 1, got {config.max_prompt_length}")
     if config.reference not in ("precompute", "copy"):
