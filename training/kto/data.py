@@ -18,6 +18,11 @@ from typing import Any, Sequence
 import torch
 
 
+# Bumped whenever the engine's tokenization changes the ids a row becomes: part of the identity of
+# cached reference log-probs (trainer.reference_identity).
+TOKENIZATION_VERSION = 1
+
+
 class DataError(ValueError):
     """A bad data file; the message names the file, the line and the field."""
 

@@ -72,7 +72,8 @@ class SequenceLogProbs(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, completion_mask: torch.Tensor):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, completion_mask: torch.Tensor,
+                per_token: bool = False):
         causal_lm = _causal_lm(self.model)
         backbone = getattr(causal_lm, causal_lm.base_model_prefix)
         # attention_mask may be None when the batch has no padding (decided on the host by the
@@ -89,4 +90,6 @@ class SequenceLogProbs(nn.Module):
         logps = torch.zeros(input_ids.shape[0], device=input_ids.device, dtype=token_logps.dtype)
         logps = logps.index_add(0, sequence_index, token_logps)
         token_counts = predicts_completion.sum(-1)
+        if per_token:  # also every completion token's log-prob, sequence after sequence (offline PPO)
+            return logps, token_counts, token_logps
         return logps, token_counts
