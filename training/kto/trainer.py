@@ -465,7 +465,7 @@ def plan_steps(examples, config: TrainConfig, world_size: int) -> list[tuple[int
     """Every optimizer step as (epoch, its global microbatches). Deterministic in the seed, so a
     resumed run replays exactly the same order."""
     micro = config.per_device_train_batch_size * world_size
-    if config.loss == "dpo":
+    if config.variant.paired:
         lengths = [max(kto_data.sequence_length(examples[2 * k], config.max_length),
                        kto_data.sequence_length(examples[2 * k + 1], config.max_length))
                    for k in range(len(examples) // 2)]
