@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 from django.core.exceptions import ImproperlyConfigured
 
 from config.env import env_bool, env_float, env_int, env_str
+from training.kto.defaults import PAPER_GRADIENT_ACCUMULATION_STEPS
 from config.settings import DATA_DIR, REDIS_URL
 
 # --- Run limits ------------------------------------------------------------------------------
@@ -55,7 +56,8 @@ PROSPECT_TRAIN_LEARNING_RATE = env_float("PROSPECT_TRAIN_LEARNING_RATE", 5e-6)
 PROSPECT_TRAIN_EPOCHS = env_float("PROSPECT_TRAIN_EPOCHS", 1.0)
 PROSPECT_TRAIN_MAX_STEPS = env_int("PROSPECT_TRAIN_MAX_STEPS", 0)  # 0: no cap
 PROSPECT_TRAIN_BATCH_SIZE = env_int("PROSPECT_TRAIN_BATCH_SIZE", 8)
-PROSPECT_TRAIN_GRAD_ACCUM = env_int("PROSPECT_TRAIN_GRAD_ACCUM", 1)
+# The paper's effective batch of 32 (8 per device × 4), passed explicitly to the engine.
+PROSPECT_TRAIN_GRAD_ACCUM = env_int("PROSPECT_TRAIN_GRAD_ACCUM", PAPER_GRADIENT_ACCUMULATION_STEPS)
 PROSPECT_TRAIN_MAX_LENGTH = env_int("PROSPECT_TRAIN_MAX_LENGTH", 512)
 PROSPECT_TRAIN_LOSS = env_str("PROSPECT_TRAIN_LOSS", "kto")
 PROSPECT_TRAIN_LAMBDA_MODE = env_str("PROSPECT_TRAIN_LAMBDA_MODE", "auto")

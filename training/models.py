@@ -6,6 +6,9 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from training.kto import defaults
+from training.kto.loss import LOSS_TYPES
+
 
 class ModelVersion(models.Model):
     class Status(models.TextChoices):
@@ -112,14 +115,8 @@ class TrainingPolicy(models.Model):
         DOWNSIDE_FIRST = "downside_first", "automatic, downside first"
         MANUAL = "manual", "manual weights"
 
-    class Loss(models.TextChoices):
-        KTO = "kto"
-        NO_Z0 = "no_z0"
-        CONCAVE = "concave"
-        RISK_NEUTRAL = "risk_neutral"
-        REFERENCE_FREE = "reference_free"
-        SFT = "sft"
-        DPO = "dpo"
+    # One choice per row of the engine's variant table (training/kto/loss.py).
+    Loss = models.TextChoices("Loss", [(name.upper(), name) for name in LOSS_TYPES])
 
     class Judge(models.TextChoices):
         NONE = "none", "none (holdout metrics only)"
@@ -144,7 +141,8 @@ class TrainingPolicy(models.Model):
     )
     # KTO's z0 pairs each prompt with another example's completion: a microbatch needs ≥ 2.
     per_device_train_batch_size = models.PositiveIntegerField(default=8, validators=[MinValueValidator(2)])
-    gradient_accumulation_steps = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
+    gradient_accumulation_steps = models.PositiveIntegerField(
+        default=defaults.PAPER_GRADIENT_ACCUMULATION_STEPS, validators=[MinValueValidator(1)])
     max_length = models.PositiveIntegerField(default=512, validators=[MinValueValidator(8)])
     loss = models.CharField(max_length=20, choices=Loss.choices, default=Loss.KTO)
     lambda_mode = models.CharField(max_length=20, choices=LambdaMode.choices, default=LambdaMode.AUTO)

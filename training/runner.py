@@ -31,6 +31,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from training.kto import defaults
 from training.models import ModelVersion, TrainingPolicy, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -251,6 +252,11 @@ def build_train_command(run: TrainingRun, *, model: str, data: Path, out: Path) 
         "--undesirable-weight", repr(undesirable_weight),
         "--seed", str(int(config["seed"])),
         "--loss", str(config["loss"]),
+        # Flags the paper leaves open, explicit because the engine's own defaults are TRL's.
+        "--warmup-ratio", repr(defaults.LOOP_WARMUP_RATIO),
+        "--logging-steps", str(defaults.LOOP_LOGGING_STEPS),
+        "--save-steps", str(defaults.LOOP_SAVE_STEPS),
+        "--gradient-checkpointing" if defaults.LOOP_GRADIENT_CHECKPOINTING else "--no-gradient-checkpointing",
         # The run page draws its own progress bar; a tqdm bar would only clutter the log tail.
         "--no-progress",
     ]

@@ -16,6 +16,7 @@ PAPER_BETA = 0.1
 PAPER_LEARNING_RATE = 5e-6
 PAPER_EFFECTIVE_BATCH = 32  # examples per optimizer step; the paper recommends 8-128
 PAPER_MICROBATCH = 8  # per-device examples; z0 needs >= 2
+PAPER_GRADIENT_ACCUMULATION_STEPS = PAPER_EFFECTIVE_BATCH // PAPER_MICROBATCH  # on one process
 # λ_D·n_D / (λ_U·n_U) aimed at when the data lies outside [1, 3/2] (paper Eq. 7; 4/3 was its
 # best setting on HH, SHP and OASST).
 TARGET_RATIO = 4 / 3

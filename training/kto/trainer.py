@@ -453,6 +453,18 @@ def prepare_examples(config: TrainConfig, tokenizer) -> tuple[list[kto_data.Toke
     return tokenized, n_desirable, len(examples) - n_desirable
 
 
+def add_token_rows(model, vocabulary_size: int) -> None:
+    """Rows for added tokens, set to the mean of the existing ones: a neutral input, and (as an
+    output row) an average logit, so the model is not drawn to emit a token it never saw."""
+    old_size = model.get_input_embeddings().num_embeddings
+    model.resize_token_embeddings(vocabulary_size, mean_resizing=False)
+    with torch.no_grad():
+        for layer in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}:
+            layer.weight[old_size:] = layer.weight[:old_size].mean(0)
+            if getattr(layer, "bias", None) is not None:
+                layer.bias[old_size:] = layer.bias[:old_size].mean()
+
+
 def csft_control_ids(tokenizer) -> tuple[int, int]:
     """Ids of CSFT's control tokens, added to the tokenizer as special tokens when missing."""
     missing = [token for token in defaults.CSFT_CONTROL_TOKENS if token not in tokenizer.get_vocab()]
@@ -727,7 +739,7 @@ def train(config: TrainConfig) -> dict | None:
     base_model_path = str(Path(config.model).resolve())
     model = load_causal_lm(base_model_path)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # csft's control tokens
-        model.resize_token_embeddings(len(tokenizer))
+        add_token_rows(model, len(tokenizer))
     if not config.keep_dropout:
         disable_dropout(model)  # before LoRA, so an explicit --lora-dropout still applies
     if config.gradient_checkpointing:
