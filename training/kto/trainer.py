@@ -447,8 +447,8 @@ def prepare_examples(config: TrainConfig, tokenizer) -> tuple[list[kto_data.Toke
     if config.loss == "csft":
         # Conditional SFT: the label's control token ends the prompt, so the completion is learnt
         # "given <|good|>" or "given <|bad|>"; generation then appends <|good|> (csft_control_ids).
-        desirable_id, undesirable_id = csft_control_ids(tokenizer)
-        tokenized = [kto_data.TokenizedExample(example.prompt_ids + ((desirable_id if example.label else undesirable_id),),
+        control_ids = dict(zip((True, False), csft_control_ids(tokenizer)))
+        tokenized = [kto_data.TokenizedExample(example.prompt_ids + (control_ids[example.label],),
                                                example.completion_ids, example.label) for example in tokenized]
     return tokenized, n_desirable, len(examples) - n_desirable
 
@@ -935,8 +935,8 @@ def train(config: TrainConfig) -> dict | None:
     summary = {
         "out": str(out), "final": str(final), "steps": len(steps), "resumed_from_step": start_step,
         "skipped_steps": skipped_steps, "loss_type": config.loss, "lora": config.lora,
-        "desirable_weight": class_weights["desirable_weight"], "undesirable_weight": class_weights["undesirable_weight"],
-        "train_runtime_s": round(train_runtime, 3),
+        "desirable_weight": class_weights["desirable_weight"],
+        "undesirable_weight": class_weights["undesirable_weight"], "train_runtime_s": round(train_runtime, 3),
         "examples_per_s": trained_examples / train_runtime if train_runtime > 0 else None,
         "tokens_per_s": trained_tokens / train_runtime if train_runtime > 0 else None,
         "reference": ("none" if not variant.needs_reference else "precompute" if precompute else "copy"),
