@@ -1,12 +1,13 @@
-"""Held-out accuracy on the demo task: SFT (the demo model) vs SFT+KTO, SFT+DPO (same data,
-paired), the KTO ablations, and the paper's imbalance test (drop 90% of desirable examples,
-automatic λ) against DPO on the full pairs. Several seeds; mean and spread.
+"""Held-out accuracy on the demo task: SFT (the demo model) vs SFT+KTO, the paper's baselines on the
+same data (DPO and SLiC on its paired subset, offline PPO with ±1 rewards, CSFT, more SFT), the KTO
+ablations, and the paper's imbalance test (drop 90% of desirable examples, automatic λ) against DPO
+on the full pairs. Several seeds; mean and spread.
 
 Per seed: sample 2 completions for each of 300 train prompts from the demo model (temperature 1),
 label them with the simulated annotator, train every method on that same file with the same
 settings, and measure greedy exact-match accuracy on the 200 held-out prompts.
 
-    python bench/quality.py                 # 3 seeds, ≈ 10-15 min on 2 CPU cores
+    python bench/quality.py                 # 3 seeds, ≈ 15-20 min on 2 CPU cores
     python bench/quality.py --seeds 0,1,2,3,4 --learning-rate 1e-4
 Ends with one JSON line: {"bench": "quality", ...}.
 """
@@ -29,6 +30,9 @@ METHODS = [
     # name, loss, data variant, class weights
     ("kto", "kto", "full", "auto"),
     ("dpo", "dpo", "full", "auto"),
+    ("slic", "slic", "full", "auto"),
+    ("ppo_offline", "ppo_offline", "full", "auto"),
+    ("csft", "csft", "full", "auto"),
     ("sft_on_desirable", "sft", "full", "auto"),
     ("kto_no_z0", "no_z0", "full", "auto"),
     ("kto_concave", "concave", "full", "auto"),
@@ -55,6 +59,7 @@ def main() -> None:
 
     import torch
 
+    from training.kto import defaults
     from training.kto.demo import demo_accuracy, demo_prompts
     from training.kto.demo_feedback import simulated_feedback, write_jsonl
     from training.kto.testing import get_or_build_demo_model
@@ -88,6 +93,8 @@ def main() -> None:
                     gradient_accumulation_steps=args.grad_accum, num_train_epochs=args.epochs, max_length=32,
                     desirable_weight="auto" if weights == "auto" else 1.0,
                     undesirable_weight="auto" if weights == "auto" else 1.0,
+                    # The schedule the loop uses (explicit: the engine's own defaults are TRL's).
+                    warmup_ratio=defaults.LOOP_WARMUP_RATIO, gradient_checkpointing=False, save_steps=0,
                     seed=seed, progress=False, logging_steps=10))
                 accuracy = demo_accuracy(summary["final"], heldout)
                 accuracies[name].append(accuracy)
@@ -115,6 +122,9 @@ def main() -> None:
         "sft_accuracy": round(sft_accuracy, 4),
         "accuracy": results,
         "kto_ge_dpo": _ge(results, "kto", "dpo"),
+        "kto_ge_ppo_offline": _ge(results, "kto", "ppo_offline"),
+        "kto_ge_slic": _ge(results, "kto", "slic"),
+        "kto_ge_csft": _ge(results, "kto", "csft"),
         "imbalanced_kto_auto_lambda_ge_dpo_full_pairs": _ge(results, "kto_imbalanced_auto_lambda", "dpo"),
         "kto_improvement_over_sft": (round(results["kto"]["mean"] - sft_accuracy, 4) if "kto" in results else None),
         "minutes": round((time.perf_counter() - started) / 60, 1),

@@ -9,6 +9,7 @@ from django.db import models
 from django.db.models import Q
 
 from training.kto import defaults
+from training.kto.loss import LOSS_TYPES
 
 
 class ModelVersion(models.Model):
@@ -147,14 +148,8 @@ class TrainingPolicy(models.Model):
         DOWNSIDE_FIRST = "downside_first", "automatic, downside first"
         MANUAL = "manual", "manual weights"
 
-    class Loss(models.TextChoices):
-        KTO = "kto"
-        NO_Z0 = "no_z0"
-        CONCAVE = "concave"
-        RISK_NEUTRAL = "risk_neutral"
-        REFERENCE_FREE = "reference_free"
-        SFT = "sft"
-        DPO = "dpo"
+    # One choice per row of the engine's variant table (training/kto/loss.py).
+    Loss = models.TextChoices("Loss", [(name.upper(), name) for name in LOSS_TYPES])
 
     class Judge(models.TextChoices):
         NONE = "none", "none (holdout metrics only)"

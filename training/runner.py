@@ -34,6 +34,7 @@ from django.utils import timezone
 from feedback.services import export_kto
 from training import process_tree
 from training.gate import evaluate_candidate
+from training.kto import defaults
 from training.models import ModelVersion, TrainingRun
 from training.processes import stop_group, tail
 from training.registry import create_candidate_version
@@ -144,6 +145,11 @@ def build_train_command(run: TrainingRun, *, model: str, data: Path, out: Path) 
         "--undesirable-weight", repr(float(run.undesirable_weight)),
         "--seed", str(int(config["seed"])),
         "--loss", str(config["loss"]),
+        # Flags the paper leaves open, explicit because the engine's own defaults are TRL's.
+        "--warmup-ratio", repr(defaults.LOOP_WARMUP_RATIO),
+        "--logging-steps", str(defaults.LOOP_LOGGING_STEPS),
+        "--save-steps", str(defaults.LOOP_SAVE_STEPS),
+        "--gradient-checkpointing" if defaults.LOOP_GRADIENT_CHECKPOINTING else "--no-gradient-checkpointing",
         # The run page draws its own progress bar; a tqdm bar would only clutter the log tail.
         "--no-progress",
     ]

@@ -39,7 +39,7 @@ def test_two_processes_match_one_process_on_the_combined_batch(demo_model_dir, f
             "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(SCRIPT), demo_model_dir,
             feedback_jsonl, str(two)])
     launch([sys.executable, str(SCRIPT), demo_model_dir, feedback_jsonl, str(one)])
-    distributed, single = torch.load(two), torch.load(one)
+    distributed, single = torch.load(two, weights_only=True), torch.load(one, weights_only=True)
     assert distributed["world"] == 2 and single["world"] == 1
     # Every process used the same z0: the all-reduced one, equal to the combined batch's.
     assert distributed["z0"][0] == distributed["z0"][1]
@@ -73,3 +73,12 @@ def test_train_cli_runs_data_parallel_under_accelerate_launch(demo_model_dir, fe
     assert (out / "final" / "model.safetensors").is_file()
     assert {p.name for p in (out / "checkpoints" / "step-2").glob("rng-*.pt")} == {"rng-0.pt", "rng-1.pt"}
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
+
+    # Issue 7 problem 6: this 2-process run resumed on 1 process used to continue with a changed plan.
+    resumed = subprocess.run(
+        [sys.executable, "-m", "training.kto", "train", "--model", demo_model_dir, "--data", feedback_jsonl,
+         "--out", str(out), "--max-steps", "3", "--save-steps", "2", "--per-device-train-batch-size", "4",
+         "--gradient-accumulation-steps", "2", "--max-length", "32", "--learning-rate", "1e-4", "--no-progress",
+         "--resume"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 2
+    assert "number of processes: was 2, now 1" in resumed.stderr

@@ -1,6 +1,7 @@
 """The loss module against TRL's KTOTrainer and the paper's Proposition 2."""
 from __future__ import annotations
 
+import math
 import types
 from collections import defaultdict
 
@@ -128,3 +129,33 @@ def test_dpo_and_sft_baselines():
     assert float(loss) == pytest.approx(-float(torch.nn.functional.logsigmoid(torch.tensor(0.5 * 2.0))))
     assert float(stats["correct_count"]) == 2.0
     assert float(kto_loss.sft_loss(torch.tensor([-4.0, -2.0]), torch.tensor([2, 4]))) == pytest.approx(1.0)
+
+
+def test_slic_by_hand():
+    # Pair 1: margin 0.5 < δ = 1 → calibration 0.5; pair 2: margin 3 ≥ δ → 0. Regulariser −λ log π(y_w).
+    chosen, rejected = torch.tensor([-2.0, -1.0]), torch.tensor([-2.5, -4.0])
+    loss, stats = kto_loss.slic_loss(chosen, rejected, delta=1.0, regularization=0.1)
+    assert float(loss) == pytest.approx(((0.5 + 0.1 * 2.0) + (0.0 + 0.1 * 1.0)) / 2)
+    assert float(stats["correct_count"]) == 4.0  # both pairs ordered right, counted per example
+
+
+def test_offline_ppo_by_hand():
+    # Token 1: q = e^0.2 ≈ 1.22 < 1.5, A = +1 → −1.22. Token 2: q = e^1 ≈ 2.72, clipped to 1.5, A = +1 → −1.5.
+    # Token 3: q = e^−1 ≈ 0.37, A = −1: min(−0.37, −clip(0.37) = −0.5) = −0.5 → +0.5 (clipping binds).
+    policy = torch.tensor([0.2, 1.0, -1.0])
+    reference = torch.zeros(3)
+    advantages = torch.tensor([1.0, 1.0, -1.0])
+    loss = kto_loss.ppo_offline_loss(policy, reference, advantages, epsilon=0.5)
+    expected = -(math.exp(0.2) + 1.5 - 0.5) / 3
+    assert float(loss) == pytest.approx(expected)
+    # At the reference (q = 1) the gradient pushes desirable tokens up and undesirable ones down.
+    at_reference = torch.zeros(2, requires_grad=True)
+    kto_loss.ppo_offline_loss(at_reference, torch.zeros(2), torch.tensor([1.0, -1.0]), 0.5).backward()
+    assert at_reference.grad[0] < 0 < at_reference.grad[1]
+
+
+def test_every_variant_names_its_place_in_the_paper():
+    for variant in kto_loss.VARIANTS.values():
+        assert any(mark in variant.summary for mark in ("§", "Eq.", "Table")), variant.name
+        assert variant.rows in ("all", "desirable", "pairs")
+    assert not kto_loss.VARIANTS["reference_free"].needs_reference and kto_loss.VARIANTS["dpo"].paired

@@ -1,9 +1,10 @@
 """Automatic class weights (λ_D, λ_U) for a binary KTO dataset — the paper's Eq. 7.
 
-The paper (§3.2, "Data") advises  λ_D·n_D / (λ_U·n_U) ∈ [1, 3/2]; its imbalance experiments used
-an effective desirable:undesirable ratio of 4:3 "regardless of which group was in the minority",
-e.g. 1:10 data → λ_U = 1, λ_D = 13.33. For tasks where avoiding the downside matters more
-(toxicity), it suggests λ_D·n_D < λ_U·n_U: "downside_first" mirrors the rule around 1.
+The paper's hyperparameter advice ("Loss Aversion", Eq. 7) is  λ_D·n_D / (λ_U·n_U) ∈ [1, 3/2];
+its imbalance experiments used an effective desirable:undesirable ratio of 4:3 "regardless of
+which group was in the minority", e.g. 1:10 data → λ_U = 1, λ_D = 13.33. For tasks where
+avoiding the downside matters more (toxicity), it suggests λ_D·n_D < λ_U·n_U: "downside_first"
+mirrors the rule around 1.
 
 This is a pure function so the Django app (dataset snapshots) and the engine share it.
 """
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-DEFAULT_TARGET_RATIO = 4 / 3
+from . import defaults
+
+DEFAULT_TARGET_RATIO = defaults.TARGET_RATIO
 # The paper's acceptable interval for the effective ratio λ_D n_D / (λ_U n_U) (Eq. 7).
-ACCEPTED_LOW, ACCEPTED_HIGH = 1.0, 1.5
+ACCEPTED_LOW, ACCEPTED_HIGH = defaults.BALANCED_RATIO_BAND
 
 
 @dataclass(frozen=True)

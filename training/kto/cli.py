@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 
 from .data import DataError
-from .loss import LOSS_TYPES
-from .trainer import TrainConfig, TrainingError
+from .loss import LOSS_TYPES, VARIANTS
+from .trainer import NonFiniteError, TrainConfig, TrainingError
 
 EXIT_USAGE_OR_DATA = 2
+EXIT_NONFINITE = 3  # training diverged: too many steps in a row with a non-finite loss or gradient
 
 
 def _weight(value: str) -> str | float:
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", required=True, help="local save_pretrained directory (or hub id where reachable)")
     train.add_argument("--data", required=True, help="KTO JSONL: {prompt, completion, label}")
     train.add_argument("--out", required=True, help="new output directory")
-    train.add_argument("--loss", choices=LOSS_TYPES, default=defaults.loss)
+    train.add_argument("--loss", choices=LOSS_TYPES, default=defaults.loss,
+                       help="; ".join(f"{name}: {variant.summary}" for name, variant in VARIANTS.items()))
     train.add_argument("--beta", type=float, default=defaults.beta)
     train.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     train.add_argument("--per-device-train-batch-size", type=int, default=defaults.per_device_train_batch_size,
@@ -50,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-prompt-length", type=int, default=defaults.max_prompt_length,
                        help="keep only the last N prompt tokens (default: no limit besides --max-length)")
     train.add_argument("--desirable-weight", type=_weight, default=defaults.desirable_weight,
-                       help="λ_D: a number, or 'auto' (balance so λ_D n_D / λ_U n_U = --target-ratio)")
+                       help="λ_D: a number (TRL's default 1.0), or 'auto' (balance so λ_D n_D / λ_U n_U = "
+                            "--target-ratio when n_D/n_U lies outside the paper's [1, 3/2])")
     train.add_argument("--undesirable-weight", type=_weight, default=defaults.undesirable_weight, help="λ_U")
     train.add_argument("--target-ratio", type=float, default=defaults.target_ratio)
     train.add_argument("--balance-mode", choices=("auto", "downside_first"), default=defaults.balance_mode)
@@ -66,10 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="precompute: reference log-probs once, cached next to the data; copy: computed live "
                             "(full FT: frozen copy; LoRA: adapter disabled)")
     train.add_argument("--z0-zero", action="store_true", help="z0 = 0 (after SFT on the same data; saves a pass)")
-    train.add_argument("--gradient-checkpointing", action="store_true")
+    train.add_argument("--keep-dropout", action="store_true",
+                       help="leave the model's dropout on (default: off in policy and reference, as TRL's "
+                            "disable_dropout; with it on, r and z0 carry dropout noise)")
+    train.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
+                       default=defaults.gradient_checkpointing, help="on by default, as in TRL's KTOConfig")
     train.add_argument("--bf16", choices=("auto", "yes", "no"), default=defaults.bf16)
     train.add_argument("--logging-steps", type=int, default=defaults.logging_steps)
     train.add_argument("--save-steps", type=int, default=defaults.save_steps, help="checkpoint every N steps (0: never)")
+    train.add_argument("--max-nonfinite-steps", type=int, default=defaults.max_nonfinite_steps,
+                       help="abort after this many consecutive steps with a non-finite loss or gradient norm "
+                            "(each is skipped)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     train.add_argument("--expected-world-size", type=int, default=None,
@@ -219,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = run(args)
+    except NonFiniteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_NONFINITE
     except (TrainingError, DataError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE_OR_DATA

@@ -16,6 +16,7 @@ PAPER_BETA = 0.1
 PAPER_LEARNING_RATE = 5e-6
 PAPER_EFFECTIVE_BATCH = 32  # examples per optimizer step; the paper recommends 8-128
 PAPER_MICROBATCH = 8  # per-device examples; z0 needs >= 2
+PAPER_GRADIENT_ACCUMULATION_STEPS = PAPER_EFFECTIVE_BATCH // PAPER_MICROBATCH  # on one process
 # λ_D·n_D / (λ_U·n_U) aimed at when the data lies outside [1, 3/2] (paper Eq. 7; 4/3 was its
 # best setting on HH, SHP and OASST).
 TARGET_RATIO = 4 / 3
@@ -35,6 +36,26 @@ TRL_MAX_GRAD_NORM = 1.0
 TRL_SEED = 42
 TRL_DESIRABLE_WEIGHT = 1.0
 TRL_UNDESIRABLE_WEIGHT = 1.0
+TRL_LOGGING_STEPS = 10  # KTOConfig overrides TrainingArguments' 500
+TRL_SAVE_STEPS = 500
+TRL_GRADIENT_CHECKPOINTING = True  # KTOConfig overrides TrainingArguments' False
+TRL_DISABLE_DROPOUT = True
+
+# --- What the training loop passes for the flags the paper leaves open -----------------------
+# (the values the loop trained with before the CLI adopted TRL's defaults)
+LOOP_WARMUP_RATIO = 0.1
+LOOP_LOGGING_STEPS = 1  # the run page plots every step
+LOOP_SAVE_STEPS = 0  # no intermediate checkpoints: runs are short and restarted from scratch
+LOOP_GRADIENT_CHECKPOINTING = False
+
+# --- The paper's other baselines (§3.3, Appendix C; values from the paper's code) ------------
+SLIC_DELTA = 1.0  # the calibration margin δ
+SLIC_REGULARIZATION = 0.1  # λ_reg
+PPO_CLIP_EPSILON = 0.5  # "clipping less conservatively than we traditionally would"
+CSFT_CONTROL_TOKENS = ("<|good|>", "<|bad|>")  # (desirable, undesirable), Appendix C
+
+# --- Engine safety -----------------------------------------------------------------------------
+MAX_NONFINITE_STEPS = 5  # consecutive skipped (non-finite) steps before a run aborts
 
 # --- Data --------------------------------------------------------------------------------------
 SNAPSHOT_HOLDOUT = 0.1  # share of prompts held out of training (split by prompt)

@@ -1,6 +1,6 @@
 """The offline demo model (SPEC §4): addition questions, a character tokenizer, a tiny Llama.
 
-    build_demo_model(out_dir, seed=0) -> str        deterministic, offline, about a minute on 2 CPU cores
+    build_demo_model(out_dir, seed=0) -> str        bit-identical everywhere, offline, ~2 CPU minutes
     demo_prompts(n, seed=0, split="train") -> list   "What is 37+48?" prompts; train/heldout never overlap
     simulated_annotator(prompt, completion) -> bool  True (desirable) iff the completion is the right sum
     demo_accuracy(model_dir, prompts) -> float       greedy exact-match accuracy, batched
@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
-import time
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -130,24 +132,46 @@ def _sft_batch(tokenizer, pairs: Sequence[tuple[int, int]]) -> tuple[torch.Tenso
     return input_ids, label_ids
 
 
+# The build runs in a fresh process with these settings, because they only take effect before
+# torch starts: one thread (a reduction split over threads sums in a different order), MKL's
+# conditional numerical reproducibility and ATen's portable kernels (AVX2 and AVX-512 kernels
+# round differently), so every x86-64 machine builds the same bytes. Timing never enters the
+# recipe (a fixed number of steps, no wall-clock schedule).
+REPRODUCIBLE_BUILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MKL_CBWR": "COMPATIBLE",
+                          "ATEN_CPU_CAPABILITY": "default"}
+
+
 def build_demo_model(out_dir: str | Path, seed: int = 0) -> str:
     """Train the demo model and save it (weights + tokenizer) to out_dir; returns the path.
 
-    Deterministic for a given seed; needs no network.
+    Bit-identical for a given seed on every machine and thread count; needs no network.
     """
     out_dir = Path(out_dir)
-    started = time.perf_counter()
-    # One thread: the model is tiny, and on a shared 2-core machine extra threads mostly contend
-    # (measured 4x slower with 2 threads under load). Also keeps the result thread-count independent.
+    env = dict(os.environ, **REPRODUCIBLE_BUILD_ENV)
+    result = subprocess.run([sys.executable, "-m", "training.kto.demo", str(out_dir), str(seed)], env=env,
+                            cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"building the demo model failed:\n{result.stderr[-3000:]}")
+    return str(out_dir)
+
+
+def _build_in_this_process(out_dir: Path, seed: int) -> str:
+    """The build itself, with deterministic kernels and one thread (restored afterwards)."""
     previous_threads = torch.get_num_threads()
+    previous_deterministic = torch.are_deterministic_algorithms_enabled()
+    previous_mkldnn = torch.backends.mkldnn.enabled
     torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.mkldnn.enabled = False  # oneDNN picks kernels by CPU too
     try:
-        return _build(out_dir, seed, started)
+        return _build(out_dir, seed)
     finally:
         torch.set_num_threads(previous_threads)
+        torch.use_deterministic_algorithms(previous_deterministic)
+        torch.backends.mkldnn.enabled = previous_mkldnn
 
 
-def _build(out_dir: Path, seed: int, started: float) -> str:
+def _build(out_dir: Path, seed: int) -> str:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer()
@@ -179,8 +203,7 @@ def _build(out_dir: Path, seed: int, started: float) -> str:
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "demo_model.json").write_text(json.dumps({
-        "task": "addition: 'What is A+B?' -> 'A+B', A in 0..99, B in 0..9", "seed": seed, "sft_steps": SFT_STEPS,
-        "build_seconds": round(time.perf_counter() - started, 1)}))
+        "task": "addition: 'What is A+B?' -> 'A+B', A in 0..99, B in 0..9", "seed": seed, "sft_steps": SFT_STEPS}))
     return str(out_dir)
 
 
@@ -191,3 +214,7 @@ def demo_accuracy(model_dir: str | Path | tuple, prompts: Sequence[Any], batch_s
 
     completions = generate_completions(model_dir, prompts, max_new_tokens=5, temperature=0.0, batch_size=batch_size)
     return sum(simulated_annotator(p, c) for p, c in zip(prompts, completions)) / len(prompts)
+
+
+if __name__ == "__main__":  # the reproducible build's own process (see build_demo_model)
+    _build_in_this_process(Path(sys.argv[1]), int(sys.argv[2]))

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from . import data as kto_data
+from .generation import prompt_suffix_ids
 from .modeling import SequenceLogProbs, is_peft_dir, load_causal_lm, load_tokenizer
 from .trainer import Reference, TrainConfig, TrainingError, build_microbatch, microbatch_loss
 
@@ -38,6 +39,11 @@ def evaluate(model_dir: str, data_path: str, reference_dir: str | None = None, b
         raise TrainingError(f"--model {model_dir}: no such directory")
     tokenizer = load_tokenizer(model_dir)
     examples = kto_data.tokenize_examples(tokenizer, kto_data.read_kto_jsonl(data_path))
+    # A CSFT model is scored as it generates: after its desirable control token. The reference
+    # (which has no control tokens) scores the plain prompts.
+    suffix = tuple(prompt_suffix_ids(model_dir, tokenizer))
+    policy_examples = [kto_data.TokenizedExample(example.prompt_ids + suffix, example.completion_ids, example.label)
+                       for example in examples] if suffix else examples
     if len(examples) < 2:
         raise TrainingError(f"{data_path}: at least 2 examples are needed to evaluate")
     record = Path(model_dir) / "prospect_training.json"
@@ -68,7 +74,11 @@ def evaluate(model_dir: str, data_path: str, reference_dir: str | None = None, b
     config = TrainConfig(model=str(model_dir), data=str(data_path), out="", beta=beta, max_length=max_length,
                          per_device_train_batch_size=batch_size, loss="kto")
     for chunk in chunks:
-        batch = build_microbatch(examples, chunk, config, tokenizer.pad_token_id, reference_cache=None)
+        batch = build_microbatch(policy_examples, chunk, config, tokenizer.pad_token_id, reference_cache=None)
+        if reference is not None and suffix:
+            plain = build_microbatch(examples, chunk, config, tokenizer.pad_token_id, reference_cache=None)
+            batch["reference_matched"] = reference.logps(plain["matched"])
+            batch["reference_mismatched"] = reference.logps(plain["mismatched"])
         if reference is not None:
             loss, stats = microbatch_loss(policy, policy, reference, batch, config, class_weights,
                                           tokenizer.pad_token_id)

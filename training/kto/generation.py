@@ -1,6 +1,7 @@
 """Sampling completions from a model directory (full weights or a LoRA adapter)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -10,8 +11,29 @@ from .data import prompt_text
 from .modeling import load_causal_lm, load_tokenizer
 
 
+def _training_record(model_dir: str | Path) -> dict:
+    record = Path(model_dir) / "prospect_training.json"
+    return json.loads(record.read_text()) if record.is_file() else {}
+
+
+def prompt_suffix_ids(model_dir: str | Path, tokenizer) -> list[int]:
+    """Token ids appended to every prompt of a model: a CSFT-trained model generates after its
+    desirable control token (<|good|>), as recorded by the trainer in prospect_training.json."""
+    token = _training_record(model_dir).get("prompt_suffix_token")
+    return [tokenizer.convert_tokens_to_ids(token)] if token else []
+
+
+def control_token_ids(model_dir: str | Path, tokenizer) -> list[int]:
+    """A CSFT model's control tokens: inputs only, never generated."""
+    tokens = _training_record(model_dir).get("control_tokens", {})
+    return [tokenizer.convert_tokens_to_ids(token) for token in tokens.values()]
+
+
 def load_for_generation(model_dir: str | Path):
     tokenizer = load_tokenizer(model_dir)
+    # Travels with the tokenizer, so callers holding a (model, tokenizer) pair keep it.
+    tokenizer.prospect_prompt_suffix_ids = prompt_suffix_ids(model_dir, tokenizer)
+    tokenizer.prospect_suppressed_ids = control_token_ids(model_dir, tokenizer)
     model = load_causal_lm(model_dir)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()  # an adapter: fold it in, generation is then plain
@@ -44,7 +66,9 @@ def generate_completions(
     try:
         for start in range(0, len(prompts), batch_size):
             texts_and_flags = [prompt_text(tokenizer, prompt) for prompt in prompts[start: start + batch_size]]
-            encoded = [tokenizer(text, add_special_tokens=not templated)["input_ids"] for text, templated in texts_and_flags]
+            suffix = list(getattr(tokenizer, "prospect_prompt_suffix_ids", []))
+            encoded = [tokenizer(text, add_special_tokens=not templated)["input_ids"] + suffix
+                       for text, templated in texts_and_flags]
             width = max(len(ids) for ids in encoded)
             input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
             attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
@@ -53,6 +77,8 @@ def generate_completions(
                 attention_mask[row, width - len(ids):] = 1
             sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} \
                 if temperature > 0 else {"do_sample": False}
+            if getattr(tokenizer, "prospect_suppressed_ids", None):
+                sampling["suppress_tokens"] = list(tokenizer.prospect_suppressed_ids)
             output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                                     max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                     eos_token_id=tokenizer.eos_token_id, **sampling)

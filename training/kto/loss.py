@@ -1,11 +1,14 @@
-"""The KTO loss, its ablations and the SFT/DPO baselines — formulas only.
+"""The KTO loss, its ablations and the paper's baselines — formulas only.
 
 Every function takes per-example *sums* of completion-token log-probabilities (prompt tokens
-masked out), so this module is independent of models and batching. References are to the KTO
-paper (shared/paper/kto-paper.txt, §3 "Kahneman-Tversky Optimization" and §4.4 ablations):
+masked out; offline PPO alone takes per-token values), so this module is independent of models
+and batching. References are to the KTO paper (shared/paper/kto-paper.txt): KTO is §4.1, the
+HALO comparison with SLiC, offline PPO and CSFT is §3.3 (details in Appendix C), the ablations
+are Table 2.
 
     r_θ(x, y) = log π_θ(y|x) − log π_ref(y|x)                                   (implied reward)
-    z0        = max(0, mean_i [log π_θ(y_j|x_i) − log π_ref(y_j|x_i)]),  j = (i+1) mod m   (Eq. 8)
+    z0        = max(0, (1/m) Σ_i [log π_θ(y_j|x_i) − log π_ref(y_j|x_i)]),  j = (i+1) mod m
+                (§4.1 "KL Estimate"; the estimator is unnumbered — Eq. 8 is the loss's gradient)
     v(x, y)   = λ_D σ(β (r_θ − z0))  if y desirable
                 λ_U σ(β (z0 − r_θ))  if y undesirable
     L_KTO     = E[λ_y − v(x, y)]                                                          (Eq. 6)
@@ -15,15 +18,52 @@ saturation"). Under data parallelism the sum and count of the mismatched log-rat
 all-reduced before the mean and the clamp, so every process uses the same z0.
 
 Rewards reported in metrics are r_θ itself (a log-ratio; TRL logs β·r_θ instead).
+
+VARIANTS below is the one list of losses: the trainer, the CLI's choices, the training policy's
+choices and the docs read it. Adding a loss = a formula here, a row in VARIANTS, and its branch
+in trainer.microbatch_loss.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+
+@dataclass(frozen=True)
+class LossVariant:
+    name: str
+    needs_reference: bool  # uses log π_ref (precomputed, a frozen copy, or the adapter disabled)
+    needs_mismatched: bool  # z0 from the mismatched pairs (x_i, y_(i+1) mod m): a microbatch of ≥ 2
+    rows: str  # which rows it trains on: "all" | "desirable" | "pairs" (chosen/rejected of one prompt)
+    token_level: bool  # needs per-token log-probs (its reference is computed live, not cached)
+    summary: str  # the formula in words and its place in the paper
+
+    @property
+    def paired(self) -> bool:
+        return self.rows == "pairs"
+
+
+VARIANTS: dict[str, LossVariant] = {variant.name: variant for variant in (
+    LossVariant("kto", True, True, "all", False, "λ_y − v(x,y), v = λσ(±β(r − z0)); §4.1, Eq. 6"),
+    LossVariant("no_z0", True, False, "all", False, "KTO with z0 = 0; Table 2 ablation"),
+    LossVariant("concave", True, True, "all", False, "−λ_y log σ(±β(r − z0)) in place of 1 − σ; Table 2 ablation"),
+    LossVariant("risk_neutral", True, True, "all", False, "identity value λ_y·β(±(r − z0)); Table 2 ablation"),
+    LossVariant("reference_free", False, True, "all", False, "π_ref uniform (\"no π_ref\"); Table 2 ablation"),
+    LossVariant("sft", False, False, "desirable", False, "token-mean NLL of the desirable completions; §3.3"),
+    LossVariant("dpo", True, False, "pairs", False, "−log σ(β(r_w − r_l)); Eq. 3, §3.3"),
+    LossVariant("slic", False, False, "pairs", False,
+                "max(0, δ − log π_θ(y_w|x)/π_θ(y_l|x)) − λ_reg log π_θ(y_w|x); §3.3, Appendix C"),
+    LossVariant("ppo_offline", True, False, "all", True,
+                "−min(q A, clip(q, 1±ε) A) per token, q = π_θ/π_ref, A = ±1; §3.3 \"PPO (offline)\""),
+    LossVariant("csft", False, False, "all", False,
+                "NLL after a <|good|>/<|bad|> control token; <|good|> at inference; §3.3, Appendix C"),
+)}
+LOSS_TYPES = tuple(VARIANTS)
+# The losses built on KTO's value function (kto_loss below).
 KTO_VALUES = ("kto", "no_z0", "concave", "risk_neutral", "reference_free")
-LOSS_TYPES = KTO_VALUES + ("sft", "dpo")
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -38,7 +78,7 @@ def reference_point(
     mismatched_reference_logps: torch.Tensor,
     clamp: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """z0 from the mismatched pairs (x_i, y_{(i+1) mod m}) of a microbatch (paper Eq. 8).
+    """z0 from the mismatched pairs (x_i, y_{(i+1) mod m}) of a microbatch (§4.1, "KL Estimate").
 
     Returns (z0, z0_raw): z0_raw is the mean log-ratio over all processes' mismatched pairs,
     z0 = max(0, z0_raw). Both are detached. ``clamp=False`` is for the reference-free variant,
@@ -64,7 +104,7 @@ def kto_loss(
     undesirable_weight: float = 1.0,
     value: str = "kto",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean over the microbatch of λ_y − v(x, y) (paper Eq. 6), and detached statistics.
+    """Mean over the microbatch of λ_y − v(x, y) (§4.1, Eq. 6), and detached statistics.
 
     value="kto" | "no_z0" | "reference_free": the paper's value function above (no_z0 and
       reference_free differ only in the z0 / reference log-probs the caller passes in).
@@ -133,5 +173,58 @@ def dpo_loss(
 
 
 def sft_loss(policy_logps: torch.Tensor, completion_token_counts: torch.Tensor) -> torch.Tensor:
-    """SFT baseline: token-mean negative log-likelihood of the (desirable) completions."""
+    """SFT baseline: token-mean negative log-likelihood of the (desirable) completions (§3.3).
+    CSFT uses it too, on every completion after its control token (Appendix C "CSFT")."""
     return -policy_logps.float().sum() / completion_token_counts.float().sum().clamp(min=1)
+
+
+def slic_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    delta: float,
+    regularization: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """SLiC baseline on preference pairs (§3.3; Appendix C "SLiC"):
+
+        L_cal = max(0, δ − log π_θ(y_w|x) / π_θ(y_l|x))
+        L_reg = −log π_θ(y_w|x)      (the paper: cross-entropy on the SFT data — the chosen
+                                      completions — instead of samples from π_ref, which is slow)
+        L     = E[L_cal + λ_reg L_reg]
+
+    No reference model. Rewards reported are the policy's log-probs (there is no log-ratio).
+    """
+    chosen, rejected = policy_chosen_logps.float(), policy_rejected_logps.float()
+    calibration = torch.clamp(delta - (chosen - rejected), min=0)
+    loss = (calibration - regularization * chosen).mean()
+    margins = (chosen - rejected).detach()
+    stats = {
+        "desirable_reward_sum": chosen.detach().sum(),
+        "desirable_count": chosen.new_tensor(float(chosen.numel())),
+        "undesirable_reward_sum": rejected.detach().sum(),
+        "undesirable_count": rejected.new_tensor(float(rejected.numel())),
+        "correct_count": (margins > 0).sum().float() * 2,
+    }
+    return loss, stats
+
+
+def ppo_offline_loss(
+    policy_token_logps: torch.Tensor,
+    reference_token_logps: torch.Tensor,
+    token_advantages: torch.Tensor,
+    epsilon: float,
+) -> torch.Tensor:
+    """The paper's "PPO (offline)" baseline (§3.3; proof of Theorem 1), per completion token t:
+
+        q_t = π_θ(y_t | x:y_<t) / π_old(y_t | x:y_<t),   π_old = π_ref, never updated
+        L   = −E_t[min(q_t A_t, clip(q_t, 1 − ε, 1 + ε) A_t)]
+
+    with the paper's dummy rewards: A_t = +1 on every token of a desirable output, −1 on every
+    token of an undesirable one (no critic: the sequence's reward is each token's advantage).
+    The paper clips "less conservatively than we traditionally would" (ε = 0.5 in its code).
+    Inputs are flat over the microbatch's completion tokens; the mean is over tokens.
+    """
+    ratio = torch.exp(policy_token_logps.float() - reference_token_logps.float())
+    advantages = token_advantages.float()
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon) * advantages
+    return -torch.minimum(unclipped, clipped).mean()

@@ -104,11 +104,14 @@ class SequenceLogProbs(nn.Module):
         rows = rows.unsqueeze(1).expand_as(predicts_completion)[predicts_completion]
         return token_logps, rows, predicts_completion
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, completion_mask: torch.Tensor):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, completion_mask: torch.Tensor,
+                per_token: bool = False):
         token_logps, rows, predicts_completion = self.token_logps(input_ids, attention_mask, completion_mask)
         logps = torch.zeros(input_ids.shape[0], device=input_ids.device, dtype=token_logps.dtype)
         logps = logps.index_add(0, rows, token_logps)
         token_counts = predicts_completion.sum(-1)
+        if per_token:  # also every completion token's log-prob, sequence after sequence (offline PPO)
+            return logps, token_counts, token_logps
         return logps, token_counts
 
     @torch.no_grad()

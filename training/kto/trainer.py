@@ -2,13 +2,22 @@
 
     train(config)
       1. check the data and options (before anything is written, so a failure changes nothing)
-      2. load tokenizer and policy; LoRA wraps it; pick the reference (precomputed / copy / adapter-off)
+      2. load tokenizer and policy (dropout off); LoRA wraps it; pick the reference
+         (precomputed / copy / adapter-off)
       3. plan every optimizer step's microbatches up front (seeded, reshuffled each epoch)
-      4. precompute reference log-probs once, cached next to the data (keyed by model + data hash)
-      5. AdamW + linear warmup/decay; resume from the newest checkpoint if asked
+      4. precompute reference log-probs once, cached next to the data: one entry per exact token
+         sequence, in a file keyed by the reference's identity (model, adapter, precision, code)
+      5. AdamW + linear warmup/decay; resume from the newest checkpoint if asked (same world size,
+         precision, data and model, or refused)
       6. loop: per microbatch, no-grad work first (as few forwards as possible), then the
-         policy forward with grad and backward; clip, step, log, checkpoint
-      7. write final/ atomically
+         policy forward with grad and backward; a step with a non-finite loss or gradient norm is
+         skipped (K in a row abort); clip, step, log, checkpoint
+      7. write final/ atomically (never non-finite weights)
+
+Launch:
+    python -m training.kto train --model DIR --data FILE.jsonl --out NEW_DIR [options]
+    accelerate launch --num_processes N -m training.kto train ...       # data parallel on N GPUs
+    accelerate launch --multi_gpu --num_processes 2 -m training.kto train ...   # 2 gloo CPU workers
 
 Runs on one process, or on N under `accelerate launch` (each process takes its slice of every
 global microbatch; z0 is all-reduced inside loss.reference_point).
@@ -17,19 +26,23 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import shutil
+import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import data as kto_data
+from . import defaults
 from . import distributed as kto_distributed
 from . import loss as kto_loss
 from .balancing import balance_weights
@@ -40,38 +53,46 @@ class TrainingError(RuntimeError):
     """A problem with the options or the environment, reported as one clear message."""
 
 
+class NonFiniteError(TrainingError):
+    """Too many consecutive steps with a non-finite loss or gradient norm."""
+
+
 @dataclass
 class TrainConfig:
+    """Options named as TRL's KTOConfig fields where one exists, with TRL's defaults (defaults.py).
+    The training policy passes the paper's values explicitly."""
     model: str
     data: str
     out: str
-    loss: str = "kto"  # kto | no_z0 | concave | risk_neutral | reference_free | sft | dpo
-    beta: float = 0.1
-    learning_rate: float = 5e-6
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 4  # 8 × 4 = effective batch 32, the paper's default
-    num_train_epochs: float = 1.0
-    max_steps: int = -1  # > 0 stops after this many optimizer steps
-    max_length: int = 1024
+    loss: str = "kto"  # a name in loss.VARIANTS
+    beta: float = defaults.TRL_BETA
+    learning_rate: float = defaults.TRL_LEARNING_RATE
+    per_device_train_batch_size: int = defaults.TRL_PER_DEVICE_TRAIN_BATCH_SIZE
+    gradient_accumulation_steps: int = defaults.TRL_GRADIENT_ACCUMULATION_STEPS
+    num_train_epochs: float = defaults.TRL_NUM_TRAIN_EPOCHS
+    max_steps: int = defaults.TRL_MAX_STEPS  # > 0 stops after this many optimizer steps
+    max_length: int = defaults.TRL_MAX_LENGTH
     max_prompt_length: int | None = None  # keeps the prompt's last tokens (data.tokenize_example)
-    desirable_weight: float | str = "auto"  # a number or "auto" (balancing.balance_weights)
-    undesirable_weight: float | str = "auto"
-    target_ratio: float = 4 / 3
+    desirable_weight: float | str = defaults.TRL_DESIRABLE_WEIGHT  # a number or "auto" (balance_weights)
+    undesirable_weight: float | str = defaults.TRL_UNDESIRABLE_WEIGHT
+    target_ratio: float = defaults.TARGET_RATIO
     balance_mode: str = "auto"  # auto | downside_first (used when weights are "auto")
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 42
+    warmup_ratio: float = defaults.TRL_WARMUP_RATIO
+    weight_decay: float = defaults.TRL_WEIGHT_DECAY
+    max_grad_norm: float = defaults.TRL_MAX_GRAD_NORM
+    seed: int = defaults.TRL_SEED
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     reference: str = "precompute"  # precompute | copy (full FT: frozen copy; LoRA: adapter disabled)
     z0_zero: bool = False  # SPEC: z0 = 0 after SFT on the same data, saves the mismatched pass
-    gradient_checkpointing: bool = False
+    keep_dropout: bool = not defaults.TRL_DISABLE_DROPOUT  # TRL's disable_dropout, inverted
+    gradient_checkpointing: bool = defaults.TRL_GRADIENT_CHECKPOINTING
     bf16: str = "auto"  # auto (on when CUDA is available) | yes | no
-    logging_steps: int = 1
-    save_steps: int = 0  # 0: no intermediate checkpoints
+    logging_steps: int = defaults.TRL_LOGGING_STEPS
+    save_steps: int = defaults.TRL_SAVE_STEPS  # 0: no intermediate checkpoints
+    max_nonfinite_steps: int = defaults.MAX_NONFINITE_STEPS
     resume: bool = False
     progress: bool = True  # the tqdm bar on stderr
     expected_world_size: int = 0  # > 0: refuse to train unless the launcher started exactly this many processes
@@ -85,10 +106,18 @@ class TrainConfig:
                      "gradient_accumulation_steps", "num_train_epochs", "max_steps", "max_length", "max_prompt_length",
                      "desirable_weight", "undesirable_weight", "target_ratio", "balance_mode",
                      "warmup_ratio", "weight_decay", "max_grad_norm", "seed", "lora", "lora_r",
-                     "lora_alpha", "lora_dropout", "reference", "z0_zero", "trl_compat")
+                     "lora_alpha", "lora_dropout", "reference", "z0_zero", "keep_dropout", "trl_compat")
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def variant(self) -> kto_loss.LossVariant:
+        return kto_loss.VARIANTS[self.loss]
+
+    @property
+    def uses_mismatched(self) -> bool:
+        return self.variant.needs_mismatched and not self.z0_zero
 
 
 def _parse_weight(value: float | str, name: str) -> float | None:
@@ -98,8 +127,8 @@ def _parse_weight(value: float | str, name: str) -> float | None:
         weight = float(value)
     except (TypeError, ValueError):
         raise TrainingError(f"--{name} must be a number or 'auto', got {value!r}") from None
-    if not weight > 0:
-        raise TrainingError(f"--{name} must be positive, got {weight}")
+    if not weight > 0 or not math.isfinite(weight):
+        raise TrainingError(f"--{name} must be a positive number, got {weight}")
     return weight
 
 
@@ -146,15 +175,31 @@ def microbatch_keys(local_indices: list[int], config: TrainConfig) -> tuple[list
     """The (prompt, completion) example indices of one microbatch: matched (x_i, y_i) and, for the
     losses with a reference point, mismatched (x_i, y_{(i+1) mod m}). Used both to build the
     microbatch and to plan which reference log-probs to precompute, so the two always agree."""
-    if config.loss == "dpo":
+    if config.variant.paired:
         # Examples 2k / 2k+1 are pair k's chosen / rejected completions (see prepare_examples).
         return [(2 * k, 2 * k) for k in local_indices] + [(2 * k + 1, 2 * k + 1) for k in local_indices], []
     matched = [(i, i) for i in local_indices]
-    if config.loss in ("kto", "concave", "risk_neutral", "reference_free") and not config.z0_zero:
+    if config.uses_mismatched:
         partners = (kto_data.trl_mismatched_partners(len(local_indices)) if config.trl_compat
                     else kto_data.mismatched_partners(len(local_indices)))
         return matched, [(local_indices[i], local_indices[j]) for i, j in enumerate(partners)]
     return matched, []
+
+
+def sequence_keys(batch: dict[str, Any]) -> list[str]:
+    """One key per row of a collated batch: a hash of exactly the token ids the model reads and
+    of which of them are scored (after truncation). Equal keys mean equal reference log-probs
+    for the same reference, whatever the loss, file row or microbatch the sequence came from."""
+    input_ids, completion_mask = batch["input_ids"], batch["completion_mask"]
+    attention_mask = batch.get("attention_mask")
+    keys = []
+    for row in range(input_ids.shape[0]):
+        length = int(attention_mask[row].sum()) if attention_mask is not None else input_ids.shape[1]
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(input_ids[row, :length].numpy().astype("<i8").tobytes())
+        digest.update(completion_mask[row, :length].numpy().tobytes())
+        keys.append(digest.hexdigest())
+    return keys
 
 
 def build_microbatch(examples, local_indices: list[int], config: TrainConfig, pad_token_id: int,
@@ -171,9 +216,10 @@ def build_microbatch(examples, local_indices: list[int], config: TrainConfig, pa
                         for i, j in matched_keys),
     }
     if reference_cache is not None:
-        batch["reference_matched"] = torch.tensor([reference_cache[key] for key in matched_keys])
+        batch["reference_matched"] = torch.tensor([reference_cache[key] for key in sequence_keys(batch["matched"])])
         if mismatched_keys:
-            batch["reference_mismatched"] = torch.tensor([reference_cache[key] for key in mismatched_keys])
+            batch["reference_mismatched"] = torch.tensor(
+                [reference_cache[key] for key in sequence_keys(batch["mismatched"])])
     return batch
 
 
@@ -218,55 +264,90 @@ class Reference:
         self.module = module
         self.disable_adapter = disable_adapter
 
+    def _context(self):
+        return self.module.model.disable_adapter() if self.disable_adapter else contextlib.nullcontext()
+
     @torch.no_grad()
     def logps(self, batch: dict) -> torch.Tensor:
-        context = self.module.model.disable_adapter() if self.disable_adapter else contextlib.nullcontext()
-        with context:
+        with self._context():
             return self.module(**batch)[0]
 
+    @torch.no_grad()
+    def token_logps(self, batch: dict) -> torch.Tensor:
+        with self._context():
+            return self.module(**batch, per_token=True)[2]
 
-def reference_cache_path(data_path: str, model_hash: str, data_hash: str, max_length: int) -> Path:
+
+# The engine code that turns a token sequence into a log-prob: part of the cache's identity.
+_LOGPROB_CODE = (Path(__file__).with_name("modeling.py"),)
+
+
+def reference_identity(config: TrainConfig, use_bf16: bool) -> dict:
+    """Everything that decides the reference log-prob of a given token sequence. The cache file is
+    named by its hash, so a different model, adapter state, precision or engine version never
+    reads another's values (entries themselves are keyed by their exact token ids)."""
+    return {
+        "model_fingerprint": model_fingerprint(config.model),
+        # The trainer always starts from full weights: the reference is the model as loaded, and
+        # with LoRA it is the same model with the (fresh) adapter disabled.
+        "adapter": "disabled" if config.lora else "none",
+        "precision": "bf16-autocast" if use_bf16 else "fp32",
+        "tokenization_version": kto_data.TOKENIZATION_VERSION,
+        "logprob_code": hashlib.sha256(b"".join(path.read_bytes() for path in _LOGPROB_CODE)).hexdigest(),
+        "torch": str(torch.__version__),  # a plain str: TorchVersion would not load with weights_only
+    }
+
+
+def reference_cache_path(data_path: str, identity: dict) -> Path:
     data_path = Path(data_path)
-    return data_path.parent / f"{data_path.name}.prospect-ref" / f"{model_hash[:20]}-{data_hash[:20]}-L{max_length}.pt"
+    name = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+    return data_path.parent / f"{data_path.name}.prospect-ref" / f"{name}.pt"
 
 
-def precompute_reference_logps(reference: Reference, examples, keys: set[tuple[int, int]], config: TrainConfig,
+def precompute_reference_logps(reference: Reference, examples, keys: list[tuple[int, int]], config: TrainConfig,
                                pad_token_id: int, device, autocast, batch_size: int) -> dict:
-    """log π_ref for every (prompt example, completion example) key, in length-sorted batches."""
+    """log π_ref for (prompt example, completion example) index keys, in length-sorted batches;
+    returned by sequence key (see sequence_keys)."""
     ordered = sorted(keys, key=lambda key: len(examples[key[0]].prompt_ids) + len(examples[key[1]].completion_ids))
-    values: dict[tuple[int, int], float] = {}
+    values: dict[str, float] = {}
     for start in range(0, len(ordered), batch_size):
-        chunk = ordered[start: start + batch_size]
-        batch = _to_device(_tensors(examples, chunk, config, pad_token_id), device)
+        host_batch = _tensors(examples, ordered[start: start + batch_size], config, pad_token_id)
         with autocast():
-            logps = reference.logps(batch).float().cpu().tolist()
-        values.update(zip(chunk, logps))
+            logps = reference.logps(_to_device(host_batch, device)).float().cpu().tolist()
+        values.update(zip(sequence_keys(host_batch), logps))
     return values
 
 
-def load_or_precompute_reference(reference, examples, keys, config, pad_token_id, accelerator, batch_size) -> tuple[dict, dict]:
+def load_or_precompute_reference(reference, examples, index_keys: set[tuple[int, int]], config, pad_token_id,
+                                 accelerator, batch_size, identity: dict) -> tuple[dict, dict]:
     """Reference log-probs from the cache next to the data, computing (and adding) what is missing.
     The main process computes and writes; the others read after it."""
-    model_hash = model_fingerprint(config.model)
-    data_hash = kto_data.file_sha256(config.data)
-    path = reference_cache_path(config.data, model_hash, data_hash, config.max_length)
+    path = reference_cache_path(config.data, identity)
     info = {"path": str(path), "hits": 0, "computed": 0}
     with accelerator.main_process_first():
-        cached: dict = {}
+        cached: dict[str, float] = {}
         if path.is_file():
-            stored = torch.load(path, weights_only=False)
-            if stored.get("model_hash") == model_hash and stored.get("data_hash") == data_hash:
+            try:
+                stored = load_plain(path)
+            except TrainingError as error:  # not ours, or tampered with: recompute and replace it
+                print(f"warning: {error}; recomputing the reference log-probs", file=sys.stderr)
+                stored = {}
+            if stored.get("identity") == identity:
                 cached = stored["logps"]
-        missing = {key for key in keys if key not in cached}
-        info["hits"] = len(keys) - len(missing)
+        # Sequence keys of every planned (prompt, completion) pair; one representative per key.
+        wanted: dict[str, tuple[int, int]] = {}
+        for index_key in index_keys:
+            key = sequence_keys(_tensors(examples, [index_key], config, pad_token_id))[0]
+            wanted.setdefault(key, index_key)
+        missing = [index_key for key, index_key in wanted.items() if key not in cached]
+        info["hits"] = len(wanted) - len(missing)
         if missing and accelerator.is_main_process:
             cached.update(precompute_reference_logps(reference, examples, missing, config, pad_token_id,
                                                      accelerator.device, accelerator.autocast, batch_size))
             info["computed"] = len(missing)
             path.parent.mkdir(parents=True, exist_ok=True)
             temporary = path.with_suffix(f".tmp-{os.getpid()}")
-            torch.save({"model_hash": model_hash, "data_hash": data_hash, "max_length": config.max_length,
-                        "logps": cached}, temporary)
+            torch.save({"identity": identity, "logps": cached}, temporary)
             os.replace(temporary, path)  # atomic: a reader never sees half a cache
     return cached, info
 
@@ -283,15 +364,28 @@ def microbatch_loss(policy, policy_unwrapped: SequenceLogProbs, reference: Refer
     and mismatched sequences in one call; the policy scores the mismatched ones in another (with
     precomputed reference log-probs, that is the only no-grad call). Then one forward with grad.
     """
+    variant = config.variant
     matched, mismatched = batch["matched"], batch["mismatched"]
     n_matched = matched["input_ids"].shape[0]
     zero = torch.zeros((), device=matched["input_ids"].device)
+    is_desirable = batch["is_desirable"]
+
+    if variant.token_level:  # offline PPO: per-token ratios against the live reference
+        reference_tokens = reference.token_logps(matched)
+        policy_logps, token_counts, policy_tokens = policy(**matched, per_token=True)
+        advantages = torch.where(is_desirable, 1.0, -1.0).to(policy_tokens).repeat_interleave(token_counts)
+        loss = kto_loss.ppo_offline_loss(policy_tokens, reference_tokens, advantages, defaults.PPO_CLIP_EPSILON)
+        rewards = torch.zeros_like(policy_logps).index_add(
+            0, torch.arange(n_matched, device=policy_logps.device).repeat_interleave(token_counts),
+            (policy_tokens - reference_tokens).detach().float())
+        stats = kto_loss.reward_statistics(rewards, is_desirable, zero)
+        stats.update(z0=zero, z0_raw=zero)
+        return loss, stats
 
     reference_matched = batch.get("reference_matched")
     reference_mismatched = batch.get("reference_mismatched")
     with torch.no_grad():
-        needs_reference = config.loss not in ("sft", "reference_free")
-        if needs_reference and reference_matched is None:
+        if variant.needs_reference and reference_matched is None:
             sequences = matched if mismatched is None else _concat_sequences(matched, mismatched, pad_token_id)
             reference_logps = reference.logps(sequences)
             reference_matched = reference_logps[:n_matched]
@@ -300,10 +394,10 @@ def microbatch_loss(policy, policy_unwrapped: SequenceLogProbs, reference: Refer
 
     policy_logps, token_counts = policy(**matched)
 
-    if config.loss == "sft":
+    if config.loss in ("sft", "csft"):  # csft's control tokens are already in the prompts
         loss = kto_loss.sft_loss(policy_logps, token_counts)
         stats = {"z0": zero, "z0_raw": zero}
-        stats.update(kto_loss.reward_statistics(policy_logps.detach(), batch["is_desirable"], zero))
+        stats.update(kto_loss.reward_statistics(policy_logps.detach(), is_desirable, zero))
         return loss, stats
     if config.loss == "dpo":
         half = n_matched // 2
@@ -311,11 +405,17 @@ def microbatch_loss(policy, policy_unwrapped: SequenceLogProbs, reference: Refer
                                         reference_matched[:half], reference_matched[half:], config.beta)
         stats.update(z0=zero, z0_raw=zero)
         return loss, stats
+    if config.loss == "slic":
+        half = n_matched // 2
+        loss, stats = kto_loss.slic_loss(policy_logps[:half], policy_logps[half:], defaults.SLIC_DELTA,
+                                         defaults.SLIC_REGULARIZATION)
+        stats.update(z0=zero, z0_raw=zero)
+        return loss, stats
 
     if config.loss == "reference_free":
-        # π_ref uniform: its log-probs are a constant that cancels between r and z0 (paper §4.4),
-        # so r = log π_θ(y|x) and z0 = mean log π_θ(y_j|x_i), unclamped (without the dropped
-        # constant it is no longer a KL, so its sign means nothing).
+        # π_ref uniform: its log-probs are a constant that cancels between r and z0 (Table 2,
+        # "no π_ref"), so r = log π_θ(y|x) and z0 = mean log π_θ(y_j|x_i), unclamped (without the
+        # dropped constant it is no longer a KL, so its sign means nothing).
         reference_matched = torch.zeros_like(policy_logps)
         reference_mismatched = torch.zeros_like(mismatched_policy) if mismatched_policy is not None else None
     if mismatched is None:  # no_z0, or --z0-zero
@@ -324,7 +424,7 @@ def microbatch_loss(policy, policy_unwrapped: SequenceLogProbs, reference: Refer
         z0, z0_raw = kto_loss.reference_point(mismatched_policy, reference_mismatched,
                                               clamp=config.loss != "reference_free")
     value = config.loss if config.loss in ("concave", "risk_neutral") else "kto"
-    loss, stats = kto_loss.kto_loss(policy_logps, reference_matched, batch["is_desirable"], z0, config.beta,
+    loss, stats = kto_loss.kto_loss(policy_logps, reference_matched, is_desirable, z0, config.beta,
                                     class_weights["desirable_weight"], class_weights["undesirable_weight"], value)
     stats.update(z0=z0, z0_raw=z0_raw)
     return loss, stats
@@ -335,9 +435,10 @@ def microbatch_loss(policy, policy_unwrapped: SequenceLogProbs, reference: Refer
 
 
 def prepare_examples(config: TrainConfig, tokenizer) -> tuple[list[kto_data.TokenizedExample], int, int]:
-    """Tokenized units and the (n_desirable, n_undesirable) counts. For DPO the units are pairs
-    flattened as [chosen_0, rejected_0, chosen_1, ...]."""
-    if config.loss == "dpo":
+    """Tokenized units and the (n_desirable, n_undesirable) counts. For the paired losses the
+    units are pairs flattened as [chosen_0, rejected_0, chosen_1, ...]."""
+    variant = config.variant
+    if variant.paired:
         pairs = kto_data.read_preference_pairs(config.data)
         flat = []
         for pair in pairs:
@@ -345,16 +446,42 @@ def prepare_examples(config: TrainConfig, tokenizer) -> tuple[list[kto_data.Toke
             flat.append(kto_data.KTOExample(pair.prompt, pair.rejected, False, pair.line, pair.rejected_messages))
         return kto_data.tokenize_examples(tokenizer, flat, config.max_prompt_length), len(pairs), len(pairs)
     examples = kto_data.read_kto_jsonl(config.data)
-    if config.loss == "sft":
-        # The SFT baseline learns from the desirable completions only.
+    if variant.rows == "desirable":
         examples = [example for example in examples if example.label]
         if not examples:
-            raise TrainingError(f"{config.data}: the sft baseline trains on desirable examples and there are none")
+            raise TrainingError(f"{config.data}: the {config.loss} baseline trains on desirable examples and "
+                                "there are none")
     tokenized = kto_data.tokenize_examples(tokenizer, examples, config.max_prompt_length)
     if config.trl_compat:
         tokenized = [example for example in tokenized if kto_data.fits_trl_max_length(example, config.max_length)]
+    if config.loss == "csft":
+        # Conditional SFT: the label's control token ends the prompt, so the completion is learnt
+        # "given <|good|>" or "given <|bad|>"; generation then appends <|good|> (csft_control_ids).
+        control_ids = dict(zip((True, False), csft_control_ids(tokenizer)))
+        tokenized = [kto_data.TokenizedExample(example.prompt_ids + (control_ids[example.label],),
+                                               example.completion_ids, example.label) for example in tokenized]
     n_desirable = sum(example.label for example in tokenized)
     return tokenized, n_desirable, len(tokenized) - n_desirable
+
+
+def add_token_rows(model, vocabulary_size: int) -> None:
+    """Rows for added tokens, set to the mean of the existing ones: a neutral input, and (as an
+    output row) an average logit, so the model is not drawn to emit a token it never saw."""
+    old_size = model.get_input_embeddings().num_embeddings
+    model.resize_token_embeddings(vocabulary_size, mean_resizing=False)
+    with torch.no_grad():
+        for layer in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}:
+            layer.weight[old_size:] = layer.weight[:old_size].mean(0)
+            if getattr(layer, "bias", None) is not None:
+                layer.bias[old_size:] = layer.bias[:old_size].mean()
+
+
+def csft_control_ids(tokenizer) -> tuple[int, int]:
+    """Ids of CSFT's control tokens, added to the tokenizer as special tokens when missing."""
+    missing = [token for token in defaults.CSFT_CONTROL_TOKENS if token not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+    return tuple(tokenizer.convert_tokens_to_ids(token) for token in defaults.CSFT_CONTROL_TOKENS)
 
 
 def plan_steps(examples, config: TrainConfig, world_size: int) -> list[tuple[int, list[list[int]]]]:
@@ -364,7 +491,7 @@ def plan_steps(examples, config: TrainConfig, world_size: int) -> list[tuple[int
     if config.trl_compat:
         return kto_data.plan_trl_steps(len(examples), config.per_device_train_batch_size, world_size,
                                        config.gradient_accumulation_steps, config.num_train_epochs, config.max_steps)
-    if config.loss == "dpo":
+    if config.variant.paired:
         lengths = [max(kto_data.sequence_length(examples[2 * k], config.max_length),
                        kto_data.sequence_length(examples[2 * k + 1], config.max_length))
                    for k in range(len(examples) // 2)]
@@ -387,13 +514,15 @@ def plan_steps(examples, config: TrainConfig, world_size: int) -> list[tuple[int
 
 
 def _rng_state() -> dict:
+    """Every RNG's state as plain types and tensors, so it loads with torch.load(weights_only=True)."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     try:
         import numpy
 
-        state["numpy"] = numpy.random.get_state()
+        name, keys, position, has_gauss, cached_gaussian = numpy.random.get_state()
+        state["numpy"] = (name, torch.from_numpy(keys.astype("int64")), position, has_gauss, cached_gaussian)
     except ImportError:
         pass
     return state
@@ -407,10 +536,12 @@ def _set_rng_state(state: dict) -> None:
     if "numpy" in state:
         import numpy
 
-        numpy.random.set_state(state["numpy"])
+        name, keys, position, has_gauss, cached_gaussian = state["numpy"]
+        numpy.random.set_state((name, keys.numpy().astype("uint32"), position, has_gauss, cached_gaussian))
 
 
-def save_checkpoint(out: Path, step: int, epoch: int, model, optimizer, scheduler, accelerator, tokenizer) -> Path:
+def save_checkpoint(out: Path, step: int, epoch: int, model, optimizer, scheduler, accelerator, tokenizer,
+                    skipped_steps: int = 0) -> Path:
     """OUT/checkpoints/step-N/: weights or adapter, optimizer, scheduler, RNG, step and data position.
     Written under a temporary name and renamed, so a checkpoint directory is always complete."""
     final = out / "checkpoints" / f"step-{step}"
@@ -434,11 +565,22 @@ def save_checkpoint(out: Path, step: int, epoch: int, model, optimizer, schedule
     if accelerator.is_main_process:
         # Data position: steps are planned deterministically from the seed, so the step count
         # (with the epoch, for readers) pins the data order exactly.
-        (temporary / "trainer_state.json").write_text(json.dumps({"step": step, "epoch": epoch}))
+        (temporary / "trainer_state.json").write_text(json.dumps({"step": step, "epoch": epoch,
+                                                                "skipped_steps": skipped_steps}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)
     accelerator.wait_for_everyone()
     return final
+
+
+def load_plain(path: Path):
+    """torch.load of tensors and plain containers only: a pickle that would construct anything
+    else (run code) is refused, never executed."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise TrainingError(f"{path}: refused to load, it holds more than tensors and plain values "
+                            f"({str(error).splitlines()[0][:200]})") from None
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -501,7 +643,7 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 
 
 def check_config(config: TrainConfig) -> None:
-    if config.loss not in kto_loss.LOSS_TYPES:
+    if config.loss not in kto_loss.VARIANTS:
         raise TrainingError(f"--loss must be one of {', '.join(kto_loss.LOSS_TYPES)}, got {config.loss!r}")
     if config.trl_compat and config.loss != "kto":
         raise TrainingError("--trl-compat reproduces TRL's KTOTrainer, which trains --loss kto; "
@@ -510,12 +652,16 @@ def check_config(config: TrainConfig) -> None:
         raise TrainingError(f"--max-prompt-length must be at least 1, got {config.max_prompt_length}")
     if config.reference not in ("precompute", "copy"):
         raise TrainingError(f"--reference must be 'precompute' or 'copy', got {config.reference!r}")
-    if config.loss in kto_loss.KTO_VALUES:
+    if config.uses_mismatched:
         try:
             kto_data.mismatched_partners(config.per_device_train_batch_size)
         except ValueError as error:
             raise TrainingError(str(error)) from None
-    for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "logging_steps"):
+    if config.loss == "csft" and config.lora:
+        raise TrainingError("--loss csft adds two control tokens to the vocabulary, whose embeddings must be "
+                            "trained: use full fine-tuning (no --lora)")
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "logging_steps",
+                 "max_nonfinite_steps"):
         if getattr(config, name) < 1:
             raise TrainingError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     if config.max_length < 2:
@@ -524,6 +670,8 @@ def check_config(config: TrainConfig) -> None:
         raise TrainingError(f"--num-train-epochs must be positive, got {config.num_train_epochs}")
     if config.beta <= 0 or config.learning_rate <= 0:
         raise TrainingError("--beta and --learning-rate must be positive")
+    if not 0 <= config.warmup_ratio < 1:
+        raise TrainingError(f"--warmup-ratio must be in [0, 1), got {config.warmup_ratio}")
     if not Path(config.model).exists():
         raise TrainingError(f"--model {config.model}: no such directory (no model hub is used; give a local "
                             "save_pretrained directory)")
@@ -541,12 +689,49 @@ def check_config(config: TrainConfig) -> None:
         raise TrainingError(f"--out {out} exists and is not empty; choose a new directory or pass --resume")
 
 
+def run_identity(config: TrainConfig, world_size: int, use_bf16: bool) -> dict:
+    """What a resumed run must share with the original, beyond its options: the same processes
+    (the data order and z0's batches depend on them), precision, data and model contents."""
+    return {"world_size": world_size, "precision": "bf16" if use_bf16 else "fp32",
+            "data_sha256": kto_data.file_sha256(config.data), "model_fingerprint": model_fingerprint(config.model)}
+
+
+def check_resume_identity(out: Path, identity: dict) -> None:
+    previous = json.loads((out / "config.json").read_text()).get("run_identity")
+    if previous is None:
+        raise TrainingError(f"--resume: {out}/config.json records no world size, precision, data or model hash "
+                            "(written by an older engine); start a new run")
+    what = {"world_size": "number of processes", "precision": "precision", "data_sha256": "data file contents (sha256)",
+            "model_fingerprint": "model weights/config (fingerprint)"}
+    differences = [f"{what[name]}: was {previous.get(name)}, now {value}"
+                   for name, value in identity.items() if previous.get(name) != value]
+    if differences:
+        raise TrainingError("--resume refused, the run would not continue the same training: " + "; ".join(differences))
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout off everywhere (TRL's disable_dropout): with it on, the no-grad passes (reference,
+    z0) and the policy pass see different noise, so r ≠ 0 at step 1 and z0 is noisy."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        # Attention implementations that take the rate as a float attribute, not a module.
+        for name in ("attention_dropout", "attn_dropout", "dropout"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+
+
+def _all_finite(parameters) -> bool:
+    return all(bool(torch.isfinite(parameter).all()) for parameter in parameters)
+
+
 def train(config: TrainConfig) -> dict | None:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     # 1. Options and data, before anything is written.
     check_config(config)
+    variant = config.variant
     out = Path(config.out)
     tokenizer = load_tokenizer(config.model)
     examples, n_desirable, n_undesirable = prepare_examples(config, tokenizer)
@@ -561,15 +746,31 @@ def train(config: TrainConfig) -> dict | None:
     if problem:
         accelerator.end_training()
         raise TrainingError(problem)
+    identity = run_identity(config, accelerator.num_processes, use_bf16)
+    if config.resume:
+        check_resume_identity(out, identity)
     set_seed(config.seed)  # CPU kernels are deterministic for a fixed thread count
     steps = plan_steps(examples, config, accelerator.num_processes)
     if not steps:
         raise TrainingError(f"{config.data}: {len(examples)} examples do not fill one microbatch of "
                             f"{config.per_device_train_batch_size} × {accelerator.num_processes} processes")
+    warmup_steps = math.ceil(config.warmup_ratio * len(steps))
+    if accelerator.is_main_process:
+        effective_batch = config.per_device_train_batch_size * accelerator.num_processes * \
+            config.gradient_accumulation_steps
+        print(f"training: loss {config.loss}, effective batch {effective_batch} "
+              f"({config.per_device_train_batch_size} per device × {accelerator.num_processes} processes × "
+              f"{config.gradient_accumulation_steps} accumulation), {len(steps)} optimizer steps, "
+              f"{warmup_steps} warmup steps, learning rate {config.learning_rate:g}, β {config.beta:g}",
+              file=sys.stderr, flush=True)
 
     # 2. Policy, LoRA, reference.
     base_model_path = str(Path(config.model).resolve())
     model = load_causal_lm(base_model_path)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # csft's control tokens
+        add_token_rows(model, len(tokenizer))
+    if not config.keep_dropout:
+        disable_dropout(model)  # before LoRA, so an explicit --lora-dropout still applies
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
@@ -581,20 +782,21 @@ def train(config: TrainConfig) -> dict | None:
                                                  task_type="CAUSAL_LM"))
     policy = SequenceLogProbs(model).to(accelerator.device)
     policy.verify()  # refuses an architecture whose log-probs the engine cannot reproduce exactly
-    needs_reference = config.loss not in ("sft", "reference_free")
+    # Per-token losses need per-token reference log-probs: computed live, not cached.
+    precompute = variant.needs_reference and config.reference == "precompute" and not variant.token_level
     reference = None
-    if needs_reference and config.lora:
+    if variant.needs_reference and config.lora:
         reference = Reference(policy, disable_adapter=True)  # the base itself: no second copy
-    elif needs_reference and config.reference == "precompute":
+    elif precompute:
         # Before the first update the policy *is* the reference: precompute with it, no copy.
         reference = Reference(policy, disable_adapter=False)
-    elif needs_reference:
+    elif variant.needs_reference:
         # Full fine-tuning with a live reference: a frozen copy of the initial weights.
         reference = Reference(copy.deepcopy(policy).requires_grad_(False).eval(), disable_adapter=False)
 
     # 3-4. Reference log-probs precomputed for every sequence the planned steps will use.
     reference_cache, cache_info = None, None
-    if needs_reference and config.reference == "precompute":
+    if precompute:
         keys: set[tuple[int, int]] = set()
         for _, microbatches in steps:
             for global_microbatch in microbatches:
@@ -605,14 +807,13 @@ def train(config: TrainConfig) -> dict | None:
                     keys.update(matched_keys + mismatched_keys)
         reference_cache, cache_info = load_or_precompute_reference(
             reference, examples, keys, config, tokenizer.pad_token_id, accelerator,
-            batch_size=4 * config.per_device_train_batch_size)
+            batch_size=4 * config.per_device_train_batch_size, identity=reference_identity(config, use_bf16))
         reference = None  # training reads the cache from here on
 
     # 5. Optimizer, schedule, resume.
     trainable = [parameter for parameter in policy.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
                                   fused=True if config.trl_compat else None)  # TRL's default optim: fused AdamW
-    warmup_steps = math.ceil(config.warmup_ratio * len(steps))
 
     def learning_rate_factor(step: int) -> float:
         if step < warmup_steps:
@@ -627,18 +828,19 @@ def train(config: TrainConfig) -> dict | None:
     if reference is not None and reference.module is policy:
         reference.module = policy_for_no_grad
 
-    start_step = 0
+    start_step = skipped_steps = 0
     if config.resume:
         checkpoint = latest_checkpoint(out)
         if checkpoint is not None and kto_distributed.is_sharded(accelerator):
             accelerator.load_state(str(checkpoint / kto_distributed.SHARDED_STATE_DIR))  # model + optimizer shards
         if checkpoint is not None and not kto_distributed.is_sharded(accelerator):
             load_checkpoint_weights(policy.model, checkpoint)
-            optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=False))
+            optimizer.load_state_dict(load_plain(checkpoint / "optimizer.pt"))
         if checkpoint is not None:
-            scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
-            _set_rng_state(torch.load(checkpoint / f"rng-{accelerator.process_index}.pt", weights_only=False))
-            start_step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+            scheduler.load_state_dict(load_plain(checkpoint / "scheduler.pt"))
+            _set_rng_state(load_plain(checkpoint / f"rng-{accelerator.process_index}.pt"))
+            state = json.loads((checkpoint / "trainer_state.json").read_text())
+            start_step, skipped_steps = state["step"], state.get("skipped_steps", 0)
     metrics_path = out / "metrics.jsonl"
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -647,7 +849,8 @@ def train(config: TrainConfig) -> dict | None:
         write_json_atomic(out / "config.json", {
             "config": config.to_dict(), "class_weights": class_weights, "n_examples": len(examples),
             "n_desirable": n_desirable, "n_undesirable": n_undesirable, "total_steps": len(steps),
-            "world_size": accelerator.num_processes, "bf16": use_bf16, "reference_cache": cache_info,
+            "warmup_steps": warmup_steps, "world_size": accelerator.num_processes, "bf16": use_bf16,
+            "run_identity": identity, "reference_cache": cache_info,
             "base_model": base_model_path, "torch": torch.__version__,
         })
     accelerator.wait_for_everyone()
@@ -664,9 +867,11 @@ def train(config: TrainConfig) -> dict | None:
     train_start = time.perf_counter()
     window_start = time.perf_counter()
     trained_examples = trained_tokens = 0
+    nonfinite_in_a_row = 0
     rank, per_device = accelerator.process_index, config.per_device_train_batch_size
     for step in range(start_step, len(steps)):
         epoch, microbatches = steps[step]
+        step_window = _new_window(accelerator.device)
         for index, global_microbatch in enumerate(microbatches):
             local = global_microbatch[rank * per_device:(rank + 1) * per_device]
             batch = build_microbatch(examples, local, config, tokenizer.pad_token_id, reference_cache)
@@ -680,17 +885,41 @@ def train(config: TrainConfig) -> dict | None:
                 loss, stats = microbatch_loss(policy_ddp, policy_for_no_grad, reference, device_batch, config, class_weights,
                                               tokenizer.pad_token_id)
                 accelerator.backward(loss / len(microbatches))
-            _accumulate(window, loss, stats)
-            window["examples"] += batch["n_examples"]
-            window["tokens"] += batch["n_tokens"]
+            _accumulate(step_window, loss, stats)
+            step_window["examples"] += batch["n_examples"]
+            step_window["tokens"] += batch["n_tokens"]
         grad_norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
-        optimizer.step()
+        # One host sync per optimizer step: a non-finite loss (on any process) or gradient norm
+        # skips the update, so one bad batch cannot turn every weight into NaN.
+        nonfinite = (~torch.isfinite(torch.stack([step_window["loss_sum"], grad_norm.detach().float()]))).any().float()
+        if accelerator.num_processes > 1:
+            nonfinite = accelerator.reduce(nonfinite, reduction="sum")
+        completed = step + 1
+        if not bool(nonfinite):
+            optimizer.step()
+            nonfinite_in_a_row = 0
+            step_window["grad_norm"] = grad_norm.detach().float()
+            step_window["steps"] = 1
+            _merge(window, step_window)
+        else:
+            skipped_steps += 1
+            nonfinite_in_a_row += 1
+            print(f"step {completed}: non-finite loss ({float(step_window['loss_sum']):.4g}) or gradient norm "
+                  f"({float(grad_norm):.4g}): update skipped ({nonfinite_in_a_row} in a row)", file=sys.stderr,
+                  flush=True)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        window["grad_norm"] = window["grad_norm"] + grad_norm.detach().float()
-        window["steps"] += 1
-        completed = step + 1
         progress.update(1)
+        if nonfinite_in_a_row >= config.max_nonfinite_steps:
+            if metrics_file is not None:
+                metrics_file.write(json.dumps({"step": completed, "skipped_steps": skipped_steps,
+                                               "aborted": "non-finite"}) + "\n")
+                metrics_file.close()
+            progress.close()
+            raise NonFiniteError(
+                f"{nonfinite_in_a_row} optimizer steps in a row (up to step {completed}) had a non-finite loss or "
+                f"gradient norm; stopped without writing a model. Check the data (rows with extreme lengths), "
+                f"lower --learning-rate, or use --bf16 no; --max-nonfinite-steps sets the limit")
 
         if completed % config.logging_steps == 0 or completed == len(steps):
             # One host sync per logged step: all statistics travel in one tensor.
@@ -698,26 +927,32 @@ def train(config: TrainConfig) -> dict | None:
             elapsed = time.perf_counter() - window_start
             record.update(step=completed, epoch=round(epoch + (completed - _first_step_of_epoch(steps, epoch)) /
                                                       _steps_in_epoch(steps, epoch), 4),
-                          learning_rate=scheduler.get_last_lr()[0],
+                          learning_rate=scheduler.get_last_lr()[0], skipped_steps=skipped_steps,
                           examples_per_s=record.pop("examples") / elapsed, tokens_per_s=record.pop("tokens") / elapsed)
             trained_examples += window["examples"] * accelerator.num_processes
             trained_tokens += window["tokens"] * accelerator.num_processes
             if metrics_file is not None:
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()  # the web app tails this file live
-            progress.set_postfix(loss=f"{record['loss']:.4f}", z0=f"{record['z0']:.3f}")
-            last_logged = record
+            if record["loss"] is not None:
+                progress.set_postfix(loss=f"{record['loss']:.4f}", z0=f"{record['z0']:.3f}")
+                last_logged = record
             window = _new_window(accelerator.device)
             window_start = time.perf_counter()
         if config.save_steps > 0 and completed % config.save_steps == 0 and completed < len(steps):
+            if not _all_finite(trainable):
+                raise NonFiniteError(f"step {completed}: non-finite weights; no checkpoint written")
             save_checkpoint(out, completed, epoch, accelerator.unwrap_model(policy_ddp).model, optimizer, scheduler,
-                            accelerator, tokenizer)
+                            accelerator, tokenizer, skipped_steps)
     progress.close()
     train_runtime = time.perf_counter() - train_start
     if metrics_file is not None:
         metrics_file.close()
 
-    # 7. final/: written under a temporary name, then renamed — never half a final model.
+    # 7. final/: written under a temporary name, then renamed — never half a final model, and
+    # never a non-finite one.
+    if not _all_finite(trainable):
+        raise NonFiniteError("the trained weights are not finite; final/ was not written")
     final = out / "final"
     state_dict = kto_distributed.full_state_dict(accelerator, policy_ddp)  # every rank: FSDP gathers the shards
     if accelerator.is_main_process:
@@ -725,20 +960,27 @@ def train(config: TrainConfig) -> dict | None:
         shutil.rmtree(temporary, ignore_errors=True)
         accelerator.unwrap_model(policy_ddp).model.save_pretrained(temporary, state_dict=state_dict)
         tokenizer.save_pretrained(temporary)
-        write_json_atomic(temporary / "prospect_training.json", {
-            "base_model": base_model_path, "loss": config.loss, "lora": config.lora, "steps": len(steps),
-            "class_weights": class_weights, "data_sha256": kto_data.file_sha256(config.data)})
+        record = {"base_model": base_model_path, "loss": config.loss, "lora": config.lora, "steps": len(steps),
+                  "skipped_steps": skipped_steps, "class_weights": class_weights,
+                  "data_sha256": identity["data_sha256"]}
+        if config.loss == "csft":
+            # Generation and evaluation append the desirable control token to every prompt.
+            record["control_tokens"] = {"desirable": defaults.CSFT_CONTROL_TOKENS[0],
+                                        "undesirable": defaults.CSFT_CONTROL_TOKENS[1]}
+            record["prompt_suffix_token"] = defaults.CSFT_CONTROL_TOKENS[0]
+        write_json_atomic(temporary / "prospect_training.json", record)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)
     accelerator.wait_for_everyone()
     summary = {
         "out": str(out), "final": str(final), "steps": len(steps), "resumed_from_step": start_step,
-        "loss_type": config.loss, "lora": config.lora,
-        "desirable_weight": class_weights["desirable_weight"], "undesirable_weight": class_weights["undesirable_weight"],
-        "train_runtime_s": round(train_runtime, 3),
+        "skipped_steps": skipped_steps, "loss_type": config.loss, "lora": config.lora,
+        "desirable_weight": class_weights["desirable_weight"],
+        "undesirable_weight": class_weights["undesirable_weight"], "train_runtime_s": round(train_runtime, 3),
         "examples_per_s": trained_examples / train_runtime if train_runtime > 0 else None,
         "tokens_per_s": trained_tokens / train_runtime if train_runtime > 0 else None,
-        "reference": config.reference if needs_reference else "none", "reference_cache": cache_info,
+        "reference": ("none" if not variant.needs_reference else "precompute" if precompute else "copy"),
+        "reference_cache": cache_info,
     }
     summary.update({key: last_logged.get(key) for key in ("loss", "z0", "reward_accuracy", "reward_margin")})
     is_main = accelerator.is_main_process
@@ -747,8 +989,6 @@ def train(config: TrainConfig) -> dict | None:
     kto_distributed.shut_down(accelerator)
     # Under `accelerate launch` only the main process reports (one JSON line for the whole run).
     return summary if is_main else None
-
-
 
 
 def _first_step_of_epoch(steps, epoch) -> int:
@@ -780,12 +1020,23 @@ def _accumulate(window: dict, loss: torch.Tensor, stats: dict) -> None:
         window[name] += stats[name].float()
 
 
+def _merge(window: dict, step_window: dict) -> None:
+    """Add one (finite) optimizer step's statistics to the logging window."""
+    for name in _SUMMED + ("grad_norm",):
+        window[name] += step_window[name]
+    for name in ("steps", "examples", "tokens"):
+        window[name] += step_window[name]
+
+
 def _reduce_window(window: dict, accelerator) -> dict:
     local = torch.stack([window[name] for name in _SUMMED] + [window["grad_norm"]])
     if accelerator.num_processes > 1:
         local = accelerator.reduce(local, reduction="sum")
     values = dict(zip(_SUMMED + ("grad_norm",), local.tolist()))
     processes = accelerator.num_processes
+    if not window["steps"]:  # every step of the window was skipped (non-finite)
+        return {name: None for name in ("loss", "z0", "z0_raw", "reward_desirable", "reward_undesirable",
+                                        "reward_margin", "reward_accuracy", "grad_norm")} | {"examples": 0, "tokens": 0}
     n_desirable, n_undesirable = values["desirable_count"], values["undesirable_count"]
     reward_desirable = values["desirable_reward_sum"] / n_desirable if n_desirable else None
     reward_undesirable = values["undesirable_reward_sum"] / n_undesirable if n_undesirable else None

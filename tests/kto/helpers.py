@@ -1,0 +1,29 @@
+"""Helpers shared by the engine's tests (not fixtures: plain functions)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+# Small, fast settings (the demo model learns quickly at this rate), every schedule flag explicit.
+FAST = ["--learning-rate", "1e-4", "--per-device-train-batch-size", "4", "--gradient-accumulation-steps", "2",
+        "--max-length", "32", "--num-train-epochs", "1", "--warmup-ratio", "0.1", "--logging-steps", "1",
+        "--save-steps", "0", "--no-gradient-checkpointing", "--no-progress"]
+
+
+def summary_of(result) -> dict:
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout  # exactly one JSON line on stdout
+    return json.loads(lines[0])
+
+
+def metrics_of(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def private_copy(path: str, directory: Path) -> str:
+    """A copy of a data file in its own directory, so its reference cache starts empty."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / Path(path).name
+    shutil.copyfile(path, target)
+    return str(target)
