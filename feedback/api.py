@@ -1,6 +1,7 @@
 """The ingestion API under /api/v1/: generations, votes (also from end users of product apps),
 bulk imports and dataset snapshots. Token auth (or a browser session with CSRF); every write of
 the API needs an authenticated caller, imports and snapshots need a staff account."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -41,9 +42,15 @@ class GenerationInSerializer(serializers.Serializer):
     completion = serializers.CharField(trim_whitespace=False)
     source = serializers.CharField(max_length=200, required=False, default="api")
     external_id = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
-    model_version = serializers.PrimaryKeyRelatedField(queryset=ModelVersion.objects.all(), required=False, allow_null=True)
+    model_version = serializers.PrimaryKeyRelatedField(
+        queryset=ModelVersion.objects.all(), required=False, allow_null=True
+    )
     votes_wanted = serializers.IntegerField(
-        min_value=1, max_value=50, required=False, allow_null=True, help_text="Votes this item should get (default: the server's)."
+        min_value=1,
+        max_value=50,
+        required=False,
+        allow_null=True,
+        help_text="Votes this item should get (default: the server's).",
     )
 
     def validate_completion(self, value):
@@ -77,7 +84,12 @@ class GenerationOutSerializer(serializers.Serializer):
 
 
 def _generation_out(generation: Generation, created: bool) -> dict:
-    return {"id": generation.pk, "prompt_id": generation.prompt_id, "external_id": generation.external_id, "created": created}
+    return {
+        "id": generation.pk,
+        "prompt_id": generation.prompt_id,
+        "external_id": generation.external_id,
+        "created": created,
+    }
 
 
 class GenerationCreateView(APIView):
@@ -90,8 +102,16 @@ class GenerationCreateView(APIView):
         description="Idempotent: the same prompt and completion again returns the existing row (200, created=false).",
         request=GenerationInSerializer,
         responses={201: GenerationOutSerializer, 200: GenerationOutSerializer},
-        examples=[OpenApiExample("chat prompt", value={
-            "prompt": [{"role": "user", "content": "What is 12+7?"}], "completion": "19", "external_id": "app-123"})],
+        examples=[
+            OpenApiExample(
+                "chat prompt",
+                value={
+                    "prompt": [{"role": "user", "content": "What is 12+7?"}],
+                    "completion": "19",
+                    "external_id": "app-123",
+                },
+            )
+        ],
         tags=["feedback"],
     )
     def post(self, request):
@@ -101,7 +121,9 @@ class GenerationCreateView(APIView):
             generation, created = services.create_generation(payload.to_generation_input())
         except services.GenerationConflict as exc:
             return Response({"external_id": [str(exc)]}, status=status.HTTP_409_CONFLICT)
-        return Response(_generation_out(generation, created), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        return Response(
+            _generation_out(generation, created), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
 
 
 class GenerationBatchInSerializer(serializers.Serializer):
@@ -143,7 +165,9 @@ class VoteInSerializer(serializers.Serializer):
     generation_external_id = serializers.CharField(max_length=200, required=False)
     desirable = serializers.BooleanField(help_text="true = thumbs up, false = thumbs down.")
     external_user_id = serializers.CharField(
-        max_length=200, required=False, help_text="The end user of your product app who gave the thumbs; omit to vote as yourself."
+        max_length=200,
+        required=False,
+        help_text="The end user of your product app who gave the thumbs; omit to vote as yourself.",
     )
     comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
 
@@ -182,7 +206,11 @@ class VoteView(APIView):
         ),
         request=VoteInSerializer,
         responses={201: VoteOutSerializer, 200: VoteOutSerializer},
-        examples=[OpenApiExample("end-user thumbs", value={"generation_id": 42, "desirable": True, "external_user_id": "user-9"})],
+        examples=[
+            OpenApiExample(
+                "end-user thumbs", value={"generation_id": 42, "desirable": True, "external_user_id": "user-9"}
+            )
+        ],
         tags=["feedback"],
     )
     def post(self, request):
@@ -191,20 +219,30 @@ class VoteView(APIView):
         data = payload.validated_data
         generation_id = data.get("generation_id")
         if generation_id is None:
-            generation_id = Generation.objects.filter(external_id=data["generation_external_id"]).values_list(
-                "id", flat=True).first()
+            generation_id = (
+                Generation.objects.filter(external_id=data["generation_external_id"])
+                .values_list("id", flat=True)
+                .first()
+            )
             if generation_id is None:
-                return Response({"generation_external_id": [
-                    f"no generation has external_id {data['generation_external_id']!r}"]}, status=status.HTTP_404_NOT_FOUND)
+                return Response(
+                    {"generation_external_id": [f"no generation has external_id {data['generation_external_id']!r}"]},
+                    status=status.HTTP_404_NOT_FOUND,
+                )
         # The voter: the end user when the caller names one, else the caller.
-        voter = ({"external_user_id": data["external_user_id"]} if data.get("external_user_id")
-                 else {"annotator_id": request.user.pk})
+        voter = (
+            {"external_user_id": data["external_user_id"]}
+            if data.get("external_user_id")
+            else {"annotator_id": request.user.pk}
+        )
         try:
-            vote, created = services.record_vote(generation_id=generation_id, desirable=data["desirable"],
-                                                 comment=data["comment"], source="api", **voter)
+            vote, created = services.record_vote(
+                generation_id=generation_id, desirable=data["desirable"], comment=data["comment"], source="api", **voter
+            )
         except services.GenerationNotFound:
-            return Response({"generation_id": [f"generation {generation_id} does not exist"]},
-                            status=status.HTTP_404_NOT_FOUND)
+            return Response(
+                {"generation_id": [f"generation {generation_id} does not exist"]}, status=status.HTTP_404_NOT_FOUND
+            )
         body = {"id": vote.pk, "generation_id": generation_id, "desirable": vote.desirable, "created": created}
         return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
@@ -277,7 +315,10 @@ class SnapshotInSerializer(serializers.Serializer):
     mode = serializers.ChoiceField(choices=["auto", "downside_first"], default="auto")
     manual_weights = serializers.ListField(
         child=serializers.FloatField(),
-        min_length=2, max_length=2, required=False, help_text="[λ_D, λ_U] to override the automatic weights.",
+        min_length=2,
+        max_length=2,
+        required=False,
+        help_text="[λ_D, λ_U] to override the automatic weights.",
     )
     seed = serializers.IntegerField(default=0)
 
@@ -286,8 +327,21 @@ class SnapshotSerializer(serializers.ModelSerializer):
     class Meta:
         model = DatasetSnapshot
         fields = [
-            "id", "sha256", "path", "n_desirable", "n_undesirable", "desirable_weight", "undesirable_weight",
-            "weight_rule", "n_train", "n_holdout", "n_ties_dropped", "n_votes", "last_vote_id", "params", "created_at",
+            "id",
+            "sha256",
+            "path",
+            "n_desirable",
+            "n_undesirable",
+            "desirable_weight",
+            "undesirable_weight",
+            "weight_rule",
+            "n_train",
+            "n_holdout",
+            "n_ties_dropped",
+            "n_votes",
+            "last_vote_id",
+            "params",
+            "created_at",
         ]
 
 
@@ -295,8 +349,12 @@ class SnapshotListCreateView(APIView):
     authentication_classes = AUTHENTICATION
     permission_classes = [IsAdminUser]
 
-    @extend_schema(operation_id="list_snapshots", summary="List dataset snapshots, newest first",
-                   responses={200: SnapshotSerializer(many=True)}, tags=["snapshots"])
+    @extend_schema(
+        operation_id="list_snapshots",
+        summary="List dataset snapshots, newest first",
+        responses={200: SnapshotSerializer(many=True)},
+        tags=["snapshots"],
+    )
     def get(self, request):
         snapshots = DatasetSnapshot.objects.order_by("-id")[:100]
         return Response(SnapshotSerializer(snapshots, many=True).data)

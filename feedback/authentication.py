@@ -9,6 +9,7 @@ One rule everywhere: a token is valid while its row exists and its user is activ
 - `VoterTokenAuthentication` (the vote endpoint, one request per end-user click) needs only the
   caller's id: that same one query, and a `TokenVoter` instead of a User object.
 """
+
 from __future__ import annotations
 
 import threading
@@ -31,9 +32,9 @@ INACTIVE_USER = "User inactive or deleted."
 
 _User = get_user_model()
 _TOKEN_USER = (
-    "SELECT u.{user_pk}, u.is_active, u.is_staff, u.is_superuser FROM {token} t JOIN {user} u ON u.{user_pk} = t.user_id"
+    f"SELECT u.{_User._meta.pk.column}, u.is_active, u.is_staff, u.is_superuser FROM {Token._meta.db_table} t JOIN {_User._meta.db_table} u ON u.{_User._meta.pk.column} = t.user_id"
     " WHERE t.key = %s"
-).format(token=Token._meta.db_table, user=_User._meta.db_table, user_pk=_User._meta.pk.column)
+)
 
 
 def _token_user_row(key: str) -> tuple | None:

@@ -1,4 +1,5 @@
 """Fixtures shared by the whole suite: the demo model (built once per session) and a browser."""
+
 from __future__ import annotations
 
 import os
@@ -19,6 +20,14 @@ def demo_model_dir() -> str:
     from training.kto.testing import get_or_build_demo_model
 
     return get_or_build_demo_model()
+
+
+@pytest.fixture
+def committed_db(transactional_db, django_db_serialized_rollback):
+    """A test database whose writes are committed, so other processes (workers, a live server) see
+    them. Like every transactional test of the suite it restores the serialized database afterwards:
+    a plain flush would re-create content types under new ids and drop the rows data migrations
+    made (the annotators group), which breaks the next test that restores the serialized copy."""
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 record_vote is the one function that writes votes (the API, the annotation pages through
 services.queue, the simulated annotators and the importer's per-row path all come here).
 """
+
 from __future__ import annotations
 
 from django.db import IntegrityError, connection, transaction
@@ -25,8 +26,10 @@ def _insert_sql() -> str:
     quote = connection.ops.quote_name
     columns = ", ".join(quote(field.column) for field in _INSERTED_FIELDS)
     placeholders = ", ".join(["%s"] * len(_INSERTED_FIELDS))
-    return (f"INSERT INTO {quote(Vote._meta.db_table)} ({columns}) VALUES ({placeholders})"
-            f" ON CONFLICT DO NOTHING RETURNING {quote(Vote._meta.pk.column)}")
+    return (
+        f"INSERT INTO {quote(Vote._meta.db_table)} ({columns}) VALUES ({placeholders})"
+        f" ON CONFLICT DO NOTHING RETURNING {quote(Vote._meta.pk.column)}"
+    )
 
 
 def _insert_or_nothing(vote: Vote) -> int | None:
@@ -77,8 +80,14 @@ def record_vote(
         raise ValueError("a vote has exactly one voter: an annotator or an external user id")
     if not transaction.get_autocommit() and not Generation.objects.filter(pk=generation_id).exists():
         raise GenerationNotFound(f"generation {generation_id} does not exist")
-    vote = Vote(generation_id=generation_id, annotator_id=annotator_id, external_user_id=external_user_id,
-                desirable=desirable, comment=comment, source=source)
+    vote = Vote(
+        generation_id=generation_id,
+        annotator_id=annotator_id,
+        external_user_id=external_user_id,
+        desirable=desirable,
+        comment=comment,
+        source=source,
+    )
     try:
         vote_id = _insert_or_nothing(vote)
     except IntegrityError:

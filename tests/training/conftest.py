@@ -1,7 +1,7 @@
 """Fixtures of the training tests: real Celery workers, real Redis, a real database shared with them.
 
 The workers are separate processes, so they must see what a test wrote: the tests that start one
-use `transactional_db` (rows are committed), and on SQLite the test database is a file instead
+use `committed_db` (rows are committed), and on SQLite the test database is a file instead
 of pytest-django's default in-memory one (set below, before the test database is created; this
 applies to the whole test session, which is harmless for other tests). On Postgres the workers
 connect to the same test database by name.
@@ -112,7 +112,7 @@ class Worker:
 
 
 @pytest.fixture
-def start_worker(transactional_db, data_dir, tmp_path):
+def start_worker(committed_db, data_dir, tmp_path):
     """Start real `celery worker` processes against the test database; all are killed at teardown.
 
     start_worker(queues="default,gpu", beat=False, broker_url=LOOP_REDIS_URL, env={...}) -> Worker
@@ -258,7 +258,7 @@ def voted_demo_data():
 
 
 @pytest.fixture
-def demo_loop(transactional_db, data_dir, active_demo_version, demo_model_dir):
+def demo_loop(committed_db, data_dir, active_demo_version, demo_model_dir):
     """The demo model as the active version, a policy with a tiny training config, 20 prompts' votes."""
     from training.policy import get_policy
 

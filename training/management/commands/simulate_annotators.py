@@ -19,10 +19,10 @@ from django.core.management.base import BaseCommand, CommandError
 
 from feedback.services import record_vote
 from training import runs, selectors
-from training.runner import execute_run
-from training.serving import generate_for_prompts
 from training.management.commands._demo_setup import ensure_active_version
 from training.models import ModelVersion, TrainingRun
+from training.runner import execute_run
+from training.serving import generate_for_prompts
 
 SIMULATED_VOTER = "simulated-annotator"
 GATE_BUSY = (ModelVersion.EvaluationState.PENDING, ModelVersion.EvaluationState.RUNNING)
