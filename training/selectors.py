@@ -1,4 +1,4 @@
-"""Reads of the training loop (no writes here: see training.services).
+"""Reads of the training loop (no writes here: see training.runs and training.registry).
 
 Public API (a contract for views, commands and tasks):
     active_version()           -> ModelVersion | None
