@@ -26,7 +26,7 @@ def policy(committed_db, data_dir, loop_redis, tmp_path):
 
 
 def _gpu_queue_length() -> int:
-    from tests.training.helpers import LOOP_REDIS_URL
+    from tests.helpers import LOOP_REDIS_URL
 
     return redis.Redis.from_url(LOOP_REDIS_URL).llen("gpu")
 
