@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import connection
 from rest_framework import exceptions
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
+
+from feedback.sql import fetchone_prepared
 
 # Bounded so that many distinct tokens cannot grow a worker's memory without limit.
 MAX_REMEMBERED_TOKENS = 1024
@@ -38,9 +39,7 @@ _TOKEN_USER = (
 
 
 def _token_user_row(key: str) -> tuple | None:
-    with connection.cursor() as cursor:
-        cursor.execute(_TOKEN_USER, [key])
-        return cursor.fetchone()
+    return fetchone_prepared(_TOKEN_USER, [key])
 
 
 def token_voter_id(key: str) -> int:
