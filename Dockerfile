@@ -1,5 +1,6 @@
 # One image for web, workers and beat; the GPU worker runs it with the NVIDIA runtime, where the
-# torch pin in requirements.txt resolves to the CUDA build.
+# torch pin in requirements.txt resolves to the CUDA build. Only the runtime requirements: the test
+# and benchmark tools (requirements-dev.txt) stay out of the image.
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PROSPECT_DATA_DIR=/data
 WORKDIR /app

@@ -1,5 +1,5 @@
 # The two commands: `make demo` runs the whole loop on embedded defaults; `make test` runs the suite.
-.PHONY: setup demo test bench-web bench-speed bench-quality bench-gpu
+.PHONY: setup demo test lint bench-web bench-speed bench-quality bench-gpu
 
 setup:
 	@scripts/setup.sh
@@ -9,6 +9,10 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 
 bench-web: setup
 	.venv/bin/python bench/web_load.py

@@ -2,7 +2,7 @@
 initialised model shaped like Qwen2.5-0.5B (config built locally, no hub), bf16, full fine-tuning
 with precomputed reference log-probs in both, same data / batch / epochs.
 
-    python bench/gpu_speed.py                 # on a GPU machine after `pip install -r requirements.txt` (≈ 5 min)
+    python bench/gpu_speed.py                 # on a GPU machine after `pip install -r requirements-dev.txt` (≈ 5 min)
     python bench/gpu_speed.py --model-kind qwen2.5-1.5b
     python bench/gpu_speed.py --tiny          # CPU smoke test: tiny model, a few examples
 

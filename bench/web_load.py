@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,9 @@ import psutil
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.helpers import free_port  # noqa: E402  (after the repository is importable)
+
 PYTHON = sys.executable
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/prospect_bench"
 SEED_GENERATIONS = 2000
@@ -86,12 +88,6 @@ print(Token.objects.create(user=user).key, min(Generation.objects.values_list("i
 
 
 # --- The server -----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_gunicorn(env: dict, port: int, workers: int, threads: int) -> subprocess.Popen:

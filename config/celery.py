@@ -36,6 +36,7 @@ Reliability
     and the reaper (on every worker start, and every minute from beat) marks runs whose worker
     died as failed and kills their leftover training processes.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ laptop with nothing else installed (SQLite, the offline demo model). Each reader
 variable, its default and what it means in DECLARED, from which the README's configuration table
 is generated (scripts/config_table.py), and against which the test suite checks that table.
 """
+
 from __future__ import annotations
 
 import os

@@ -9,6 +9,7 @@ One rule everywhere: a token is valid while its row exists and its user is activ
 - `VoterTokenAuthentication` (the vote endpoint, one request per end-user click) needs only the
   caller's id: that same one query, and a `TokenVoter` instead of a User object.
 """
+
 from __future__ import annotations
 
 import threading
@@ -17,10 +18,11 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import connection
 from rest_framework import exceptions
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
+
+from feedback.sql import fetchone_prepared
 
 # Bounded so that many distinct tokens cannot grow a worker's memory without limit.
 MAX_REMEMBERED_TOKENS = 1024
@@ -31,15 +33,13 @@ INACTIVE_USER = "User inactive or deleted."
 
 _User = get_user_model()
 _TOKEN_USER = (
-    "SELECT u.{user_pk}, u.is_active, u.is_staff, u.is_superuser FROM {token} t JOIN {user} u ON u.{user_pk} = t.user_id"
+    f"SELECT u.{_User._meta.pk.column}, u.is_active, u.is_staff, u.is_superuser FROM {Token._meta.db_table} t JOIN {_User._meta.db_table} u ON u.{_User._meta.pk.column} = t.user_id"
     " WHERE t.key = %s"
-).format(token=Token._meta.db_table, user=_User._meta.db_table, user_pk=_User._meta.pk.column)
+)
 
 
 def _token_user_row(key: str) -> tuple | None:
-    with connection.cursor() as cursor:
-        cursor.execute(_TOKEN_USER, [key])
-        return cursor.fetchone()
+    return fetchone_prepared(_TOKEN_USER, [key])
 
 
 def token_voter_id(key: str) -> int:

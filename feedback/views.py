@@ -151,8 +151,9 @@ def _balance_in_words(n_desirable: int, n_undesirable: int) -> dict:
 
 
 class SnapshotForm(forms.Form):
-    holdout = forms.FloatField(min_value=0, max_value=0.9, initial=0.1)
-    target_ratio = forms.FloatField(min_value=0.01, initial=4 / 3)
+    # Initial values: the settings (passed by the dashboard view).
+    holdout = forms.FloatField(min_value=0, max_value=0.9)
+    target_ratio = forms.FloatField(min_value=0.01)
     mode = forms.ChoiceField(choices=[("auto", "auto (paper Eq. 7)"), ("downside_first", "downside first")])
 
 

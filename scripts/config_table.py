@@ -3,6 +3,7 @@
     python scripts/config_table.py    # paste between the config-table markers in README.md
 The test suite fails when README.md and this output differ.
 """
+
 from __future__ import annotations
 
 import sys

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Idempotent set-up for a fresh machine: Debian's Chromium for the browser tests, a virtualenv
-# with the pinned requirements. Re-running it does nothing once everything is in place.
+# Idempotent set-up of a development / CI machine: Debian's Chromium for the browser tests, a
+# virtualenv with the pinned runtime and development requirements (the Docker image installs only
+# requirements.txt). Re-running it does nothing once everything is in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,9 +19,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -r requirements.txt
+  .venv/bin/pip install -q -r requirements-dev.txt
   echo "$want" > "$stamp"
 fi

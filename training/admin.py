@@ -1,6 +1,7 @@
 """Admin for runs, versions and the retraining policy. State changes go through training.runs
 and training.registry,
 so the admin cannot break the one-active-version rule or the run state machine."""
+
 from __future__ import annotations
 
 from django.contrib import admin, messages
@@ -18,9 +19,18 @@ class TrainingPolicyAdmin(admin.ModelAdmin):
             "Training config",
             {
                 "fields": (
-                    "base_model", "lora", "loss", "beta", "learning_rate", "num_train_epochs", "max_steps",
-                    "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
-                    "time_limit_seconds", "seed",
+                    "base_model",
+                    "lora",
+                    "loss",
+                    "beta",
+                    "learning_rate",
+                    "num_train_epochs",
+                    "max_steps",
+                    "per_device_train_batch_size",
+                    "gradient_accumulation_steps",
+                    "max_length",
+                    "time_limit_seconds",
+                    "seed",
                 )
             },
         ),

@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from feedback.content import ContentError, validate_prompt
-from training.serving import EmptyCompletion, NoActiveModelVersion, generate_for_prompt
+from training.serving import DEFAULT_MAX_NEW_TOKENS, EmptyCompletion, NoActiveModelVersion, generate_for_prompt
 
 
 @extend_schema_field({
@@ -34,7 +34,7 @@ class PromptField(serializers.JSONField):
 
 class GenerateRequestSerializer(serializers.Serializer):
     prompt = PromptField(help_text="A string, or a list of chat messages [{role, content}, ...].")
-    max_new_tokens = serializers.IntegerField(required=False, default=32, min_value=1, max_value=1024)
+    max_new_tokens = serializers.IntegerField(required=False, default=DEFAULT_MAX_NEW_TOKENS, min_value=1, max_value=1024)
     temperature = serializers.FloatField(
         required=False, default=0.0, min_value=0.0, max_value=5.0, help_text="0 = greedy decoding."
     )

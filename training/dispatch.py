@@ -4,6 +4,7 @@ The layers below training.tasks (runs, scheduler, commands) send messages throug
 importing the task functions, so that tasks can call down into them without an import circle.
 Routing (which queue) is the settings' CELERY_TASK_ROUTES, applied by name as for any task.
 """
+
 from __future__ import annotations
 
 from celery import current_app

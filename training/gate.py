@@ -16,6 +16,7 @@ Decision (margin = the run config's promote_margin, from the admin-editable poli
 Otherwise the version stays a candidate and status_reason says why (an admin may still promote
 or reject it by hand). All numbers are stored in the candidate's `metrics`.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,6 +36,7 @@ from training.selectors import active_version
 
 logger = logging.getLogger(__name__)
 
+
 class GateError(RuntimeError):
     """A measurement subprocess failed; the message carries its stderr tail."""
 
@@ -42,8 +44,12 @@ class GateError(RuntimeError):
 def _run_json(command: list[str], what: str) -> dict:
     """Run a measurement subprocess and parse the last JSON line it printed."""
     result = subprocess.run(
-        command, cwd=settings.BASE_DIR, capture_output=True, text=True,
-        timeout=settings.PROSPECT_EVAL_TIMEOUT_SECONDS, stdin=subprocess.DEVNULL,
+        command,
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=settings.PROSPECT_EVAL_TIMEOUT_SECONDS,
+        stdin=subprocess.DEVNULL,
     )
     if result.returncode != 0:
         raise GateError(f"{what} exited with code {result.returncode}:\n{result.stderr[-2000:]}")
@@ -70,18 +76,41 @@ def holdout_metrics(version: ModelVersion, holdout_path: Path, *, reference_dir:
     active version, so their reward accuracies and losses are comparable. (An adapter is always
     measured against its own base with the adapter disabled: that is how the engine defines it.)
     """
-    command = [sys.executable, "-m", "training.kto", "evaluate", "--model", version.artifact_path,
-               "--data", str(holdout_path), "--reference", reference_dir,
-               "--beta", repr(float(config["beta"])),
-               "--max-length", str(int(config["max_length"])),
-               "--batch-size", str(max(2, int(config["per_device_train_batch_size"])))]
+    command = [
+        sys.executable,
+        "-m",
+        "training.kto",
+        "evaluate",
+        "--model",
+        version.artifact_path,
+        "--data",
+        str(holdout_path),
+        "--reference",
+        reference_dir,
+        "--beta",
+        repr(float(config["beta"])),
+        "--max-length",
+        str(int(config["max_length"])),
+        "--batch-size",
+        str(max(2, int(config["per_device_train_batch_size"]))),
+    ]
     return _run_json(command, f"evaluate {version.name}")
 
 
 def demo_judge_accuracy(version: ModelVersion, n_prompts: int, seed: int) -> float:
     """Greedy exact-match accuracy of a version on `n_prompts` held-out demo prompts."""
-    command = [sys.executable, "-m", "training.kto", "demo-accuracy", "--model", version.artifact_path,
-               "--prompts", str(n_prompts), "--seed", str(seed)]
+    command = [
+        sys.executable,
+        "-m",
+        "training.kto",
+        "demo-accuracy",
+        "--model",
+        version.artifact_path,
+        "--prompts",
+        str(n_prompts),
+        "--seed",
+        str(seed),
+    ]
     return float(_run_json(command, f"demo judge of {version.name}")["demo_accuracy"])
 
 
@@ -98,16 +127,20 @@ def decide(measurements: dict, margin: float, judged: bool) -> tuple[bool, str]:
     candidate, active = measurements["candidate"], measurements["active"]
     if judged:
         gain = candidate["demo_accuracy"] - active["demo_accuracy"]
-        verdict = (f"demo accuracy {candidate['demo_accuracy']:.3f} vs {active['demo_accuracy']:.3f} "
-                   f"of {measurements['active_version']} (gain {gain:+.3f}, margin {margin:+.3f})")
+        verdict = (
+            f"demo accuracy {candidate['demo_accuracy']:.3f} vs {active['demo_accuracy']:.3f} "
+            f"of {measurements['active_version']} (gain {gain:+.3f}, margin {margin:+.3f})"
+        )
         return gain >= margin, verdict
     if "holdout" not in candidate or "holdout" not in active:
         return False, "no holdout examples and no judge: nothing to compare, promote by hand if wanted"
     cand_acc, act_acc = candidate["holdout"]["reward_accuracy"], active["holdout"]["reward_accuracy"]
     cand_loss, act_loss = candidate["holdout"]["loss"], active["holdout"]["loss"]
     gain = cand_acc - act_acc
-    verdict = (f"holdout reward accuracy {cand_acc:.3f} vs {act_acc:.3f} (gain {gain:+.3f}, margin {margin:+.3f}), "
-               f"KTO loss {cand_loss:.4f} vs {act_loss:.4f} of {measurements['active_version']}")
+    verdict = (
+        f"holdout reward accuracy {cand_acc:.3f} vs {act_acc:.3f} (gain {gain:+.3f}, margin {margin:+.3f}), "
+        f"KTO loss {cand_loss:.4f} vs {act_loss:.4f} of {measurements['active_version']}"
+    )
     return gain >= margin and cand_loss <= act_loss, verdict
 
 
@@ -117,9 +150,9 @@ def evaluate_candidate(version: ModelVersion) -> ModelVersion:
     Only a version whose evaluation_state is pending is evaluated (pending → running is a
     conditional UPDATE), so a redelivered gate task does nothing.
     """
-    claimed = ModelVersion.objects.filter(
-        pk=version.pk, evaluation_state=ModelVersion.EvaluationState.PENDING
-    ).update(evaluation_state=ModelVersion.EvaluationState.RUNNING)
+    claimed = ModelVersion.objects.filter(pk=version.pk, evaluation_state=ModelVersion.EvaluationState.PENDING).update(
+        evaluation_state=ModelVersion.EvaluationState.RUNNING
+    )
     if not claimed:
         return ModelVersion.objects.get(pk=version.pk)
     version = ModelVersion.objects.select_related("created_by_run").get(pk=version.pk)
@@ -136,7 +169,8 @@ def evaluate_candidate(version: ModelVersion) -> ModelVersion:
             metrics = {"gate": {"decision": "promoted", "reason": "no active version to compare with"}}
             with transaction.atomic():
                 ModelVersion.objects.filter(pk=version.pk).update(
-                    metrics=metrics, evaluation_state=ModelVersion.EvaluationState.DONE)
+                    metrics=metrics, evaluation_state=ModelVersion.EvaluationState.DONE
+                )
                 return promote(version, reason="no version was active")
         measurements = {"active_version": active.name, "candidate": {}, "active": {}}
         holdout_path = Path(run.artifact_dir) / "data" / "holdout.jsonl" if run is not None else None
@@ -145,10 +179,12 @@ def evaluate_candidate(version: ModelVersion) -> ModelVersion:
             reference = lineage_root(active).artifact_path
             measurements["holdout_examples"] = _count_rows(holdout_path)
             measurements["holdout_reference"] = reference
-            measurements["candidate"]["holdout"] = holdout_metrics(version, holdout_path, reference_dir=reference,
-                                                                   config=config)
-            measurements["active"]["holdout"] = holdout_metrics(active, holdout_path, reference_dir=reference,
-                                                                config=config)
+            measurements["candidate"]["holdout"] = holdout_metrics(
+                version, holdout_path, reference_dir=reference, config=config
+            )
+            measurements["active"]["holdout"] = holdout_metrics(
+                active, holdout_path, reference_dir=reference, config=config
+            )
         if judged:
             n_prompts = int(config["judge_prompts"])
             seed = int(config["seed"])
@@ -167,16 +203,25 @@ def evaluate_candidate(version: ModelVersion) -> ModelVersion:
     # The candidate's own numbers at the top level (the Models page shows them side by side); the
     # gate's record holds what it was compared with and the verdict.
     compared = {key: value for key, value in measurements.items() if key != "candidate"}
-    metrics = {**measurements["candidate"], "gate": {
-        **compared, "margin": margin, "decision": "promoted" if better else "kept as candidate",
-        "reason": verdict, "evaluated_at": timezone.now().isoformat()}}
+    metrics = {
+        **measurements["candidate"],
+        "gate": {
+            **compared,
+            "margin": margin,
+            "decision": "promoted" if better else "kept as candidate",
+            "reason": verdict,
+            "evaluated_at": timezone.now().isoformat(),
+        },
+    }
     with transaction.atomic():
         ModelVersion.objects.filter(pk=version.pk).update(
-            metrics=metrics, evaluation_state=ModelVersion.EvaluationState.DONE)
+            metrics=metrics, evaluation_state=ModelVersion.EvaluationState.DONE
+        )
         if "demo_accuracy" in measurements["active"] and "demo_accuracy" not in (active.metrics or {}):
             # Show the active version's accuracy on the Models page too (same prompts, same judge).
             ModelVersion.objects.filter(pk=active.pk).update(
-                metrics={**(active.metrics or {}), "demo_accuracy": measurements["active"]["demo_accuracy"]})
+                metrics={**(active.metrics or {}), "demo_accuracy": measurements["active"]["demo_accuracy"]}
+            )
         version.refresh_from_db()
         if better and version.status == ModelVersion.Status.CANDIDATE:
             return promote(version, reason=f"auto-promoted by the gate: {verdict}")

@@ -1,4 +1,5 @@
 """Training runs and model versions. `status` on each row is the single source of truth."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -115,7 +116,9 @@ class TrainingRun(models.Model):
     def overrides_snapshot_weights(self) -> bool:
         """True when the run trains with other λ than its snapshot's (a manual override)."""
         return (self.desirable_weight, self.undesirable_weight) != (
-            self.snapshot.desirable_weight, self.snapshot.undesirable_weight)
+            self.snapshot.desirable_weight,
+            self.snapshot.undesirable_weight,
+        )
 
 
 # A run in one of these states is not finished: it may still train.
@@ -156,40 +159,69 @@ class TrainingPolicy(models.Model):
         DEMO = "demo", "demo task's simulated annotator"
 
     # --- scheduling ---
-    enabled = models.BooleanField(default=setting_default("PROSPECT_RETRAIN_ENABLED"), help_text="Retrain automatically when enough new votes arrived.")
-    min_new_votes = models.PositiveIntegerField(default=setting_default("PROSPECT_RETRAIN_MIN_NEW_VOTES"), help_text="N: new votes since the last snapshot.")
+    enabled = models.BooleanField(
+        default=setting_default("PROSPECT_RETRAIN_ENABLED"),
+        help_text="Retrain automatically when enough new votes arrived.",
+    )
+    min_new_votes = models.PositiveIntegerField(
+        default=setting_default("PROSPECT_RETRAIN_MIN_NEW_VOTES"), help_text="N: new votes since the last snapshot."
+    )
     cooldown_seconds = models.PositiveIntegerField(
-        default=setting_default("PROSPECT_RETRAIN_COOLDOWN_SECONDS"), help_text="Minimum time between the start of two automatic runs."
+        default=setting_default("PROSPECT_RETRAIN_COOLDOWN_SECONDS"),
+        help_text="Minimum time between the start of two automatic runs.",
     )
     # --- training config ---
     base_model = models.CharField(
-        max_length=500, blank=True, default=setting_default("PROSPECT_BASE_MODEL"),
-        help_text="Local model directory; used only when no version is active yet."
+        max_length=500,
+        blank=True,
+        default=setting_default("PROSPECT_BASE_MODEL"),
+        help_text="Local model directory; used only when no version is active yet.",
     )
-    lora = models.BooleanField(default=setting_default("PROSPECT_TRAIN_LORA"), help_text="Train a LoRA adapter instead of full weights.")
+    lora = models.BooleanField(
+        default=setting_default("PROSPECT_TRAIN_LORA"), help_text="Train a LoRA adapter instead of full weights."
+    )
     beta = models.FloatField(default=setting_default("PROSPECT_TRAIN_BETA"), validators=[MinValueValidator(1e-6)])
-    learning_rate = models.FloatField(default=setting_default("PROSPECT_TRAIN_LEARNING_RATE"), validators=[MinValueValidator(1e-12)])
-    num_train_epochs = models.FloatField(default=setting_default("PROSPECT_TRAIN_EPOCHS"), validators=[MinValueValidator(1e-3)])
+    learning_rate = models.FloatField(
+        default=setting_default("PROSPECT_TRAIN_LEARNING_RATE"), validators=[MinValueValidator(1e-12)]
+    )
+    num_train_epochs = models.FloatField(
+        default=setting_default("PROSPECT_TRAIN_EPOCHS"), validators=[MinValueValidator(1e-3)]
+    )
     max_steps = models.PositiveIntegerField(
-        null=True, blank=True, default=_max_steps_setting, validators=[MinValueValidator(1)],
-        help_text="Empty: train the full epochs."
+        null=True,
+        blank=True,
+        default=_max_steps_setting,
+        validators=[MinValueValidator(1)],
+        help_text="Empty: train the full epochs.",
     )
     # KTO's z0 pairs each prompt with another example's completion: a microbatch needs ≥ 2.
     per_device_train_batch_size = models.PositiveIntegerField(
-        default=setting_default("PROSPECT_TRAIN_BATCH_SIZE"), validators=[MinValueValidator(2)])
+        default=setting_default("PROSPECT_TRAIN_BATCH_SIZE"), validators=[MinValueValidator(2)]
+    )
     gradient_accumulation_steps = models.PositiveIntegerField(
-        default=setting_default("PROSPECT_TRAIN_GRAD_ACCUM"), validators=[MinValueValidator(1)])
-    max_length = models.PositiveIntegerField(default=setting_default("PROSPECT_TRAIN_MAX_LENGTH"), validators=[MinValueValidator(8)])
+        default=setting_default("PROSPECT_TRAIN_GRAD_ACCUM"), validators=[MinValueValidator(1)]
+    )
+    max_length = models.PositiveIntegerField(
+        default=setting_default("PROSPECT_TRAIN_MAX_LENGTH"), validators=[MinValueValidator(8)]
+    )
     loss = models.CharField(max_length=20, choices=Loss.choices, default=setting_default("PROSPECT_TRAIN_LOSS"))
     lambda_mode = models.CharField(
         max_length=20, choices=LambdaMode.choices, default=setting_default("PROSPECT_TRAIN_LAMBDA_MODE")
     )
-    target_ratio = models.FloatField(default=setting_default("KTO_TARGET_RATIO"), validators=[MinValueValidator(1e-3)], help_text="λ_D·n_D / (λ_U·n_U) aimed at by the automatic rule.")
+    target_ratio = models.FloatField(
+        default=setting_default("KTO_TARGET_RATIO"),
+        validators=[MinValueValidator(1e-3)],
+        help_text="λ_D·n_D / (λ_U·n_U) aimed at by the automatic rule.",
+    )
     desirable_weight = models.FloatField(
-        default=defaults.TRL_DESIRABLE_WEIGHT, validators=[MinValueValidator(1e-6)], help_text="λ_D, used in manual mode."
+        default=defaults.TRL_DESIRABLE_WEIGHT,
+        validators=[MinValueValidator(1e-6)],
+        help_text="λ_D, used in manual mode.",
     )
     undesirable_weight = models.FloatField(
-        default=defaults.TRL_UNDESIRABLE_WEIGHT, validators=[MinValueValidator(1e-6)], help_text="λ_U, used in manual mode."
+        default=defaults.TRL_UNDESIRABLE_WEIGHT,
+        validators=[MinValueValidator(1e-6)],
+        help_text="λ_U, used in manual mode.",
     )
     holdout = models.FloatField(
         default=setting_default("SNAPSHOT_HOLDOUT"),
@@ -202,10 +234,15 @@ class TrainingPolicy(models.Model):
     )
     # --- evaluation gate ---
     promote_margin = models.FloatField(
-        default=setting_default("PROSPECT_PROMOTE_MARGIN"), help_text="Auto-promote only when the candidate beats the active version by this much."
+        default=setting_default("PROSPECT_PROMOTE_MARGIN"),
+        help_text="Auto-promote only when the candidate beats the active version by this much.",
     )
     judge = models.CharField(max_length=20, choices=Judge.choices, default=setting_default("PROSPECT_GATE_JUDGE"))
-    judge_prompts = models.PositiveIntegerField(default=setting_default("PROSPECT_GATE_JUDGE_PROMPTS"), validators=[MinValueValidator(1)], help_text="Held-out prompts the judge scores.")
+    judge_prompts = models.PositiveIntegerField(
+        default=setting_default("PROSPECT_GATE_JUDGE_PROMPTS"),
+        validators=[MinValueValidator(1)],
+        help_text="Held-out prompts the judge scores.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -10,6 +10,7 @@ Public API (views, commands and the layers above call these; the signatures are 
     resolve_training_config(overrides) -> dict   (defaults + validated overrides)
     retrain_decision(policy, now=None) -> (bool, str)
 """
+
 from __future__ import annotations
 
 from datetime import timedelta

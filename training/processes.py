@@ -3,6 +3,7 @@
 Plain OS calls, no Django: the runner uses them to supervise a run, the reaper to clean up after a
 worker that died.
 """
+
 from __future__ import annotations
 
 import os

@@ -11,6 +11,7 @@ Public API (views, commands and the layers above call these; the signatures are 
     ensure_base_version(base_model_path, *, name="base") -> ModelVersion
     create_candidate_version(run, *, artifact_path, is_adapter, trained_from) -> ModelVersion
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -57,8 +58,11 @@ def rollback() -> ModelVersion:
         if current is None:
             raise ValidationError("no model version is active; nothing to roll back")
         # A version an admin rejected since is never brought back by a rollback.
-        candidates = [v for v in (current.previous_active, current.parent)
-                      if v is not None and v.status != ModelVersion.Status.REJECTED]
+        candidates = [
+            v
+            for v in (current.previous_active, current.parent)
+            if v is not None and v.status != ModelVersion.Status.REJECTED
+        ]
         if not candidates:
             raise ValidationError(f"{current.name} has no previous version to roll back to")
         target = candidates[0]
@@ -102,9 +106,11 @@ def ensure_base_version(base_model_path: str, *, name: str = "base") -> ModelVer
             return active
         if Path(base_model_path).is_absolute() and not Path(base_model_path).exists():
             raise ValidationError({"base_model": f"{base_model_path} does not exist"})
-        existing = ModelVersion.objects.filter(
-            artifact_path=base_model_path, is_adapter=False, parent__isnull=True
-        ).exclude(status=ModelVersion.Status.REJECTED).first()
+        existing = (
+            ModelVersion.objects.filter(artifact_path=base_model_path, is_adapter=False, parent__isnull=True)
+            .exclude(status=ModelVersion.Status.REJECTED)
+            .first()
+        )
         if existing is None:
             unique_name, n = name, 1
             while ModelVersion.objects.filter(name=unique_name).exists():
@@ -116,7 +122,9 @@ def ensure_base_version(base_model_path: str, *, name: str = "base") -> ModelVer
         return promote(existing, reason="base model (first active version)")
 
 
-def create_candidate_version(run: TrainingRun, *, artifact_path: str, is_adapter: bool, trained_from: str) -> ModelVersion:
+def create_candidate_version(
+    run: TrainingRun, *, artifact_path: str, is_adapter: bool, trained_from: str
+) -> ModelVersion:
     """Register the model a succeeded run produced as a candidate awaiting the evaluation gate.
 
     trained_from: the full-weights directory the engine was given as --model. An adapter applies

@@ -14,6 +14,7 @@ execute_run(run_id) is what the gpu worker's run_training task calls:
    (an admin cancelled, or the reaper declared the run dead) makes it kill the process group;
 5. the exit code is recorded; success registers a candidate ModelVersion and runs the gate.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,6 +46,8 @@ LOG_TAIL_LINES = 40
 ERROR_TAIL_LINES = 20
 # The run page charts at most this many points; longer series are thinned evenly.
 MAX_STORED_METRIC_ROWS = 500
+
+
 class RunSetupError(RuntimeError):
     """The run could not be prepared (snapshot export, base model); its message is shown on the run."""
 
@@ -105,9 +108,22 @@ def _training_model_path(run: TrainingRun, run_dir: Path) -> str:
         return base.artifact_path
     merged = run_dir / "base-merged"
     result = subprocess.run(
-        [sys.executable, "-m", "training.kto", "merge-adapter", "--base", base.base_model,
-         "--adapter", base.artifact_path, "--out", str(merged)],
-        cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=settings.PROSPECT_EVAL_TIMEOUT_SECONDS,
+        [
+            sys.executable,
+            "-m",
+            "training.kto",
+            "merge-adapter",
+            "--base",
+            base.base_model,
+            "--adapter",
+            base.artifact_path,
+            "--out",
+            str(merged),
+        ],
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=settings.PROSPECT_EVAL_TIMEOUT_SECONDS,
         stdin=subprocess.DEVNULL,
     )
     if result.returncode != 0:
@@ -130,16 +146,27 @@ def build_train_command(run: TrainingRun, *, model: str, data: Path, out: Path) 
     """The engine's command line for this run (SPEC §3 option names)."""
     config = run.config
     engine_args = [
-        "-m", "training.kto", "train",
-        "--model", model,
-        "--data", str(data),
-        "--out", str(out),
-        "--beta", repr(float(config["beta"])),
-        "--learning-rate", repr(float(config["learning_rate"])),
-        "--per-device-train-batch-size", str(int(config["per_device_train_batch_size"])),
-        "--gradient-accumulation-steps", str(int(config["gradient_accumulation_steps"])),
-        "--num-train-epochs", repr(float(config["num_train_epochs"])),
-        "--max-length", str(int(config["max_length"])),
+        "-m",
+        "training.kto",
+        "train",
+        "--model",
+        model,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--beta",
+        repr(float(config["beta"])),
+        "--learning-rate",
+        repr(float(config["learning_rate"])),
+        "--per-device-train-batch-size",
+        str(int(config["per_device_train_batch_size"])),
+        "--gradient-accumulation-steps",
+        str(int(config["gradient_accumulation_steps"])),
+        "--num-train-epochs",
+        repr(float(config["num_train_epochs"])),
+        "--max-length",
+        str(int(config["max_length"])),
         # λ as chosen once when the run was created (training.runs.class_weights_for).
         "--desirable-weight", repr(float(run.desirable_weight)),
         "--undesirable-weight", repr(float(run.undesirable_weight)),
@@ -257,7 +284,12 @@ def supervise(run: TrainingRun, command: list[str], run_dir: Path, out_dir: Path
     metrics = _MetricsTail(out_dir / "metrics.jsonl")
     with open(run_dir / "stdout.log", "wb") as stdout, open(run_dir / "stderr.log", "wb") as stderr:
         proc = subprocess.Popen(
-            command, cwd=settings.BASE_DIR, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+            command,
+            cwd=settings.BASE_DIR,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
             start_new_session=True,
         )
     TrainingRun.objects.filter(pk=run.pk).update(process_group_id=proc.pid, heartbeat_at=timezone.now())
@@ -270,8 +302,15 @@ def supervise(run: TrainingRun, command: list[str], run_dir: Path, out_dir: Path
         raise
 
 
-def _monitor(run: TrainingRun, proc: subprocess.Popen, metrics: _MetricsTail, run_dir: Path, out_dir: Path,
-             total_steps: int, time_limit: int) -> _Outcome:
+def _monitor(
+    run: TrainingRun,
+    proc: subprocess.Popen,
+    metrics: _MetricsTail,
+    run_dir: Path,
+    out_dir: Path,
+    total_steps: int,
+    time_limit: int,
+) -> _Outcome:
     deadline = time.monotonic() + time_limit
     while True:
         try:
@@ -322,18 +361,33 @@ def execute_run(run_id: int) -> ModelVersion | None:
         TrainingRun.objects.filter(pk=run_id).update(exit_code=outcome.exit_code, log_tail=log_tail)
         return None
     if outcome.stopped_because == "timeout":
-        _finish(run_id, TrainingRun.Status.FAILED, exit_code=outcome.exit_code, log_tail=log_tail,
-                error=f"time limit of {run.config.get('time_limit_seconds')}s exceeded: training stopped")
+        _finish(
+            run_id,
+            TrainingRun.Status.FAILED,
+            exit_code=outcome.exit_code,
+            log_tail=log_tail,
+            error=f"time limit of {run.config.get('time_limit_seconds')}s exceeded: training stopped",
+        )
         return None
     if outcome.exit_code != 0:
         error_tail = tail(run_dir / "stderr.log", ERROR_TAIL_LINES) or tail(run_dir / "stdout.log", ERROR_TAIL_LINES)
-        _finish(run_id, TrainingRun.Status.FAILED, exit_code=outcome.exit_code, log_tail=log_tail,
-                error=f"training exited with code {outcome.exit_code}:\n{error_tail}")
+        _finish(
+            run_id,
+            TrainingRun.Status.FAILED,
+            exit_code=outcome.exit_code,
+            log_tail=log_tail,
+            error=f"training exited with code {outcome.exit_code}:\n{error_tail}",
+        )
         return None
     final_dir = out_dir / "final"
     if not final_dir.is_dir():
-        _finish(run_id, TrainingRun.Status.FAILED, exit_code=0, log_tail=log_tail,
-                error=f"training exited with code 0 but wrote no {final_dir}")
+        _finish(
+            run_id,
+            TrainingRun.Status.FAILED,
+            exit_code=0,
+            log_tail=log_tail,
+            error=f"training exited with code 0 but wrote no {final_dir}",
+        )
         return None
 
     with transaction.atomic():

@@ -11,6 +11,7 @@ Public API (views, commands and the layers above call these; the signatures are 
     dispatch_pending_runs()           -> list[int]
     reap_orphaned_runs()              -> list[int]
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,11 @@ def class_weights_for(snapshot, config: dict) -> tuple[float, float, str]:
     if config["lambda_mode"] == TrainingPolicy.LambdaMode.MANUAL:
         manual = (float(config["desirable_weight"]), float(config["undesirable_weight"]))
         if manual != snapshot_weights:
-            return (*manual, f"manual override of snapshot {snapshot.pk}'s λ_D={snapshot_weights[0]:.4g}, "
-                             f"λ_U={snapshot_weights[1]:.4g}")
+            return (
+                *manual,
+                f"manual override of snapshot {snapshot.pk}'s λ_D={snapshot_weights[0]:.4g}, "
+                f"λ_U={snapshot_weights[1]:.4g}",
+            )
     return (*snapshot_weights, f"snapshot {snapshot.pk}: {snapshot.weight_rule}")
 
 
@@ -85,8 +89,10 @@ def start_run(*, snapshot=None, config: dict | None = None, base_version=None, r
         if base_version is None:
             if not resolved["base_model"]:
                 raise ValidationError(
-                    {"base_model": "no model version is active and no base model is configured "
-                     "(set PROSPECT_BASE_MODEL or the training policy's base model)"}
+                    {
+                        "base_model": "no model version is active and no base model is configured "
+                        "(set PROSPECT_BASE_MODEL or the training policy's base model)"
+                    }
                 )
             base_version = ensure_base_version(resolved["base_model"])
         if snapshot is None:

@@ -8,6 +8,7 @@ schedule without a manual step, and an admin's later edits are kept.
 
 The decision itself is training.policy.retrain_decision (read-only); this module acts on it.
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,4 @@
-"""Reads of the training loop (no writes here: see training.services).
+"""Reads of the training loop (no writes here: see training.runs and training.registry).
 
 Public API (a contract for views, commands and tasks):
     active_version()           -> ModelVersion | None
@@ -8,6 +8,7 @@ Public API (a contract for views, commands and tasks):
     new_votes_since_last_snapshot() -> int
     active_run()               -> TrainingRun | None  (the oldest queued or running run)
 """
+
 from __future__ import annotations
 
 from django.db.models import QuerySet
@@ -27,8 +28,9 @@ def active_version() -> ModelVersion | None:
 def run_list(limit: int = 50) -> list[TrainingRun]:
     """The latest runs, newest first, with their snapshot, base version and produced version."""
     return list(
-        TrainingRun.objects.select_related("snapshot", "base_version", "produced_version", "requested_by")
-        .order_by("-created_at")[:limit]
+        TrainingRun.objects.select_related("snapshot", "base_version", "produced_version", "requested_by").order_by(
+            "-created_at"
+        )[:limit]
     )
 
 

@@ -8,12 +8,13 @@ The default backend keeps one model in process memory and checks, on every call,
 active (one indexed query). When an admin promotes or rolls back, the next call loads the new
 version: no restart of the web server or the worker is needed.
 """
+
 from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from django.conf import settings
 from django.utils.module_loading import import_string
@@ -25,7 +26,7 @@ from feedback.services.generations import GenerationInput
 from training.models import ModelVersion
 
 # A prompt as stored on feedback.Prompt: a plain string, or chat messages [{"role", "content"}].
-PromptContent = Union[str, list]
+PromptContent = str | list
 
 DEFAULT_MAX_NEW_TOKENS = 32
 
@@ -99,8 +100,12 @@ class TransformersBackend(InferenceBackend):
         with self._lock:
             loaded = self._current()
             return _generate_with_model(
-                loaded.model, loaded.tokenizer, prompts,
-                max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                loaded.model,
+                loaded.tokenizer,
+                prompts,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                seed=seed,
             )
 
     def _current(self) -> _LoadedModel:
@@ -134,8 +139,11 @@ def _generate_with_model(model, tokenizer, prompts, *, max_new_tokens, temperatu
     from training.kto.generation import generate_completions
 
     return generate_completions(
-        (model, tokenizer), list(prompts),
-        max_new_tokens=max_new_tokens, temperature=temperature, seed=0 if seed is None else seed,
+        (model, tokenizer),
+        list(prompts),
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=0 if seed is None else seed,
     )
 
 
@@ -174,8 +182,12 @@ def generate_for_prompt(
 ) -> Generation:
     """Generate one completion from the active version and store it as a Generation to be rated."""
     return generate_for_prompts(
-        [prompt_content], source=source, max_new_tokens=max_new_tokens,
-        temperature=temperature, seed=seed, backend=backend,
+        [prompt_content],
+        source=source,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        backend=backend,
     )[0]
 
 
@@ -198,8 +210,9 @@ def generate_for_prompts(
     An empty completion cannot be rated: it raises EmptyCompletion, or is left out with skip_empty.
     """
     # Validate every prompt before spending any compute; the error names the offending item.
-    prompt_contents = [validate_prompt(content, field=f"prompts[{index}]")
-                       for index, content in enumerate(prompt_contents)]
+    prompt_contents = [
+        validate_prompt(content, field=f"prompts[{index}]") for index, content in enumerate(prompt_contents)
+    ]
     backend = backend or get_backend()
     version, completions = _generate_stable(
         backend, prompt_contents, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
@@ -210,8 +223,7 @@ def generate_for_prompts(
             if skip_empty:
                 continue
             raise EmptyCompletion(f"model version {version.name} produced an empty completion")
-        items.append(GenerationInput(prompt=content, completion=completion, source=source,
-                                     model_version_id=version.pk))
+        items.append(GenerationInput(prompt=content, completion=completion, source=source, model_version_id=version.pk))
     generations = []
     for generation, _created in create_generations(items):
         generation.served_by = version
@@ -254,6 +266,11 @@ def fill_annotation_queue(
 
         prompts = list(demo_prompts(n, seed=seed, split="train"))
     return generate_for_prompts(
-        list(prompts)[:n], source="fill_queue", max_new_tokens=max_new_tokens,
-        temperature=temperature, seed=seed, backend=backend, skip_empty=True,
+        list(prompts)[:n],
+        source="fill_queue",
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        backend=backend,
+        skip_empty=True,
     )

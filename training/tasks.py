@@ -5,6 +5,7 @@ below send these tasks by name through training.dispatch. Queues (CELERY_TASK_RO
 config/settings.py): run_training, evaluate_candidate and fill_queue go to `gpu`; maybe_retrain
 and reap_orphaned_runs to `default`.
 """
+
 from __future__ import annotations
 
 from celery import shared_task

@@ -18,8 +18,8 @@ from django.views.decorators.http import require_GET, require_POST
 
 from feedback.models import DatasetSnapshot
 from training import policy, presentation, registry, selectors, version_selectors
-from training.runs import cancel_run, start_run
 from training.models import ModelVersion, TrainingPolicy, TrainingRun
+from training.runs import cancel_run, start_run
 
 RUNS_PER_PAGE = 50
 

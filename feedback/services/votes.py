@@ -1,13 +1,18 @@
 """Recording a vote. One vote per (generation, voter): a repeated submission changes nothing.
 
-record_vote is the one function that writes votes (the API, the annotation pages through
-services.queue, the simulated annotators and the importer's per-row path all come here).
+record_vote is the one function that writes single votes: the API, the annotation pages (through
+services.queue) and the simulated annotators all come here. (Bulk imports write their rows in
+batches: services.imports.)
 """
+
 from __future__ import annotations
+
+import functools
 
 from django.db import IntegrityError, connection, transaction
 
 from feedback.models import Generation, Vote
+from feedback.sql import fetchone_prepared
 
 
 class GenerationNotFound(LookupError):
@@ -18,6 +23,7 @@ class GenerationNotFound(LookupError):
 _INSERTED_FIELDS = [field for field in Vote._meta.concrete_fields if not field.primary_key]
 
 
+@functools.cache
 def _insert_sql() -> str:
     # One statement that either inserts the vote or, when this voter already voted on this generation
     # (either partial unique constraint), does nothing and returns no row. PostgreSQL and SQLite
@@ -25,30 +31,16 @@ def _insert_sql() -> str:
     quote = connection.ops.quote_name
     columns = ", ".join(quote(field.column) for field in _INSERTED_FIELDS)
     placeholders = ", ".join(["%s"] * len(_INSERTED_FIELDS))
-    return (f"INSERT INTO {quote(Vote._meta.db_table)} ({columns}) VALUES ({placeholders})"
-            f" ON CONFLICT DO NOTHING RETURNING {quote(Vote._meta.pk.column)}")
+    return (
+        f"INSERT INTO {quote(Vote._meta.db_table)} ({columns}) VALUES ({placeholders})"
+        f" ON CONFLICT DO NOTHING RETURNING {quote(Vote._meta.pk.column)}"
+    )
 
 
 def _insert_or_nothing(vote: Vote) -> int | None:
-    """INSERT the vote's row; its new id, or None when this voter already voted on this generation.
-
-    On PostgreSQL the statement is prepared once per connection: Django's psycopg cursors bind
-    parameters client-side, so PostgreSQL would otherwise parse and plan it on every vote. Errors
-    are still Django's (wrap_database_errors), and a failed statement still marks the connection
-    for Django's health check.
-    """
+    """INSERT the vote's row; its new id, or None when this voter already voted on this generation."""
     params = [field.get_db_prep_save(field.pre_save(vote, True), connection) for field in _INSERTED_FIELDS]
-    if connection.vendor == "postgresql":
-        import psycopg  # only where the database is PostgreSQL
-
-        connection.ensure_connection()
-        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(_insert_sql(), params, prepare=True)
-            row = cursor.fetchone()
-    else:
-        with connection.cursor() as cursor:
-            cursor.execute(_insert_sql(), params)
-            row = cursor.fetchone()
+    row = fetchone_prepared(_insert_sql(), params)
     return row[0] if row is not None else None
 
 
@@ -77,8 +69,14 @@ def record_vote(
         raise ValueError("a vote has exactly one voter: an annotator or an external user id")
     if not transaction.get_autocommit() and not Generation.objects.filter(pk=generation_id).exists():
         raise GenerationNotFound(f"generation {generation_id} does not exist")
-    vote = Vote(generation_id=generation_id, annotator_id=annotator_id, external_user_id=external_user_id,
-                desirable=desirable, comment=comment, source=source)
+    vote = Vote(
+        generation_id=generation_id,
+        annotator_id=annotator_id,
+        external_user_id=external_user_id,
+        desirable=desirable,
+        comment=comment,
+        source=source,
+    )
     try:
         vote_id = _insert_or_nothing(vote)
     except IntegrityError:

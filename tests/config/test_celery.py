@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from tests.helpers import free_port, wait_for
-from tests.training.helpers import REPO, cast_demo_votes, database_url_for_workers
+from tests.helpers import REPO, database_url_for_workers, free_port, wait_for
+from tests.training.helpers import cast_demo_votes
 from training.models import TrainingRun
 from training.policy import get_policy
 

@@ -1,16 +1,11 @@
-"""Shared test data and plumbing for the training tests: demo-task votes, the worker's view of the
-test database, the Celery producer of this process."""
+"""Shared test data of the training tests: demo-task votes, a tiny training config, run lookups."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from feedback.services import create_generation, record_vote
 from feedback.services.generations import GenerationInput
-
-REPO = Path(__file__).resolve().parents[2]
-LOOP_REDIS_URL = os.environ.get("PROSPECT_LOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/2")
 
 # Small enough to train in seconds on a CPU; the loop, not the model quality, is under test.
 TINY_TRAINING = {
@@ -46,37 +41,6 @@ def cast_demo_votes(n_prompts: int, *, seed: int = 0, voter: str = "sim") -> lis
             )
             vote_ids.append(vote.pk)
     return vote_ids
-
-
-def database_url_for_workers() -> str:
-    """A DATABASE_URL naming the test database this session created (workers are separate processes)."""
-    from django.db import connection
-
-    params = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{params['NAME']}"
-    if connection.vendor == "postgresql":
-        auth = params["USER"] or ""
-        if params.get("PASSWORD"):
-            auth += f":{params['PASSWORD']}"
-        host = params.get("HOST") or "127.0.0.1"
-        port = params.get("PORT") or 5432
-        return f"postgres://{auth}@{host}:{port}/{params['NAME']}"
-    raise RuntimeError(f"no worker DATABASE_URL for {connection.vendor}")
-
-
-def point_celery_at(broker_url: str) -> None:
-    """Make this process (the 'web' side: start_run, delay) send to `broker_url`."""
-    from kombu import pools
-
-    from config.celery import app
-
-    app.conf.broker_url = broker_url
-    # Drop cached connections and producers made for the previous URL (kombu keeps a global
-    # registry of pools; reset() closes and forgets them all).
-    app._pool = None
-    app.amqp._producer_pool = None
-    pools.reset()
 
 
 def run_status(run_id: int) -> str:

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from feedback.models import DatasetSnapshot
 from tests.helpers import wait_for
 from tests.training.helpers import run_dirs, run_status
 from training import registry, runs
-from feedback.models import DatasetSnapshot
-from training.models import ModelVersion, TrainingRun
-from training.processes import process_alive
 from training.kto.cli import build_parser
+from training.models import ModelVersion, TrainingRun
 from training.policy import CONFIG_FIELDS, resolve_training_config
+from training.processes import process_alive
 from training.runner import build_train_command, execute_run
 from training.runs import class_weights_for
 from training.selectors import active_version
@@ -157,4 +157,8 @@ def test_every_policy_field_reaches_the_engines_command_line(settings, tmp_path,
     for name, (value, attribute) in ENGINE_OPTIONS.items():
         assert getattr(parsed, attribute) == value, name
     assert (parsed.desirable_weight, parsed.undesirable_weight) == (1.7, 0.9)
-    assert (parsed.model, parsed.data, parsed.out) == ("/models/m", str(tmp_path / "train.jsonl"), str(tmp_path / "out"))
+    assert (parsed.model, parsed.data, parsed.out) == (
+        "/models/m",
+        str(tmp_path / "train.jsonl"),
+        str(tmp_path / "out"),
+    )

@@ -23,8 +23,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from feedback.models import DatasetSnapshot, Vote
-from tests.helpers import wait_for
-from tests.training.helpers import cast_demo_votes, point_celery_at
+from tests.helpers import point_celery_at, wait_for
+from tests.training.helpers import cast_demo_votes
 from training import registry, runs
 from training.models import ModelVersion, TrainingRun
 from training.processes import process_alive

@@ -16,7 +16,7 @@ from training.scheduler import install_schedule, maybe_retrain
 
 
 @pytest.fixture
-def policy(transactional_db, data_dir, loop_redis, tmp_path):
+def policy(committed_db, data_dir, loop_redis, tmp_path):
     base = tmp_path / "base-model"
     base.mkdir()
     policy = get_policy()
@@ -26,7 +26,7 @@ def policy(transactional_db, data_dir, loop_redis, tmp_path):
 
 
 def _gpu_queue_length() -> int:
-    from tests.training.helpers import LOOP_REDIS_URL
+    from tests.helpers import LOOP_REDIS_URL
 
     return redis.Redis.from_url(LOOP_REDIS_URL).llen("gpu")
 
@@ -84,7 +84,7 @@ def test_disabled_policy_never_retrains(policy):
     assert maybe_retrain() is None
 
 
-def test_install_schedule_is_idempotent_and_keeps_admin_edits(transactional_db):
+def test_install_schedule_is_idempotent_and_keeps_admin_edits(committed_db):
     from django_celery_beat.models import PeriodicTask
 
     install_schedule()

@@ -300,7 +300,9 @@ def test_post_without_csrf_token_is_refused(csrf_checking_staff_client, versions
 def some_run_and_version():
     snapshot = DatasetSnapshot.objects.create(path="/nonexistent/snapshot.jsonl", sha256="0" * 64)
     version = ModelVersion.objects.create(name="v-test", base_model="/m", artifact_path="/m")
-    run = TrainingRun.objects.create(snapshot=snapshot, base_version=version, desirable_weight=1.0, undesirable_weight=1.0)
+    run = TrainingRun.objects.create(
+        snapshot=snapshot, base_version=version, desirable_weight=1.0, undesirable_weight=1.0
+    )
     return run, version
 
 
@@ -375,6 +377,7 @@ def tiny_training_policy(active_demo_version, demo_model_dir):
 def test_admin_starts_a_run_watches_it_live_and_promotes_it(
     page,
     live_server,
+    django_db_serialized_rollback,
     admin_user,
     password,
     voted_demo_data,

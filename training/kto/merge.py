@@ -1,4 +1,5 @@
 """Folding a LoRA adapter into its base model, so that the next run can start from full weights."""
+
 from __future__ import annotations
 
 import os

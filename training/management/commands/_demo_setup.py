@@ -1,4 +1,5 @@
 """Shared by the `demo` and `simulate_annotators` commands: the offline demo model and its version."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -6,6 +6,7 @@ and beat as child processes and supervises them. Embedded defaults: SQLite under
 when one answers at REDIS_URL, else kombu's filesystem broker under DATA_DIR/broker (see
 config/celery.py). `--simulate` adds the simulated annotators, so the loop turns with no person.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,13 +28,10 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.shortcuts import resolve_url
-
-from training import registry
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from config.celery import app as celery_app
-
-from training import dispatch
+from training import dispatch, registry
 from training.management.commands._demo_setup import ensure_demo_model
 from training.management.commands.simulate_annotators import DEMO_TRAINING
 from training.models import TrainingPolicy
@@ -76,12 +74,24 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1", help="Address of the web server (default 127.0.0.1).")
         parser.add_argument("--port", type=int, default=8000, help="Port of the web server (default 8000).")
-        parser.add_argument("--simulate", action="store_true",
-                            help="Also run the simulated annotators, so the loop turns with no person.")
-        parser.add_argument("--simulate-rounds", type=int, default=5,
-                            help="Rounds of the simulated annotators with --simulate (default 5).")
-        parser.add_argument("--exit-after", type=float, default=None, metavar="SECONDS",
-                            help="Stop everything after this many seconds (smoke tests).")
+        parser.add_argument(
+            "--simulate",
+            action="store_true",
+            help="Also run the simulated annotators, so the loop turns with no person.",
+        )
+        parser.add_argument(
+            "--simulate-rounds",
+            type=int,
+            default=5,
+            help="Rounds of the simulated annotators with --simulate (default 5).",
+        )
+        parser.add_argument(
+            "--exit-after",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="Stop everything after this many seconds (smoke tests).",
+        )
         parser.add_argument("--no-seed", action="store_true", help="Do not put first outputs into the queue.")
 
     def handle(self, *args, **options):
@@ -154,12 +164,19 @@ class Command(BaseCommand):
         install_schedule(check_seconds=DEMO_RETRAIN_CHECK_SECONDS)
         every, _ = IntervalSchedule.objects.get_or_create(every=DEMO_REFILL_SECONDS, period=IntervalSchedule.SECONDS)
         # After a promotion, annotators should soon rate outputs of the new version.
-        PeriodicTask.objects.get_or_create(name=REFILL_TASK_NAME, defaults={
-            "task": dispatch.FILL_QUEUE, "interval": every, "queue": "gpu",
-            "kwargs": json.dumps({"n": SEED_QUEUE_SIZE, "top_up": True}),
-        })
-        self.say(f"retraining policy: every {DEMO_MIN_NEW_VOTES} new votes, cool-down {DEMO_COOLDOWN_SECONDS}s "
-                 f"(edit it in the admin)")
+        PeriodicTask.objects.get_or_create(
+            name=REFILL_TASK_NAME,
+            defaults={
+                "task": dispatch.FILL_QUEUE,
+                "interval": every,
+                "queue": "gpu",
+                "kwargs": json.dumps({"n": SEED_QUEUE_SIZE, "top_up": True}),
+            },
+        )
+        self.say(
+            f"retraining policy: every {DEMO_MIN_NEW_VOTES} new votes, cool-down {DEMO_COOLDOWN_SECONDS}s "
+            f"(edit it in the admin)"
+        )
 
     def seed_queue(self) -> None:
         added = top_up_annotation_queue(SEED_QUEUE_SIZE)
@@ -173,22 +190,47 @@ class Command(BaseCommand):
         celery = [python, "-m", "celery", "-A", "config"]
         children = [
             # --noreload: one process we can stop; --insecure: serve static files with DEBUG off too.
-            Child("web", [python, manage, "runserver", f"{options['host']}:{options['port']}",
-                          "--noreload", "--insecure"]),
-            Child("worker-default", celery + ["worker", "-Q", "default", "-P", "solo", "-c", "1",
-                                              "-n", "default@%h", "--loglevel", "INFO"]),
+            Child(
+                "web", [python, manage, "runserver", f"{options['host']}:{options['port']}", "--noreload", "--insecure"]
+            ),
+            Child(
+                "worker-default",
+                celery + ["worker", "-Q", "default", "-P", "solo", "-c", "1", "-n", "default@%h", "--loglevel", "INFO"],
+            ),
             # The GPU worker: one task at a time, prefetch 1 (late ack is set in settings).
-            Child("worker-gpu", celery + ["worker", "-Q", "gpu", "-P", "solo", "-c", "1",
-                                          "--prefetch-multiplier", "1", "-n", "gpu@%h", "--loglevel", "INFO"]),
-            Child("beat", celery + ["beat", "-S", "django_celery_beat.schedulers:DatabaseScheduler",
-                                    "--pidfile=", "--loglevel", "INFO"]),
+            Child(
+                "worker-gpu",
+                celery
+                + [
+                    "worker",
+                    "-Q",
+                    "gpu",
+                    "-P",
+                    "solo",
+                    "-c",
+                    "1",
+                    "--prefetch-multiplier",
+                    "1",
+                    "-n",
+                    "gpu@%h",
+                    "--loglevel",
+                    "INFO",
+                ],
+            ),
+            Child(
+                "beat",
+                celery
+                + ["beat", "-S", "django_celery_beat.schedulers:DatabaseScheduler", "--pidfile=", "--loglevel", "INFO"],
+            ),
         ]
         if options["simulate"]:
-            children.append(Child(
-                "simulate", [python, manage, "simulate_annotators", "--rounds", str(options["simulate_rounds"]),
-                             "--worker"],
-                may_finish=True,
-            ))
+            children.append(
+                Child(
+                    "simulate",
+                    [python, manage, "simulate_annotators", "--rounds", str(options["simulate_rounds"]), "--worker"],
+                    may_finish=True,
+                )
+            )
         return children
 
     def child_env(self) -> dict[str, str]:
@@ -204,8 +246,14 @@ class Command(BaseCommand):
         # Own session: Ctrl-C reaches only this supervisor, which then stops the children in order,
         # and a child's own subprocesses die with its process group.
         child.process = subprocess.Popen(
-            child.argv, cwd=settings.BASE_DIR, env=env, start_new_session=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            child.argv,
+            cwd=settings.BASE_DIR,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
         )
         child.reader = threading.Thread(target=self._relay_output, args=(child,), daemon=True)
         child.reader.start()

@@ -19,10 +19,11 @@ from django.core.management.base import BaseCommand, CommandError
 
 from feedback.services import record_vote
 from training import runs, selectors
-from training.runner import execute_run
-from training.serving import generate_for_prompts
+from training.kto import defaults
 from training.management.commands._demo_setup import ensure_active_version
 from training.models import ModelVersion, TrainingRun
+from training.runner import execute_run
+from training.serving import generate_for_prompts
 
 SIMULATED_VOTER = "simulated-annotator"
 GATE_BUSY = (ModelVersion.EvaluationState.PENDING, ModelVersion.EvaluationState.RUNNING)
@@ -31,7 +32,7 @@ GATE_BUSY = (ModelVersion.EvaluationState.PENDING, ModelVersion.EvaluationState.
 # one; much larger steps (1e-4 and up) jump once and then stall or break it. One epoch at 3e-5
 # over the (cumulative) votes gained about ten points per round in our runs.
 DEMO_TRAINING = {
-    "beta": 0.1,
+    "beta": defaults.PAPER_BETA,
     "learning_rate": 3e-5,
     "num_train_epochs": 1.0,
     "per_device_train_batch_size": 16,

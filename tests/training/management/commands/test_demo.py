@@ -15,8 +15,7 @@ import urllib.request
 import pytest
 from django.conf import settings
 
-from tests.helpers import free_port
-from tests.training.helpers import LOOP_REDIS_URL
+from tests.helpers import LOOP_REDIS_URL, free_port
 
 pytestmark = pytest.mark.slow
 
