@@ -18,17 +18,37 @@ from training.kto import defaults
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-DEBUG = env_bool("DEBUG", True, "Django's debug mode; off in production")
+# Off unless asked for: `make demo` (manage.py demo) and the test suite ask for it explicitly.
+DEBUG = env_bool("DEBUG", False, "Django's debug mode (`make demo` and the tests turn it on); never in production")
 SECRET_KEY = env_str("SECRET_KEY", "", "required when `DEBUG` is off", shown="a dev key while `DEBUG` is on")
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set when DEBUG is off: export SECRET_KEY=$(python -c "
+            "'import secrets; print(secrets.token_urlsafe(50))') (or DEBUG=1 on a laptop)"
+        )
     # Only for a laptop run with DEBUG on; production refuses to start without a real key.
     SECRET_KEY = "insecure-dev-key-prospect-do-not-use-in-production"
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"],
                          "comma-separated host names the web app answers to")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [], "comma-separated origins trusted for CSRF (behind a proxy)")
+
+# Production sits behind a proxy that ends TLS and says so in X-Forwarded-Proto. Only then may
+# cookies be marked secure and HSTS be sent; a plain-HTTP laptop run would otherwise lose its session.
+BEHIND_TLS_PROXY = env_bool("PROSPECT_BEHIND_TLS_PROXY", False,
+                            "served over HTTPS by a proxy that sets X-Forwarded-Proto: secure cookies, HSTS, "
+                            "HTTP redirected to HTTPS")
+if BEHIND_TLS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    # Probes and the metrics scraper talk plain HTTP to the container, past the proxy.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("PROSPECT_HSTS_SECONDS", 365 * 24 * 3600,
+                                  "HSTS max-age sent behind a TLS proxy (seconds)")
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
 
 # Where snapshots, run artifacts and the embedded broker live. Artifacts are never overwritten.
 DATA_DIR = Path(env_str("PROSPECT_DATA_DIR", str(BASE_DIR / "var"),
@@ -42,6 +62,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
@@ -53,7 +74,13 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "config.middleware.RequestMetricsMiddleware",
+    # Outermost after the metrics: every error under /api/ becomes JSON, whatever raised it.
+    "config.middleware.ApiJsonErrorMiddleware",
+    "config.middleware.ServiceUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files from the web process itself (no separate server), DEBUG or not.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -61,6 +88,8 @@ MIDDLEWARE = [
     "config.middleware.StaffOnlyAdminMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: it answers a locked-out login itself.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -97,8 +126,26 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+# Brute force: django-axes locks a (username, address) pair out after repeated failures.
+AUTHENTICATION_BACKENDS = [
+    "config.auth.LockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("PROSPECT_LOGIN_FAILURE_LIMIT", 5, "failed logins in a row before a lockout")
+AXES_COOLOFF_TIME = env_float("PROSPECT_LOGIN_COOLOFF_HOURS", 0.25,
+                              "how long a lockout lasts, in hours") or None
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+# The login page shows the lockout (templates/registration/lockout.html) instead of a bare 403.
+AXES_LOCKOUT_TEMPLATE = "registration/lockout.html"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC", "time zone of the pages")
@@ -107,7 +154,15 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = DATA_DIR / "staticfiles"
+STATIC_ROOT = Path(env_str("PROSPECT_STATIC_ROOT", str(DATA_DIR / "staticfiles"),
+                           "where `collectstatic` puts the static files (the Docker image does it at build)",
+                           shown="`staticfiles/` in `PROSPECT_DATA_DIR`"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Serve straight from the apps' and static/ folders when collectstatic was not run (a laptop).
+WHITENOISE_USE_FINDERS = True
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
@@ -224,9 +279,18 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
+# --- Operations ------------------------------------------------------------------------------
+PROSPECT_METRICS_TOKEN = env_str("PROSPECT_METRICS_TOKEN", "",
+                                 "bearer token /metrics asks for; unset: /metrics answers localhost only")
+
+# One JSON object a line when DEBUG is off (log shippers parse it); readable lines on a laptop.
+LOG_JSON = env_bool("PROSPECT_LOG_JSON", not DEBUG, "JSON log lines", shown="on when `DEBUG` is off")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"refusals_without_traceback": {"()": "config.logs.RefusalsWithoutTraceback"}},
+    "formatters": {"json": {"()": "config.logs.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["refusals_without_traceback"],
+                             **({"formatter": "json"} if LOG_JSON else {})}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO", "log level of every process")},
 }

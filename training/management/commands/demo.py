@@ -124,6 +124,10 @@ class Command(BaseCommand):
     # --- setup -----------------------------------------------------------------------------------
 
     def ensure_users(self) -> None:
+        if not settings.DEBUG:
+            # admin/admin on a production database would be an open door: demo mode only.
+            self.say("DEBUG is off: no demo accounts created (use createsuperuser and add_annotator)")
+            return
         User = get_user_model()
         with transaction.atomic():
             for username, password, is_admin, group_name in DEMO_USERS:
