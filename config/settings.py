@@ -8,6 +8,7 @@ Importing this module has no side effects: no directory is created and nothing i
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -161,8 +162,10 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
-# Serve straight from the apps' and static/ folders when collectstatic was not run (a laptop).
+# Serve straight from the apps' and static/ folders when collectstatic was not run (a laptop);
+# a missing STATIC_ROOT is then expected, not worth WhiteNoise's warning at every start.
 WHITENOISE_USE_FINDERS = True
+warnings.filterwarnings("ignore", message="No directory at: ")
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
@@ -290,7 +293,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {"refusals_without_traceback": {"()": "config.logs.RefusalsWithoutTraceback"}},
     "formatters": {"json": {"()": "config.logs.JsonFormatter"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["refusals_without_traceback"],
-                             **({"formatter": "json"} if LOG_JSON else {})}},
+    "handlers": {"console": {"class": "logging.StreamHandler", **({"formatter": "json"} if LOG_JSON else {})}},
+    # Django logs each refused request (403 above all) with its traceback: one line is enough.
+    "loggers": {"django.request": {"filters": ["refusals_without_traceback"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO", "log level of every process")},
 }
