@@ -40,14 +40,14 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [], "comma-separated ori
 BEHIND_TLS_PROXY = env_bool("PROSPECT_BEHIND_TLS_PROXY", False,
                             "served over HTTPS by a proxy that sets X-Forwarded-Proto: secure cookies, HSTS, "
                             "HTTP redirected to HTTPS")
+HSTS_SECONDS = env_int("PROSPECT_HSTS_SECONDS", 365 * 24 * 3600, "HSTS max-age sent behind a TLS proxy (seconds)")
 if BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = True
     # Probes and the metrics scraper talk plain HTTP to the container, past the proxy.
     SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
-    SECURE_HSTS_SECONDS = env_int("PROSPECT_HSTS_SECONDS", 365 * 24 * 3600,
-                                  "HSTS max-age sent behind a TLS proxy (seconds)")
+    SECURE_HSTS_SECONDS = HSTS_SECONDS
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
 

@@ -63,7 +63,7 @@ def test_every_api_error_is_json_and_leaks_nothing(client, settings, debug):
 
     # An id out of the database's range still fails inside the view (issue 10's edge validation
     # is separate work); whatever fails, the caller gets JSON, never the debug page with the token.
-    crashed = client.post("/api/v1/votes/", {"generation_id": 10**30, "label": "up"},
+    crashed = client.post("/api/v1/votes/", {"generation_id": 10**30, "desirable": True},
                           content_type="application/json", **headers)
     assert crashed["Content-Type"].startswith("application/json")
     assert token not in crashed.content.decode() and "SECRET_KEY" not in crashed.content.decode()
