@@ -2,6 +2,7 @@
 demo accounts only in demo mode, DEBUG off unless asked for, check --deploy clean behind TLS."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -140,3 +141,37 @@ def test_the_full_password_validators_refuse_weak_passwords():
         with pytest.raises(ValidationError):
             validate_password(weak, user)
     validate_password("correct horse battery staple", user)
+
+
+def test_a_broker_outage_inside_an_api_request_is_a_json_503_with_retry_after(client, monkeypatch):
+    from celery import Celery
+
+    from feedback import api
+    from tests.helpers import free_port
+
+    dead_broker = Celery("dead", broker=f"redis://127.0.0.1:{free_port()}/0")
+    dead_broker.conf.broker_connection_timeout = 1
+
+    def send_to_the_dead_broker(*args, **kwargs):
+        dead_broker.send_task("anything", retry=False)
+
+    monkeypatch.setattr(api.VoteView, "post", send_to_the_dead_broker)
+    client.raise_request_exception = False
+    client.force_login(get_user_model().objects.create_user("boss", password="x", is_staff=True))
+    response = client.post("/api/v1/votes/", {}, content_type="application/json")
+    assert response.status_code == 503
+    assert int(response["Retry-After"]) > 0
+    assert "unavailable" in response.json()["detail"]
+
+
+def test_logs_are_json_lines_when_debug_is_off():
+    code = ("import logging\nlog = logging.getLogger('prospect.test')\nlog.warning('vote %s saved', 7, extra={'run_id': 3})\n"
+            "try:\n    1/0\nexcept ZeroDivisionError:\n    log.exception('it broke')")
+    done = manage("shell", "-c", code, env=production_env(SECRET_KEY="k" * 60))
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    saved, broke = [line for line in lines if line["logger"] == "prospect.test"]
+    assert saved["message"] == "vote 7 saved" and saved["level"] == "WARNING" and saved["run_id"] == 3
+    assert "ZeroDivisionError" in broke["exception"]
+    readable = manage("shell", "-c", code, env=production_env(DEBUG="1"))
+    assert "vote 7 saved" in readable.stderr and not readable.stderr.lstrip().startswith("{")
