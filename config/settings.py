@@ -8,6 +8,8 @@ Importing this module has no side effects: no directory is created and nothing i
 """
 from __future__ import annotations
 
+import hashlib
+import re
 import warnings
 from pathlib import Path
 
@@ -263,6 +265,35 @@ CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "",
                             "the broker; set it in production so web and workers agree",
                             shown="Redis if it answers, else files in `var/broker/`")
 PROSPECT_BROKER_DIR = DATA_DIR / "broker"
+# Two installations may share one Redis: each one's keys and queues live under its own prefix
+# (config/celery.py), and every task carries this id and refuses to run under another.
+PROSPECT_INSTALLATION_ID = env_str(
+    "PROSPECT_INSTALLATION_ID", "",
+    "names this installation's broker keys and queues; set the same value on every host of one installation",
+    shown="derived from `PROSPECT_DATA_DIR` and the database name",
+) or hashlib.sha256(f"{DATA_DIR}|{DATABASES['default']['NAME']}".encode()).hexdigest()[:12]
+if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", PROSPECT_INSTALLATION_ID):
+    raise ImproperlyConfigured(f"PROSPECT_INSTALLATION_ID={PROSPECT_INSTALLATION_ID!r}: use 1-64 letters, digits, . _ -")
+
+# Time limits. The longest a run's task can take: training (PROSPECT_MAX_RUN_SECONDS), then an
+# adapter merge and four gate measurements, each bounded by PROSPECT_EVAL_TIMEOUT_SECONDS; plus
+# slack for the bookkeeping around them. The broker's visibility timeout is derived from it.
+RUN_STEPS_AFTER_TRAINING = 5
+TASK_SLACK_SECONDS = 600
+RUN_TASK_SOFT_TIME_LIMIT = (PROSPECT_MAX_RUN_SECONDS + RUN_STEPS_AFTER_TRAINING * PROSPECT_EVAL_TIMEOUT_SECONDS
+                            + TASK_SLACK_SECONDS)
+RUN_TASK_TIME_LIMIT = RUN_TASK_SOFT_TIME_LIMIT + 300
+# Evaluating a candidate again: the merge and the gate, no training.
+EVALUATE_TASK_SOFT_TIME_LIMIT = RUN_STEPS_AFTER_TRAINING * PROSPECT_EVAL_TIMEOUT_SECONDS + TASK_SLACK_SECONDS
+EVALUATE_TASK_TIME_LIMIT = EVALUATE_TASK_SOFT_TIME_LIMIT + 300
+# Every other task (scheduling, reaping, sampling for the annotation queue).
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("PROSPECT_TASK_TIME_LIMIT_SECONDS", 1800,
+                                      "soft time limit of the short tasks (scheduling, snapshots, sampling); "
+                                      "the hard limit is 60 s later")
+CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 60
+# An unacknowledged message (late ack) goes back to the queue after this long: longer than the
+# longest task, or a second worker would start a run the first still trains.
+BROKER_VISIBILITY_TIMEOUT = max(RUN_TASK_TIME_LIMIT, EVALUATE_TASK_TIME_LIMIT, CELERY_TASK_TIME_LIMIT) + 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = 5
 CELERY_TASK_DEFAULT_QUEUE = "default"

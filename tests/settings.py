@@ -8,5 +8,8 @@ behaviour start their servers with DEBUG=0 and a SECRET_KEY of their own.
 import os
 
 os.environ.setdefault("DEBUG", "1")
+# The test process and the workers it starts (other PROSPECT_DATA_DIR, other database name) are
+# one installation: they must agree on its id, which would otherwise be derived from those.
+os.environ.setdefault("PROSPECT_INSTALLATION_ID", "prospect-tests")
 
 from config.settings import *  # noqa: E402,F401,F403

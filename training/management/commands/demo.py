@@ -198,6 +198,7 @@ class Command(BaseCommand):
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["PROSPECT_DATA_DIR"] = str(settings.DATA_DIR)
+        env["PROSPECT_INSTALLATION_ID"] = settings.PROSPECT_INSTALLATION_ID
         # Every child must use the broker chosen here, even if Redis comes or goes meanwhile.
         env["CELERY_BROKER_URL"] = celery_app.conf.broker_url
         env["PYTHONUNBUFFERED"] = "1"
