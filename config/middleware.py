@@ -70,7 +70,11 @@ class ApiJsonErrorMiddleware:
             return response
         if response.get("Content-Type", "").startswith("application/json"):
             return response
-        replacement = json_error(response.status_code, HTTPStatus(response.status_code).phrase)
+        try:
+            phrase = HTTPStatus(response.status_code).phrase
+        except ValueError:  # a status code outside the standard list
+            phrase = "Error"
+        replacement = json_error(response.status_code, phrase)
         for header in KEPT_ERROR_HEADERS:
             if header in response:
                 replacement[header] = response[header]
