@@ -149,7 +149,8 @@ def test_a_broker_outage_inside_an_api_request_is_a_json_503_with_retry_after(cl
     from feedback import api
     from tests.helpers import free_port
 
-    dead_broker = Celery("dead", broker=f"redis://127.0.0.1:{free_port()}/0")
+    # Not the current app: dispatch.py sends through current_app, which other tests rely on.
+    dead_broker = Celery("dead", broker=f"redis://127.0.0.1:{free_port()}/0", set_as_current=False)
     dead_broker.conf.broker_connection_timeout = 1
 
     def send_to_the_dead_broker(*args, **kwargs):
