@@ -273,7 +273,9 @@ PROSPECT_INSTALLATION_ID = env_str(
     shown="derived from `PROSPECT_DATA_DIR` and the database name",
 ) or hashlib.sha256(f"{DATA_DIR}|{DATABASES['default']['NAME']}".encode()).hexdigest()[:12]
 if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", PROSPECT_INSTALLATION_ID):
-    raise ImproperlyConfigured(f"PROSPECT_INSTALLATION_ID={PROSPECT_INSTALLATION_ID!r}: use 1-64 letters, digits, . _ -")
+    raise ImproperlyConfigured(
+        f"PROSPECT_INSTALLATION_ID={PROSPECT_INSTALLATION_ID!r}: use 1-64 letters, digits, . _ -"
+    )
 
 # Time limits. The longest a run's task can take: training (PROSPECT_MAX_RUN_SECONDS), then an
 # adapter merge and four gate measurements, each bounded by PROSPECT_EVAL_TIMEOUT_SECONDS; plus

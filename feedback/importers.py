@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field as dataclass_field
 from typing import BinaryIO, Iterator
 
 from feedback.content import ContentError, split_hh_transcript, validate_completion, validate_prompt
@@ -67,7 +67,7 @@ class ParseStats:
     format: str = ""
     n_lines: int = 0
     n_dropped_at_threshold: int = 0
-    skipped: list[SkippedLine] = field(default_factory=list)
+    skipped: list[SkippedLine] = dataclass_field(default_factory=list)
 
 
 def detect_format(row: dict) -> str:
@@ -116,7 +116,8 @@ def _parse_line(raw: bytes, line_no: int, max_line_bytes: int, too_long: bool) -
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ImportRejected(f"not valid UTF-8 (byte {exc.start}); the file must be UTF-8 JSONL", line=line_no) from None
+        raise ImportRejected(f"not valid UTF-8 (byte {exc.start}); the file must be UTF-8 JSONL",
+                             line=line_no) from None
     if line_no == 1 and text.startswith("\ufeff"):
         text = text[1:]  # a UTF-8 byte-order mark is harmless; accept it.
     if not text.strip():
@@ -261,7 +262,9 @@ def parse_examples(
                 raise ImportRejected("the file is in the scored format, which needs a threshold (--threshold T)", line=line)
         try:
             # A row's examples are all checked before any is yielded: a skipped row leaves nothing.
-            examples = list(_examples_from_row(stats.format, row, line, threshold, weight_by_distance, stats, rng, skip))
+            examples = list(
+                _examples_from_row(stats.format, row, line, threshold, weight_by_distance, stats, rng, skip)
+            )
         except ContentError as exc:
             rejected = ImportRejected(str(exc), line=line, field=exc.field)
             if skip is None:

@@ -64,7 +64,8 @@ def test_skip_keeps_the_partner_of_an_empty_side_and_both_sides_of_an_edited_dia
         {"line": 87, "field": "chosen", "reason": "field 'chosen': the last Assistant turn is empty"},
         {"line": 88, "field": "rejected", "reason": "field 'rejected': the last Assistant turn is empty"},
     ]
-    kept = {(g.completion, g.votes.get().desirable) for g in Generation.objects.filter(completion__in=["No 87.", "Answer 88."])}
+    partners = Generation.objects.filter(completion__in=["No 87.", "Answer 88."])
+    kept = {(g.completion, g.votes.get().desirable) for g in partners}
     assert kept == {("No 87.", False), ("Answer 88.", True)}
     edited = Generation.objects.filter(completion__in=["Answer 89.", "No 89."]).select_related("prompt")
     prompts = {g.completion: g.prompt.content[1]["content"] for g in edited}

@@ -4,7 +4,6 @@ telling liveness from readiness, and /metrics for the operator."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 

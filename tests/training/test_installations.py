@@ -23,8 +23,8 @@ def send_as(installation: str, task_id: str, *, header: str | None = None) -> No
     """
     stamp = "" if header is None else (
         "from celery.signals import before_task_publish\n"
-        f"before_task_publish.connect(lambda headers=None, **kw: headers.__setitem__('prospect_installation', {header!r}),"
-        " weak=False)\n"
+        "before_task_publish.connect(\n"
+        f"    lambda headers=None, **kw: headers.__setitem__('prospect_installation', {header!r}), weak=False)\n"
     )
     code = ("import django; django.setup()\n" + stamp +
             f"from config.celery import app\napp.send_task({REAP!r}, task_id={task_id!r}, retry=False)\n")
@@ -53,7 +53,8 @@ def test_two_installations_on_one_redis_database_never_run_each_others_tasks(loo
     assert not any(t in beta.log() for t in alpha_tasks)
     # The broker's keys of each installation live under its own prefix.
     keys = {key.decode() for key in redis.Redis.from_url(LOOP_REDIS_URL).keys("*")}
-    assert any(key.startswith("prospect.alpha.") for key in keys) and any(key.startswith("prospect.beta.") for key in keys)
+    for installation in ("alpha", "beta"):
+        assert any(key.startswith(f"prospect.{installation}.") for key in keys)
     assert "default" not in keys and "_kombu.binding.default" not in keys
 
 

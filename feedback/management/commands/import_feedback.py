@@ -1,4 +1,5 @@
-"""python manage.py import_feedback FILE [--format auto|kto|paired|hh|scored] [--threshold T] [--on-invalid fail|skip]"""
+"""python manage.py import_feedback FILE [--format auto|kto|paired|hh|scored] [--threshold T] [--on-invalid fail|skip]
+"""
 from __future__ import annotations
 
 import json
