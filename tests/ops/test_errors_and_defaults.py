@@ -165,3 +165,11 @@ def test_logs_are_json_lines_when_debug_is_off():
     assert "ZeroDivisionError" in broke["exception"]
     readable = manage("shell", "-c", code, env=production_env(DEBUG="1"))
     assert "vote 7 saved" in readable.stderr and not readable.stderr.lstrip().startswith("{")
+
+
+def test_a_403_raised_by_a_middleware_is_logged_once_too(client, caplog):
+    client.force_login(make_annotator("alice"))
+    with caplog.at_level(logging.WARNING, logger="django.request"):
+        assert client.get("/admin/").status_code == 403  # StaffOnlyAdminMiddleware refuses it
+    refusals = [record for record in caplog.records if getattr(record, "status_code", None) == 403]
+    assert len(refusals) == 1 and refusals[0].exc_info is None
