@@ -45,7 +45,7 @@ def request(url: str, data: bytes | None = None, headers: dict | None = None, me
         return error.code, dict(error.headers), error.read()
 
 
-def start_production_server(tmp_path: Path, **extra_env: str) -> Server:
+def start_production_server(tmp_path: Path, workers: int = 1, **extra_env: str) -> Server:
     data_dir = tmp_path / "prod-data"
     data_dir.mkdir()
     database = data_dir / "db.sqlite3"
@@ -64,8 +64,8 @@ def start_production_server(tmp_path: Path, **extra_env: str) -> Server:
     server = Server(f"http://127.0.0.1:{port}", env, database, None, log)  # type: ignore[arg-type]
     server.manage("migrate", "--noinput")
     server.process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{port}",
-         "--workers", "1", "--timeout", "60"],
+        [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi:application",
+         "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--timeout", "60"],
         cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
 
