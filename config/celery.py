@@ -28,10 +28,19 @@ Workers
 
         celery -A config worker -Q default,gpu -P solo -c 1 --prefetch-multiplier 1 -B
 
+Installations
+    Two installations may share one Redis database. Every broker key of this one (queue lists,
+    bindings, unacked messages, pub/sub) is under ``prospect.<PROSPECT_INSTALLATION_ID>.``, and
+    every task message carries the installation id in a header, which the task checks before it
+    runs (InstallationTask): a message of another installation is refused, never executed.
+
 Reliability
     Late ack + ``task_reject_on_worker_lost`` + prefetch 1 mean a message leaves the broker only
-    after its task returned. The Redis visibility timeout (``PROSPECT_MAX_RUN_SECONDS`` + 1 h) is
-    longer than any run, so a slow run is not re-delivered while it trains. When a message is
+    after its task returned. The Redis visibility timeout (settings.BROKER_VISIBILITY_TIMEOUT: the
+    longest run — training, adapter merge and gate — plus 1 h) is longer than any run, so a slow
+    run is not re-delivered while it trains. Every task has soft and hard time limits (the
+    prefork pool enforces them; ``-P solo`` cannot, and there the run's own time limit and the
+    gate's timeouts bound the work). When a message is
     delivered again anyway (worker killed), the task's database status guard makes it a no-op,
     and the reaper (on every worker start, and every minute from beat) marks runs whose worker
     died as failed and kills their leftover training processes.
@@ -44,13 +53,32 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from celery import Celery
-from celery.signals import beat_init, worker_ready
+import logging
+
+from celery import Celery, Task
+from celery.signals import before_task_publish, beat_init, worker_ready
 from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-app = Celery("prospect")
+logger = logging.getLogger(__name__)
+INSTALLATION_HEADER = "prospect_installation"
+
+
+class InstallationTask(Task):
+    """Runs a task only when its message was sent by this installation (the header says which)."""
+
+    def __call__(self, *args, **kwargs):
+        if not self.request.called_directly:
+            sent_by = self.request.get(INSTALLATION_HEADER)
+            if sent_by != settings.PROSPECT_INSTALLATION_ID:
+                logger.error("refused task %s[%s]: sent by installation %r, this is %r", self.name, self.request.id,
+                             sent_by, settings.PROSPECT_INSTALLATION_ID)
+                return None
+        return super().__call__(*args, **kwargs)
+
+
+app = Celery("prospect", task_cls=InstallationTask)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
@@ -76,6 +104,24 @@ def redis_answers(url: str, timeout: float = 0.3) -> bool:
     return reply.startswith((b"+PONG", b"-NOAUTH"))
 
 
+def installation_key_prefix() -> str:
+    return f"prospect.{settings.PROSPECT_INSTALLATION_ID}."
+
+
+def broker_transport_options() -> dict:
+    """Options of a network broker (Redis)."""
+    return {
+        # An unacknowledged message (late ack: a GPU task acks when it ends) goes back to the
+        # queue after this long. It exceeds the longest run (training + merge + gate, see
+        # settings), or a second worker would start the same run while the first still trains it.
+        "visibility_timeout": settings.BROKER_VISIBILITY_TIMEOUT,
+        "socket_connect_timeout": 5,
+        # Every key (queues, bindings, unacked messages, pub/sub channels) under this
+        # installation's prefix: two installations on one Redis never see each other's tasks.
+        "global_keyprefix": installation_key_prefix(),
+    }
+
+
 def choose_broker() -> BrokerChoice:
     """CELERY_BROKER_URL when set; else Redis at REDIS_URL if it answers; else the filesystem."""
     if settings.CELERY_BROKER_URL:
@@ -97,13 +143,7 @@ def choose_broker() -> BrokerChoice:
             "store_processed": False,
         }
     else:
-        options = {
-            # An unacknowledged message (late ack: a GPU task acks when it ends) goes back to the
-            # queue after this long. It must exceed the longest run, or a second worker would start
-            # the same run while the first still trains it (the status guard would refuse it anyway).
-            "visibility_timeout": settings.PROSPECT_MAX_RUN_SECONDS + 3600,
-            "socket_connect_timeout": 5,
-        }
+        options = broker_transport_options()
     return BrokerChoice(url, kind, options)
 
 
@@ -113,6 +153,13 @@ def _use_chosen_broker(sender, source, **kwargs) -> None:
     source.broker_url = choice.url
     source.broker_transport_options = choice.transport_options
     source.prospect_broker_kind = choice.kind
+
+
+@before_task_publish.connect
+def _stamp_installation(sender=None, headers=None, **kwargs) -> None:
+    # Every message this process sends (web, workers, beat) names the installation that sent it.
+    if headers is not None:
+        headers[INSTALLATION_HEADER] = settings.PROSPECT_INSTALLATION_ID
 
 
 @worker_ready.connect

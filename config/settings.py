@@ -9,6 +9,9 @@ Importing this module has no side effects: no directory is created and nothing i
 
 from __future__ import annotations
 
+import hashlib
+import re
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -19,11 +22,15 @@ from training.kto import defaults
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-DEBUG = env_bool("DEBUG", True, "Django's debug mode; off in production")
+# Off unless asked for: `make demo` (manage.py demo) and the test suite ask for it explicitly.
+DEBUG = env_bool("DEBUG", False, "Django's debug mode (`make demo` and the tests turn it on); never in production")
 SECRET_KEY = env_str("SECRET_KEY", "", "required when `DEBUG` is off", shown="a dev key while `DEBUG` is on")
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set when DEBUG is off: export SECRET_KEY=$(python -c "
+            "'import secrets; print(secrets.token_urlsafe(50))') (or DEBUG=1 on a laptop)"
+        )
     # Only for a laptop run with DEBUG on; production refuses to start without a real key.
     SECRET_KEY = "insecure-dev-key-prospect-do-not-use-in-production"
 
@@ -33,6 +40,22 @@ ALLOWED_HOSTS = env_list(
     "comma-separated host names the web app answers to",
 )
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [], "comma-separated origins trusted for CSRF (behind a proxy)")
+
+# Production sits behind a proxy that ends TLS and says so in X-Forwarded-Proto. Only then may
+# cookies be marked secure and HSTS be sent; a plain-HTTP laptop run would otherwise lose its session.
+BEHIND_TLS_PROXY = env_bool("PROSPECT_BEHIND_TLS_PROXY", False,
+                            "served over HTTPS by a proxy that sets X-Forwarded-Proto: secure cookies, HSTS, "
+                            "HTTP redirected to HTTPS")
+HSTS_SECONDS = env_int("PROSPECT_HSTS_SECONDS", 365 * 24 * 3600, "HSTS max-age sent behind a TLS proxy (seconds)")
+if BEHIND_TLS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    # Probes and the metrics scraper talk plain HTTP to the container, past the proxy.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = HSTS_SECONDS
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
 
 # Where snapshots, run artifacts and the embedded broker live. Artifacts are never overwritten.
 DATA_DIR = Path(
@@ -51,6 +74,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
@@ -62,7 +86,13 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "config.middleware.RequestMetricsMiddleware",
+    # Outermost after the metrics: every error under /api/ becomes JSON, whatever raised it.
+    "config.middleware.ApiJsonErrorMiddleware",
+    "config.middleware.ServiceUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files from the web process itself (no separate server), DEBUG or not.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -70,6 +100,8 @@ MIDDLEWARE = [
     "config.middleware.StaffOnlyAdminMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: it answers a locked-out login itself.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -110,8 +142,26 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+# Brute force: django-axes locks a (username, address) pair out after repeated failures.
+AUTHENTICATION_BACKENDS = [
+    "config.auth.LockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("PROSPECT_LOGIN_FAILURE_LIMIT", 5, "failed logins in a row before a lockout")
+AXES_COOLOFF_TIME = env_float("PROSPECT_LOGIN_COOLOFF_HOURS", 0.25,
+                              "how long a lockout lasts, in hours") or None
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+# The login page shows the lockout (templates/registration/lockout.html) instead of a bare 403.
+AXES_LOCKOUT_TEMPLATE = "registration/lockout.html"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC", "time zone of the pages")
@@ -120,7 +170,17 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = DATA_DIR / "staticfiles"
+STATIC_ROOT = Path(env_str("PROSPECT_STATIC_ROOT", str(DATA_DIR / "staticfiles"),
+                           "where `collectstatic` puts the static files (the Docker image does it at build)",
+                           shown="`staticfiles/` in `PROSPECT_DATA_DIR`"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Serve straight from the apps' and static/ folders when collectstatic was not run (a laptop);
+# a missing STATIC_ROOT is then expected, not worth WhiteNoise's warning at every start.
+WHITENOISE_USE_FINDERS = True
+warnings.filterwarnings("ignore", message="No directory at: ")
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
@@ -257,6 +317,37 @@ CELERY_BROKER_URL = env_str(
     shown="Redis if it answers, else files in `var/broker/`",
 )
 PROSPECT_BROKER_DIR = DATA_DIR / "broker"
+# Two installations may share one Redis: each one's keys and queues live under its own prefix
+# (config/celery.py), and every task carries this id and refuses to run under another.
+PROSPECT_INSTALLATION_ID = env_str(
+    "PROSPECT_INSTALLATION_ID", "",
+    "names this installation's broker keys and queues; set the same value on every host of one installation",
+    shown="derived from `PROSPECT_DATA_DIR` and the database name",
+) or hashlib.sha256(f"{DATA_DIR}|{DATABASES['default']['NAME']}".encode()).hexdigest()[:12]
+if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", PROSPECT_INSTALLATION_ID):
+    raise ImproperlyConfigured(
+        f"PROSPECT_INSTALLATION_ID={PROSPECT_INSTALLATION_ID!r}: use 1-64 letters, digits, . _ -"
+    )
+
+# Time limits. The longest a run's task can take: training (PROSPECT_MAX_RUN_SECONDS), then an
+# adapter merge and four gate measurements, each bounded by PROSPECT_EVAL_TIMEOUT_SECONDS; plus
+# slack for the bookkeeping around them. The broker's visibility timeout is derived from it.
+RUN_STEPS_AFTER_TRAINING = 5
+TASK_SLACK_SECONDS = 600
+RUN_TASK_SOFT_TIME_LIMIT = (PROSPECT_MAX_RUN_SECONDS + RUN_STEPS_AFTER_TRAINING * PROSPECT_EVAL_TIMEOUT_SECONDS
+                            + TASK_SLACK_SECONDS)
+RUN_TASK_TIME_LIMIT = RUN_TASK_SOFT_TIME_LIMIT + 300
+# Evaluating a candidate again: the merge and the gate, no training.
+EVALUATE_TASK_SOFT_TIME_LIMIT = RUN_STEPS_AFTER_TRAINING * PROSPECT_EVAL_TIMEOUT_SECONDS + TASK_SLACK_SECONDS
+EVALUATE_TASK_TIME_LIMIT = EVALUATE_TASK_SOFT_TIME_LIMIT + 300
+# Every other task (scheduling, reaping, sampling for the annotation queue).
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("PROSPECT_TASK_TIME_LIMIT_SECONDS", 1800,
+                                      "soft time limit of the short tasks (scheduling, snapshots, sampling); "
+                                      "the hard limit is 60 s later")
+CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 60
+# An unacknowledged message (late ack) goes back to the queue after this long: longer than the
+# longest task, or a second worker would start a run the first still trains.
+BROKER_VISIBILITY_TIMEOUT = max(RUN_TASK_TIME_LIMIT, EVALUATE_TASK_TIME_LIMIT, CELERY_TASK_TIME_LIMIT) + 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = 5
 CELERY_TASK_DEFAULT_QUEUE = "default"
@@ -276,9 +367,19 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
+# --- Operations ------------------------------------------------------------------------------
+PROSPECT_METRICS_TOKEN = env_str("PROSPECT_METRICS_TOKEN", "",
+                                 "bearer token /metrics asks for; unset: /metrics answers localhost only")
+
+# One JSON object a line when DEBUG is off (log shippers parse it); readable lines on a laptop.
+LOG_JSON = env_bool("PROSPECT_LOG_JSON", not DEBUG, "JSON log lines", shown="on when `DEBUG` is off")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"refusals_without_traceback": {"()": "config.logs.RefusalsWithoutTraceback"}},
+    "formatters": {"json": {"()": "config.logs.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", **({"formatter": "json"} if LOG_JSON else {})}},
+    # Django logs each refused request (403 above all) with its traceback: one line is enough.
+    "loggers": {"django.request": {"filters": ["refusals_without_traceback"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO", "log level of every process")},
 }

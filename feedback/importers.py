@@ -4,25 +4,31 @@ Every format becomes a stream of `ImportExample(line, prompt, completion, desira
 - kto     `{prompt, completion, label}`      label is a JSON boolean
 - paired  `{prompt, chosen, rejected}`        → chosen desirable, rejected undesirable (paper §3.1);
                                                 with one_y_per_x, only one of the two, at random
-- hh      `{chosen, rejected}` transcripts   → prompt = shared dialogue up to the last Assistant turn
+- hh      `{chosen, rejected}` transcripts   → each side split at its own last Assistant turn; the
+                                                dialogue before it is that side's prompt (usually
+                                                the same for both; where an earlier turn was edited
+                                                each side keeps its own: KTO needs no pairs)
 - scored  `{prompt, completion, score}`      → desirable above the threshold, undesirable below,
                                                 items exactly at the threshold are dropped
 A completion (or chosen / rejected) of a chat prompt may be a plain string or, in TRL's
 conversational format, a one-element list `[{"role": "assistant", "content": ...}]`: both read the same.
 Any problem raises `ImportRejected` naming the line and the field; the caller runs the writes in
-one transaction, so a rejected file leaves nothing behind.
+one transaction, so a rejected file leaves nothing behind. With on_invalid="skip" a bad line (or,
+for pairs, a bad side) is left out instead and reported as a `SkippedLine`; the rest is imported.
 """
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from typing import BinaryIO, Iterator
 
 from feedback.content import ContentError, split_hh_transcript, validate_completion, validate_prompt
 
 FORMATS = ("kto", "paired", "hh", "scored")
 FORMAT_CHOICES = ("auto",) + FORMATS
+# fail: the first bad line rejects the whole file (the default); skip: bad lines are left out, reported.
+ON_INVALID_CHOICES = ("fail", "skip")
 
 
 class ImportRejected(ValueError):
@@ -44,11 +50,24 @@ class ImportExample:
     part: str = ""
 
 
+@dataclass(frozen=True)
+class SkippedLine:
+    """A line (or one side of a pair) left out by on_invalid="skip", and why."""
+
+    line: int | None
+    reason: str
+    field: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"line": self.line, "field": self.field, "reason": self.reason}
+
+
 @dataclass
 class ParseStats:
     format: str = ""
     n_lines: int = 0
     n_dropped_at_threshold: int = 0
+    skipped: list[SkippedLine] = dataclass_field(default_factory=list)
 
 
 def detect_format(row: dict) -> str:
@@ -65,31 +84,51 @@ def detect_format(row: dict) -> str:
     )
 
 
-def read_jsonl_rows(stream: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-blank line; never reads more than one line past the limit."""
+def read_jsonl_rows(stream: BinaryIO, max_line_bytes: int, skip=None) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line; never reads more than one line past the limit.
+
+    A bad line raises ImportRejected, or, when `skip` is given, is passed to it and left out.
+    """
     line_no = 0
     while True:
         raw = stream.readline(max_line_bytes + 1)
         if not raw:
             return
         line_no += 1
-        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
-            raise ImportRejected(f"longer than the limit of {max_line_bytes} bytes", line=line_no)
+        too_long = len(raw) > max_line_bytes and not raw.endswith(b"\n")
+        if too_long and skip is not None:
+            while raw and not raw.endswith(b"\n"):  # the rest of the long line, a bounded piece at a time
+                raw = stream.readline(max_line_bytes + 1)
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ImportRejected(f"not valid UTF-8 (byte {exc.start}); the file must be UTF-8 JSONL", line=line_no) from None
-        if line_no == 1 and text.startswith("\ufeff"):
-            text = text[1:]  # a UTF-8 byte-order mark is harmless; accept it.
-        if not text.strip():
+            row = _parse_line(raw, line_no, max_line_bytes, too_long)
+        except ImportRejected as exc:
+            if skip is None:
+                raise
+            skip(exc)
             continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ImportRejected(f"malformed JSON ({exc.msg} at column {exc.colno})", line=line_no) from None
-        if not isinstance(row, dict):
-            raise ImportRejected(f"each line must be a JSON object (got {type(row).__name__})", line=line_no)
-        yield line_no, row
+        if row is not None:
+            yield line_no, row
+
+
+def _parse_line(raw: bytes, line_no: int, max_line_bytes: int, too_long: bool) -> dict | None:
+    if too_long:
+        raise ImportRejected(f"longer than the limit of {max_line_bytes} bytes", line=line_no)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ImportRejected(f"not valid UTF-8 (byte {exc.start}); the file must be UTF-8 JSONL",
+                             line=line_no) from None
+    if line_no == 1 and text.startswith("\ufeff"):
+        text = text[1:]  # a UTF-8 byte-order mark is harmless; accept it.
+    if not text.strip():
+        return None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ImportRejected(f"malformed JSON ({exc.msg} at column {exc.colno})", line=line_no) from None
+    if not isinstance(row, dict):
+        raise ImportRejected(f"each line must be a JSON object (got {type(row).__name__})", line=line_no)
+    return row
 
 
 def _require(row: dict, line: int, *fields: str) -> None:
@@ -116,8 +155,25 @@ def _one_of_pair(examples: tuple[ImportExample, ImportExample], rng: random.Rand
     return examples if rng is None else (examples[rng.randrange(2)],)
 
 
+def _hh_sides(row: dict, line: int, skip) -> list[ImportExample]:
+    """Each side of an HH row split at its own last Assistant turn; a bad side is refused, or skipped."""
+    sides = []
+    for part, desirable in (("chosen", True), ("rejected", False)):
+        try:
+            prompt, completion = split_hh_transcript(row[part], part)
+        except ContentError as exc:
+            if skip is None:
+                raise
+            skip(ImportRejected(str(exc), line=line, field=exc.field))
+            continue
+        sides.append(ImportExample(line, prompt, completion, desirable, part=part))
+    if len(sides) == 2 and sides[0].prompt == sides[1].prompt and sides[0].completion == sides[1].completion:
+        raise ImportRejected("field 'rejected': identical to 'chosen'", line=line, field="rejected")
+    return sides
+
+
 def _examples_from_row(fmt: str, row: dict, line: int, threshold: float | None, weight_by_distance: bool, stats: ParseStats,
-                       rng: random.Random | None = None):
+                       rng: random.Random | None = None, skip=None):
     if fmt == "kto":
         _require(row, line, "prompt", "completion", "label")
         label = row["label"]
@@ -140,21 +196,10 @@ def _examples_from_row(fmt: str, row: dict, line: int, threshold: float | None, 
         )
     elif fmt == "hh":
         _require(row, line, "chosen", "rejected")
-        chosen_prompt, chosen = split_hh_transcript(row["chosen"], "chosen")
-        rejected_prompt, rejected = split_hh_transcript(row["rejected"], "rejected")
-        if chosen_prompt != rejected_prompt:
-            raise ImportRejected(
-                "field 'rejected': does not share the dialogue before the last Assistant turn with 'chosen'",
-                line=line,
-                field="rejected",
-            )
-        if chosen == rejected:
-            raise ImportRejected("field 'rejected': identical to 'chosen'", line=line, field="rejected")
-        yield from _one_of_pair(
-            (ImportExample(line, chosen_prompt, chosen, True, part="chosen"),
-             ImportExample(line, chosen_prompt, rejected, False, part="rejected")),
-            rng,
-        )
+        sides = _hh_sides(row, line, skip)
+        # Where an earlier turn was edited the two prompts differ: each side keeps its own
+        # dialogue (KTO rates each output on its own), rather than the row being refused.
+        yield from (_one_of_pair(tuple(sides), rng) if len(sides) == 2 else sides)
     elif fmt == "scored":
         _require(row, line, "prompt", "completion", "score")
         score = row["score"]
@@ -178,31 +223,59 @@ def parse_examples(
     stats: ParseStats | None = None,
     one_y_per_x: bool = False,
     seed: int = 0,
+    on_invalid: str = "fail",
 ) -> Iterator[ImportExample]:
     """Yield examples from a JSONL byte stream, raising ImportRejected at the first bad line.
+
+    on_invalid="skip": a bad line (for pairs, a bad side) is left out and recorded in
+    stats.skipped instead; problems of the whole file (format, threshold, no lines) still raise.
 
     one_y_per_x: for pairs, keep only one of chosen/rejected, drawn with `seed` (reproducible), so
     the dataset carries no trace of the pairing (the paper's "one-y-per-x" setting).
     """
     rng = random.Random(seed) if one_y_per_x else None
+    if on_invalid not in ON_INVALID_CHOICES:
+        raise ImportRejected(f"unknown on_invalid {on_invalid!r} (choose fail or skip)", field="on_invalid")
     if fmt not in FORMAT_CHOICES:
         raise ImportRejected(f"unknown format {fmt!r} (choose one of {', '.join(FORMAT_CHOICES)})", field="format")
     if fmt == "scored" and threshold is None:
         raise ImportRejected("the scored format needs a threshold (--threshold T)", field="threshold")
     stats = stats if stats is not None else ParseStats()
     stats.format = "" if fmt == "auto" else fmt
-    for line, row in read_jsonl_rows(stream, max_line_bytes):
+    skip = None
+    if on_invalid == "skip":
+        def skip(exc: ImportRejected) -> None:
+            reason = str(exc).split(": ", 1)[1] if exc.line is not None else str(exc)
+            stats.skipped.append(SkippedLine(exc.line, reason, exc.field))
+
+    for line, row in read_jsonl_rows(stream, max_line_bytes, skip):
         stats.n_lines += 1
         if not stats.format:
             try:
                 stats.format = detect_format(row)
             except ValueError as exc:
-                raise ImportRejected(str(exc), line=line) from None
+                if skip is None:
+                    raise ImportRejected(str(exc), line=line) from None
+                skip(ImportRejected(str(exc), line=line))
+                continue
             if stats.format == "scored" and threshold is None:
                 raise ImportRejected("the file is in the scored format, which needs a threshold (--threshold T)", line=line)
         try:
-            yield from _examples_from_row(stats.format, row, line, threshold, weight_by_distance, stats, rng)
+            # A row's examples are all checked before any is yielded: a skipped row leaves nothing.
+            examples = list(
+                _examples_from_row(stats.format, row, line, threshold, weight_by_distance, stats, rng, skip)
+            )
         except ContentError as exc:
-            raise ImportRejected(str(exc), line=line, field=exc.field) from None
-    if stats.n_lines == 0:
+            rejected = ImportRejected(str(exc), line=line, field=exc.field)
+            if skip is None:
+                raise rejected from None
+            skip(rejected)
+            continue
+        except ImportRejected as exc:
+            if skip is None:
+                raise
+            skip(exc)
+            continue
+        yield from examples
+    if stats.n_lines == 0 and not stats.skipped:
         raise ImportRejected("the file holds no JSON lines")

@@ -98,6 +98,9 @@ class ImportBatch(models.Model):
     # Votes already present from an earlier import of the same file: re-importing adds nothing.
     n_votes_existing = models.PositiveIntegerField(default=0)
     n_dropped_at_threshold = models.PositiveIntegerField(default=0)
+    # on_invalid="skip": lines (or sides of a pair) left out, and the file listing each with its reason.
+    n_skipped = models.PositiveIntegerField(default=0)
+    skipped_report = models.CharField(max_length=1000, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -121,6 +124,8 @@ class ImportBatch(models.Model):
             "votes_created": self.n_votes_created,
             "votes_existing": self.n_votes_existing,
             "dropped_at_threshold": self.n_dropped_at_threshold,
+            "skipped": self.n_skipped,
+            "skipped_report": self.skipped_report or None,
         }
 
 

@@ -53,9 +53,11 @@ def point_celery_at(broker_url: str) -> None:
     """Make this process (the 'web' side: start_run, delay) send to `broker_url`."""
     from kombu import pools
 
-    from config.celery import app
+    from config.celery import app, broker_transport_options
 
     app.conf.broker_url = broker_url
+    # Redis needs this installation's key prefix; the filesystem transport ignores those options.
+    app.conf.broker_transport_options = {**(app.conf.broker_transport_options or {}), **broker_transport_options()}
     # Drop cached connections and producers made for the previous URL (kombu keeps a global
     # registry of pools; reset() closes and forgets them all).
     app._pool = None

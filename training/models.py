@@ -100,6 +100,8 @@ class TrainingRun(models.Model):
     # Who is running it: the reaper uses these to tell a live run from one whose worker died.
     worker_hostname = models.CharField(max_length=255, blank=True)
     worker_pid = models.IntegerField(null=True, blank=True)
+    # The worker process's identity on its host (boot id, pid, start time): a reused pid is not it.
+    worker_start_id = models.CharField(max_length=100, blank=True)
     # Process group of the training subprocess tree (its leader's pid): what timeout/cancel kill.
     process_group_id = models.IntegerField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)

@@ -21,7 +21,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from training.models import TrainingPolicy, TrainingRun
-from training.selectors import active_run, new_votes_since_last_snapshot
+from training.selectors import active_run, new_votes_since_last_trained_snapshot
 
 # The TrainingPolicy fields that make up a run's training config (the rest is scheduling).
 CONFIG_FIELDS = (
@@ -125,8 +125,9 @@ def resolve_training_config(overrides: dict | None = None) -> dict:
 def retrain_decision(policy: TrainingPolicy, now=None) -> tuple[bool, str]:
     """(should a run start now, why / why not) — the policy's rules, read-only.
 
-    The decision only reads the database (votes newer than the latest snapshot's last_vote_id), so
-    votes that arrived while Redis or the workers were down are counted at the next check.
+    The decision only reads the database (votes newer than the last_vote_id of the latest snapshot
+    a run is training or successfully trained on), so votes that arrived while Redis or the workers
+    were down are counted at the next check, and a crashed run does not use up the new votes.
     """
     now = now or timezone.now()
     if not policy.enabled:
@@ -134,7 +135,7 @@ def retrain_decision(policy: TrainingPolicy, now=None) -> tuple[bool, str]:
     active = active_run()
     if active is not None:
         return False, f"run {active.pk} is {active.status}"
-    new_votes = new_votes_since_last_snapshot()
+    new_votes = new_votes_since_last_trained_snapshot()
     if new_votes < policy.min_new_votes:
         return False, f"{new_votes} new votes, waiting for {policy.min_new_votes}"
     last = TrainingRun.objects.order_by("-created_at").first()
@@ -142,4 +143,4 @@ def retrain_decision(policy: TrainingPolicy, now=None) -> tuple[bool, str]:
         ready_at = last.created_at + timedelta(seconds=policy.cooldown_seconds)
         if now < ready_at:
             return False, f"cooling down until {ready_at.isoformat()}"
-    return True, f"{new_votes} new votes since the last snapshot"
+    return True, f"{new_votes} new votes since the last trained snapshot"

@@ -17,6 +17,32 @@ from training import process_tree
 TERMINATE_GRACE_SECONDS = 10
 
 
+def process_start_id(pid: int) -> str:
+    """Who a pid is on this host: boot id, pid and start time ("" when there is no such process).
+
+    A bare pid is not an identity: a restarted container's worker gets pid 7 again. The start
+    time (clock ticks since boot, field 22 of /proc/<pid>/stat) differs for every process that
+    ever held the pid, and the boot id for every boot of the machine.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        started = stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+    return f"{boot_id}:{pid}:{started}"
+
+
+def worker_alive(pid: int, start_id: str = "") -> bool:
+    """The worker process that recorded (pid, start_id) on this host is still running.
+
+    Rows written before start ids were recorded (start_id "") fall back to the pid alone.
+    """
+    if not process_alive(pid):
+        return False
+    return not start_id or process_start_id(pid) == start_id
+
+
 def process_alive(pid: int) -> bool:
     """True when a process with this pid exists and is not a zombie."""
     try:

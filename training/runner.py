@@ -37,7 +37,7 @@ from training import process_tree
 from training.gate import evaluate_candidate
 from training.kto import defaults
 from training.models import ModelVersion, TrainingRun
-from training.processes import stop_group, tail
+from training.processes import process_start_id, stop_group, tail
 from training.registry import create_candidate_version
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ def claim_run(run_id: int) -> bool:
             heartbeat_at=now,
             worker_hostname=socket.gethostname(),
             worker_pid=os.getpid(),
+            worker_start_id=process_start_id(os.getpid()),
         )
     )
 

@@ -27,7 +27,7 @@ from feedback.services import create_snapshot
 from training import dispatch
 from training.models import ACTIVE_RUN_STATUSES, ModelVersion, TrainingPolicy, TrainingRun
 from training.policy import resolve_training_config
-from training.processes import kill_run_processes, process_alive
+from training.processes import kill_run_processes, worker_alive
 from training.registry import ensure_base_version
 from training.selectors import active_version
 
@@ -160,7 +160,8 @@ def cancel_run(run: TrainingRun) -> None:
 def reap_orphaned_runs() -> list[int]:
     """Mark failed the running runs whose worker is gone; kill their leftover training processes.
 
-    A run is orphaned when its worker ran on this host and that process no longer exists, or
+    A run is orphaned when its worker ran on this host and that process no longer exists (the
+    same pid held by a later process, e.g. in a restarted container, does not count), or
     when its heartbeat is older than PROSPECT_RUN_HEARTBEAT_TIMEOUT_SECONDS (any host). Runs are
     not resumed: a failed run is retried by starting a new one (its artifacts stay for
     inspection). Returns the ids of the runs marked failed.
@@ -171,7 +172,7 @@ def reap_orphaned_runs() -> list[int]:
     reaped = []
     for run in TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING):
         reason = None
-        if run.worker_hostname == hostname and run.worker_pid and not process_alive(run.worker_pid):
+        if run.worker_hostname == hostname and run.worker_pid and not worker_alive(run.worker_pid, run.worker_start_id):
             reason = f"worker process {run.worker_pid} on {hostname} died while the run was training"
         elif (run.heartbeat_at or run.started_at or run.created_at) < stale_before:
             reason = (
@@ -202,7 +203,7 @@ def _fail_gates_of_dead_workers(hostname: str) -> None:
     ).select_related("created_by_run")
     for version in evaluating:
         pid = version.created_by_run.worker_pid
-        if pid and not process_alive(pid):
+        if pid and not worker_alive(pid, version.created_by_run.worker_start_id):
             ModelVersion.objects.filter(pk=version.pk, evaluation_state=ModelVersion.EvaluationState.RUNNING).update(
                 evaluation_state=ModelVersion.EvaluationState.FAILED,
                 status_reason=f"not promoted: worker process {pid} died during the evaluation gate",

@@ -5,7 +5,7 @@ Public API (a contract for views, commands and tasks):
     run_list(limit=50)         -> list[TrainingRun]
     version_list()             -> list[ModelVersion]
     run_progress(run)          -> dict   (what the run page polls)
-    new_votes_since_last_snapshot() -> int
+    new_votes_since_last_trained_snapshot() -> int
     active_run()               -> TrainingRun | None  (the oldest queued or running run)
 """
 
@@ -89,9 +89,16 @@ def run_progress(run: TrainingRun) -> dict:
     }
 
 
-def new_votes_since_last_snapshot() -> int:
-    """Votes with an id above the latest snapshot's last_vote_id (all votes when there is none)."""
-    latest = DatasetSnapshot.objects.order_by("-last_vote_id").first()
+# The runs whose snapshot has used up its votes: a failed or cancelled run trained nothing that
+# stays, so its snapshot's votes still count as new for the next automatic run.
+VOTE_CONSUMING_RUN_STATUSES = (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING, TrainingRun.Status.SUCCEEDED)
+
+
+def new_votes_since_last_trained_snapshot() -> int:
+    """Votes with an id above the last_vote_id of the latest snapshot a queued, running or
+    succeeded run trains on (all votes when there is none)."""
+    latest = (DatasetSnapshot.objects.filter(training_runs__status__in=VOTE_CONSUMING_RUN_STATUSES)
+              .order_by("-last_vote_id").first())
     return Vote.objects.filter(pk__gt=latest.last_vote_id if latest else 0).count()
 
 

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from itertools import islice
+from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
 from django.conf import settings
 from django.db import transaction
 
 from feedback.content import prompt_sha256, sha256_text
-from feedback.importers import ImportExample, ParseStats, parse_examples
+from feedback.importers import ImportExample, ParseStats, SkippedLine, parse_examples
 from feedback.models import Generation, ImportBatch, Prompt, Vote
 
 # Rows written per round trip; bounds memory on large files while keeping the import fast.
@@ -39,9 +41,13 @@ def import_feedback(
     threshold: float | None = None,
     weight_by_distance: bool = False,
     one_y_per_x: bool = False,
+    on_invalid: str = "fail",
     user=None,
 ) -> ImportBatch:
     """Parse and save a feedback file; raise feedback.importers.ImportRejected on the first bad line.
+
+    on_invalid="skip" imports every valid line (for pairs, every valid side) instead; the batch
+    counts the skipped ones and `skipped_report` is a JSONL file listing each with its reason.
 
     `stream` must be seekable (a file or an upload): it is hashed first, then parsed.
     Each imported example becomes one vote whose voter is `import:<file sha>:<line>[:part]`, so
@@ -58,6 +64,7 @@ def import_feedback(
         max_line_bytes=settings.IMPORT_MAX_LINE_BYTES,
         stats=stats,
         one_y_per_x=one_y_per_x,
+        on_invalid=on_invalid,
     )
     counts = {"prompts": 0, "generations": 0, "votes": 0, "votes_existing": 0}
     voter_prefix = f"import:{file_sha[:16]}:"
@@ -65,7 +72,7 @@ def import_feedback(
     with transaction.atomic():
         for chunk in _chunks(examples, CHUNK_SIZE):
             _save_chunk(chunk, source, voter_prefix, counts)
-        return ImportBatch.objects.create(
+        batch = ImportBatch.objects.create(
             filename=filename[:500],
             sha256=file_sha,
             format=stats.format,
@@ -76,8 +83,25 @@ def import_feedback(
             n_votes_created=counts["votes"],
             n_votes_existing=counts["votes_existing"],
             n_dropped_at_threshold=stats.n_dropped_at_threshold,
+            n_skipped=len(stats.skipped),
             created_by=user if user is not None and user.is_authenticated else None,
         )
+        if stats.skipped:
+            batch.skipped_report = str(_write_skipped_report(batch, stats.skipped))
+            batch.save(update_fields=["skipped_report"])
+        return batch
+
+
+def _write_skipped_report(batch: ImportBatch, skipped: list[SkippedLine]) -> Path:
+    """One JSON object a line: {line, field, reason}, in file order. Written inside the import's
+    transaction, so a failed import leaves at most an orphan file, never a batch without its report."""
+    folder = Path(settings.DATA_DIR) / "imports"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"import-{batch.pk}-{batch.sha256[:12]}-skipped.jsonl"
+    with path.open("w", encoding="utf-8") as report:
+        for item in skipped:
+            report.write(json.dumps(item.as_dict(), ensure_ascii=False) + "\n")
+    return path
 
 
 def _save_chunk(chunk: list[ImportExample], source: str, voter_prefix: str, counts: dict) -> None:

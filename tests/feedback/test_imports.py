@@ -266,13 +266,17 @@ def test_mixed_formats_in_one_file_name_the_missing_field(tmp_path):
 
 
 @pytest.mark.django_db
-def test_hh_transcripts_that_do_not_share_a_dialogue_are_rejected(tmp_path):
+def test_hh_transcripts_that_differ_before_the_last_turn_keep_each_side_with_its_own_prompt(tmp_path):
     path = write_jsonl(
         tmp_path / "hh.jsonl",
         [{"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: different\n\nAssistant: c"}],
     )
-    assert "line 1: field 'rejected': does not share the dialogue" in rejected_message(path, "--format", "hh")
-    assert_nothing_saved()
+    summary = run_import(path, "--format", "hh")
+    assert summary["votes_created"] == 2 and summary["skipped"] == 0
+    assert labelled() == {
+        (json.dumps([{"role": "user", "content": "a"}]), "b", True),
+        (json.dumps([{"role": "user", "content": "different"}]), "c", False),
+    }
 
 
 @pytest.mark.django_db

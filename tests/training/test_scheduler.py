@@ -26,9 +26,11 @@ def policy(committed_db, data_dir, loop_redis, tmp_path):
 
 
 def _gpu_queue_length() -> int:
+    from config.celery import installation_key_prefix
     from tests.helpers import LOOP_REDIS_URL
 
-    return redis.Redis.from_url(LOOP_REDIS_URL).llen("gpu")
+    # The broker's keys of this installation are under its prefix (config/celery.py).
+    return redis.Redis.from_url(LOOP_REDIS_URL).llen(f"{installation_key_prefix()}gpu")
 
 
 def test_fewer_than_n_new_votes_starts_nothing(policy):

@@ -1,4 +1,5 @@
-"""python manage.py import_feedback FILE [--format auto|kto|paired|hh|scored] [--threshold T]"""
+"""python manage.py import_feedback FILE [--format auto|kto|paired|hh|scored] [--threshold T] [--on-invalid fail|skip]
+"""
 from __future__ import annotations
 
 import json
@@ -6,12 +7,12 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from feedback.importers import FORMAT_CHOICES, ImportRejected
+from feedback.importers import FORMAT_CHOICES, ON_INVALID_CHOICES, ImportRejected
 from feedback.services import import_feedback
 
 
 class Command(BaseCommand):
-    help = "Import a JSONL feedback file (all or nothing) and print a one-line JSON summary."
+    help = "Import a JSONL feedback file (all or nothing, or skipping bad lines) and print a one-line JSON summary."
 
     def add_arguments(self, parser):
         parser.add_argument("file")
@@ -24,6 +25,11 @@ class Command(BaseCommand):
 
         parser.add_argument(
             "--one-y-per-x", action="store_true", help="paired/hh: keep only one of chosen/rejected, at random (seeded)"
+        )
+        parser.add_argument(
+            "--on-invalid", default="fail", choices=ON_INVALID_CHOICES,
+            help="fail: the first bad line rejects the file, nothing is imported (default); skip: import every "
+                 "valid line (or side of a pair) and list each skipped one with its reason in a report file",
         )
 
     def handle(self, *args, **options):
@@ -39,6 +45,7 @@ class Command(BaseCommand):
                     threshold=options["threshold"],
                     weight_by_distance=options["weight_by_distance"],
                     one_y_per_x=options["one_y_per_x"],
+                    on_invalid=options["on_invalid"],
                 )
         except ImportRejected as exc:
             raise CommandError(f"{path}: {exc}; nothing was imported") from None

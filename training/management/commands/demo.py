@@ -134,6 +134,10 @@ class Command(BaseCommand):
     # --- setup -----------------------------------------------------------------------------------
 
     def ensure_users(self) -> None:
+        if not settings.DEBUG:
+            # admin/admin on a production database would be an open door: demo mode only.
+            self.say("DEBUG is off: no demo accounts created (use createsuperuser and add_annotator)")
+            return
         User = get_user_model()
         with transaction.atomic():
             for username, password, is_admin, group_name in DEMO_USERS:
@@ -236,6 +240,7 @@ class Command(BaseCommand):
     def child_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["PROSPECT_DATA_DIR"] = str(settings.DATA_DIR)
+        env["PROSPECT_INSTALLATION_ID"] = settings.PROSPECT_INSTALLATION_ID
         # Every child must use the broker chosen here, even if Redis comes or goes meanwhile.
         env["CELERY_BROKER_URL"] = celery_app.conf.broker_url
         env["PYTHONUNBUFFERED"] = "1"

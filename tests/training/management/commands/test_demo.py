@@ -32,7 +32,8 @@ def test_demo_starts_everything_serves_and_stops_cleanly(demo_model_dir, tmp_pat
     # The demo model is the engine's cached build (the demo_model_dir fixture made it, in the same
     # PROSPECT_CACHE_DIR the command inherits): the command must find it, not spend minutes building one.
     port = free_port()
-    env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "CELERY_BROKER_URL")}
+    # No DEBUG either: `manage.py demo` asks for it itself, as `make demo` on a fresh machine.
+    env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "CELERY_BROKER_URL", "DEBUG")}
     env.update(PROSPECT_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
     if broker == "redis":
         import redis

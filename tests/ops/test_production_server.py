@@ -1,0 +1,166 @@
+"""gunicorn with DEBUG off, as shipped: static files served (the annotate page's keyboard script
+loads in Chromium), a database outage answered as JSON 503 with Retry-After, /healthz and /readyz
+telling liveness from readiness, and /metrics for the operator."""
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from tests.ops.production_server import PASSWORD, request, start_production_server, stop
+
+ANNOTATOR_SETUP = f"""
+from django.contrib.auth.models import Group, User
+from tests.feedback.helpers import add_generation
+user = User.objects.create_user("rater", password={PASSWORD!r})
+user.groups.add(Group.objects.get_or_create(name="annotators")[0])
+add_generation()
+"""
+STAFF_TOKEN = f"""
+from django.contrib.auth.models import User
+from rest_framework.authtoken.models import Token
+from tests.feedback.helpers import add_generation
+boss = User.objects.create_user("boss", password={PASSWORD!r}, is_staff=True)
+print("TOKEN", Token.objects.create(user=boss).key, "GENERATION", add_generation().pk)
+"""
+
+
+@pytest.mark.browser
+def test_the_annotate_page_keeps_its_keyboard_script_with_debug_off(production_server, browser):
+    production_server.shell(ANNOTATOR_SETUP)
+    status, headers, body = production_server.get("/static/feedback/annotate.js")
+    assert status == 200 and b"shortcuts" in body
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        failed = []
+        page.on("response", lambda response: failed.append(response.url) if response.status >= 400 else None)
+        page.goto(f"{production_server.url}/accounts/login/?next=/annotate/")
+        page.fill("#id_username", "rater")
+        page.fill("#id_password", PASSWORD)
+        with page.expect_navigation():
+            page.click("#login-submit")
+        # annotate.js marks the page once its keyboard shortcuts are wired.
+        page.wait_for_selector("body[data-shortcuts=ready]", state="attached")
+        assert page.get_attribute("article.item", "data-generation-id")
+        assert not failed, failed
+    finally:
+        context.close()
+
+
+def vote(server, token: str, generation_id: int):
+    body = json.dumps({"generation_id": generation_id, "desirable": True, "external_user_id": "u1"}).encode()
+    return request(f"{server.url}/api/v1/votes/", data=body, method="POST",
+                   headers={"Authorization": f"Token {token}", "Content-Type": "application/json"})
+
+
+def test_a_database_outage_is_a_json_503_with_retry_after_and_readyz_says_which(production_server):
+    out = production_server.shell(STAFF_TOKEN).split()
+    token, generation_id = out[out.index("TOKEN") + 1], int(out[out.index("GENERATION") + 1])
+    assert production_server.get("/readyz")[0] in (200, 503)  # the broker may be absent here
+    ready = json.loads(production_server.get("/readyz")[2])
+    assert ready["checks"]["database"] == "ok"
+
+    # The database becomes unreachable: its file is moved away and a directory stands in its place,
+    # so opening it fails in the driver (as root, taking permissions away would not stop SQLite).
+    moved = production_server.database.with_suffix(".away")
+    production_server.database.rename(moved)
+    production_server.database.mkdir()
+    try:
+        status, headers, body = vote(production_server, token, generation_id)
+        assert status == 503, (status, body[:500])
+        assert headers["Content-Type"].startswith("application/json")
+        assert int(headers["Retry-After"]) > 0
+        assert "unavailable" in json.loads(body)["detail"]
+        assert production_server.get("/healthz")[0] == 200  # alive: do not restart it
+        status, _, body = production_server.get("/readyz")
+        assert status == 503
+        checks = json.loads(body)["checks"]
+        assert checks["database"] != "ok" and "OperationalError" in checks["database"]
+    finally:
+        production_server.database.rmdir()
+        moved.rename(production_server.database)
+
+    status, _, body = vote(production_server, token, generation_id)
+    assert status in (200, 201), body
+    assert "Traceback" not in production_server.log.read_text().split("503 POST /api/v1/votes/")[-1][:200]
+
+
+def test_readyz_names_the_broker_when_it_is_down(tmp_path):
+    from tests.helpers import free_port
+
+    server = start_production_server(tmp_path, CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        status, _, body = server.get("/readyz")
+        assert status == 503
+        report = json.loads(body)
+        assert report["ready"] is False
+        assert report["checks"]["database"] == "ok" and report["checks"]["broker"] != "ok"
+    finally:
+        stop(server)
+
+
+def test_metrics_answer_localhost_or_the_token_holder(tmp_path):
+    server = start_production_server(tmp_path, PROSPECT_METRICS_TOKEN="scrape-me")
+    try:
+        server.shell(ANNOTATOR_SETUP)
+        assert server.get("/metrics")[0] == 403
+        assert server.get("/metrics", {"Authorization": "Bearer wrong"})[0] == 403
+        server.get("/healthz")
+        status, _, body = server.get("/metrics", {"Authorization": "Bearer scrape-me"})
+        assert status == 200
+        text = body.decode()
+        assert 'prospect_votes{label="desirable"} 0.0' in text
+        assert "prospect_annotation_queue_depth 1.0" in text
+        assert 'prospect_training_runs{status="failed"} 0.0' in text
+        assert 'prospect_http_request_duration_seconds_count{method="GET",route="healthz",status="200"}' in text
+    finally:
+        stop(server)
+
+
+def test_metrics_add_up_the_requests_of_every_gunicorn_worker(tmp_path):
+    """Two sync workers; a half-sent request keeps one of them busy, so each scrape below is answered
+    by a known worker (connections are accepted in order), and both must report the same sum."""
+    server = start_production_server(tmp_path, workers=2, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prometheus"))
+    try:
+        before = healthz_count(server)
+        first = hold_a_worker(server)  # worker A waits for the rest of this request
+        for _ in range(10):
+            assert server.get("/healthz")[0] == 200  # all answered by worker B
+        release(first)  # A answers one more
+        held = hold_a_worker(server)  # worker X
+        assert healthz_count(server) == before + 11  # answered by the other one, Y
+        other = hold_a_worker(server)  # Y, now free, takes it
+        release(held)  # X answers one more and is free again
+        assert healthz_count(server) == before + 12  # answered by X
+        release(other)
+    finally:
+        stop(server)
+
+
+def hold_a_worker(server) -> socket.socket:
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    return sock
+
+
+def release(sock: socket.socket) -> None:
+    sock.sendall(b"Connection: close\r\n\r\n")
+    response = b""
+    while chunk := sock.recv(65536):
+        response += chunk
+    sock.close()
+    assert response.startswith(b"HTTP/1.1 200")
+
+
+def healthz_count(server) -> float:
+    status, _, body = server.get("/metrics")
+    assert status == 200
+    line = 'prospect_http_request_duration_seconds_count{method="GET",route="healthz",status="200"}'
+    for row in body.decode().splitlines():
+        if row.startswith(line):
+            return float(row.split()[-1])
+    return 0.0
