@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from feedback import services
-from feedback.authentication import CachedTokenAuthentication, VoterTokenAuthentication
+from projects.authentication import ApiKeyAuthentication as CachedTokenAuthentication, ApiKeyAuthentication as VoterTokenAuthentication
 from feedback.content import ContentError, validate_completion, validate_prompt
 from feedback.importers import FORMAT_CHOICES, ImportRejected
 from feedback.models import DatasetSnapshot, Generation
