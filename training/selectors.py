@@ -1,40 +1,44 @@
 """Reads of the training loop (no writes here: see training.services).
 
 Public API (a contract for views, commands and tasks):
-    active_version()           -> ModelVersion | None
-    run_list(limit=50)         -> list[TrainingRun]
-    version_list()             -> list[ModelVersion]
-    run_progress(run)          -> dict   (what the run page polls)
-    new_votes_since_last_snapshot() -> int
-    active_run()               -> TrainingRun | None  (the oldest queued or running run)
+    active_version(project=None)  -> ModelVersion | None
+    run_list(limit=50, project=None) -> list[TrainingRun]
+    version_list(project=None)    -> list[ModelVersion]
+    run_progress(run)             -> dict   (what the run page polls)
+    new_votes_since_last_snapshot(project=None) -> int
+    active_run(project=None)      -> TrainingRun | None  (the oldest queued or running run)
+project: a Project, its name, or None for the default project (projects.selectors.resolve_project).
 """
 from __future__ import annotations
 
 from django.db.models import QuerySet
 
 from feedback.models import DatasetSnapshot, Vote
+from projects.selectors import resolve_project
 from training.models import ACTIVE_RUN_STATUSES, ModelVersion, TrainingRun
 
 # The per-step metrics the run page charts, in the engine's metrics.jsonl names.
 CHART_KEYS = ("loss", "z0", "reward_desirable", "reward_undesirable", "reward_accuracy")
 
 
-def active_version() -> ModelVersion | None:
-    """The one active model version (the database guarantees at most one), or None."""
-    return ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+def active_version(project=None) -> ModelVersion | None:
+    """The project's one active model version (the database guarantees at most one), or None."""
+    return ModelVersion.objects.filter(project=resolve_project(project), status=ModelVersion.Status.ACTIVE).first()
 
 
-def run_list(limit: int = 50) -> list[TrainingRun]:
+def run_list(limit: int = 50, project=None) -> list[TrainingRun]:
     """The latest runs, newest first, with their snapshot, base version and produced version."""
     return list(
-        TrainingRun.objects.select_related("snapshot", "base_version", "produced_version", "requested_by")
+        TrainingRun.objects.filter(project=resolve_project(project))
+        .select_related("snapshot", "base_version", "produced_version", "requested_by")
         .order_by("-created_at")[:limit]
     )
 
 
-def version_list() -> QuerySet[ModelVersion]:
+def version_list(project=None) -> QuerySet[ModelVersion]:
     """All model versions, newest first (metrics side by side on the Models page)."""
-    return ModelVersion.objects.select_related("parent", "created_by_run").order_by("-created_at")
+    return (ModelVersion.objects.filter(project=resolve_project(project))
+            .select_related("parent", "created_by_run").order_by("-created_at"))
 
 
 def run_progress(run: TrainingRun) -> dict:
@@ -87,15 +91,16 @@ def run_progress(run: TrainingRun) -> dict:
     }
 
 
-def new_votes_since_last_snapshot() -> int:
+def new_votes_since_last_snapshot(project=None) -> int:
     """Votes with an id above the latest snapshot's last_vote_id (all votes when there is none)."""
-    latest = DatasetSnapshot.objects.order_by("-last_vote_id").first()
-    return Vote.objects.filter(pk__gt=latest.last_vote_id if latest else 0).count()
+    project = resolve_project(project)
+    latest = DatasetSnapshot.objects.filter(project=project).order_by("-last_vote_id").first()
+    return Vote.objects.filter(generation__project=project, pk__gt=latest.last_vote_id if latest else 0).count()
 
 
-def active_run() -> TrainingRun | None:
+def active_run(project=None) -> TrainingRun | None:
     """The oldest run that is queued or running, or None."""
-    return TrainingRun.objects.filter(status__in=ACTIVE_RUN_STATUSES).order_by("pk").first()
+    return TrainingRun.objects.filter(project=resolve_project(project), status__in=ACTIVE_RUN_STATUSES).order_by("pk").first()
 
 
 def _iso(value) -> str | None:
