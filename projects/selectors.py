@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth.models import Permission
+from django.utils.text import slugify
 
 from projects.models import ApiClient, Membership, Project
 from projects.roles import ROLE_GROUPS
@@ -29,7 +30,9 @@ def default_project() -> Project:
     if named is not None:
         return named
     if not only:
-        raise ProjectRequired("there is no project yet: run `python manage.py create_project NAME`")
+        # A fresh (or flushed) installation: its one project, as the migration creates it.
+        return Project.objects.get_or_create(name=settings.PROSPECT_DEFAULT_PROJECT,
+                                             defaults={"slug": slugify(settings.PROSPECT_DEFAULT_PROJECT) or "default"})[0]
     names = ", ".join(Project.objects.values_list("name", flat=True))
     raise ProjectRequired(f"there are several projects ({names}): name one")
 

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.apps import apps as django_apps
+from django.conf import settings
+from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
 from projects.models import SCOPES, ApiClient, Membership, Project
+from projects.roles import GROUP_PERMISSIONS
 
 
 def create_project(name: str, *, base_model: str = "") -> Project:
@@ -72,3 +76,23 @@ def set_membership(project: Project, user, role: str) -> Membership:
 
 def remove_membership(project: Project, user) -> None:
     Membership.objects.filter(project=project, user=user).delete()
+
+
+def ensure_installation_defaults(sender=None, **_signal_kwargs) -> None:
+    """After every `migrate` (and a test database flush): a project exists, and the role groups
+    exist with their permissions. Never changes a group that is already there (an installation
+    may have adjusted its permissions in the admin)."""
+    if sender is not None and sender is not list(django_apps.get_app_configs())[-1]:
+        return  # not the last app yet: some permissions do not exist yet
+    if not Project.objects.exists():
+        name = settings.PROSPECT_DEFAULT_PROJECT
+        Project.objects.create(name=name, slug=slugify(name) or "default")
+    for group_name, perms in GROUP_PERMISSIONS.items():
+        group, created = Group.objects.get_or_create(name=group_name)
+        if not created and group.permissions.exists():
+            continue
+        for perm in perms:
+            app_label, codename = perm.split(".")
+            permission = Permission.objects.filter(content_type__app_label=app_label, codename=codename).first()
+            if permission is not None:
+                group.permissions.add(permission)

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
-
 from feedback.models import Vote
-from feedback.selectors import ANNOTATORS_GROUP
 from feedback.services.generations import GenerationInput, create_generation
+from projects.selectors import resolve_project
+from projects.services import set_membership
 
 PASSWORD = "correct horse battery staple"
 DESKTOP = {"width": 1280, "height": 800}
@@ -28,8 +27,7 @@ CHAT_PROMPT = [
 def make_user(username: str, *, staff: bool = False, annotator: bool = False):
     user = get_user_model().objects.create_user(username, password=PASSWORD, is_staff=staff, is_superuser=staff)
     if annotator:
-        # get_or_create: the flush of live-server tests also empties the group table.
-        user.groups.add(Group.objects.get_or_create(name=ANNOTATORS_GROUP)[0])
+        set_membership(resolve_project(None), user, "annotator")
     return user
 
 
