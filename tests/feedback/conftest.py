@@ -50,3 +50,9 @@ def api_client(db) -> APIClient:
 def staff_api_client(db) -> APIClient:
     """A project admin's key: every scope (imports, snapshots, steering fields too)."""
     return key_client(scopes=ALL_SCOPES)
+
+
+@pytest.fixture
+def api_user(db):
+    """An account with no role in any project (what product apps used before API keys)."""
+    return get_user_model().objects.create_user("product-app", password=PASSWORD)
