@@ -7,6 +7,8 @@ Every format becomes a stream of `ImportExample(line, prompt, completion, desira
 - hh      `{chosen, rejected}` transcripts   → prompt = shared dialogue up to the last Assistant turn
 - scored  `{prompt, completion, score}`      → desirable above the threshold, undesirable below,
                                                 items exactly at the threshold are dropped
+A completion (or chosen / rejected) of a chat prompt may be a plain string or, in TRL's
+conversational format, a one-element list `[{"role": "assistant", "content": ...}]`: both read the same.
 Any problem raises `ImportRejected` naming the line and the field; the caller runs the writes in
 one transaction, so a rejected file leaves nothing behind.
 """
@@ -96,6 +98,19 @@ def _require(row: dict, line: int, *fields: str) -> None:
             raise ImportRejected(f"missing field '{field}'", line=line, field=field)
 
 
+def _completion(value, prompt, field: str = "completion") -> str:
+    """A completion as text: a string, or TRL's conversational form (one assistant message) for a chat prompt."""
+    if isinstance(value, list):
+        if not isinstance(prompt, list):
+            raise ContentError(field, "is a list of messages but the prompt is a string; a conversational row has "
+                                      "both as messages (TRL's format), a standard row both as strings")
+        if len(value) != 1 or not isinstance(value[0], dict) or value[0].get("role") != "assistant":
+            raise ContentError(field, 'as messages must be exactly one assistant message '
+                                      '[{"role": "assistant", "content": ...}]')
+        value = value[0].get("content")
+    return validate_completion(value, field)
+
+
 def _one_of_pair(examples: tuple[ImportExample, ImportExample], rng: random.Random | None):
     """Both examples of a pair, or (SPEC §1 "one y per x") one of them chosen at random."""
     return examples if rng is None else (examples[rng.randrange(2)],)
@@ -110,12 +125,13 @@ def _examples_from_row(fmt: str, row: dict, line: int, threshold: float | None, 
             raise ImportRejected(
                 f"field 'label': must be a JSON boolean true/false (got {json.dumps(label)})", line=line, field="label"
             )
-        yield ImportExample(line, validate_prompt(row["prompt"]), validate_completion(row["completion"]), label)
+        prompt = validate_prompt(row["prompt"])
+        yield ImportExample(line, prompt, _completion(row["completion"], prompt), label)
     elif fmt == "paired":
         _require(row, line, "prompt", "chosen", "rejected")
         prompt = validate_prompt(row["prompt"])
-        chosen = validate_completion(row["chosen"], "chosen")
-        rejected = validate_completion(row["rejected"], "rejected")
+        chosen = _completion(row["chosen"], prompt, "chosen")
+        rejected = _completion(row["rejected"], prompt, "rejected")
         if chosen == rejected:
             raise ImportRejected("field 'rejected': identical to 'chosen'", line=line, field="rejected")
         yield from _one_of_pair(
@@ -145,7 +161,7 @@ def _examples_from_row(fmt: str, row: dict, line: int, threshold: float | None, 
         if isinstance(score, bool) or not isinstance(score, (int, float)):
             raise ImportRejected(f"field 'score': must be a number (got {json.dumps(score)})", line=line, field="score")
         prompt = validate_prompt(row["prompt"])
-        completion = validate_completion(row["completion"])
+        completion = _completion(row["completion"], prompt)
         if score == threshold:
             stats.n_dropped_at_threshold += 1
             return

@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: the demo model (built once per session) and a browser."""
+"""Fixtures shared by the whole suite: the demo model and the tokenizer-family fixture models (built once,
+cached across sessions), and a browser."""
 from __future__ import annotations
 
 import os
@@ -19,6 +20,22 @@ def demo_model_dir() -> str:
     from training.kto.testing import get_or_build_demo_model
 
     return get_or_build_demo_model()
+
+
+@pytest.fixture(scope="session")
+def bpe_model_dir() -> str:
+    """Byte-level BPE tokenizer (GPT-2/Qwen style, ChatML template) + a tiny random Qwen2."""
+    from training.kto.testing import get_or_build_fixture_model
+
+    return get_or_build_fixture_model("bpe", "qwen2")
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_model_dir() -> str:
+    """SentencePiece-style tokenizer (Llama 2/Mistral style, BOS, [INST] template) + a tiny random Llama."""
+    from training.kto.testing import get_or_build_fixture_model
+
+    return get_or_build_fixture_model("sentencepiece", "llama")
 
 
 @pytest.fixture(scope="session")

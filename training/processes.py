@@ -10,6 +10,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+from training import process_tree
+
 # After SIGTERM the training tree gets this long to exit before SIGKILL.
 TERMINATE_GRACE_SECONDS = 10
 
@@ -51,12 +53,19 @@ def _group_members(pgid: int, run_id: int) -> list[int] | None:
     return members
 
 
-def kill_run_processes(pgid: int, run_id: int, sig: int = signal.SIGKILL) -> None:
+def kill_run_processes(pgid: int, run_id: int, sig: int = signal.SIGKILL, run_dir: str | None = None) -> None:
     """Signal the training process tree of a run whose monitor is gone (the reaper's case).
 
     The group id could in principle have been reused by an unrelated process since the worker
-    died, so on Linux only processes carrying the run's environment marker are signalled.
+    died, so on Linux only processes carrying the run's environment marker are signalled: with
+    run_dir, every such process in any session (torchrun's ranks), and SIGKILL waits until none is left.
     """
+    if Path("/proc").is_dir() and run_dir:
+        if sig == signal.SIGKILL:
+            process_tree.kill_run(run_id, run_dir, pgid)
+        else:
+            process_tree.signal_run(run_id, run_dir, pgid, sig)
+        # Then the group's marked members too (a tree started before runs carried PROSPECT_RUN_DIR).
     members = _group_members(pgid, run_id)
     if members is None:
         try:
@@ -71,22 +80,21 @@ def kill_run_processes(pgid: int, run_id: int, sig: int = signal.SIGKILL) -> Non
             pass
 
 
-def stop_group(proc: subprocess.Popen) -> int:
-    """SIGTERM the whole group, SIGKILL it after a grace period; returns the leader's exit code.
+def stop_group(proc: subprocess.Popen, run_id: int, run_dir: Path) -> int:
+    """SIGTERM the whole tree, SIGKILL what is left after a grace period; returns the leader's exit code.
 
-    The leader is not reaped before the group is signalled, so its pid (= the group id) cannot
-    have been reused by another process.
+    The tree is the launcher's group and every process marked with the run (torchrun's ranks live
+    in sessions of their own). The leader is not reaped before its group is signalled, so its pid
+    (= the group id) cannot have been reused by another process.
     """
-    for sig, wait_for in ((signal.SIGTERM, TERMINATE_GRACE_SECONDS), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            return proc.wait(timeout=wait_for)
-        except subprocess.TimeoutExpired:
-            continue
-    return proc.wait()
+    process_tree.signal_run(run_id, run_dir, proc.pid, signal.SIGTERM)
+    try:
+        exit_code = proc.wait(timeout=TERMINATE_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        exit_code = None
+    # Ranks may outlive their launcher: none of the run's processes is left running after this.
+    process_tree.kill_run(run_id, run_dir, proc.pid if exit_code is None else None)
+    return proc.wait() if exit_code is None else exit_code
 
 
 def tail(path: Path, lines: int) -> str:

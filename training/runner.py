@@ -6,8 +6,9 @@ execute_run(run_id) is what the gpu worker's run_training task calls:
 2. a new artifact directory DATA_DIR/runs/run-<id>-<UTC timestamp>/ (never reused) receives the
    snapshot's train and holdout splits (data/), the engine's output (out/) and its logs;
 3. `accelerate launch ... -m training.kto train ...` (or `python -m training.kto train` with
-   PROSPECT_TRAIN_LAUNCHER=python) starts in a new session, so its whole tree is one process
-   group that timeout and cancel kill at once;
+   PROSPECT_TRAIN_LAUNCHER=python) starts in a new session; its environment marks every process
+   of the tree with the run, so timeout and cancel stop all of them, including the ranks torchrun
+   starts in sessions of their own (training.process_tree);
 4. every PROSPECT_RUN_POLL_SECONDS the monitor copies new metrics.jsonl rows, the step, the
    progress and the log tail into the row and heartbeats; a status that is no longer 'running'
    (an admin cancelled, or the reaper declared the run dead) makes it kill the process group;
@@ -31,6 +32,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from feedback.services import export_kto
+from training import process_tree
 from training.gate import evaluate_candidate
 from training.models import ModelVersion, TrainingRun
 from training.processes import stop_group, tail
@@ -151,14 +153,28 @@ def build_train_command(run: TrainingRun, *, model: str, data: Path, out: Path) 
         engine_args += ["--lora"]
     if settings.PROSPECT_TRAIN_LAUNCHER == "python":
         return [sys.executable, *engine_args]
+    processes = settings.PROSPECT_NUM_PROCESSES
+    # The engine refuses to train unless it got exactly this many processes.
+    engine_args += ["--expected-world-size", str(processes)]
     launch = [sys.executable, "-m", "accelerate.commands.launch"]
     if settings.PROSPECT_ACCELERATE_CONFIG:
         launch += ["--config_file", settings.PROSPECT_ACCELERATE_CONFIG]
     else:
         # Plain single-machine defaults; spelled out so accelerate does not warn about guessing.
         launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launch += ["--num_processes", str(settings.PROSPECT_NUM_PROCESSES)]
+        if processes > 1:
+            # --multi_gpu is what starts N processes through torchrun, on a GPU host (NCCL) and on a
+            # CPU-only one (gloo) alike; without it accelerate starts one. A free port: not 29500,
+            # which another job on this host may hold.
+            launch += ["--multi_gpu", "--main_process_port", str(_free_port())]
+    launch += ["--num_processes", str(processes)]
     return [*launch, *engine_args]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 # --- Monitoring ----------------------------------------------------------------------------------
@@ -231,7 +247,7 @@ class _Outcome:
 def supervise(run: TrainingRun, command: list[str], run_dir: Path, out_dir: Path, total_steps: int) -> _Outcome:
     """Run `command` in its own session, mirroring its progress into the row until it ends."""
     time_limit = int(run.config.get("time_limit_seconds") or settings.PROSPECT_MAX_RUN_SECONDS)
-    env = dict(os.environ, PROSPECT_RUN_ID=str(run.pk), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **process_tree.run_environment(run.pk, run_dir))
     metrics = _MetricsTail(out_dir / "metrics.jsonl")
     with open(run_dir / "stdout.log", "wb") as stdout, open(run_dir / "stderr.log", "wb") as stderr:
         proc = subprocess.Popen(
@@ -244,7 +260,7 @@ def supervise(run: TrainingRun, command: list[str], run_dir: Path, out_dir: Path
     except BaseException:
         # The monitor itself failed (database gone, worker shutting down): never leave an
         # unsupervised training tree behind.
-        stop_group(proc)
+        stop_group(proc, run.pk, run_dir)
         raise
 
 
@@ -266,10 +282,10 @@ def _monitor(run: TrainingRun, proc: subprocess.Popen, metrics: _MetricsTail, ru
             return _Outcome(exit_code)
         if not still_running:
             logger.info("run %s is no longer running (cancelled or reaped): stopping its processes", run.pk)
-            return _Outcome(stop_group(proc), "no longer running")
+            return _Outcome(stop_group(proc, run.pk, run_dir), "no longer running")
         if time.monotonic() > deadline:
             logger.warning("run %s exceeded its time limit of %ss: stopping its processes", run.pk, time_limit)
-            return _Outcome(stop_group(proc), "timeout")
+            return _Outcome(stop_group(proc, run.pk, run_dir), "timeout")
 
 
 # --- The whole run -------------------------------------------------------------------------------

@@ -193,7 +193,7 @@ def reap_orphaned_runs() -> list[int]:
         reaped.append(run.pk)
         if run.worker_hostname == hostname and run.process_group_id:
             # The training tree runs in its own session and outlives its worker: stop it too.
-            kill_run_processes(run.process_group_id, run.pk)
+            kill_run_processes(run.process_group_id, run.pk, run_dir=run.artifact_dir or None)
     _fail_gates_of_dead_workers(hostname)
     return reaped
 

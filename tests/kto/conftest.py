@@ -1,4 +1,5 @@
-"""Engine-only fixtures: a small simulated-feedback dataset from the demo model."""
+"""Engine-only fixtures: a small simulated-feedback dataset from the demo model, and each real
+tokenizer family in turn (bpe_model_dir / sentencepiece_model_dir live in tests/conftest.py)."""
 from __future__ import annotations
 
 import os
@@ -18,6 +19,12 @@ def feedback_jsonl(demo_model_dir, tmp_path_factory) -> str:
 
     rows = simulated_feedback(demo_model_dir, n_prompts=300, seed=1, samples_per_prompt=2)
     return write_jsonl(rows, tmp_path_factory.mktemp("feedback") / "feedback.jsonl")
+
+
+@pytest.fixture(params=["bpe", "sentencepiece"])
+def family_model_dir(request, bpe_model_dir, sentencepiece_model_dir) -> str:
+    """Each tokenizer family in turn."""
+    return bpe_model_dir if request.param == "bpe" else sentencepiece_model_dir
 
 
 @pytest.fixture

@@ -173,8 +173,9 @@ def start_worker(transactional_db, data_dir, tmp_path):
     for worker in workers:
         worker.kill_group()
     # A killed worker leaves its training tree (own session) behind: stop it before the next test.
-    for run_id, pgid in TrainingRun.objects.exclude(process_group_id=None).values_list("pk", "process_group_id"):
-        kill_run_processes(pgid, run_id)
+    for run_id, pgid, run_dir in TrainingRun.objects.exclude(process_group_id=None).values_list(
+            "pk", "process_group_id", "artifact_dir"):
+        kill_run_processes(pgid, run_id, run_dir=run_dir or None)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""`python -m training.kto {train,evaluate,generate,demo-model,merge-adapter,demo-accuracy}`.
+"""`python -m training.kto {train,evaluate,score,generate,demo-model,merge-adapter,demo-accuracy}`.
 
 Each subcommand prints one JSON line on stdout when it succeeds. On failure it prints a clear
 message on stderr and exits non-zero, having written nothing (inputs are checked first).
@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--num-train-epochs", type=float, default=defaults.num_train_epochs)
     train.add_argument("--max-steps", type=int, default=defaults.max_steps)
     train.add_argument("--max-length", type=int, default=defaults.max_length)
+    train.add_argument("--max-prompt-length", type=int, default=defaults.max_prompt_length,
+                       help="keep only the last N prompt tokens (default: no limit besides --max-length)")
     train.add_argument("--desirable-weight", type=_weight, default=defaults.desirable_weight,
                        help="λ_D: a number, or 'auto' (balance so λ_D n_D / λ_U n_U = --target-ratio)")
     train.add_argument("--undesirable-weight", type=_weight, default=defaults.undesirable_weight, help="λ_U")
@@ -70,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save-steps", type=int, default=defaults.save_steps, help="checkpoint every N steps (0: never)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    train.add_argument("--expected-world-size", type=int, default=None,
+                       help="refuse to train unless the launcher started exactly this many processes "
+                            "(default: $PROSPECT_EXPECTED_WORLD_SIZE, else not checked)")
+    train.add_argument("--trl-compat", action="store_true",
+                       help="TRL KTOTrainer's data order, mismatched pairing and truncation, so the run matches TRL's "
+                            "step for step (see INTERFACE.md)")
 
     evaluate = commands.add_parser("evaluate", help="loss, reward accuracy and mean rewards on a JSONL file")
     evaluate.add_argument("--model", required=True)
@@ -78,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--beta", type=float, default=0.1)
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--max-length", type=int, default=1024)
+
+    score = commands.add_parser("score", help="per row: sum of completion-token log-probs and their count")
+    score.add_argument("--model", required=True, help="model dir (full weights or a LoRA adapter)")
+    score.add_argument("--data", required=True, help="JSONL rows {prompt, completion} (other keys ignored)")
+    score.add_argument("--out", required=True, help="JSONL: one {logp, n_tokens} line per input row, in order")
+    score.add_argument("--batch-size", type=int, default=8)
+    score.add_argument("--max-length", type=int, default=defaults.max_length)
+    score.add_argument("--max-prompt-length", type=int, default=None)
+    score.add_argument("--trl-compat", action="store_true", help="truncate as TRL does (keep the start)")
+    score.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
     generate = commands.add_parser("generate", help="completions for prompts")
     generate.add_argument("--model", required=True)
@@ -133,12 +151,22 @@ def run(args: argparse.Namespace) -> dict:
         from .trainer import train
 
         options = {key: value for key, value in vars(args).items() if key not in ("command", "no_progress")}
+        if options["expected_world_size"] is None:
+            from .distributed import expected_world_size_from_env
+
+            options["expected_world_size"] = expected_world_size_from_env()
         return train(TrainConfig(progress=not args.no_progress, **options))
     if args.command == "evaluate":
         from .evaluation import evaluate
 
         return evaluate(args.model, args.data, reference_dir=args.reference, beta=args.beta,
                         batch_size=args.batch_size, max_length=args.max_length)
+    if args.command == "score":
+        from .evaluation import score
+
+        return score(args.model, args.data, args.out, batch_size=args.batch_size, max_length=args.max_length,
+                     max_prompt_length=args.max_prompt_length, trl_compat=args.trl_compat,
+                     progress=not args.no_progress)
     if args.command == "generate":
         from .generation import generate_completions
 

@@ -1,21 +1,33 @@
 """Reading TRL-format KTO JSONL, tokenizing, mismatched pairs and length-bucketed microbatches.
 
 File format (what TRL's KTOTrainer reads and ``manage.py export_kto`` writes), one JSON object a line:
-    {"prompt": "What is 2+2?" | [{"role": "user", "content": "..."}, ...],
-     "completion": "4", "label": true}
+    standard:       {"prompt": "What is 2+2?", "completion": "4", "label": true}
+    conversational: {"prompt": [{"role": "user", "content": "What is 2+2?"}, ...],
+                     "completion": [{"role": "assistant", "content": "4"}], "label": true}
+A chat prompt with a plain-string completion (older exports) is read as that one assistant message.
 Extra keys are ignored. For the DPO baseline, rows may instead be {"prompt", "chosen", "rejected"};
 otherwise pairs are formed from KTO rows sharing a prompt (one desirable with one undesirable).
+
+Tokenization follows TRL 1.16's KTOTrainer (see ``tokenize_example``).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+
+
+# Part of the reference cache key: bump whenever the token ids this module produces for a row change.
+# 1: prompt and completion tokenized separately, EOS always appended, chat completions as plain text.
+# 2: TRL's rules: prompt+completion tokenized as one text and split at the common prefix, EOS only
+#    when missing, conversational rows through the chat template; --max-prompt-length.
+TOKENIZATION_VERSION = 2
 
 
 class DataError(ValueError):
@@ -25,9 +37,10 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class KTOExample:
     prompt: Any  # str, or a list of {"role", "content"} chat messages
-    completion: str
+    completion: str  # the text (for messages: their contents joined)
     label: bool  # True = desirable
     line: int  # 1-based line number in the source file
+    completion_messages: tuple | None = None  # the completion as given, when it came as messages
 
 
 @dataclass(frozen=True)
@@ -36,12 +49,14 @@ class PreferencePair:
     chosen: str
     rejected: str
     line: int
+    chosen_messages: tuple | None = None
+    rejected_messages: tuple | None = None
 
 
 @dataclass(frozen=True)
 class TokenizedExample:
     prompt_ids: tuple[int, ...]
-    completion_ids: tuple[int, ...]  # ends with EOS
+    completion_ids: tuple[int, ...]  # ends with EOS, or with the chat template's end of turn
     label: bool
 
 
@@ -67,15 +82,29 @@ def _check_prompt(prompt: Any, where: str) -> None:
                     f"got {type(prompt).__name__}")
 
 
-def _completion_text(value: Any, field: str, where: str) -> str:
-    # TRL's conversational format gives the completion as a list of assistant messages.
-    if isinstance(value, list) and value and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value):
-        value = "".join(m["content"] for m in value)
+def _completion(value: Any, field: str, where: str, prompt: Any) -> tuple[str, tuple | None]:
+    """(text, messages): TRL's conversational format gives the completion as a list of messages
+    (one assistant message); the text is their contents joined."""
+    messages = None
+    if isinstance(value, list):
+        if not isinstance(prompt, list):
+            raise DataError(f"{where}: field '{field}' is a list of messages but 'prompt' is a string; a "
+                            "conversational row has both as messages (TRL's format), a standard row both as strings")
+        if not value:
+            raise DataError(f"{where}: field '{field}' is an empty list of messages")
+        for index, message in enumerate(value):
+            if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                    and isinstance(message.get("content"), str)):
+                raise DataError(f"{where}: field '{field}' message {index} must be an object with string "
+                                f"'role' and 'content', got {json.dumps(message)[:80]}")
+        messages = tuple(dict(message) for message in value)
+        value = "".join(message["content"] for message in value)
     if not isinstance(value, str):
-        raise DataError(f"{where}: field '{field}' must be a string, got {type(value).__name__}")
+        raise DataError(f"{where}: field '{field}' must be a string or a list of chat messages, "
+                        f"got {type(value).__name__}")
     if not value.strip():
         raise DataError(f"{where}: field '{field}' is empty")
-    return value
+    return value, messages
 
 
 def _read_rows(path: str | Path):
@@ -104,13 +133,28 @@ def read_kto_jsonl(path: str | Path) -> list[KTOExample]:
             if field not in row:
                 raise DataError(f"{where}: missing field '{field}'")
         _check_prompt(row["prompt"], where)
-        completion = _completion_text(row["completion"], "completion", where)
+        completion, messages = _completion(row["completion"], "completion", where, row["prompt"])
         if not isinstance(row["label"], bool):
             raise DataError(f"{where}: field 'label' must be a JSON boolean (true/false), "
                             f"got {json.dumps(row['label'])}")
-        examples.append(KTOExample(row["prompt"], completion, row["label"], line_number))
+        examples.append(KTOExample(row["prompt"], completion, row["label"], line_number, messages))
     if not examples:
         raise DataError(f"{path}: no examples")
+    return examples
+
+
+def read_prompt_completion_jsonl(path: str | Path) -> list[KTOExample]:
+    """Rows {prompt, completion} for scoring, in file order; a label is optional (False if absent)."""
+    examples = []
+    for line_number, where, row in _read_rows(path):
+        for field in ("prompt", "completion"):
+            if field not in row:
+                raise DataError(f"{where}: missing field '{field}'")
+        _check_prompt(row["prompt"], where)
+        completion, messages = _completion(row["completion"], "completion", where, row["prompt"])
+        examples.append(KTOExample(row["prompt"], completion, row.get("label") is True, line_number, messages))
+    if not examples:
+        raise DataError(f"{path}: no rows")
     return examples
 
 
@@ -124,8 +168,10 @@ def read_preference_pairs(path: str | Path) -> list[PreferencePair]:
                 if field not in row:
                     raise DataError(f"{where}: missing field '{field}'")
             _check_prompt(row["prompt"], where)
-            pairs.append(PreferencePair(row["prompt"], _completion_text(row["chosen"], "chosen", where),
-                                        _completion_text(row["rejected"], "rejected", where), line_number))
+            chosen, chosen_messages = _completion(row["chosen"], "chosen", where, row["prompt"])
+            rejected, rejected_messages = _completion(row["rejected"], "rejected", where, row["prompt"])
+            pairs.append(PreferencePair(row["prompt"], chosen, rejected, line_number, chosen_messages,
+                                        rejected_messages))
         if not pairs:
             raise DataError(f"{path}: no preference pairs")
         return pairs
@@ -146,7 +192,8 @@ def pair_by_prompt(examples: Sequence[KTOExample]) -> list[PreferencePair]:
     pairs = []
     for key, goods in desirable.items():
         for good, bad in zip(goods, undesirable.get(key, [])):
-            pairs.append(PreferencePair(good.prompt, good.completion, bad.completion, good.line))
+            pairs.append(PreferencePair(good.prompt, good.completion, bad.completion, good.line,
+                                        good.completion_messages, bad.completion_messages))
     return pairs
 
 
@@ -164,49 +211,111 @@ def prompt_text(tokenizer, prompt: Any) -> tuple[str, bool]:
     return "".join(f"{m['role']}: {m['content']}\n" for m in prompt) + "assistant: ", False
 
 
-def tokenize_prompt(tokenizer, prompt: Any) -> list[int]:
-    text, templated = prompt_text(tokenizer, prompt)
-    ids = tokenizer(text, add_special_tokens=not templated)["input_ids"]
-    if not ids:
-        # The first completion token needs a predecessor to be predicted from.
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        ids = [start]
-    return list(ids)
+def common_prefix_length(ids: Sequence[int], other_ids: Sequence[int]) -> int:
+    length = 0
+    for token, other_token in zip(ids, other_ids):
+        if token != other_token:
+            break
+        length += 1
+    return length
 
 
-def tokenize_completion(tokenizer, completion: str) -> list[int]:
-    ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
+def _transcript(messages: Sequence[dict]) -> str:
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+
+
+def tokenize_example(tokenizer, prompt: Any, completion: str, completion_messages: Sequence[dict] | None = None,
+                     max_prompt_length: int | None = None) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids) exactly as TRL 1.16's KTOTrainer builds them.
+
+    Prompt and prompt+completion are tokenized as whole texts and split where they diverge (TRL's
+    ``common_prefix_length``), so a token that merges across the boundary (byte-level BPE's
+    ``'Ġyes'`` after ``'Answer:'``; SentencePiece's ``'▁'``) is tokenized as the model sees it.
+    - standard rows: ``tokenizer(prompt)`` and ``tokenizer(prompt + completion)`` with the
+      tokenizer's special tokens (e.g. BOS); EOS is appended to the completion text unless it
+      already ends with it;
+    - conversational rows (prompt as messages): the chat template renders the prompt with the
+      generation prompt, and prompt + completion messages as one conversation, so the completion
+      ends with the template's end of turn; no EOS is added. A completion given as a string is the
+      assistant message.
+    - a chat prompt on a tokenizer without a chat template (TRL refuses it): a plain
+      "role: content" transcript, then the standard rules.
+    ``max_prompt_length`` keeps the last prompt tokens (their end is what the completion answers).
+    """
     if tokenizer.eos_token_id is None:
         raise DataError("the tokenizer has no EOS token; one is needed to end completions")
-    return ids + [tokenizer.eos_token_id]
+    if isinstance(prompt, list) and getattr(tokenizer, "chat_template", None):
+        messages = list(completion_messages) if completion_messages else [{"role": "assistant", "content": completion}]
+        prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
+        full_ids = _chat_ids(tokenizer, list(prompt) + messages, add_generation_prompt=False)
+    else:
+        if isinstance(prompt, list):
+            prompt = _transcript(prompt) + "assistant: "
+        if not completion.endswith(tokenizer.eos_token):
+            completion = completion + tokenizer.eos_token
+        prompt_ids = list(tokenizer(prompt)["input_ids"])
+        full_ids = list(tokenizer(prompt + completion)["input_ids"])
+    split = common_prefix_length(prompt_ids, full_ids)
+    prompt_ids, completion_ids = prompt_ids[:split], full_ids[split:]
+    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
+        prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length:]
+    return prompt_ids, completion_ids
 
 
-def tokenize_examples(tokenizer, examples: Sequence[KTOExample]) -> list[TokenizedExample]:
-    prompt_cache: dict[str, tuple[int, ...]] = {}
+def _chat_ids(tokenizer, messages: list, add_generation_prompt: bool) -> list[int]:
+    encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                            add_generation_prompt=add_generation_prompt)
+    return list(encoded["input_ids"])
+
+
+def tokenize_examples(tokenizer, examples: Sequence[KTOExample], max_prompt_length: int | None = None
+                      ) -> list[TokenizedExample]:
+    """Tokenize every example (``tokenize_example``); raise DataError naming the line of a row whose
+    completion has no tokens (e.g. a chat template that does not render assistant turns)."""
     tokenized = []
     for example in examples:
-        key = json.dumps(example.prompt, sort_keys=True)
-        if key not in prompt_cache:
-            prompt_cache[key] = tuple(tokenize_prompt(tokenizer, example.prompt))
-        tokenized.append(TokenizedExample(prompt_cache[key], tuple(tokenize_completion(tokenizer, example.completion)),
-                                          example.label))
+        prompt_ids, completion_ids = tokenize_example(tokenizer, example.prompt, example.completion,
+                                                      example.completion_messages, max_prompt_length)
+        if not completion_ids:
+            raise DataError(f"line {example.line}: the completion has no tokens after tokenization; the tokenizer's "
+                            "chat template may not render assistant messages")
+        tokenized.append(TokenizedExample(tuple(prompt_ids), tuple(completion_ids), example.label))
     return tokenized
 
 
-def join_truncated(prompt_ids: Sequence[int], completion_ids: Sequence[int], max_length: int) -> tuple[list[int], int]:
-    """prompt + completion within max_length: the completion is kept and the prompt trimmed from the
-    left (its end is what the completion answers); at least one prompt token stays.
-    Returns (token ids, number of prompt tokens)."""
-    completion = list(completion_ids[: max_length - 1])
-    prompt = list(prompt_ids[-(max_length - len(completion)):])
+def join_truncated(prompt_ids: Sequence[int], completion_ids: Sequence[int], max_length: int,
+                   truncation: str = "keep_completion") -> tuple[list[int], int]:
+    """prompt + completion within max_length. Returns (token ids, number of prompt tokens).
+
+    truncation="keep_start" is TRL's: the joined sequence cut at max_length (the completion loses
+    its end first, including its EOS / end of turn; TRL drops rows whose prompt alone fills
+    max_length before training, see ``fits_trl_max_length``).
+    truncation="keep_completion" (the engine's default) trims the prompt from the left instead and
+    keeps at least one prompt token: the completion's end, where the answer and its EOS or end of
+    turn are, is often what the label judges, and the start of a long prompt is the part farthest
+    from it. Only a completion longer than max_length - 1 is cut, from its end as in TRL.
+    """
+    if truncation == "keep_start":
+        ids = list(prompt_ids) + list(completion_ids)
+        return ids[:max_length], min(len(prompt_ids), max_length)
+    if truncation != "keep_completion":
+        raise ValueError(f"truncation must be 'keep_completion' or 'keep_start', got {truncation!r}")
+    completion = list(completion_ids[: max_length - 1]) if prompt_ids else list(completion_ids[:max_length])
+    room = max_length - len(completion)
+    prompt = list(prompt_ids[len(prompt_ids) - room:]) if room > 0 else []
     return prompt + completion, len(prompt)
 
 
+def fits_trl_max_length(example: TokenizedExample, max_length: int) -> bool:
+    """TRL drops examples whose prompt alone fills max_length (no completion token would remain)."""
+    return len(example.prompt_ids) < max_length
+
+
 def collate(sequences: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: int, pad_token_id: int,
-            width: int | None = None) -> dict[str, torch.Tensor]:
+            width: int | None = None, truncation: str = "keep_completion") -> dict[str, torch.Tensor]:
     """Right-padded input_ids / attention_mask / completion_mask for (prompt_ids, completion_ids) pairs.
     Right padding keeps positions 0..n-1 for every sequence, so no position ids are needed."""
-    joined = [join_truncated(p, c, max_length) for p, c in sequences]
+    joined = [join_truncated(p, c, max_length, truncation) for p, c in sequences]
     width = max(width or 0, max(len(ids) for ids, _ in joined))
     input_ids = torch.full((len(joined), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(joined), width), dtype=torch.long)
@@ -263,3 +372,32 @@ def plan_epoch(lengths: Sequence[int], microbatch_size: int, seed: int, epoch: i
         microbatches.append(leftovers[offset: offset + microbatch_size])
     rng.shuffle(microbatches)
     return microbatches
+
+
+# ----------------------------------------------------------------------------------------------
+# TRL-compatible order and pairing (--trl-compat)
+
+
+def trl_mismatched_partners(microbatch_size: int) -> list[int]:
+    """TRL's KL pairing: prompt i with completion (i-1) mod m within each per-device batch (TRL
+    rotates the completions by one: (x_1, y_m), (x_2, y_1), ...). A batch of one pairs with itself,
+    as in TRL."""
+    return [(i - 1) % microbatch_size for i in range(microbatch_size)]
+
+
+def plan_trl_steps(n_examples: int, microbatch_size: int, world_size: int, gradient_accumulation_steps: int,
+                   num_train_epochs: float, max_steps: int = -1) -> list[tuple[int, list[list[int]]]]:
+    """TRL KTOTrainer's order: its sequential sampler, every epoch the same. Microbatches are
+    consecutive rows in file order, the last one possibly smaller (transformers keeps it); a step
+    takes gradient_accumulation_steps microbatches, the last step of an epoch the remainder; the
+    run has ceil(epochs × steps per epoch) steps (or max_steps), as transformers' Trainer counts."""
+    if world_size != 1:
+        raise ValueError("--trl-compat runs on one process (TRL's multi-process batch dispatch is not reproduced)")
+    microbatches = [list(range(start, min(start + microbatch_size, n_examples)))
+                    for start in range(0, n_examples, microbatch_size)]
+    epoch_steps = [microbatches[start: start + gradient_accumulation_steps]
+                   for start in range(0, len(microbatches), gradient_accumulation_steps)]
+    if not epoch_steps:
+        return []
+    total = max_steps if max_steps > 0 else math.ceil(num_train_epochs * len(epoch_steps))
+    return [(index // len(epoch_steps), epoch_steps[index % len(epoch_steps)]) for index in range(total)]

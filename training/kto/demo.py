@@ -26,8 +26,10 @@ _CHARACTERS = list("0123456789+-*=?.,:;!'\"()/ \n") + [chr(c) for c in range(ord
     + [chr(c) for c in range(ord("A"), ord("Z") + 1)]
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHAT_TEMPLATE = (
-    # The demo model was trained on bare questions; a chat prompt renders as BOS + its user turns.
-    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ message['content'] }}{% endif %}{% endfor %}"
+    # The demo model was trained on bare questions; a chat prompt renders as BOS + its user turns,
+    # and an assistant turn as the answer + EOS, exactly as the model was trained on.
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}"
 )
 FIRST_OPERANDS = range(100)  # "What is A+B?" with A in 0..99 and B in 0..9: small enough to learn
 SECOND_OPERANDS = range(10)  # in about a minute of CPU, still with carries to get wrong

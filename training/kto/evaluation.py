@@ -1,7 +1,8 @@
-"""Held-out evaluation: KTO loss, reward accuracy and mean rewards of a trained model."""
+"""Held-out evaluation (KTO loss, reward accuracy, mean rewards) and per-row scoring of a model."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -50,6 +51,7 @@ def evaluate(model_dir: str, data_path: str, reference_dir: str | None = None, b
     reference_dir = reference_dir or default_reference(model_dir)
     model = load_causal_lm(model_dir).eval()
     policy = SequenceLogProbs(model)
+    policy.verify()
     reference = None
     if adapter:
         reference = Reference(policy, disable_adapter=True)  # the base is the adapter's reference
@@ -101,3 +103,44 @@ def evaluate(model_dir: str, data_path: str, reference_dir: str | None = None, b
                        if reward_desirable is not None and reward_undesirable is not None else None),
     )
     return result
+
+
+@torch.no_grad()
+def score(model_dir: str, data_path: str, out_path: str, batch_size: int = 8, max_length: int = 1024,
+          max_prompt_length: int | None = None, trl_compat: bool = False, progress: bool = False) -> dict:
+    """For every row of ``data_path`` ({prompt, completion}, TRL standard or conversational), in
+    order, write ``{"logp", "n_tokens"}`` to ``out_path``: the sum of the completion tokens'
+    log-probabilities under the model and their number — the quantity the loss uses for the row
+    (same tokenization, truncation and log-prob code as ``train``; fp32). The output appears only
+    when complete."""
+    if batch_size < 1 or max_length < 2:
+        raise TrainingError("--batch-size must be at least 1 and --max-length at least 2")
+    if not Path(model_dir).is_dir():
+        raise TrainingError(f"--model {model_dir}: no such directory")
+    tokenizer = load_tokenizer(model_dir)
+    rows = kto_data.read_prompt_completion_jsonl(data_path)
+    examples = kto_data.tokenize_examples(tokenizer, rows, max_prompt_length)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    scorer = SequenceLogProbs(load_causal_lm(model_dir).eval()).to(device)
+    scorer.verify()
+    truncation = "keep_start" if trl_compat else "keep_completion"
+    # Length-sorted batches (little padding); results go back to file order.
+    order = sorted(range(len(examples)), key=lambda index: kto_data.sequence_length(examples[index], max_length))
+    results: list[dict | None] = [None] * len(examples)
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc="scoring", unit="batch"):
+        chunk = order[start: start + batch_size]
+        batch = kto_data.collate([(examples[i].prompt_ids, examples[i].completion_ids) for i in chunk], max_length,
+                                 tokenizer.pad_token_id, truncation=truncation)
+        logps, token_counts = scorer(**{key: value.to(device) for key, value in batch.items()})
+        for index, logp, count in zip(chunk, logps.tolist(), token_counts.tolist()):
+            results[index] = {"logp": logp, "n_tokens": count}
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    temporary.write_text("".join(json.dumps(result) + "\n" for result in results))
+    os.replace(temporary, out)
+    return {"model": str(model_dir), "data": str(data_path), "out": str(out), "n_rows": len(results),
+            "n_tokens": sum(result["n_tokens"] for result in results),
+            "logp": sum(result["logp"] for result in results)}

@@ -1,4 +1,5 @@
-"""Helpers for test suites: the demo model built once and cached across sessions and processes."""
+"""Helpers for test suites: the demo model and the tokenizer-family fixtures (fixtures.py), each built
+once and cached across sessions and processes."""
 from __future__ import annotations
 
 import fcntl
@@ -7,7 +8,8 @@ import os
 import shutil
 from pathlib import Path
 
-from . import demo
+from . import demo, fixtures
+from .fixtures import ARCHITECTURES, TOKENIZER_FAMILIES, build_tokenizer, tiny_config  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,25 +19,40 @@ def cache_dir() -> Path:
 
 
 def get_or_build_demo_model() -> str:
-    """Path of the demo model, building it on first use.
+    """Path of the demo model, building it on first use (see ``_get_or_build``)."""
+    return _get_or_build("demo-model", Path(demo.__file__), demo.build_demo_model)
 
-    Cached under $PROSPECT_CACHE_DIR (default <repo>/.cache) in a directory named by the hash of
-    demo.py's source, so a changed recipe builds a new model. A file lock makes concurrent
-    processes wait for one build instead of building twice; the build goes to a temporary
-    directory renamed into place, so a crash never leaves half a model behind.
+
+def get_or_build_fixture_model(family: str = "bpe", architecture: str = "llama", vocab_rows: int | None = None,
+                               seed: int = 0) -> str:
+    """Path of a tokenizer-family fixture: ``family`` in TOKENIZER_FAMILIES ("bpe": byte-level BPE
+    with a ChatML template; "sentencepiece": Metaspace BPE with BOS and an [INST] template), a tiny
+    random ``architecture`` model on it, ``vocab_rows`` embedding rows (default: the tokenizer's
+    size; e.g. 32000 for a realistic LM head). Built in seconds, cached like the demo model."""
+    name = f"fixture-{family}-{architecture}-v{vocab_rows or 0}-s{seed}"
+    return _get_or_build(name, Path(fixtures.__file__),
+                         lambda out: fixtures.build_fixture_model(out, family, architecture, seed=seed,
+                                                                  vocab_rows=vocab_rows))
+
+
+def _get_or_build(name: str, recipe: Path, build) -> str:
+    """Cached under $PROSPECT_CACHE_DIR (default <repo>/.cache) in a directory named by the hash of
+    the recipe's source, so a changed recipe builds anew. A file lock makes concurrent processes
+    wait for one build instead of building twice; the build goes to a temporary directory renamed
+    into place, so a crash never leaves half a model behind.
     """
-    source_hash = hashlib.sha256(Path(demo.__file__).read_bytes()).hexdigest()[:16]
+    source_hash = hashlib.sha256(recipe.read_bytes()).hexdigest()[:16]
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
-    target = root / f"demo-model-{source_hash}"
+    target = root / f"{name}-{source_hash}"
     if (target / "config.json").is_file():
         return str(target)
-    with open(root / f"demo-model-{source_hash}.lock", "w") as lock:
+    with open(root / f"{name}-{source_hash}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if (target / "config.json").is_file():  # another process built it while we waited
             return str(target)
-        temporary = root / f".demo-model-{source_hash}.tmp-{os.getpid()}"
+        temporary = root / f".{name}-{source_hash}.tmp-{os.getpid()}"
         shutil.rmtree(temporary, ignore_errors=True)
-        demo.build_demo_model(temporary)
+        build(temporary)
         os.replace(temporary, target)
     return str(target)

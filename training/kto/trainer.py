@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from . import data as kto_data
+from . import distributed as kto_distributed
 from . import loss as kto_loss
 from .balancing import balance_weights
 from .modeling import SequenceLogProbs, is_peft_dir, load_causal_lm, load_tokenizer, model_fingerprint
@@ -52,6 +53,7 @@ class TrainConfig:
     num_train_epochs: float = 1.0
     max_steps: int = -1  # > 0 stops after this many optimizer steps
     max_length: int = 1024
+    max_prompt_length: int | None = None  # keeps the prompt's last tokens (data.tokenize_example)
     desirable_weight: float | str = "auto"  # a number or "auto" (balancing.balance_weights)
     undesirable_weight: float | str = "auto"
     target_ratio: float = 4 / 3
@@ -72,13 +74,18 @@ class TrainConfig:
     save_steps: int = 0  # 0: no intermediate checkpoints
     resume: bool = False
     progress: bool = True  # the tqdm bar on stderr
+    expected_world_size: int = 0  # > 0: refuse to train unless the launcher started exactly this many processes
+    # TRL KTOTrainer's data handling, so a run matches TRL's step for step: file order (no shuffle,
+    # no length buckets, last partial microbatch kept), mismatched pairs (x_i, y_(i-1) mod m), its
+    # truncation (keep the start; drop rows whose prompt fills max_length), warmup and fused AdamW.
+    trl_compat: bool = False
 
     # Fields that change the result: a resumed run must match the original on these.
     RESULT_FIELDS = ("model", "data", "loss", "beta", "learning_rate", "per_device_train_batch_size",
-                     "gradient_accumulation_steps", "num_train_epochs", "max_steps", "max_length",
+                     "gradient_accumulation_steps", "num_train_epochs", "max_steps", "max_length", "max_prompt_length",
                      "desirable_weight", "undesirable_weight", "target_ratio", "balance_mode",
                      "warmup_ratio", "weight_decay", "max_grad_norm", "seed", "lora", "lora_r",
-                     "lora_alpha", "lora_dropout", "reference", "z0_zero")
+                     "lora_alpha", "lora_dropout", "reference", "z0_zero", "trl_compat")
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -128,7 +135,8 @@ def _tensors(examples: list[kto_data.TokenizedExample], keys: list[tuple[int, in
              pad_token_id: int) -> dict[str, Any]:
     """Collate sequences named by (prompt example, completion example) keys."""
     batch = kto_data.collate([(examples[i].prompt_ids, examples[j].completion_ids) for i, j in keys],
-                             config.max_length, pad_token_id)
+                             config.max_length, pad_token_id,
+                             truncation="keep_start" if config.trl_compat else "keep_completion")
     if bool(batch["attention_mask"].all()):
         batch["attention_mask"] = None  # no padding: decided here on the host, no device sync later
     return batch
@@ -143,7 +151,8 @@ def microbatch_keys(local_indices: list[int], config: TrainConfig) -> tuple[list
         return [(2 * k, 2 * k) for k in local_indices] + [(2 * k + 1, 2 * k + 1) for k in local_indices], []
     matched = [(i, i) for i in local_indices]
     if config.loss in ("kto", "concave", "risk_neutral", "reference_free") and not config.z0_zero:
-        partners = kto_data.mismatched_partners(len(local_indices))
+        partners = (kto_data.trl_mismatched_partners(len(local_indices)) if config.trl_compat
+                    else kto_data.mismatched_partners(len(local_indices)))
         return matched, [(local_indices[i], local_indices[j]) for i, j in enumerate(partners)]
     return matched, []
 
@@ -332,23 +341,29 @@ def prepare_examples(config: TrainConfig, tokenizer) -> tuple[list[kto_data.Toke
         pairs = kto_data.read_preference_pairs(config.data)
         flat = []
         for pair in pairs:
-            flat.append(kto_data.KTOExample(pair.prompt, pair.chosen, True, pair.line))
-            flat.append(kto_data.KTOExample(pair.prompt, pair.rejected, False, pair.line))
-        return kto_data.tokenize_examples(tokenizer, flat), len(pairs), len(pairs)
+            flat.append(kto_data.KTOExample(pair.prompt, pair.chosen, True, pair.line, pair.chosen_messages))
+            flat.append(kto_data.KTOExample(pair.prompt, pair.rejected, False, pair.line, pair.rejected_messages))
+        return kto_data.tokenize_examples(tokenizer, flat, config.max_prompt_length), len(pairs), len(pairs)
     examples = kto_data.read_kto_jsonl(config.data)
     if config.loss == "sft":
         # The SFT baseline learns from the desirable completions only.
         examples = [example for example in examples if example.label]
         if not examples:
             raise TrainingError(f"{config.data}: the sft baseline trains on desirable examples and there are none")
-    n_desirable = sum(example.label for example in examples)
-    return kto_data.tokenize_examples(tokenizer, examples), n_desirable, len(examples) - n_desirable
+    tokenized = kto_data.tokenize_examples(tokenizer, examples, config.max_prompt_length)
+    if config.trl_compat:
+        tokenized = [example for example in tokenized if kto_data.fits_trl_max_length(example, config.max_length)]
+    n_desirable = sum(example.label for example in tokenized)
+    return tokenized, n_desirable, len(tokenized) - n_desirable
 
 
 def plan_steps(examples, config: TrainConfig, world_size: int) -> list[tuple[int, list[list[int]]]]:
     """Every optimizer step as (epoch, its global microbatches). Deterministic in the seed, so a
     resumed run replays exactly the same order."""
     micro = config.per_device_train_batch_size * world_size
+    if config.trl_compat:
+        return kto_data.plan_trl_steps(len(examples), config.per_device_train_batch_size, world_size,
+                                       config.gradient_accumulation_steps, config.num_train_epochs, config.max_steps)
     if config.loss == "dpo":
         lengths = [max(kto_data.sequence_length(examples[2 * k], config.max_length),
                        kto_data.sequence_length(examples[2 * k + 1], config.max_length))
@@ -405,10 +420,15 @@ def save_checkpoint(out: Path, step: int, epoch: int, model, optimizer, schedule
         temporary.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(_rng_state(), temporary / f"rng-{accelerator.process_index}.pt")
+    sharded = kto_distributed.is_sharded(accelerator)
+    if sharded:
+        # Every rank writes its shard of the weights and optimizer state (resumed with load_state).
+        accelerator.save_state(str(temporary / kto_distributed.SHARDED_STATE_DIR))
     if accelerator.is_main_process:
-        model.save_pretrained(temporary)
+        if not sharded:
+            model.save_pretrained(temporary)
+            torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
         tokenizer.save_pretrained(temporary)
-        torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
         torch.save(scheduler.state_dict(), temporary / "scheduler.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -483,6 +503,11 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 def check_config(config: TrainConfig) -> None:
     if config.loss not in kto_loss.LOSS_TYPES:
         raise TrainingError(f"--loss must be one of {', '.join(kto_loss.LOSS_TYPES)}, got {config.loss!r}")
+    if config.trl_compat and config.loss != "kto":
+        raise TrainingError("--trl-compat reproduces TRL's KTOTrainer, which trains --loss kto; "
+                            f"got --loss {config.loss}")
+    if config.max_prompt_length is not None and config.max_prompt_length < 1:
+        raise TrainingError(f"--max-prompt-length must be at least 1, got {config.max_prompt_length}")
     if config.reference not in ("precompute", "copy"):
         raise TrainingError(f"--reference must be 'precompute' or 'copy', got {config.reference!r}")
     if config.loss in kto_loss.KTO_VALUES:
@@ -531,6 +556,11 @@ def train(config: TrainConfig) -> dict | None:
     # cpu=True without CUDA: under `accelerate launch --num_processes N` this selects gloo
     # multi-CPU data parallelism instead of N independent single processes.
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
+    problem = (kto_distributed.world_size_problem(accelerator.num_processes, config.expected_world_size)
+               or kto_distributed.unsupported_backend_problem(accelerator))
+    if problem:
+        accelerator.end_training()
+        raise TrainingError(problem)
     set_seed(config.seed)  # CPU kernels are deterministic for a fixed thread count
     steps = plan_steps(examples, config, accelerator.num_processes)
     if not steps:
@@ -550,6 +580,7 @@ def train(config: TrainConfig) -> dict | None:
                                                  lora_dropout=config.lora_dropout, target_modules="all-linear",
                                                  task_type="CAUSAL_LM"))
     policy = SequenceLogProbs(model).to(accelerator.device)
+    policy.verify()  # refuses an architecture whose log-probs the engine cannot reproduce exactly
     needs_reference = config.loss not in ("sft", "reference_free")
     reference = None
     if needs_reference and config.lora:
@@ -579,23 +610,32 @@ def train(config: TrainConfig) -> dict | None:
 
     # 5. Optimizer, schedule, resume.
     trainable = [parameter for parameter in policy.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                  fused=True if config.trl_compat else None)  # TRL's default optim: fused AdamW
     warmup_steps = math.ceil(config.warmup_ratio * len(steps))
 
     def learning_rate_factor(step: int) -> float:
         if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
+            # TRL (transformers' linear schedule) starts its warmup at 0.
+            return step / warmup_steps if config.trl_compat else (step + 1) / (warmup_steps + 1)
         return max(0.0, (len(steps) - step) / max(1, len(steps) - warmup_steps))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor)
     policy_ddp, optimizer = accelerator.prepare(policy, optimizer)
+    # Sharded (FSDP): only the wrapped model's forward gathers the parameters, so every pass goes through it.
+    policy_for_no_grad = policy_ddp if kto_distributed.is_sharded(accelerator) else policy
+    if reference is not None and reference.module is policy:
+        reference.module = policy_for_no_grad
 
     start_step = 0
     if config.resume:
         checkpoint = latest_checkpoint(out)
-        if checkpoint is not None:
+        if checkpoint is not None and kto_distributed.is_sharded(accelerator):
+            accelerator.load_state(str(checkpoint / kto_distributed.SHARDED_STATE_DIR))  # model + optimizer shards
+        if checkpoint is not None and not kto_distributed.is_sharded(accelerator):
             load_checkpoint_weights(policy.model, checkpoint)
             optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=False))
+        if checkpoint is not None:
             scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
             _set_rng_state(torch.load(checkpoint / f"rng-{accelerator.process_index}.pt", weights_only=False))
             start_step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
@@ -637,7 +677,7 @@ def train(config: TrainConfig) -> dict | None:
             # Gradients are averaged across processes only on the last microbatch of the step.
             sync_context = contextlib.nullcontext() if is_last else accelerator.no_sync(policy_ddp)
             with sync_context, accelerator.autocast():
-                loss, stats = microbatch_loss(policy_ddp, policy, reference, device_batch, config, class_weights,
+                loss, stats = microbatch_loss(policy_ddp, policy_for_no_grad, reference, device_batch, config, class_weights,
                                               tokenizer.pad_token_id)
                 accelerator.backward(loss / len(microbatches))
             _accumulate(window, loss, stats)
@@ -679,10 +719,11 @@ def train(config: TrainConfig) -> dict | None:
 
     # 7. final/: written under a temporary name, then renamed — never half a final model.
     final = out / "final"
+    state_dict = kto_distributed.full_state_dict(accelerator, policy_ddp)  # every rank: FSDP gathers the shards
     if accelerator.is_main_process:
         temporary = out / f".final.tmp-{os.getpid()}"
         shutil.rmtree(temporary, ignore_errors=True)
-        accelerator.unwrap_model(policy_ddp).model.save_pretrained(temporary)
+        accelerator.unwrap_model(policy_ddp).model.save_pretrained(temporary, state_dict=state_dict)
         tokenizer.save_pretrained(temporary)
         write_json_atomic(temporary / "prospect_training.json", {
             "base_model": base_model_path, "loss": config.loss, "lora": config.lora, "steps": len(steps),
@@ -701,9 +742,9 @@ def train(config: TrainConfig) -> dict | None:
     }
     summary.update({key: last_logged.get(key) for key in ("loss", "z0", "reward_accuracy", "reward_margin")})
     is_main = accelerator.is_main_process
-    # Tear the process group down before the interpreter exits: a gloo group left alive can abort
-    # a worker at exit ("terminate called without an active exception").
-    accelerator.end_training()
+    # The wrappers first, then the process group (see distributed.py): a rank could otherwise hang at exit.
+    del policy_ddp, policy_for_no_grad, optimizer, state_dict, reference
+    kto_distributed.shut_down(accelerator)
     # Under `accelerate launch` only the main process reports (one JSON line for the whole run).
     return summary if is_main else None
 

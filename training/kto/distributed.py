@@ -1,0 +1,126 @@
+"""What a multi-process run needs beyond a single process, kept out of the training loop:
+
+    world_size_problem(obtained, expected)  why this run must not train (N asked, M started), or None
+    unsupported_backend_problem(accelerator) DeepSpeed is refused with the reason, or None
+    is_sharded(accelerator)                  FSDP: parameters are split across ranks
+    full_state_dict(accelerator, wrapped)    every rank calls it; the inner model's full weights (rank 0)
+    shut_down(accelerator)                   release the DDP/FSDP wrappers, then the process group
+
+Why the teardown order matters: a gloo process group whose last reference is dropped by DDP's
+reducer (after `destroy_process_group` unregistered it) is destroyed with the GIL held, and its
+destructor joins worker threads that may need the GIL to free a tensor: the rank never exits.
+Freed while the group is still registered, the wrappers drop only their own reference; the
+group then goes last, through `destroy_process_group`, whose destructor releases the GIL.
+"""
+from __future__ import annotations
+
+import gc
+import os
+
+# Set by the runner (and usable by anyone launching the engine) when the caller knows how many
+# processes it asked for; `--expected-world-size` overrides it.
+EXPECTED_WORLD_SIZE_ENV = "PROSPECT_EXPECTED_WORLD_SIZE"
+
+# Environment variables through which a launcher tells each process the real world size.
+_WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+HOW_TO_LAUNCH_N = (
+    "launch N processes with `accelerate launch --multi_gpu --num_processes N ...` (on a host without CUDA this "
+    "starts N CPU processes over gloo; `--cpu` and `distributed_type: MULTI_CPU` start only one unless mpirun is "
+    "used), or with a config from training/kto/accelerate/ and `--num_processes N`"
+)
+
+
+def expected_world_size_from_env() -> int:
+    """PROSPECT_EXPECTED_WORLD_SIZE as an int; 0 (no expectation) when unset or empty."""
+    value = os.environ.get(EXPECTED_WORLD_SIZE_ENV, "").strip()
+    if not value:
+        return 0
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{EXPECTED_WORLD_SIZE_ENV}={value!r}: expected a whole number of processes") from None
+
+
+def _launcher_asked_for_several_processes() -> bool:
+    """accelerate's single-process launcher (`--cpu`, MULTI_CPU configs, one GPU without --multi_gpu) sets
+    MASTER_ADDR only when it was asked for more than one process, yet starts one and tells it no world size."""
+    launched_by_accelerate = "ACCELERATE_USE_CPU" in os.environ or "ACCELERATE_MIXED_PRECISION" in os.environ
+    told_world_size = any(name in os.environ for name in _WORLD_SIZE_VARIABLES)
+    return launched_by_accelerate and "MASTER_ADDR" in os.environ and not told_world_size
+
+
+def world_size_problem(obtained: int, expected: int) -> str | None:
+    """Why a run with `obtained` processes must not train, or None. `expected` 0 means: not stated
+    (then only accelerate's silent single-process fallback is detected)."""
+    if expected < 0:
+        return f"--expected-world-size must be 0 (not checked) or a number of processes, got {expected}"
+    if expected and obtained != expected:
+        return (f"{expected} training processes were asked for (--expected-world-size / {EXPECTED_WORLD_SIZE_ENV}) "
+                f"but the launcher started {obtained}: refusing to train with a different global batch. "
+                f"Fix: {HOW_TO_LAUNCH_N}.")
+    if not expected and obtained == 1 and _launcher_asked_for_several_processes():
+        return ("accelerate launch was asked for more than one process but started only this one (world size 1): "
+                f"refusing to train with a different global batch than asked. Fix: {HOW_TO_LAUNCH_N}.")
+    return None
+
+
+def unsupported_backend_problem(accelerator) -> str | None:
+    """DeepSpeed is not supported yet: it steps the optimizer inside `backward` and accumulates on its own,
+    which the engine's explicit accumulation loop would turn into one update per microbatch."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return ("DeepSpeed is not supported by this engine yet (its engine steps inside backward and accumulates "
+                "gradients itself); use the FSDP configs in training/kto/accelerate/ to shard a large model")
+    return None
+
+
+SHARDED_STATE_DIR = "sharded-state"  # inside a checkpoint: accelerate.save_state's per-rank files (FSDP)
+
+
+def is_sharded(accelerator) -> bool:
+    """True when parameters are split across ranks (FSDP): a forward must go through the wrapped
+    model and saving needs every rank."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def full_state_dict(accelerator, wrapped) -> dict | None:
+    """The full weights of the model inside `wrapped` (a SequenceLogProbs), keyed as that inner
+    model names them. Every rank must call this under FSDP (the shards are gathered); the result
+    is complete on the main process only. None when not sharded: save_pretrained's own is right."""
+    if not is_sharded(accelerator):
+        return None
+    state = accelerator.get_state_dict(wrapped, unwrap=True)
+    prefix = "model."
+    return {name[len(prefix):]: tensor for name, tensor in state.items() if name.startswith(prefix)}
+
+
+def live_wrappers() -> list[str]:
+    """Type names of DDP/FSDP wrappers still alive in this process (each holds the process group)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    wrapper_types: tuple = (DistributedDataParallel,)
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        wrapper_types += (FullyShardedDataParallel,)
+    except ImportError:  # pragma: no cover - every supported torch has FSDP
+        pass
+    return [type(obj).__name__ for obj in gc.get_objects() if isinstance(obj, wrapper_types)]
+
+
+def shut_down(accelerator) -> None:
+    """End a run's distributed state in an order that cannot deadlock (see the module docstring).
+
+    The caller must already have dropped its own references to the prepared model and optimizer.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        accelerator.wait_for_everyone()  # no collective is in flight on any rank
+    accelerator.free_memory()  # the accelerator's references to the wrapped model, optimizer, scheduler
+    gc.collect()  # reference cycles through module hooks keep a wrapper alive otherwise
+    accelerator.end_training()  # now the process group's last reference: destroyed without the GIL held
