@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 
 from feedback.models import Generation, Vote
 from feedback.services import create_snapshot
-from feedback_helpers import add_generation, write_jsonl
+from tests.feedback.helpers import add_generation, write_jsonl
 
 pytestmark = pytest.mark.django_db
 
