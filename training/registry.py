@@ -14,11 +14,13 @@ Public API (views, commands and the layers above call these; the signatures are 
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
+from safetensors import safe_open
 
 from projects.selectors import resolve_project
 from training.models import ModelVersion, TrainingRun
@@ -43,10 +45,31 @@ def artifact_problem(version: ModelVersion) -> str | None:
             continue  # a hub id
         if not path.is_dir():
             return f"its {what} directory {raw} does not exist"
-        if not any((path / name).is_file() for name in _MODEL_CONFIGS):
+        configs = [path / name for name in _MODEL_CONFIGS if (path / name).is_file()]
+        if not configs:
             return f"its {what} directory {raw} holds no config.json or adapter_config.json"
-        if not any(child.suffix in _WEIGHTS_SUFFIXES for child in path.iterdir()):
+        for config in configs:
+            try:
+                json.loads(config.read_text(encoding="utf-8"))
+            except (OSError, UnicodeError, ValueError) as exc:
+                return f"its {config} is not readable JSON ({exc})"
+        weights = [child for child in path.iterdir() if child.suffix in _WEIGHTS_SUFFIXES]
+        if not weights:
             return f"its {what} directory {raw} holds no weights (*.safetensors or *.bin)"
+        for file in weights:
+            if file.suffix == ".safetensors" and (problem := _safetensors_problem(file)):
+                return f"its weights file {file} does not load ({problem})"
+    return None
+
+
+def _safetensors_problem(file: Path) -> str | None:
+    """Why a .safetensors file cannot be opened, reading only its header (the web process never
+    loads a model: this is the check that a truncated or garbled file would fail at load time)."""
+    try:
+        with safe_open(str(file), framework="numpy") as handle:
+            handle.keys()
+    except Exception as exc:  # safetensors raises its own SafetensorError, and OSError
+        return str(exc) or type(exc).__name__
     return None
 
 

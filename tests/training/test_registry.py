@@ -9,12 +9,13 @@ from django.db import IntegrityError, transaction
 from training import registry
 from training.models import ModelVersion
 from training.selectors import active_version
+from projects.selectors import default_project
 
 pytestmark = pytest.mark.django_db
 
 
 def _version(name: str, **fields) -> ModelVersion:
-    return ModelVersion.objects.create(name=name, base_model="/models/base", artifact_path=f"/models/{name}", **fields)
+    return ModelVersion.objects.create(project=default_project(), name=name, base_model="/models/base", artifact_path=f"/models/{name}", **fields)
 
 
 def test_database_refuses_a_second_active_version():

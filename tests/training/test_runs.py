@@ -31,6 +31,7 @@ from training.processes import process_alive
 from training.runs import reap_orphaned_runs
 from training.scheduler import install_schedule
 from training.selectors import active_version
+from projects.selectors import default_project
 
 # --- λ chosen once ----------------------------------------
 
@@ -38,7 +39,7 @@ from training.selectors import active_version
 @pytest.fixture
 def snapshot_with_weights(db, tmp_path):
     registry.ensure_base_version(str(tmp_path))  # an active version to train from
-    return DatasetSnapshot.objects.create(
+    return DatasetSnapshot.objects.create(project=default_project(),
         path="/nowhere", sha256="0" * 64, desirable_weight=2.0, undesirable_weight=1.0, weight_rule="auto: 1:10 data"
     )
 
@@ -68,7 +69,7 @@ def test_a_manual_override_is_recorded_on_the_run_and_shown_beside_the_snapshots
 
 
 def _running_run(**fields) -> TrainingRun:
-    snapshot = DatasetSnapshot.objects.create(path="/nonexistent", sha256="0" * 64)
+    snapshot = DatasetSnapshot.objects.create(project=default_project(), path="/nonexistent", sha256="0" * 64)
     now = timezone.now()
     defaults = {
         "status": TrainingRun.Status.RUNNING,
@@ -77,7 +78,7 @@ def _running_run(**fields) -> TrainingRun:
         "worker_hostname": socket.gethostname(),
     }
     defaults.update(fields)
-    return TrainingRun.objects.create(snapshot=snapshot, desirable_weight=1.0, undesirable_weight=1.0, **defaults)
+    return TrainingRun.objects.create(project=default_project(), snapshot=snapshot, desirable_weight=1.0, undesirable_weight=1.0, **defaults)
 
 
 def _dead_pid() -> int:
@@ -144,7 +145,7 @@ def test_gate_interrupted_by_a_dead_worker_is_recorded_as_failed():
     from training.models import ModelVersion
 
     run = _running_run(worker_pid=_dead_pid(), status=TrainingRun.Status.SUCCEEDED)
-    candidate = ModelVersion.objects.create(
+    candidate = ModelVersion.objects.create(project=default_project(),
         name="run-x",
         base_model="/m",
         artifact_path="/m/final",

@@ -22,6 +22,7 @@ from feedback.models import DatasetSnapshot
 from training import registry
 from training.models import ModelVersion, TrainingRun
 from training.policy import get_policy
+from projects.selectors import default_project
 
 # --- run pages ----------------------------------------
 
@@ -41,9 +42,9 @@ METRIC_ROWS = [
 
 @pytest.fixture
 def running_run():
-    snapshot = DatasetSnapshot.objects.create(path="/nowhere/snapshot.jsonl", sha256="1" * 64)
-    base = ModelVersion.objects.create(name="base", base_model="/m", artifact_path="/m")
-    return TrainingRun.objects.create(
+    snapshot = DatasetSnapshot.objects.create(project=default_project(), path="/nowhere/snapshot.jsonl", sha256="1" * 64)
+    base = ModelVersion.objects.create(project=default_project(), name="base", base_model="/m", artifact_path="/m")
+    return TrainingRun.objects.create(project=default_project(),
         snapshot=snapshot,
         base_version=base,
         desirable_weight=1.0,
@@ -200,9 +201,9 @@ def test_a_refused_snapshot_is_shown_and_nothing_is_queued(client, admin_user, a
 
 @pytest.fixture
 def versions():
-    base = ModelVersion.objects.create(name="base", base_model="/m", artifact_path="/m")
+    base = ModelVersion.objects.create(project=default_project(), name="base", base_model="/m", artifact_path="/m")
     registry.promote(base, reason="first")
-    candidate = ModelVersion.objects.create(
+    candidate = ModelVersion.objects.create(project=default_project(),
         name="run-7",
         base_model="/m",
         artifact_path="/runs/7/final",
@@ -298,9 +299,9 @@ def test_post_without_csrf_token_is_refused(csrf_checking_staff_client, versions
 
 @pytest.fixture
 def some_run_and_version():
-    snapshot = DatasetSnapshot.objects.create(path="/nonexistent/snapshot.jsonl", sha256="0" * 64)
-    version = ModelVersion.objects.create(name="v-test", base_model="/m", artifact_path="/m")
-    run = TrainingRun.objects.create(snapshot=snapshot, base_version=version, desirable_weight=1.0, undesirable_weight=1.0)
+    snapshot = DatasetSnapshot.objects.create(project=default_project(), path="/nonexistent/snapshot.jsonl", sha256="0" * 64)
+    version = ModelVersion.objects.create(project=default_project(), name="v-test", base_model="/m", artifact_path="/m")
+    run = TrainingRun.objects.create(project=default_project(), snapshot=snapshot, base_version=version, desirable_weight=1.0, undesirable_weight=1.0)
     return run, version
 
 
