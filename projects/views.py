@@ -36,6 +36,15 @@ class ApiKeyForm(forms.Form):
     rate = forms.CharField(max_length=32, required=False, label="Rate limit",
                            help_text="e.g. 100/s or 6000/min; blank: the installation's default.")
 
+    def clean_rate(self):
+        rate = self.cleaned_data["rate"].strip()
+        if rate:
+            try:
+                services.validate_rate(rate)
+            except ValidationError as exc:
+                raise ValidationError(exc.message_dict["rate"]) from None
+        return rate
+
 
 @manage_keys_required
 def api_keys(request):
@@ -46,7 +55,7 @@ def api_keys(request):
             try:
                 client, new_key = services.create_api_key(
                     request.project, scopes=form.cleaned_data["scopes"], name=form.cleaned_data["name"],
-                    expires_days=form.cleaned_data["expires_days"], rate=form.cleaned_data["rate"].strip(),
+                    expires_days=form.cleaned_data["expires_days"], rate=form.cleaned_data["rate"],
                     created_by=request.user)
             except ValidationError as exc:
                 for field, errors in exc.message_dict.items():
