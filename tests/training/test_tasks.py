@@ -92,8 +92,8 @@ TASK_TIMEOUT_S = 120
 
 
 @pytest.mark.slow
-def test_fill_queue_task_is_routed_to_the_gpu_worker_and_fills_the_queue(start_celery_worker, active_demo_version):
-    worker = start_celery_worker("gpu")  # a task routed anywhere else would never run
+def test_fill_queue_task_is_routed_to_the_gpu_worker_and_fills_the_queue(start_worker, loop_redis, active_demo_version):
+    worker = start_worker("gpu")  # a task routed anywhere else would never run
     fill_queue.delay(n=4)
     deadline = time.monotonic() + TASK_TIMEOUT_S
     while not Generation.objects.filter(source="fill_queue").exists():

@@ -23,6 +23,7 @@ from training import registry
 from training.models import ModelVersion, TrainingRun
 from training.policy import get_policy
 from projects.selectors import default_project
+from tests.training.helpers import loadable_artifact
 
 # --- run pages ----------------------------------------
 
@@ -200,13 +201,15 @@ def test_a_refused_snapshot_is_shown_and_nothing_is_queued(client, admin_user, a
 
 
 @pytest.fixture
-def versions():
-    base = ModelVersion.objects.create(project=default_project(), name="base", base_model="/m", artifact_path="/m")
+def versions(tmp_path):
+    base_dir = loadable_artifact(tmp_path / "base")
+    base = ModelVersion.objects.create(project=default_project(), name="base", base_model=base_dir,
+                                       artifact_path=base_dir)
     registry.promote(base, reason="first")
     candidate = ModelVersion.objects.create(project=default_project(),
         name="run-7",
-        base_model="/m",
-        artifact_path="/runs/7/final",
+        base_model=base_dir,
+        artifact_path=loadable_artifact(tmp_path / "runs" / "7" / "final"),
         parent=base,
         metrics={
             "holdout": {"loss": 0.4123456, "reward_accuracy": 0.7},
