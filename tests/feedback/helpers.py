@@ -12,8 +12,9 @@ from projects.services import create_api_key, set_membership
 PASSWORD = "correct horse battery staple"
 
 
-def add_generation(prompt="What is 2+2?", completion="4", **kwargs):
-    generation, _ = create_generation(GenerationInput(prompt=prompt, completion=completion, **kwargs))
+def add_generation(prompt="What is 2+2?", completion="4", project=None, **kwargs):
+    """A generation in `project` (None: the default project)."""
+    generation, _ = create_generation(GenerationInput(prompt=prompt, completion=completion, **kwargs), project)
     return generation
 
 
