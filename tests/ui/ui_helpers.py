@@ -4,9 +4,8 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from feedback.models import Vote
 from feedback.services.generations import GenerationInput, create_generation
-from projects.selectors import resolve_project
-from projects.services import set_membership
-from projects.selectors import default_project
+from projects.selectors import default_project, resolve_project
+from projects.services import create_api_key, create_project, set_membership
 
 PASSWORD = "correct horse battery staple"
 DESKTOP = {"width": 1280, "height": 800}
@@ -71,17 +70,30 @@ def build_world() -> dict:
     from feedback.services import create_snapshot
     from training.models import ModelVersion, TrainingRun
 
+    demo = default_project()
     make_user("rater", annotator=True)
     make_user("boss", staff=True)
+    # A second team: the header's project switcher appears for users of both.
+    shop = create_project("shop-assistant")
+    project_admin = make_user("padma")
+    for project in (demo, shop):
+        set_membership(project, project_admin, "admin")
+    create_api_key(demo, scopes="generations:write,votes:write,generate,read",
+                   name="customer support chat widget (production)", expires_days=90)
+    revoked, _ = create_api_key(demo, scopes="import", name="nightly import")
+    revoked.revoked = True
+    revoked.save(update_fields=["revoked"])
     add_generation(prompt=CHAT_PROMPT, completion=LONG_OUTPUT)
     add_votes(6, 2)
     snapshot = create_snapshot(holdout=0.0, target_ratio=4 / 3, mode="auto")
-    base = ModelVersion.objects.create(project=default_project(), name="base", base_model="/models/demo", artifact_path="/models/demo",
+    base = ModelVersion.objects.create(project=demo, name="base", base_model="/models/demo",
+                                       artifact_path="/models/demo",
                                        status=ModelVersion.Status.ACTIVE, status_reason="first version")
-    finished = TrainingRun.objects.create(project=default_project(), snapshot=snapshot, base_version=base, status=TrainingRun.Status.SUCCEEDED,
+    finished = TrainingRun.objects.create(project=demo, snapshot=snapshot, base_version=base,
+                                          status=TrainingRun.Status.SUCCEEDED,
                                           progress=1.0, current_step=12, total_steps=12, config={"loss": "kto", "beta": 0.1},
                                           metrics=metric_rows(12), started_at=timezone.now(), finished_at=timezone.now())
-    candidate = ModelVersion.objects.create(project=default_project(),
+    candidate = ModelVersion.objects.create(project=demo,
         name="run-1", base_model="/models/demo", artifact_path="/runs/1/final", parent=base, created_by_run=finished,
         metrics={"demo_accuracy": 0.688, "holdout": {"loss": 0.4123, "reward_accuracy": 0.71, "reward_margin": 0.9},
                  "gate": {"decision": "kept as candidate", "reason": "demo accuracy 0.688 vs 0.700 of base "
@@ -90,13 +102,14 @@ def build_world() -> dict:
     )
     ModelVersion.objects.filter(pk=base.pk).update(metrics={"demo_accuracy": 0.70, "holdout": {"loss": 0.4500,
                                                                                              "reward_accuracy": 0.55}})
-    running = TrainingRun.objects.create(project=default_project(), snapshot=snapshot, base_version=base, status=TrainingRun.Status.RUNNING,
+    running = TrainingRun.objects.create(project=demo, snapshot=snapshot, base_version=base,
+                                         status=TrainingRun.Status.RUNNING,
                                          progress=0.5, current_step=6, total_steps=12, config={"loss": "kto"},
                                          metrics=metric_rows(6), log_tail="Loading weights: 100%|██████| 24/24",
                                          started_at=timezone.now())
-    cancelled = TrainingRun.objects.create(project=default_project(), snapshot=snapshot, status=TrainingRun.Status.CANCELLED,
+    cancelled = TrainingRun.objects.create(project=demo, snapshot=snapshot, status=TrainingRun.Status.CANCELLED,
                                            error="cancelled by an admin", finished_at=timezone.now())
-    failed = TrainingRun.objects.create(project=default_project(), snapshot=snapshot, status=TrainingRun.Status.FAILED, exit_code=1,
+    failed = TrainingRun.objects.create(project=demo, snapshot=snapshot, status=TrainingRun.Status.FAILED, exit_code=1,
                                         error="training exited with code 1:\nCUDA out of memory", finished_at=timezone.now())
     # Outputs of both versions on the same prompts (the compare view aligns them), and items to rate.
     for a, b in ((12, 7), (30, 12), (8, 9)):
