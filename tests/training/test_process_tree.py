@@ -42,7 +42,8 @@ def test_reaper_kills_ranks_that_left_the_launchers_group(transactional_db, tmp_
     snapshot = DatasetSnapshot.objects.create(project=default_project(), path="/nonexistent", sha256="0" * 64)
     run_dir = tmp_path / "run-dir"
     run_dir.mkdir()
-    run = TrainingRun.objects.create(project=default_project(), snapshot=snapshot, status=TrainingRun.Status.RUNNING, started_at=timezone.now(),
+    run = TrainingRun.objects.create(project=default_project(), snapshot=snapshot, status=TrainingRun.Status.RUNNING,
+                                     started_at=timezone.now(),
                                      heartbeat_at=timezone.now(), worker_hostname=socket.gethostname(),
                                      worker_pid=dead_worker.pid, artifact_dir=str(run_dir),
                                      desirable_weight=1.0, undesirable_weight=1.0)

@@ -40,7 +40,8 @@ from projects.services import set_membership
 @pytest.fixture
 def snapshot_with_weights(db, tmp_path):
     registry.ensure_base_version(loadable_artifact(tmp_path))  # an active version to train from
-    return DatasetSnapshot.objects.create(project=default_project(),
+    return DatasetSnapshot.objects.create(
+        project=default_project(),
         path="/nowhere", sha256="0" * 64, desirable_weight=2.0, undesirable_weight=1.0, weight_rule="auto: 1:10 data"
     )
 
@@ -81,7 +82,8 @@ def _running_run(**fields) -> TrainingRun:
         "worker_hostname": socket.gethostname(),
     }
     defaults.update(fields)
-    return TrainingRun.objects.create(project=default_project(), snapshot=snapshot, desirable_weight=1.0, undesirable_weight=1.0, **defaults)
+    return TrainingRun.objects.create(project=default_project(), snapshot=snapshot, desirable_weight=1.0,
+                                      undesirable_weight=1.0, **defaults)
 
 
 def _dead_pid() -> int:
@@ -148,7 +150,8 @@ def test_gate_interrupted_by_a_dead_worker_is_recorded_as_failed():
     from training.models import ModelVersion
 
     run = _running_run(worker_pid=_dead_pid(), status=TrainingRun.Status.SUCCEEDED)
-    candidate = ModelVersion.objects.create(project=default_project(),
+    candidate = ModelVersion.objects.create(
+        project=default_project(),
         name="run-x",
         base_model="/m",
         artifact_path="/m/final",

@@ -47,7 +47,8 @@ def test_backend_reloads_when_another_version_is_promoted(active_demo_version, d
     assert backend.generate(PROMPTS, max_new_tokens=5) == expected_base
     assert backend.loaded_version_id == active_demo_version.pk
 
-    candidate = ModelVersion.objects.create(project=default_project(),
+    candidate = ModelVersion.objects.create(
+        project=default_project(),
         name="perturbed", base_model=demo_model_dir, artifact_path=perturbed_model_dir, parent=active_demo_version
     )
     registry.promote(candidate, reason="test")
@@ -67,7 +68,8 @@ def test_generations_are_labelled_with_the_version_that_served_them(
     backend = TransformersBackend()
     first = generate_for_prompt(PROMPTS[0], max_new_tokens=5, backend=backend)
     assert first.model_version == active_demo_version
-    candidate = ModelVersion.objects.create(project=default_project(),
+    candidate = ModelVersion.objects.create(
+        project=default_project(),
         name="perturbed", base_model=demo_model_dir, artifact_path=perturbed_model_dir, parent=active_demo_version
     )
     registry.promote(candidate, reason="test")

@@ -43,9 +43,11 @@ METRIC_ROWS = [
 
 @pytest.fixture
 def running_run():
-    snapshot = DatasetSnapshot.objects.create(project=default_project(), path="/nowhere/snapshot.jsonl", sha256="1" * 64)
+    snapshot = DatasetSnapshot.objects.create(project=default_project(), path="/nowhere/snapshot.jsonl",
+                                              sha256="1" * 64)
     base = ModelVersion.objects.create(project=default_project(), name="base", base_model="/m", artifact_path="/m")
-    return TrainingRun.objects.create(project=default_project(),
+    return TrainingRun.objects.create(
+        project=default_project(),
         snapshot=snapshot,
         base_version=base,
         desirable_weight=1.0,
@@ -206,7 +208,8 @@ def versions(tmp_path):
     base = ModelVersion.objects.create(project=default_project(), name="base", base_model=base_dir,
                                        artifact_path=base_dir)
     registry.promote(base, reason="first")
-    candidate = ModelVersion.objects.create(project=default_project(),
+    candidate = ModelVersion.objects.create(
+        project=default_project(),
         name="run-7",
         base_model=base_dir,
         artifact_path=loadable_artifact(tmp_path / "runs" / "7" / "final"),
@@ -302,9 +305,11 @@ def test_post_without_csrf_token_is_refused(csrf_checking_staff_client, versions
 
 @pytest.fixture
 def some_run_and_version():
-    snapshot = DatasetSnapshot.objects.create(project=default_project(), path="/nonexistent/snapshot.jsonl", sha256="0" * 64)
+    snapshot = DatasetSnapshot.objects.create(project=default_project(), path="/nonexistent/snapshot.jsonl",
+                                              sha256="0" * 64)
     version = ModelVersion.objects.create(project=default_project(), name="v-test", base_model="/m", artifact_path="/m")
-    run = TrainingRun.objects.create(project=default_project(), snapshot=snapshot, base_version=version, desirable_weight=1.0, undesirable_weight=1.0)
+    run = TrainingRun.objects.create(project=default_project(), snapshot=snapshot, base_version=version,
+                                     desirable_weight=1.0, undesirable_weight=1.0)
     return run, version
 
 

@@ -42,7 +42,8 @@ def test_dashboard_chart_has_axes_and_the_balance_is_explained_on_a_phone(live_s
 def test_starting_a_run_leaves_no_stale_flash_and_the_defaults_read_as_a_table(client):
     make_user("boss", staff=True)
     add_votes(3, 3)
-    ModelVersion.objects.create(project=default_project(), name="base", base_model="/m", artifact_path="/m", status=ModelVersion.Status.ACTIVE)
+    ModelVersion.objects.create(project=default_project(), name="base", base_model="/m", artifact_path="/m",
+                                status=ModelVersion.Status.ACTIVE)
     client.login(username="boss", password="correct horse battery staple")
     form = client.get("/runs/new/").content.decode()
     assert "{'" not in form and "'beta'" not in form  # no raw Python dict

@@ -93,7 +93,8 @@ def build_world() -> dict:
                                           status=TrainingRun.Status.SUCCEEDED,
                                           progress=1.0, current_step=12, total_steps=12, config={"loss": "kto", "beta": 0.1},
                                           metrics=metric_rows(12), started_at=timezone.now(), finished_at=timezone.now())
-    candidate = ModelVersion.objects.create(project=demo,
+    candidate = ModelVersion.objects.create(
+        project=demo,
         name="run-1", base_model="/models/demo", artifact_path="/runs/1/final", parent=base, created_by_run=finished,
         metrics={"demo_accuracy": 0.688, "holdout": {"loss": 0.4123, "reward_accuracy": 0.71, "reward_margin": 0.9},
                  "gate": {"decision": "kept as candidate", "reason": "demo accuracy 0.688 vs 0.700 of base "
