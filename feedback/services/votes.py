@@ -5,9 +5,12 @@ services.queue, the simulated annotators and the importer's per-row path all com
 """
 from __future__ import annotations
 
+import functools
+
 from django.db import IntegrityError, connection
 
 from feedback.models import Generation, Vote
+from projects.sql import fetchone_prepared
 
 
 class GenerationNotFound(LookupError):
@@ -18,6 +21,7 @@ class GenerationNotFound(LookupError):
 _INSERTED_FIELDS = [field for field in Vote._meta.concrete_fields if not field.primary_key]
 
 
+@functools.cache
 def _insert_sql() -> str:
     # One statement that inserts the vote only if its generation belongs to the voter's project, and
     # otherwise — or when this voter already voted on this generation (any partial unique
@@ -37,26 +41,10 @@ def _insert_sql() -> str:
 
 
 def _insert_or_nothing(vote: Vote, project_id: int) -> int | None:
-    """INSERT the vote's row; its new id, or None when this voter already voted on this generation.
-
-    On PostgreSQL the statement is prepared once per connection: Django's psycopg cursors bind
-    parameters client-side, so PostgreSQL would otherwise parse and plan it on every vote. Errors
-    are still Django's (wrap_database_errors), and a failed statement still marks the connection
-    for Django's health check.
-    """
+    """INSERT the vote's row; its new id, or None when this voter already voted on this generation
+    (or the generation is not in the project)."""
     params = [field.get_db_prep_save(field.pre_save(vote, True), connection) for field in _INSERTED_FIELDS]
-    params += [vote.generation_id, project_id]
-    if connection.vendor == "postgresql":
-        import psycopg  # only where the database is PostgreSQL
-
-        connection.ensure_connection()
-        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(_insert_sql(), params, prepare=True)
-            row = cursor.fetchone()
-    else:
-        with connection.cursor() as cursor:
-            cursor.execute(_insert_sql(), params)
-            row = cursor.fetchone()
+    row = fetchone_prepared(_insert_sql(), params + [vote.generation_id, project_id])
     return row[0] if row is not None else None
 
 
