@@ -53,3 +53,19 @@ def test_a_project_admin_of_beta_only_is_refused_in_demo(client):
     assert client.get("/dashboard/?project=beta").status_code == 200
     assert client.get("/dashboard/?project=demo").status_code == 403
     assert client.get("/dashboard/?project=nope").status_code == 404
+
+
+def test_annotators_see_only_their_projects_queue_and_vote_only_there(client):
+    alpha = create_project("alpha")
+    theirs = add_generation(prompt="demo's item", completion="x")
+    mine = add_generation(prompt="alpha's item", completion="y", project=alpha)
+    client.force_login(make_annotator("annie", project=alpha))
+    page = client.get("/annotate/").content.decode()
+    assert "alpha&#x27;s item" in page and "demo&#x27;s item" not in page
+    assert client.get("/annotate/?project=demo").status_code == 403
+    # Posting the other project's item id through this project's form saves nothing.
+    response = client.post("/annotate/vote/", {"generation_id": theirs.pk, "label": "up"}, follow=True)
+    assert "That item no longer exists" in response.content.decode()
+    assert not Vote.objects.filter(generation=theirs).exists()
+    client.post("/annotate/vote/", {"generation_id": mine.pk, "label": "down"})
+    assert list(Vote.objects.values_list("generation_id", "desirable")) == [(mine.pk, False)]
