@@ -33,4 +33,5 @@ def project_header(request) -> dict:
         "can_view_runs": allowed(roles.VIEW_RUNS),
         "can_view_models": allowed(roles.VIEW_MODELS),
         "can_manage_keys": allowed(roles.MANAGE_KEYS),
+        "can_manage_members": allowed(roles.MANAGE_MEMBERS),
     }

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import messages
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from projects import roles, selectors, services
-from projects.models import SCOPES, ApiClient
+from projects.models import SCOPES, ApiClient, Membership
 from projects.web import project_permission_required
 
 manage_keys_required = project_permission_required(roles.MANAGE_KEYS, "project admins only")
+manage_members_required = project_permission_required(roles.MANAGE_MEMBERS, "project admins only")
 
 SCOPE_HELP = {
     "generations:write": "send generations (prompt + completion)",
@@ -81,3 +83,44 @@ def revoke_key(request, prefix: str):
     services.revoke_api_key(client)
     messages.success(request, f"Key {client.prefix} ({client.name}) is revoked: it is refused from now on.")
     return redirect("projects:api_keys")
+
+
+class MemberForm(forms.Form):
+    username = forms.CharField(max_length=150, help_text="An existing account (create accounts with add_annotator).")
+    role = forms.ChoiceField(choices=Membership.Role.choices)
+
+    def clean_username(self):
+        username = self.cleaned_data["username"].strip()
+        user = get_user_model().objects.filter(username=username, is_active=True).first()
+        if user is None:
+            raise ValidationError(f"no active account named {username!r}")
+        return user
+
+
+@manage_members_required
+def members(request):
+    if request.method == "POST":
+        form = MemberForm(request.POST)
+        if form.is_valid():
+            user, role = form.cleaned_data["username"], form.cleaned_data["role"]
+            services.set_membership(request.project, user, role)
+            messages.success(request, f"{user.get_username()} is now {Membership.Role(role).label.lower()} of "
+                                      f"{request.project.name}.")
+            return redirect("projects:members")
+    else:
+        form = MemberForm()
+    return render(request, "projects/members.html", {
+        "form": form, "members": selectors.members(request.project), "roles": Membership.Role.choices,
+    })
+
+
+@require_POST
+@manage_members_required
+def remove_member(request, user_id: int):
+    membership = get_object_or_404(Membership, project=request.project, user_id=user_id)
+    if membership.user_id == request.user.pk:
+        messages.error(request, "You cannot remove yourself; ask another project admin.")
+    else:
+        services.remove_membership(request.project, membership.user)
+        messages.success(request, f"{membership.user.get_username()} no longer has a role in {request.project.name}.")
+    return redirect("projects:members")

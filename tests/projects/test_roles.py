@@ -55,6 +55,9 @@ ACTIONS = [
     ("api keys page", "get", "/keys/", None, ADMIN),
     ("create api key", "post", "/keys/", {"name": "app", "scopes": ["votes:write"]}, ADMIN),
     ("revoke api key", "post", "/keys/{key_prefix}/revoke/", {}, ADMIN),
+    ("members page", "get", "/members/", None, ADMIN),
+    ("add member", "post", "/members/", {"username": "newcomer", "role": "admin"}, ADMIN),
+    ("remove member", "post", "/members/{member}/remove/", {}, ADMIN),
     ("admin: api keys", "get", "/admin/projects/apiclient/", None, SUPERUSER_ONLY),
     ("admin: votes", "get", "/admin/feedback/vote/", None, SUPERUSER_ONLY),
     ("api: list snapshots", "get", "/api/v1/snapshots/", None, ADMIN),
@@ -90,8 +93,11 @@ def world(tmp_path):
     run = TrainingRun.objects.create(project=project, snapshot=snapshot, desirable_weight=1.0,
                                      undesirable_weight=1.0)
     client, _ = create_api_key(project, scopes="read")
+    member = get_user_model().objects.create_user("member")
+    set_membership(project, member, "annotator")
+    get_user_model().objects.create_user("newcomer")
     return {"project": project, "generation": generation.pk, "run": run.pk, "candidate": candidate.pk,
-            "key_prefix": client.prefix}
+            "key_prefix": client.prefix, "member": member.pk}
 
 
 def sign_in(client, role: str, project) -> None:
@@ -156,5 +162,5 @@ def test_the_matrix_covers_every_url_of_the_pages_and_the_api():
         if route.startswith("admin/") or route in not_actions:
             continue
         as_url = "/" + route.replace("<int:run_id>", "{run}").replace("<int:version_id>", "{candidate}").replace(
-            "<str:prefix>", "{key_prefix}")
+            "<str:prefix>", "{key_prefix}").replace("<int:user_id>", "{member}")
         assert as_url in covered, f"{as_url} has no row in the role × action matrix"

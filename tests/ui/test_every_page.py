@@ -37,7 +37,8 @@ def pages_for(world) -> dict[str, list[tuple[str, int, str]]]:
                   ("/api/docs/", 200, "#swagger-ui")],
         # A project admin of two projects (no staff flag): the switcher in the header, no Django admin.
         "project_admin": [("/dashboard/", 200, "#project-switcher"), ("/keys/", 200, "#keys-table"),
-                          ("/models/", 200, "#versions-table"), ("/admin/", 403, "h1")],
+                          ("/members/", 200, "#members-table"), ("/models/", 200, "#versions-table"),
+                          ("/admin/", 403, "h1")],
     }
 
 
