@@ -3,7 +3,7 @@ exporting a million votes.
 
 What it does (bounded in count and time; nothing here is a test):
 1. Creates a fresh Postgres database (`prospect_bench` unless BENCH_DATABASE_URL says otherwise),
-   migrates it, and seeds an API token and some generations.
+   migrates it, and seeds a project API key (scope votes:write) and some generations.
 2. Starts the app under gunicorn (gthread: one worker per core, 4 threads each) on loopback; both
    endpoints are measured against this one server.
 3. Drives `GET /healthz` (a view that does nothing: the ceiling) and `POST /api/v1/votes/`
@@ -76,14 +76,15 @@ def manage(env: dict, *args: str) -> str:
 
 
 SEED_SCRIPT = """
-from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 from feedback.models import Generation, Prompt
 from feedback.content import prompt_sha256, sha256_text
-user = get_user_model().objects.create_user("bench-product-app")
-prompts = Prompt.objects.bulk_create([Prompt(content=f"bench prompt {i}", content_sha256=prompt_sha256(f"bench prompt {i}")) for i in range({n})])
-Generation.objects.bulk_create([Generation(prompt=p, completion="answer", completion_sha256=sha256_text("answer"), source="bench") for p in prompts])
-print(Token.objects.create(user=user).key, min(Generation.objects.values_list("id", flat=True)), max(Generation.objects.values_list("id", flat=True)))
+from projects.selectors import default_project
+from projects.services import create_api_key
+project = default_project()
+_, key = create_api_key(project, scopes="votes:write", name="bench product app")
+prompts = Prompt.objects.bulk_create([Prompt(project=project, content=f"bench prompt {i}", content_sha256=prompt_sha256(f"bench prompt {i}")) for i in range({n})])
+Generation.objects.bulk_create([Generation(project=project, prompt=p, completion="answer", completion_sha256=sha256_text("answer"), source="bench") for p in prompts])
+print(key, min(Generation.objects.values_list("id", flat=True)), max(Generation.objects.values_list("id", flat=True)))
 """
 
 
@@ -216,7 +217,7 @@ def vote_requests_factory(token: str, first_id: int, last_id: int, run_tag: str,
     # The load generator shares the 2 cores with the server, so each request is built by filling a
     # template rather than json.dumps (same bytes, a third of the client's CPU per vote).
     head = b"POST /api/v1/votes/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + (
-        f"Authorization: Token {token}\r\nContent-Length: ".encode())
+        f"Authorization: Api-Key {token}\r\nContent-Length: ".encode())
 
     def make(client_index: int):
         span = last_id - first_id + 1
@@ -288,11 +289,11 @@ def _per_request(cpu: dict[str, float], result: LoadResult) -> dict[str, float]:
 # --- Export of a million votes --------------------------------------------------------------
 
 GROW_SQL = """
-INSERT INTO feedback_prompt (content, content_sha256, created_at)
-SELECT to_jsonb('export prompt ' || i), md5('export prompt ' || i) || md5('p' || i), now()
+INSERT INTO feedback_prompt (project_id, content, content_sha256, created_at)
+SELECT (SELECT min(id) FROM projects_project), to_jsonb('export prompt ' || i), md5('export prompt ' || i) || md5('p' || i), now()
 FROM generate_series(%(first)s, %(last)s) AS i;
-INSERT INTO feedback_generation (prompt_id, completion, completion_sha256, source, created_at)
-SELECT p.id, 'completion ' || j || ' for ' || p.id, md5(j || '-' || p.id) || md5('c' || j), 'bench', now()
+INSERT INTO feedback_generation (project_id, prompt_id, completion, completion_sha256, source, created_at)
+SELECT p.project_id, p.id, 'completion ' || j || ' for ' || p.id, md5(j || '-' || p.id) || md5('c' || j), 'bench', now()
 FROM feedback_prompt p CROSS JOIN generate_series(1, %(per_prompt)s) AS j
 WHERE p.content_sha256 IN (SELECT md5('export prompt ' || i) || md5('p' || i) FROM generate_series(%(first)s, %(last)s) AS i);
 INSERT INTO feedback_vote (generation_id, external_user_id, desirable, weight, comment, source, created_at)

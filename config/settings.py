@@ -76,11 +76,12 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "axes",
     "rest_framework",
-    "rest_framework.authtoken",
+    "rest_framework_api_key",
     "drf_spectacular",
     # Swagger UI / Redoc assets served from the installation (no CDN): /api/docs/.
     "drf_spectacular_sidecar",
     "django_celery_beat",
+    "projects",
     "feedback",
     "training",
 ]
@@ -118,6 +119,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "projects.context_processors.project_header",
             ],
         },
     },
@@ -188,9 +190,10 @@ LOGOUT_REDIRECT_URL = "login"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "projects.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
+    "DEFAULT_THROTTLE_CLASSES": ["projects.permissions.ApiClientRateThrottle"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
@@ -205,17 +208,16 @@ SPECTACULAR_SETTINGS = {
 
 # --- Feedback ------------------------------------------------------------------------------
 VOTES_PER_ITEM = env_int("PROSPECT_VOTES_PER_ITEM", 1, "votes an item needs before it leaves the annotation queue")
-IMPORT_MAX_LINE_BYTES = env_int(
-    "PROSPECT_IMPORT_MAX_LINE_BYTES", 1_000_000, "largest accepted line of an imported JSONL file, in bytes"
-)
-QUEUE_CLAIM_SECONDS = env_int(
-    "PROSPECT_QUEUE_CLAIM_SECONDS", 300, "how long an annotator holds an item before another may be served it"
-)
-# Each DRF endpoint still re-checks the token on every request, so a revoked token or a
-# deactivated user is refused on the very next request; only building the user object is saved.
-API_TOKEN_CACHE_SECONDS = env_float(
-    "PROSPECT_API_TOKEN_CACHE_SECONDS", 10.0, "how long the API reuses a verified user object (0: never)"
-)
+IMPORT_MAX_LINE_BYTES = env_int("PROSPECT_IMPORT_MAX_LINE_BYTES", 1_000_000,
+                                "largest accepted line of an imported JSONL file, in bytes")
+QUEUE_CLAIM_SECONDS = env_int("PROSPECT_QUEUE_CLAIM_SECONDS", 300,
+                              "how long an annotator holds an item before another may be served it")
+# --- Projects and API keys ----------------------------------------------------------------
+PROSPECT_DEFAULT_PROJECT = env_str("PROSPECT_DEFAULT_PROJECT", "demo",
+                                   "the project a fresh installation gets, and that commands use without --project")
+PROSPECT_API_DEFAULT_RATE = env_str("PROSPECT_API_DEFAULT_RATE", "",
+                                    "requests per key, e.g. 100/s or 6000/min, for keys without their own rate "
+                                    "(empty: unlimited)")
 
 # --- Snapshots: the dataset and its class weights λ_D / λ_U ----------------------------------
 KTO_TARGET_RATIO = env_float(

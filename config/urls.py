@@ -18,4 +18,5 @@ urlpatterns = [
     # Each app mounts its pages and its /api/v1/ routes in its own urls module.
     path("", include("feedback.urls")),
     path("", include("training.urls")),
+    path("", include("projects.urls")),
 ]

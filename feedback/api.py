@@ -1,7 +1,10 @@
 """The ingestion API under /api/v1/: generations, votes (also from end users of product apps),
-bulk imports and dataset snapshots. Token auth (or a browser session with CSRF); every write of
-the API needs an authenticated caller, imports and snapshots need a staff account."""
+bulk imports and dataset snapshots.
 
+Every call acts in one project: the API key's. Generations and votes are the product API: keys
+only (scopes `generations:write`, `votes:write`); imports and snapshots also accept a signed-in
+project admin's browser session (with CSRF). Another project's ids answer exactly like missing ones.
+"""
 from __future__ import annotations
 
 from django.conf import settings
@@ -11,22 +14,28 @@ from rest_framework import serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
-from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from feedback import services
-from feedback.authentication import CachedTokenAuthentication, VoterTokenAuthentication
 from feedback.content import ContentError, validate_completion, validate_prompt
 from feedback.importers import FORMAT_CHOICES, ImportRejected
 from feedback.models import DatasetSnapshot, Generation
 from feedback.services.generations import GenerationInput
+from projects import roles
+from projects.authentication import ApiKeyAuthentication
+from projects.permissions import is_key_caller, request_project, scope_required
 from training.models import ModelVersion
 
 MAX_BATCH = 1000
-# Every feedback endpoint: a token (checked on every request, see feedback.authentication) or a session.
-AUTHENTICATION = [CachedTokenAuthentication, SessionAuthentication]
+# The product API (generations, votes): API keys only. Admin endpoints (imports, snapshots): a key
+# or a project admin's session.
+PRODUCT_AUTHENTICATION = [ApiKeyAuthentication]
+ADMIN_AUTHENTICATION = [ApiKeyAuthentication, SessionAuthentication]
+# Fields that steer the annotation queue or attribute outputs: a key with the `import` scope only.
+STEERING_FIELDS = ("votes_wanted", "model_version")
+STEERING_SCOPE = "import"
 
 
 class PromptField(serializers.JSONField):
@@ -44,16 +53,26 @@ class GenerationInSerializer(serializers.Serializer):
     completion = serializers.CharField(trim_whitespace=False)
     source = serializers.CharField(max_length=200, required=False, default="api")
     external_id = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
-    model_version = serializers.PrimaryKeyRelatedField(
-        queryset=ModelVersion.objects.all(), required=False, allow_null=True
-    )
+    model_version = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1,
+        help_text="Id of the project's model version that produced it. Needs a key with the `import` scope.")
     votes_wanted = serializers.IntegerField(
-        min_value=1,
-        max_value=50,
-        required=False,
-        allow_null=True,
-        help_text="Votes this item should get (default: the server's).",
+        min_value=1, max_value=50, required=False, allow_null=True,
+        help_text="Votes this item should get (default: the server's). Needs a key with the `import` scope."
     )
+
+    def validate(self, attrs):
+        caller = self.context["request"].user
+        steering = [name for name in STEERING_FIELDS if attrs.get(name) is not None]
+        if steering and not caller.has_scope(STEERING_SCOPE):
+            raise serializers.ValidationError(
+                {name: f"needs a key with the {STEERING_SCOPE!r} scope (project admins)" for name in steering})
+        version_id = attrs.get("model_version")
+        if version_id is not None:
+            # Another project's version is answered like a missing one.
+            if not ModelVersion.objects.filter(pk=version_id, project_id=caller.project_id).exists():
+                raise serializers.ValidationError({"model_version": f"no model version {version_id} in this project"})
+        return attrs
 
     def validate_completion(self, value):
         try:
@@ -67,13 +86,12 @@ class GenerationInSerializer(serializers.Serializer):
 
 
 def _generation_input(data: dict) -> GenerationInput:
-    version = data.get("model_version")
     return GenerationInput(
         prompt=data["prompt"],
         completion=data["completion"],
         source=data.get("source") or "api",
         external_id=data.get("external_id"),
-        model_version_id=version.pk if version else None,
+        model_version_id=data.get("model_version"),
         votes_wanted=data.get("votes_wanted"),
     )
 
@@ -95,8 +113,8 @@ def _generation_out(generation: Generation, created: bool) -> dict:
 
 
 class GenerationCreateView(APIView):
-    authentication_classes = AUTHENTICATION
-    permission_classes = [IsAuthenticated]
+    authentication_classes = PRODUCT_AUTHENTICATION
+    permission_classes = [scope_required("generations:write")]
 
     @extend_schema(
         operation_id="create_generation",
@@ -115,10 +133,10 @@ class GenerationCreateView(APIView):
         tags=["feedback"],
     )
     def post(self, request):
-        payload = GenerationInSerializer(data=request.data)
+        payload = GenerationInSerializer(data=request.data, context={"request": request})
         payload.is_valid(raise_exception=True)
         try:
-            generation, created = services.create_generation(payload.to_generation_input())
+            generation, created = services.create_generation(payload.to_generation_input(), request_project(request))
         except services.GenerationConflict as exc:
             return Response({"external_id": [str(exc)]}, status=status.HTTP_409_CONFLICT)
         return Response(
@@ -135,8 +153,8 @@ class GenerationBatchOutSerializer(serializers.Serializer):
 
 
 class GenerationBatchView(APIView):
-    authentication_classes = AUTHENTICATION
-    permission_classes = [IsAuthenticated]
+    authentication_classes = PRODUCT_AUTHENTICATION
+    permission_classes = [scope_required("generations:write")]
 
     @extend_schema(
         operation_id="create_generations_batch",
@@ -147,11 +165,11 @@ class GenerationBatchView(APIView):
         tags=["feedback"],
     )
     def post(self, request):
-        payload = GenerationBatchInSerializer(data=request.data)
+        payload = GenerationBatchInSerializer(data=request.data, context={"request": request})
         payload.is_valid(raise_exception=True)
         items = [_generation_input(item) for item in payload.validated_data["generations"]]
         try:
-            results = services.create_generations(items)
+            results = services.create_generations(items, request_project(request))
         except services.GenerationConflict as exc:
             return Response({"generations": [str(exc)]}, status=status.HTTP_409_CONFLICT)
         return Response(
@@ -165,9 +183,9 @@ class VoteInSerializer(serializers.Serializer):
     generation_external_id = serializers.CharField(max_length=200, required=False)
     desirable = serializers.BooleanField(help_text="true = thumbs up, false = thumbs down.")
     external_user_id = serializers.CharField(
-        max_length=200,
-        required=False,
-        help_text="The end user of your product app who gave the thumbs; omit to vote as yourself.",
+        max_length=200, required=False,
+        help_text="The end user of your product app who gave the thumbs (yours only: another key's user of the "
+                  "same id is another person); omit to vote as the key itself."
     )
     comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
 
@@ -208,13 +226,13 @@ class JSONOnlyNegotiation(BaseContentNegotiation):
 class VoteView(APIView):
     """POST /api/v1/votes/: the busiest endpoint, one request per end-user click.
 
-    Kept lean where it costs: the token check is one prepared, indexed query that yields only the
-    caller's id (VoterTokenAuthentication), JSON is the only parser and renderer (no negotiation),
-    and the write is one prepared INSERT (services.record_vote).
+    Kept lean where it costs: the key check is one indexed query (ApiKeyAuthentication), JSON is
+    the only parser and renderer (no negotiation), and the write is one INSERT … SELECT that also
+    checks the generation is the key's project's (services.record_vote).
     """
 
-    authentication_classes = [VoterTokenAuthentication, SessionAuthentication]
-    permission_classes = [IsAuthenticated]
+    authentication_classes = PRODUCT_AUTHENTICATION
+    permission_classes = [scope_required("votes:write")]
     parser_classes = [JSONParser]
     renderer_classes = [JSONRenderer]
     content_negotiation_class = JSONOnlyNegotiation
@@ -223,8 +241,9 @@ class VoteView(APIView):
         operation_id="record_vote",
         summary="Record a thumbs up/down on a generation",
         description=(
-            "One vote per voter per generation: repeating it changes nothing (200, created=false). "
-            "The voter is `external_user_id` when given (an end user of a product app), else the caller."
+            "One vote per voter per generation: repeating it changes nothing (200, created=false) and answers "
+            "with this voter's own vote. The voter is `external_user_id` of this key when given (an end user of "
+            "your product app), else the key itself. Needs the `votes:write` scope."
         ),
         request=VoteInSerializer,
         responses={201: VoteOutSerializer, 200: VoteOutSerializer},
@@ -240,28 +259,19 @@ class VoteView(APIView):
         payload = VoteInSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
+        caller = request.user
         generation_id = data.get("generation_id")
         if generation_id is None:
-            generation_id = (
-                Generation.objects.filter(external_id=data["generation_external_id"])
-                .values_list("id", flat=True)
-                .first()
-            )
+            generation_id = Generation.objects.filter(
+                project_id=caller.project_id, external_id=data["generation_external_id"]).values_list("id", flat=True).first()
             if generation_id is None:
-                return Response(
-                    {"generation_external_id": [f"no generation has external_id {data['generation_external_id']!r}"]},
-                    status=status.HTTP_404_NOT_FOUND,
-                )
-        # The voter: the end user when the caller names one, else the caller.
-        voter = (
-            {"external_user_id": data["external_user_id"]}
-            if data.get("external_user_id")
-            else {"annotator_id": request.user.pk}
-        )
+                return Response({"generation_external_id": [
+                    f"no generation has external_id {data['generation_external_id']!r}"]}, status=status.HTTP_404_NOT_FOUND)
         try:
             vote, created = services.record_vote(
-                generation_id=generation_id, desirable=data["desirable"], comment=data["comment"], source="api", **voter
-            )
+                project_id=caller.project_id, generation_id=generation_id, desirable=data["desirable"],
+                api_client_id=caller.client_id, external_user_id=data.get("external_user_id") or None,
+                comment=data["comment"], source="api")
         except services.GenerationNotFound:
             return Response(
                 {"generation_id": [f"generation {generation_id} does not exist"]}, status=status.HTTP_404_NOT_FOUND
@@ -293,8 +303,8 @@ class ImportOutSerializer(serializers.Serializer):
 
 
 class ImportView(APIView):
-    authentication_classes = AUTHENTICATION
-    permission_classes = [IsAdminUser]
+    authentication_classes = ADMIN_AUTHENTICATION
+    permission_classes = [scope_required("import", or_project_perm=roles.IMPORT)]
     parser_classes = [MultiPartParser, FormParser]
 
     @extend_schema(
@@ -303,7 +313,8 @@ class ImportView(APIView):
         description=(
             "Formats: kto {prompt, completion, label}, paired {prompt, chosen, rejected}, "
             "hh {chosen, rejected} (Anthropic HH transcripts), scored {prompt, completion, score} with a threshold. "
-            "A bad line rejects the whole file (400 naming the line and the field) and saves nothing. Staff only."
+            "A bad line rejects the whole file (400 naming the line and the field) and saves nothing. "
+            "A key with the `import` scope, or a project admin's session."
         ),
         request={"multipart/form-data": ImportInSerializer},
         responses={201: ImportOutSerializer},
@@ -322,7 +333,9 @@ class ImportView(APIView):
                 threshold=data["threshold"],
                 weight_by_distance=data["weight_by_distance"],
                 one_y_per_x=data["one_y_per_x"],
-                user=request.user,
+                user=None if is_key_caller(request) else request.user,
+                project=request_project(request),
+                api_client_id=request.user.client_id if is_key_caller(request) else None,
             )
         except ImportRejected as exc:
             return Response(
@@ -369,8 +382,12 @@ class SnapshotSerializer(serializers.ModelSerializer):
 
 
 class SnapshotListCreateView(APIView):
-    authentication_classes = AUTHENTICATION
-    permission_classes = [IsAdminUser]
+    authentication_classes = ADMIN_AUTHENTICATION
+
+    def get_permissions(self):
+        if self.request.method == "GET":
+            return [scope_required("read", or_project_perm=roles.VIEW_DASHBOARD)()]
+        return [scope_required("import", or_project_perm=roles.SNAPSHOT)()]
 
     @extend_schema(
         operation_id="list_snapshots",
@@ -379,7 +396,7 @@ class SnapshotListCreateView(APIView):
         tags=["snapshots"],
     )
     def get(self, request):
-        snapshots = DatasetSnapshot.objects.order_by("-id")[:100]
+        snapshots = DatasetSnapshot.objects.filter(project=request_project(request)).order_by("-id")[:100]
         return Response(SnapshotSerializer(snapshots, many=True).data)
 
     @extend_schema(
@@ -401,6 +418,7 @@ class SnapshotListCreateView(APIView):
                 mode=data["mode"],
                 manual_weights=tuple(data["manual_weights"]) if data.get("manual_weights") else None,
                 seed=data["seed"],
+                project=request_project(request),
             )
         except services.SnapshotRefused as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)

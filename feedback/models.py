@@ -7,11 +7,17 @@ from django.db.models import Q
 
 
 class Prompt(models.Model):
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="prompts")
     # A plain string, or a list of chat messages [{"role": ..., "content": ...}, ...].
     content = models.JSONField()
-    # sha256 of the canonical JSON of `content`: the same prompt imported twice is one row.
-    content_sha256 = models.CharField(max_length=64, unique=True)
+    # sha256 of the canonical JSON of `content`: the same prompt imported twice into a project is one row.
+    content_sha256 = models.CharField(max_length=64)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "content_sha256"], name="one_prompt_per_project_content"),
+        ]
 
     @property
     def is_chat(self) -> bool:
@@ -23,6 +29,9 @@ class Prompt(models.Model):
 
 
 class Generation(models.Model):
+    # The prompt's project, repeated here so that every lookup by id or external id is scoped by
+    # one indexed column.
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="generations")
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="generations")
     completion = models.TextField()
     completion_sha256 = models.CharField(max_length=64)
@@ -31,7 +40,8 @@ class Generation(models.Model):
     model_version = models.ForeignKey(
         "training.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="generations"
     )
-    external_id = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    # Unique within the project (the product app's own id for the item).
+    external_id = models.CharField(max_length=200, null=True, blank=True)
     # How many independent votes this item should get; null means settings.VOTES_PER_ITEM.
     # Raising it on a slice of items double-rates that slice for measuring agreement.
     votes_wanted = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -45,6 +55,8 @@ class Generation(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["prompt", "completion_sha256"], name="one_generation_per_prompt_completion"),
+            models.UniqueConstraint(fields=["project", "external_id"], condition=Q(external_id__isnull=False),
+                                    name="one_generation_per_project_external_id"),
         ]
 
     def __str__(self) -> str:
@@ -53,9 +65,13 @@ class Generation(models.Model):
 
 class Vote(models.Model):
     generation = models.ForeignKey(Generation, on_delete=models.CASCADE, related_name="votes")
-    # Exactly one of the two voters: a signed-in annotator, or an end user of a product app / an import.
+    # Who cast it: a signed-in annotator, or an API client (the key) — for itself or for one of its
+    # own end users (external_user_id, unique per client) — or an import (external_user_id alone).
     annotator = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="votes"
+    )
+    api_client = models.ForeignKey(
+        "projects.ApiClient", null=True, blank=True, on_delete=models.PROTECT, related_name="votes"
     )
     external_user_id = models.CharField(max_length=200, null=True, blank=True)
     desirable = models.BooleanField()
@@ -70,10 +86,21 @@ class Vote(models.Model):
             models.UniqueConstraint(
                 fields=["generation", "annotator"], condition=Q(annotator__isnull=False), name="one_vote_per_annotator"
             ),
+            # An end user is one client's: another key naming the same id is another person.
+            models.UniqueConstraint(
+                fields=["generation", "api_client", "external_user_id"],
+                condition=Q(api_client__isnull=False, external_user_id__isnull=False),
+                name="one_vote_per_client_end_user",
+            ),
+            models.UniqueConstraint(
+                fields=["generation", "api_client"],
+                condition=Q(api_client__isnull=False, external_user_id__isnull=True),
+                name="one_vote_per_api_client",
+            ),
             models.UniqueConstraint(
                 fields=["generation", "external_user_id"],
-                condition=Q(external_user_id__isnull=False),
-                name="one_vote_per_external_user",
+                condition=Q(api_client__isnull=True, external_user_id__isnull=False),
+                name="one_vote_per_imported_user",
             ),
         ]
 
@@ -87,6 +114,7 @@ class ImportBatch(models.Model):
         HH = "hh", "Anthropic HH transcripts {chosen, rejected}"
         SCORED = "scored", "Scored {prompt, completion, score} with a threshold"
 
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="import_batches")
     filename = models.CharField(max_length=500)
     sha256 = models.CharField(max_length=64, db_index=True)
     format = models.CharField(max_length=20, choices=Format.choices)
@@ -132,6 +160,7 @@ class ImportBatch(models.Model):
 class DatasetSnapshot(models.Model):
     """An immutable KTO dataset: one JSONL file plus its hash, counts and the λ weights chosen."""
 
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="snapshots")
     path = models.CharField(max_length=1000)
     sha256 = models.CharField(max_length=64)
     # Counts of the train split: the λ weights balance exactly what the trainer sees.

@@ -1,11 +1,17 @@
-"""OpenAPI description of the feedback API's token authentication (drf-spectacular extension)."""
-from drf_spectacular.authentication import TokenScheme
+"""OpenAPI description of the API-key authentication (drf-spectacular extension)."""
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
 
-class CachedTokenScheme(TokenScheme):
-    # Same header as DRF's token scheme; its own name, because the schema registry refuses two
-    # different classes under one name.
-    target_class = "feedback.authentication.CachedTokenAuthentication"
-    name = "feedbackTokenAuth"
-    match_subclasses = True
+class ApiKeyScheme(OpenApiAuthenticationExtension):
+    target_class = "projects.authentication.ApiKeyAuthentication"
+    name = "projectApiKey"
     priority = 1
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "A project API key: `Api-Key <key>` (also accepted: `Bearer <key>`). "
+                           "Create one with `manage.py create_api_key` or on the project's Keys page.",
+        }

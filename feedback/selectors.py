@@ -12,15 +12,18 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from feedback.models import DatasetSnapshot, Generation, Prompt, Vote
+from projects.models import Project
+from projects.roles import ANNOTATORS_GROUP, RATE
+from projects.selectors import has_project_perm, resolve_project
 
-ANNOTATORS_GROUP = "annotators"
+__all__ = ["ANNOTATORS_GROUP"]
 
 
-def is_annotator(user) -> bool:
-    """Annotators (the group) and staff may use the annotation pages."""
+def is_annotator(user, project: Project | None = None) -> bool:
+    """May the user rate in the project (None: the default project)? Annotators, project admins, superusers."""
     if not user.is_authenticated or not user.is_active:
         return False
-    return user.is_staff or user.groups.filter(name=ANNOTATORS_GROUP).exists()
+    return has_project_perm(user, resolve_project(project), RATE)
 
 
 # --- The annotation queue -------------------------------------------------------------------
@@ -30,10 +33,10 @@ def _claimable(user, now) -> Q:
     return Q(claimed_until__isnull=True) | Q(claimed_until__lt=now) | Q(claimed_by=user)
 
 
-def _waiting_with_own_target(user, now):
+def _waiting_with_own_target(user, now, project):
     """Items given their own number of votes (a double-rated slice): counted vote by vote."""
     return (
-        Generation.objects.filter(votes_wanted__isnull=False)
+        Generation.objects.filter(project=project, votes_wanted__isnull=False)
         .filter(_claimable(user, now))
         .exclude(votes__annotator=user)
         .annotate(votes_missing=F("votes_wanted") - Count("votes"))
@@ -41,14 +44,14 @@ def _waiting_with_own_target(user, now):
     )
 
 
-def _waiting_with_default_target(user, now):
+def _waiting_with_default_target(user, now, project):
     """Items under settings.VOTES_PER_ITEM, the bulk of the queue.
 
     With the default of one vote, "waiting" means "no vote at all": an anti-join that the
     database answers from the vote index and stops scanning as soon as it has enough rows, so the
     queue stays fast with millions of generations. Larger defaults count votes per item.
     """
-    items = Generation.objects.filter(votes_wanted__isnull=True).filter(_claimable(user, now))
+    items = Generation.objects.filter(project=project, votes_wanted__isnull=True).filter(_claimable(user, now))
     if settings.VOTES_PER_ITEM <= 1:
         return items.filter(~Exists(Vote.objects.filter(generation=OuterRef("pk")))).annotate(votes_missing=Value(1))
     return (
@@ -58,10 +61,11 @@ def _waiting_with_default_target(user, now):
     )
 
 
-def queue_candidate_ids(user, now, exclude_ids: list[int] = (), limit: int = 20) -> list[int]:
-    """Items in serving order: the most votes still missing first, then the oldest."""
+def queue_candidate_ids(user, now, exclude_ids: list[int] = (), limit: int = 20, project: Project | None = None) -> list[int]:
+    """Items of the project in serving order: the most votes still missing first, then the oldest."""
+    project = resolve_project(project)
     ranked = []
-    for waiting in (_waiting_with_own_target(user, now), _waiting_with_default_target(user, now)):
+    for waiting in (_waiting_with_own_target(user, now, project), _waiting_with_default_target(user, now, project)):
         if exclude_ids:
             waiting = waiting.exclude(pk__in=list(exclude_ids))
         ranked += waiting.order_by("-votes_missing", "id").values_list("votes_missing", "id")[:limit]
@@ -69,10 +73,10 @@ def queue_candidate_ids(user, now, exclude_ids: list[int] = (), limit: int = 20)
     return [generation_id for _, generation_id in ranked[:limit]]
 
 
-def current_claim(user, now) -> Generation | None:
+def current_claim(user, now, project: Project | None = None) -> Generation | None:
     return (
         Generation.objects.select_related("prompt")
-        .filter(claimed_by=user, claimed_until__gt=now)
+        .filter(project=resolve_project(project), claimed_by=user, claimed_until__gt=now)
         .exclude(votes__annotator=user)
         .order_by("-claimed_until")
         .first()
@@ -91,16 +95,17 @@ class QueueProgress:
     waiting_capped: bool = False
 
 
-def queue_progress(user) -> QueueProgress:
+def queue_progress(user, project: Project | None = None) -> QueueProgress:
+    project = resolve_project(project)
     now = timezone.now()
     start_of_today = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
     waiting = 0
-    for items in (_waiting_with_own_target(user, now), _waiting_with_default_target(user, now)):
+    for items in (_waiting_with_own_target(user, now, project), _waiting_with_default_target(user, now, project)):
         waiting += items.values("id")[: WAITING_COUNT_CAP - waiting + 1].count()
         if waiting > WAITING_COUNT_CAP:
             break
     return QueueProgress(
-        rated_today=Vote.objects.filter(annotator=user, created_at__gte=start_of_today).count(),
+        rated_today=Vote.objects.filter(generation__project=project, annotator=user, created_at__gte=start_of_today).count(),
         waiting=min(waiting, WAITING_COUNT_CAP),
         waiting_capped=waiting > WAITING_COUNT_CAP,
     )
@@ -143,14 +148,16 @@ class DashboardStats:
         return f"{self.n_desirable / self.n_undesirable:.2f} : 1"
 
 
-def dashboard_stats(days: int = 14) -> DashboardStats:
-    votes_by_label = dict(Vote.objects.values_list("desirable").annotate(n=Count("id")).values_list("desirable", "n"))
+def dashboard_stats(project: Project | None = None, days: int = 14) -> DashboardStats:
+    project = resolve_project(project)
+    votes = Vote.objects.filter(generation__project=project)
+    votes_by_label = dict(votes.values_list("desirable").annotate(n=Count("id")).values_list("desirable", "n"))
     n_desirable, n_undesirable = votes_by_label.get(True, 0), votes_by_label.get(False, 0)
 
     # Agreement with the majority, on items with several votes (ties have no majority).
-    multi_vote_ids = Generation.objects.annotate(n=Count("votes")).filter(n__gte=2).values("id")
+    multi_vote_ids = Generation.objects.filter(project=project).annotate(n=Count("votes")).filter(n__gte=2).values("id")
     labels_by_item: dict[int, list[tuple[int | None, bool]]] = defaultdict(list)
-    for generation_id, annotator_id, desirable in Vote.objects.filter(generation_id__in=multi_vote_ids).values_list(
+    for generation_id, annotator_id, desirable in votes.filter(generation_id__in=multi_vote_ids).values_list(
         "generation_id", "annotator_id", "desirable"
     ):
         labels_by_item[generation_id].append((annotator_id, desirable))
@@ -158,7 +165,7 @@ def dashboard_stats(days: int = 14) -> DashboardStats:
     per_annotator: dict[int, AnnotatorStats] = {}
     User = get_user_model()
     for row in (
-        Vote.objects.filter(annotator__isnull=False)
+        votes.filter(annotator__isnull=False)
         .values("annotator_id", username=F(f"annotator__{User.USERNAME_FIELD}"))
         .annotate(n_votes=Count("id"), n_desirable=Count("id", filter=Q(desirable=True)))
         .order_by("-n_votes")
@@ -181,7 +188,7 @@ def dashboard_stats(days: int = 14) -> DashboardStats:
     since = timezone.now() - timedelta(days=days - 1)
     since = timezone.localtime(since).replace(hour=0, minute=0, second=0, microsecond=0)
     per_day = dict(
-        Vote.objects.filter(created_at__gte=since)
+        votes.filter(created_at__gte=since)
         .annotate(day=TruncDate("created_at", tzinfo=timezone.get_current_timezone()))
         .values("day")
         .annotate(n=Count("id"))
@@ -190,10 +197,10 @@ def dashboard_stats(days: int = 14) -> DashboardStats:
     first_day = since.date()
     votes_per_day = [(first_day + timedelta(days=i), per_day.get(first_day + timedelta(days=i), 0)) for i in range(days)]
 
-    last_snapshot = DatasetSnapshot.objects.order_by("-id").first()
+    last_snapshot = DatasetSnapshot.objects.filter(project=project).order_by("-id").first()
     return DashboardStats(
-        n_prompts=Prompt.objects.count(),
-        n_generations=Generation.objects.count(),
+        n_prompts=Prompt.objects.filter(project=project).count(),
+        n_generations=Generation.objects.filter(project=project).count(),
         n_votes=n_desirable + n_undesirable,
         n_desirable=n_desirable,
         n_undesirable=n_undesirable,
@@ -201,9 +208,9 @@ def dashboard_stats(days: int = 14) -> DashboardStats:
         n_unanimous_items=n_unanimous,
         annotators=list(per_annotator.values()),
         votes_per_day=votes_per_day,
-        n_votes_since_last_snapshot=Vote.objects.filter(id__gt=last_snapshot.last_vote_id if last_snapshot else 0).count(),
+        n_votes_since_last_snapshot=votes.filter(id__gt=last_snapshot.last_vote_id if last_snapshot else 0).count(),
     )
 
 
-def recent_snapshots(limit: int = 10) -> list[DatasetSnapshot]:
-    return list(DatasetSnapshot.objects.order_by("-id")[:limit])
+def recent_snapshots(project: Project | None = None, limit: int = 10) -> list[DatasetSnapshot]:
+    return list(DatasetSnapshot.objects.filter(project=resolve_project(project)).order_by("-id")[:limit])

@@ -10,7 +10,10 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from feedback import selectors, services
-from feedback.permissions import annotator_required, staff_required
+from feedback.permissions import annotator_required, dashboard_required, snapshot_required
+from projects import roles
+from projects.selectors import has_project_perm, projects_of
+from projects.web import page_project
 from feedback.services.votes import GenerationNotFound
 
 # Skipped items are remembered per browser session, newest last; older ones fall off the end.
@@ -31,11 +34,14 @@ def healthz(request):
 def home(request):
     if not request.user.is_authenticated:
         return redirect("login")
-    if request.user.is_staff:
+    if not projects_of(request.user):
+        raise PermissionDenied("this account has no role in any project (ask a project admin to add you)")
+    project = page_project(request)
+    if has_project_perm(request.user, project, roles.VIEW_DASHBOARD):
         return redirect("feedback:dashboard")
-    if selectors.is_annotator(request.user):
+    if has_project_perm(request.user, project, roles.RATE):
         return redirect("feedback:annotate")
-    raise PermissionDenied("this account has no role in the web interface (API only)")
+    raise PermissionDenied("this account has no role in this project")
 
 
 class VoteForm(forms.Form):
@@ -51,9 +57,10 @@ class SkipForm(forms.Form):
 @require_GET
 @annotator_required
 def annotate(request):
-    generation = services.claim_next_generation(request.user, request.session.get(SESSION_SKIPPED, []))
+    generation = services.claim_next_generation(request.user, request.session.get(SESSION_SKIPPED, []),
+                                                project=request.project)
     draft = request.session.pop(SESSION_COMMENT_DRAFT, None)
-    progress = selectors.queue_progress(request.user)
+    progress = selectors.queue_progress(request.user, request.project)
     return render(
         request,
         "feedback/annotate.html",
@@ -88,6 +95,7 @@ def vote(request):
             form.cleaned_data["generation_id"],
             desirable=form.cleaned_data["label"] == "up",
             comment=form.cleaned_data["comment"],
+            project=request.project,
         )
     except GenerationNotFound:
         messages.error(request, "That item no longer exists; here is the next one.")
@@ -117,7 +125,7 @@ def skip(request):
 @require_POST
 @annotator_required
 def undo(request):
-    generation = services.undo_last_vote(request.user)
+    generation = services.undo_last_vote(request.user, request.project)
     if generation is None:
         messages.info(request, "Nothing to undo.")
     else:
@@ -158,9 +166,9 @@ class SnapshotForm(forms.Form):
 
 
 @require_GET
-@staff_required
+@dashboard_required
 def dashboard(request):
-    stats = selectors.dashboard_stats()
+    stats = selectors.dashboard_stats(request.project)
     snapshot_form = SnapshotForm(initial={"holdout": settings.SNAPSHOT_HOLDOUT, "target_ratio": round(settings.KTO_TARGET_RATIO, 4)})
     return render(
         request,
@@ -172,14 +180,14 @@ def dashboard(request):
                 "values": [n for _, n in stats.votes_per_day],
             },
             "balance": _balance_in_words(stats.n_desirable, stats.n_undesirable),
-            "snapshots": selectors.recent_snapshots(),
+            "snapshots": selectors.recent_snapshots(request.project),
             "snapshot_form": snapshot_form,
         },
     )
 
 
 @require_POST
-@staff_required
+@snapshot_required
 def create_snapshot(request):
     form = SnapshotForm(request.POST)
     if not form.is_valid():
@@ -187,7 +195,8 @@ def create_snapshot(request):
         return redirect("feedback:dashboard")
     try:
         snapshot = services.create_snapshot(
-            holdout=form.cleaned_data["holdout"], target_ratio=form.cleaned_data["target_ratio"], mode=form.cleaned_data["mode"]
+            holdout=form.cleaned_data["holdout"], target_ratio=form.cleaned_data["target_ratio"], mode=form.cleaned_data["mode"],
+            project=request.project,
         )
     except services.SnapshotRefused as exc:
         messages.error(request, f"Snapshot refused: {exc}")

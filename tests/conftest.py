@@ -67,12 +67,21 @@ def sentencepiece_model_dir() -> str:
 
 
 @pytest.fixture(scope="session")
-def browser():
+def browser(django_db_setup, django_db_blocker):
     if not shutil.which(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: run scripts/setup.sh (installs Debian's chromium)")
+    from django.db import connections
     from playwright.sync_api import sync_playwright
 
+    # Playwright's sync API switches the test thread into its own context, where Django's
+    # connection handler (a context-local) hands out fresh connection objects. Those lack the copy
+    # of the migrated data that serialized_rollback restores (the default project, the role
+    # groups), so carry it over; the in-memory test database itself is shared.
+    serialized = {conn.alias: conn._test_serialized_contents for conn in connections.all()
+                  if hasattr(conn, "_test_serialized_contents")}
     with sync_playwright() as playwright:
+        for alias, contents in serialized.items():
+            connections[alias]._test_serialized_contents = contents
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_field
 from rest_framework import serializers, status
-from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from feedback.content import ContentError, validate_prompt
+from projects.authentication import ApiKeyAuthentication
+from projects.permissions import request_project, scope_required
 from training.serving import DEFAULT_MAX_NEW_TOKENS, EmptyCompletion, NoActiveModelVersion, generate_for_prompt
 
 
@@ -48,13 +49,15 @@ class GenerateResponseSerializer(serializers.Serializer):
 
 
 class GenerateView(APIView):
-    permission_classes = [IsAuthenticated]
+    # The product API: API keys with the `generate` scope; the key's project's active version answers.
+    authentication_classes = [ApiKeyAuthentication]
+    permission_classes = [scope_required("generate")]
 
     @extend_schema(
         operation_id="generate",
         summary="Generate a completion from the active model version",
         description=(
-            "Runs the active model version on the prompt and stores the result as a generation, so "
+            "Runs the key's project's active model version on the prompt and stores the result as a generation, so "
             "the product app can later record the end user's thumbs up/down for `generation_id`. "
             "Answers 503 while no version is active, 502 when the model produced an empty completion."
         ),
@@ -76,6 +79,7 @@ class GenerateView(APIView):
                 source="api",
                 max_new_tokens=payload.validated_data["max_new_tokens"],
                 temperature=payload.validated_data["temperature"],
+                project=request_project(request),
             )
         except NoActiveModelVersion as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)

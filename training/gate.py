@@ -159,11 +159,11 @@ def evaluate_candidate(version: ModelVersion) -> ModelVersion:
     run = version.created_by_run
     # The run's own config; the policy's defaults for what it lacks (a version without a run, or a
     # run recorded before an option existed).
-    config = {**default_training_config(), **(run.config if run is not None else {})}
+    config = {**default_training_config(version.project), **(run.config if run is not None else {})}
     margin = float(config["promote_margin"])
     judged = config["judge"] == TrainingPolicy.Judge.DEMO
     try:
-        active = active_version()
+        active = active_version(version.project)
         if active is None:
             # Nothing to beat: the first trained version is better than no model at all.
             metrics = {"gate": {"decision": "promoted", "reason": "no active version to compare with"}}

@@ -27,7 +27,8 @@ class ModelVersion(models.Model):
         DONE = "done"
         FAILED = "failed"
 
-    name = models.CharField(max_length=100, unique=True)
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="model_versions")
+    name = models.CharField(max_length=100)
     # Hub id or local path of the base model the weights/adapter belong to.
     base_model = models.CharField(max_length=500)
     # A save_pretrained directory: full weights, or a peft adapter over base_model.
@@ -54,8 +55,9 @@ class ModelVersion(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [
-            # Exactly-one-active is enforced by the database, not by application code.
-            models.UniqueConstraint(fields=["status"], condition=Q(status="active"), name="one_active_model_version"),
+            # Exactly one active version per project, enforced by the database, not by application code.
+            models.UniqueConstraint(fields=["project"], condition=Q(status="active"), name="one_active_model_version"),
+            models.UniqueConstraint(fields=["project", "name"], name="one_model_version_name_per_project"),
         ]
 
     def __str__(self) -> str:
@@ -70,6 +72,7 @@ class TrainingRun(models.Model):
         FAILED = "failed"
         CANCELLED = "cancelled"
 
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="training_runs")
     snapshot = models.ForeignKey("feedback.DatasetSnapshot", on_delete=models.PROTECT, related_name="training_runs")
     base_version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs_based_on"
@@ -142,10 +145,10 @@ def setting_default(name: str):
 
 
 class TrainingPolicy(models.Model):
-    """The admin-editable retraining policy and default training config (one row, pk=1).
+    """The admin-editable retraining policy and default training config (one row per project).
 
     Missing row → created from settings on first read (see training.policy.get_policy): every
-    field's default is the PROSPECT_* setting it names.
+    field's default is the PROSPECT_* setting it names (base_model: the project's, if it has one).
     """
 
     class LambdaMode(models.TextChoices):
@@ -160,6 +163,7 @@ class TrainingPolicy(models.Model):
         NONE = "none", "none (holdout metrics only)"
         DEMO = "demo", "demo task's simulated annotator"
 
+    project = models.OneToOneField("projects.Project", on_delete=models.CASCADE, related_name="training_policy")
     # --- scheduling ---
     enabled = models.BooleanField(
         default=setting_default("PROSPECT_RETRAIN_ENABLED"),
@@ -248,8 +252,7 @@ class TrainingPolicy(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        verbose_name_plural = "training policy"
-        constraints = [models.CheckConstraint(condition=Q(id=1), name="training_policy_singleton")]
+        verbose_name_plural = "training policies"
 
     def __str__(self) -> str:
-        return "training policy"
+        return f"training policy of {self.project}"

@@ -5,10 +5,11 @@ Reads and the creation of the single row only; nothing here starts or changes a 
 training.runs, which reads this module, never the other way round).
 
 Public API (views, commands and the layers above call these; the signatures are a contract):
-    get_policy()                       -> TrainingPolicy (the singleton, created from settings)
-    default_training_config()          -> dict
-    resolve_training_config(overrides) -> dict   (defaults + validated overrides)
-    retrain_decision(policy, now=None) -> (bool, str)
+    get_policy(project=None)           -> TrainingPolicy (the project's, created from settings)
+    default_training_config(project=None) -> dict
+    resolve_training_config(overrides, project=None) -> dict   (defaults + validated overrides)
+    retrain_decision(policy, now=None) -> (bool, str)   (for policy.project)
+project: a Project, its name, or None for the default project.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from projects.selectors import resolve_project
 from training.models import TrainingPolicy, TrainingRun
 from training.selectors import active_run, new_votes_since_last_trained_snapshot
 
@@ -48,13 +50,17 @@ CONFIG_FIELDS = (
 )
 
 
-def get_policy() -> TrainingPolicy:
-    """The one TrainingPolicy row; created from the PROSPECT_* settings the first time it is read."""
-    policy = TrainingPolicy.objects.filter(pk=1).first()
+def get_policy(project=None) -> TrainingPolicy:
+    """The project's TrainingPolicy row; created from the PROSPECT_* settings (and the project's own
+    base model, if it names one) the first time it is read."""
+    project = resolve_project(project)
+    policy = TrainingPolicy.objects.filter(project=project).first()
     if policy is not None:
         return policy
     # Each field's default reads its setting (see training.models.setting_default).
-    candidate = TrainingPolicy(pk=1)
+    candidate = TrainingPolicy(project=project)
+    if project.base_model:
+        candidate.base_model = project.base_model
     # A bad environment value must fail loudly here, naming the setting's field.
     candidate.full_clean()
     try:
@@ -63,10 +69,10 @@ def get_policy() -> TrainingPolicy:
         return candidate
     except IntegrityError:
         # Another process created it between our read and our insert: use theirs.
-        return TrainingPolicy.objects.get(pk=1)
+        return TrainingPolicy.objects.get(project=project)
 
 
-def default_training_config() -> dict:
+def default_training_config(project=None) -> dict:
     """The training config a run gets when nothing is overridden: the policy row's values.
 
     Keys (all present): base_model (str, "" = none configured), lora (bool), beta, learning_rate,
@@ -78,21 +84,21 @@ def default_training_config() -> dict:
     "none"), judge_prompts (int), time_limit_seconds (int; PROSPECT_MAX_RUN_SECONDS when the
     policy leaves it empty).
     """
-    policy = get_policy()
+    policy = get_policy(project)
     config = {name: getattr(policy, name) for name in CONFIG_FIELDS}
     if not config["time_limit_seconds"]:
         config["time_limit_seconds"] = settings.PROSPECT_MAX_RUN_SECONDS
     return config
 
 
-def resolve_training_config(overrides: dict | None = None) -> dict:
+def resolve_training_config(overrides: dict | None = None, project=None) -> dict:
     """Defaults with `overrides` applied and validated; raises ValidationError naming the field.
 
     Unknown keys are refused (a typo must not silently train with the default). Values are
     converted like a form would ("0.1" → 0.1, "true" → True for lora), using the TrainingPolicy
     field definitions, so the admin, the "retrain now" form and the API accept the same values.
     """
-    config = default_training_config()
+    config = default_training_config(project)
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(CONFIG_FIELDS))
     if unknown:
@@ -132,13 +138,13 @@ def retrain_decision(policy: TrainingPolicy, now=None) -> tuple[bool, str]:
     now = now or timezone.now()
     if not policy.enabled:
         return False, "automatic retraining is disabled"
-    active = active_run()
+    active = active_run(policy.project)
     if active is not None:
         return False, f"run {active.pk} is {active.status}"
-    new_votes = new_votes_since_last_trained_snapshot()
+    new_votes = new_votes_since_last_trained_snapshot(policy.project)
     if new_votes < policy.min_new_votes:
         return False, f"{new_votes} new votes, waiting for {policy.min_new_votes}"
-    last = TrainingRun.objects.order_by("-created_at").first()
+    last = TrainingRun.objects.filter(project=policy.project).order_by("-created_at").first()
     if last is not None and policy.cooldown_seconds:
         ready_at = last.created_at + timedelta(seconds=policy.cooldown_seconds)
         if now < ready_at:

@@ -24,6 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from feedback.services import create_snapshot
+from projects.selectors import resolve_project
 from training import dispatch
 from training.models import ACTIVE_RUN_STATUSES, ModelVersion, TrainingPolicy, TrainingRun
 from training.policy import resolve_training_config
@@ -34,7 +35,7 @@ from training.selectors import active_version
 logger = logging.getLogger(__name__)
 
 
-def _create_snapshot_for(config: dict):
+def _create_snapshot_for(config: dict, project):
     manual = None
     if config["lambda_mode"] == TrainingPolicy.LambdaMode.MANUAL:
         manual = (config["desirable_weight"], config["undesirable_weight"])
@@ -44,6 +45,7 @@ def _create_snapshot_for(config: dict):
         mode="downside_first" if config["lambda_mode"] == TrainingPolicy.LambdaMode.DOWNSIDE_FIRST else "auto",
         manual_weights=manual,
         seed=config["seed"],
+        project=project,
     )
 
 
@@ -66,7 +68,8 @@ def class_weights_for(snapshot, config: dict) -> tuple[float, float, str]:
     return (*snapshot_weights, f"snapshot {snapshot.pk}: {snapshot.weight_rule}")
 
 
-def start_run(*, snapshot=None, config: dict | None = None, base_version=None, requested_by=None) -> TrainingRun:
+def start_run(*, snapshot=None, config: dict | None = None, base_version=None, requested_by=None,
+              project=None) -> TrainingRun:
     """Create a queued TrainingRun and send `run_training` to the gpu queue once the row is committed.
 
     snapshot: a feedback.DatasetSnapshot; None → a fresh one is cut now with
@@ -78,14 +81,20 @@ def start_run(*, snapshot=None, config: dict | None = None, base_version=None, r
         is active yet — ensure_base_version(config["base_model"]). ValidationError when there is
         neither an active version nor a base model configured.
     requested_by: the user who asked (None for the scheduler).
+    project: the project the run belongs to (None: the snapshot's, else the default project); a
+        snapshot or base version of another project is refused.
 
     If the broker is unreachable the run is still created (queued, enqueued_at empty) and the
     periodic dispatcher sends it once the broker is back; the caller never sees a broker error.
     """
-    resolved = resolve_training_config(config)
+    project = resolve_project(project if project is not None else (snapshot.project if snapshot is not None else None))
+    for row, what in ((snapshot, "snapshot"), (base_version, "base_version")):
+        if row is not None and row.project_id != project.pk:
+            raise ValidationError({what: f"{what} {row.pk} does not exist in project {project.name}"})
+    resolved = resolve_training_config(config, project)
     with transaction.atomic():
         if base_version is None:
-            base_version = active_version()
+            base_version = active_version(project)
         if base_version is None:
             if not resolved["base_model"]:
                 raise ValidationError(
@@ -94,11 +103,12 @@ def start_run(*, snapshot=None, config: dict | None = None, base_version=None, r
                         "(set PROSPECT_BASE_MODEL or the training policy's base model)"
                     }
                 )
-            base_version = ensure_base_version(resolved["base_model"])
+            base_version = ensure_base_version(resolved["base_model"], project=project)
         if snapshot is None:
-            snapshot = _create_snapshot_for(resolved)
+            snapshot = _create_snapshot_for(resolved, project)
         desirable_weight, undesirable_weight, weight_rule = class_weights_for(snapshot, resolved)
         run = TrainingRun.objects.create(
+            project=project,
             snapshot=snapshot,
             base_version=base_version,
             config=resolved,

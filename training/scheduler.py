@@ -18,6 +18,7 @@ from django.db import transaction
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from feedback.services import SnapshotRefused
+from projects.models import Project
 from training import dispatch
 from training.models import TrainingPolicy, TrainingRun
 from training.policy import get_policy, retrain_decision
@@ -30,27 +31,37 @@ REAPER_TASK_NAME = "prospect: fail runs whose worker died"
 REAPER_INTERVAL_SECONDS = 60
 
 
-def maybe_retrain(now=None) -> TrainingRun | None:
-    """Start a run (fresh snapshot + start_run) if the policy says so; re-send undelivered runs.
+def maybe_retrain(now=None) -> list[TrainingRun]:
+    """For every project, start a run (fresh snapshot + start_run) if its policy says so; re-send
+    undelivered runs. Returns the runs started.
 
-    The policy row is locked for the decision so two concurrent checks (two beats, a slow
-    worker) cannot both start a run.
+    Each project's policy row is locked for its decision so two concurrent checks (two beats, a
+    slow worker) cannot both start a run for it.
     """
     # Runs requested while the broker was down reach it now.
     dispatch_pending_runs()
-    get_policy()  # make sure the row exists before locking it
+    started = []
+    for project in Project.objects.order_by("pk"):
+        run = maybe_retrain_project(project, now)
+        if run is not None:
+            started.append(run)
+    return started
+
+
+def maybe_retrain_project(project: Project, now=None) -> TrainingRun | None:
+    policy_id = get_policy(project).pk  # make sure the row exists before locking it
     with transaction.atomic():
-        policy = TrainingPolicy.objects.select_for_update().get(pk=1)
+        policy = TrainingPolicy.objects.select_for_update().select_related("project").get(pk=policy_id)
         start, why = retrain_decision(policy, now)
         if not start:
-            logger.info("no retraining: %s", why)
+            logger.info("%s: no retraining: %s", project.name, why)
             return None
-        logger.info("retraining: %s", why)
+        logger.info("%s: retraining: %s", project.name, why)
         try:
-            return start_run()
+            return start_run(project=project)
         except SnapshotRefused as exc:
             # e.g. every new vote says "good": no KTO dataset yet. Checked again next time.
-            logger.warning("no retraining: %s", exc)
+            logger.warning("%s: no retraining: %s", project.name, exc)
             return None
 
 

@@ -1,12 +1,13 @@
 """Reads of the training loop (no writes here: see training.runs and training.registry).
 
 Public API (a contract for views, commands and tasks):
-    active_version()           -> ModelVersion | None
-    run_list(limit=50)         -> list[TrainingRun]
-    version_list()             -> list[ModelVersion]
-    run_progress(run)          -> dict   (what the run page polls)
-    new_votes_since_last_trained_snapshot() -> int
-    active_run()               -> TrainingRun | None  (the oldest queued or running run)
+    active_version(project=None)  -> ModelVersion | None
+    run_list(limit=50, project=None) -> list[TrainingRun]
+    version_list(project=None)    -> list[ModelVersion]
+    run_progress(run)             -> dict   (what the run page polls)
+    new_votes_since_last_trained_snapshot(project=None) -> int
+    active_run(project=None)      -> TrainingRun | None  (the oldest queued or running run)
+project: a Project, its name, or None for the default project (projects.selectors.resolve_project).
 """
 
 from __future__ import annotations
@@ -14,29 +15,31 @@ from __future__ import annotations
 from django.db.models import QuerySet
 
 from feedback.models import DatasetSnapshot, Vote
+from projects.selectors import resolve_project
 from training.models import ACTIVE_RUN_STATUSES, ModelVersion, TrainingRun
 
 # The per-step metrics the run page charts, in the engine's metrics.jsonl names.
 CHART_KEYS = ("loss", "z0", "reward_desirable", "reward_undesirable", "reward_accuracy")
 
 
-def active_version() -> ModelVersion | None:
-    """The one active model version (the database guarantees at most one), or None."""
-    return ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+def active_version(project=None) -> ModelVersion | None:
+    """The project's one active model version (the database guarantees at most one), or None."""
+    return ModelVersion.objects.filter(project=resolve_project(project), status=ModelVersion.Status.ACTIVE).first()
 
 
-def run_list(limit: int = 50) -> list[TrainingRun]:
+def run_list(limit: int = 50, project=None) -> list[TrainingRun]:
     """The latest runs, newest first, with their snapshot, base version and produced version."""
     return list(
-        TrainingRun.objects.select_related("snapshot", "base_version", "produced_version", "requested_by").order_by(
-            "-created_at"
-        )[:limit]
+        TrainingRun.objects.filter(project=resolve_project(project))
+        .select_related("snapshot", "base_version", "produced_version", "requested_by")
+        .order_by("-created_at")[:limit]
     )
 
 
-def version_list() -> QuerySet[ModelVersion]:
+def version_list(project=None) -> QuerySet[ModelVersion]:
     """All model versions, newest first (metrics side by side on the Models page)."""
-    return ModelVersion.objects.select_related("parent", "created_by_run").order_by("-created_at")
+    return (ModelVersion.objects.filter(project=resolve_project(project))
+            .select_related("parent", "created_by_run").order_by("-created_at"))
 
 
 def run_progress(run: TrainingRun) -> dict:
@@ -94,17 +97,18 @@ def run_progress(run: TrainingRun) -> dict:
 VOTE_CONSUMING_RUN_STATUSES = (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING, TrainingRun.Status.SUCCEEDED)
 
 
-def new_votes_since_last_trained_snapshot() -> int:
-    """Votes with an id above the last_vote_id of the latest snapshot a queued, running or
-    succeeded run trains on (all votes when there is none)."""
-    latest = (DatasetSnapshot.objects.filter(training_runs__status__in=VOTE_CONSUMING_RUN_STATUSES)
+def new_votes_since_last_trained_snapshot(project=None) -> int:
+    """The project's votes with an id above the last_vote_id of the latest snapshot that a queued,
+    running or succeeded run trains on (all its votes when there is none)."""
+    project = resolve_project(project)
+    latest = (DatasetSnapshot.objects.filter(project=project, training_runs__status__in=VOTE_CONSUMING_RUN_STATUSES)
               .order_by("-last_vote_id").first())
-    return Vote.objects.filter(pk__gt=latest.last_vote_id if latest else 0).count()
+    return Vote.objects.filter(generation__project=project, pk__gt=latest.last_vote_id if latest else 0).count()
 
 
-def active_run() -> TrainingRun | None:
+def active_run(project=None) -> TrainingRun | None:
     """The oldest run that is queued or running, or None."""
-    return TrainingRun.objects.filter(status__in=ACTIVE_RUN_STATUSES).order_by("pk").first()
+    return TrainingRun.objects.filter(project=resolve_project(project), status__in=ACTIVE_RUN_STATUSES).order_by("pk").first()
 
 
 def _iso(value) -> str | None:

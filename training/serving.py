@@ -4,8 +4,9 @@ The interface is deliberately narrow (a list of prompts in, a list of completion
 version being served) so that a backend talking to a vLLM server with one LoRA adapter per model
 version can implement it later without touching the callers.
 
-The default backend keeps one model in process memory and checks, on every call, which version is
-active (one indexed query). When an admin promotes or rolls back, the next call loads the new
+There is one backend per project (get_backend(project)): each follows its own project's active
+version. The default backend keeps its project's model in process memory and checks, on every call,
+which version is active (one indexed query). When an admin promotes or rolls back, the next call loads the new
 version: no restart of the web server or the worker is needed.
 """
 
@@ -23,6 +24,8 @@ from feedback.content import validate_prompt
 from feedback.models import Generation
 from feedback.services import create_generations
 from feedback.services.generations import GenerationInput
+from projects.models import Project
+from projects.selectors import resolve_project
 from training.models import ModelVersion
 
 # A prompt as stored on feedback.Prompt: a plain string, or chat messages [{"role", "content"}].
@@ -73,9 +76,10 @@ def _cache_key(version: ModelVersion) -> tuple:
 
 
 class TransformersBackend(InferenceBackend):
-    """Loads the active version with transformers (+ peft for adapters) and follows promotions."""
+    """Loads a project's active version with transformers (+ peft for adapters) and follows promotions."""
 
-    def __init__(self) -> None:
+    def __init__(self, project_id: int | None = None) -> None:
+        self.project_id = project_id if project_id is not None else resolve_project(None).pk
         self._loaded: _LoadedModel | None = None
         # gunicorn threads or a threaded runserver may call us concurrently; one model at a time.
         self._lock = threading.RLock()
@@ -110,7 +114,7 @@ class TransformersBackend(InferenceBackend):
 
     def _current(self) -> _LoadedModel:
         """The in-memory model for the active version, (re)loading it when the active version changed."""
-        active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+        active = ModelVersion.objects.filter(project_id=self.project_id, status=ModelVersion.Status.ACTIVE).first()
         if active is None:
             raise NoActiveModelVersion("no model version is active: promote one on the Models page first")
         with self._lock:
@@ -147,17 +151,18 @@ def _generate_with_model(model, tokenizer, prompts, *, max_new_tokens, temperatu
     )
 
 
-_backend: InferenceBackend | None = None
+_backends: dict[int, InferenceBackend] = {}
 _backend_lock = threading.Lock()
 
 
-def get_backend() -> InferenceBackend:
-    """The process-wide backend (settings.PROSPECT_INFERENCE_BACKEND, a dotted class path)."""
-    global _backend
+def get_backend(project: Project | str | None = None) -> InferenceBackend:
+    """The process-wide backend of a project (settings.PROSPECT_INFERENCE_BACKEND, a dotted class
+    path, constructed with the project's id)."""
+    project = resolve_project(project)
     with _backend_lock:
-        if _backend is None:
-            _backend = import_string(settings.PROSPECT_INFERENCE_BACKEND)()
-        return _backend
+        if project.pk not in _backends:
+            _backends[project.pk] = import_string(settings.PROSPECT_INFERENCE_BACKEND)(project_id=project.pk)
+        return _backends[project.pk]
 
 
 def _generate_stable(backend: InferenceBackend, prompts, **options) -> tuple[ModelVersion, list[str]]:
@@ -179,15 +184,12 @@ def generate_for_prompt(
     temperature: float = 0.0,
     seed: int | None = None,
     backend: InferenceBackend | None = None,
+    project: Project | str | None = None,
 ) -> Generation:
-    """Generate one completion from the active version and store it as a Generation to be rated."""
+    """Generate one completion from the project's active version and store it as a Generation to be rated."""
     return generate_for_prompts(
-        [prompt_content],
-        source=source,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        seed=seed,
-        backend=backend,
+        [prompt_content], source=source, max_new_tokens=max_new_tokens,
+        temperature=temperature, seed=seed, backend=backend, project=project,
     )[0]
 
 
@@ -200,6 +202,7 @@ def generate_for_prompts(
     seed: int | None = None,
     backend: InferenceBackend | None = None,
     skip_empty: bool = False,
+    project: Project | str | None = None,
 ) -> list[Generation]:
     """Batched `generate_for_prompt`: one forward pass for all prompts, one row per prompt.
 
@@ -210,10 +213,10 @@ def generate_for_prompts(
     An empty completion cannot be rated: it raises EmptyCompletion, or is left out with skip_empty.
     """
     # Validate every prompt before spending any compute; the error names the offending item.
-    prompt_contents = [
-        validate_prompt(content, field=f"prompts[{index}]") for index, content in enumerate(prompt_contents)
-    ]
-    backend = backend or get_backend()
+    prompt_contents = [validate_prompt(content, field=f"prompts[{index}]")
+                       for index, content in enumerate(prompt_contents)]
+    project = resolve_project(project)
+    backend = backend or get_backend(project)
     version, completions = _generate_stable(
         backend, prompt_contents, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
     )
@@ -225,21 +228,22 @@ def generate_for_prompts(
             raise EmptyCompletion(f"model version {version.name} produced an empty completion")
         items.append(GenerationInput(prompt=content, completion=completion, source=source, model_version_id=version.pk))
     generations = []
-    for generation, _created in create_generations(items):
+    for generation, _created in create_generations(items, project):
         generation.served_by = version
         generations.append(generation)
     return generations
 
 
-def unrated_generation_count() -> int:
-    """Outputs in the annotation queue that nobody has voted on yet."""
-    return Generation.objects.filter(votes__isnull=True).count()
+def unrated_generation_count(project: Project | str | None = None) -> int:
+    """Outputs in the project's annotation queue that nobody has voted on yet."""
+    return Generation.objects.filter(project=resolve_project(project), votes__isnull=True).count()
 
 
-def top_up_annotation_queue(target: int, **options) -> list[Generation]:
-    """Sample just enough fresh outputs that `target` unrated ones wait in the queue."""
-    missing = target - unrated_generation_count()
-    return fill_annotation_queue(missing, **options) if missing > 0 else []
+def top_up_annotation_queue(target: int, project: Project | str | None = None, **options) -> list[Generation]:
+    """Sample just enough fresh outputs that `target` unrated ones wait in the project's queue."""
+    project = resolve_project(project)
+    missing = target - unrated_generation_count(project)
+    return fill_annotation_queue(missing, project=project, **options) if missing > 0 else []
 
 
 def fill_annotation_queue(
@@ -250,6 +254,7 @@ def fill_annotation_queue(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     seed: int | None = None,
     backend: InferenceBackend | None = None,
+    project: Project | str | None = None,
 ) -> list[Generation]:
     """Sample fresh completions from the active version for `n` prompts and queue them for rating.
 
@@ -259,18 +264,14 @@ def fill_annotation_queue(
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
+    project = resolve_project(project)
     if seed is None:
-        seed = Generation.objects.count()
+        seed = Generation.objects.filter(project=project).count()
     if prompts is None:
         from training.kto.demo import demo_prompts
 
         prompts = list(demo_prompts(n, seed=seed, split="train"))
     return generate_for_prompts(
-        list(prompts)[:n],
-        source="fill_queue",
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        seed=seed,
-        backend=backend,
-        skip_empty=True,
+        list(prompts)[:n], source="fill_queue", max_new_tokens=max_new_tokens,
+        temperature=temperature, seed=seed, backend=backend, skip_empty=True, project=project,
     )

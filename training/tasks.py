@@ -12,6 +12,7 @@ from celery import shared_task
 from django.conf import settings
 
 from training import dispatch, gate, runner, runs, scheduler, serving
+from projects.models import Project
 from training.models import ModelVersion
 
 
@@ -34,10 +35,9 @@ def evaluate_candidate(version_id: int) -> None:
 
 
 @shared_task(name=dispatch.MAYBE_RETRAIN)
-def maybe_retrain() -> int | None:
-    """Beat's periodic check: retrain when enough new votes arrived (see training.scheduler)."""
-    run = scheduler.maybe_retrain()
-    return run.pk if run is not None else None
+def maybe_retrain() -> list[int]:
+    """Beat's periodic check: retrain each project that got enough new votes (see training.scheduler)."""
+    return [run.pk for run in scheduler.maybe_retrain()]
 
 
 @shared_task(name=dispatch.REAP_ORPHANED_RUNS)
@@ -47,12 +47,14 @@ def reap_orphaned_runs() -> list[int]:
 
 
 @shared_task(name=dispatch.FILL_QUEUE, acks_late=True)
-def fill_queue(n: int = 16, temperature: float = 1.0, top_up: bool = False) -> dict:
-    """Put `n` fresh samples of the active model into the annotation queue; with top_up, only as
-    many as bring the unrated outputs up to `n` (what the demo's periodic refill uses). The model
-    is loaded once per worker process and follows promotions (see training.serving)."""
+def fill_queue(n: int = 16, temperature: float = 1.0, top_up: bool = False, project_id: int | None = None) -> dict:
+    """Put `n` fresh samples of the project's active model into its annotation queue (None: the
+    default project); with top_up, only as many as bring the unrated outputs up to `n` (what the
+    demo's periodic refill uses). The model is loaded once per worker process and project, and
+    follows promotions (see training.serving)."""
+    project = Project.objects.get(pk=project_id) if project_id is not None else None
     if top_up:
-        generations = serving.top_up_annotation_queue(n, temperature=temperature)
+        generations = serving.top_up_annotation_queue(n, project=project, temperature=temperature)
     else:
-        generations = serving.fill_annotation_queue(n, temperature=temperature)
+        generations = serving.fill_annotation_queue(n, project=project, temperature=temperature)
     return {"generations": len(generations), "generation_ids": [g.pk for g in generations]}

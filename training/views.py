@@ -1,22 +1,22 @@
 """Staff pages of the training loop: runs, live run progress, model versions, retrain now.
 
-Views stay thin: reads go through training.selectors, writes through training.runs and training.registry. Every view here is staff only; a signed-in annotator gets 403, an anonymous
+Views stay thin: reads go through training.selectors, writes through training.runs and training.registry. Every view here needs its permission in the page's project (projects.roles); a signed-in annotator gets 403, an anonymous
 visitor is sent to the login page.
 """
 from __future__ import annotations
 
 import json
-from functools import wraps
 
 from django import forms
 from django.contrib import messages
-from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from feedback.models import DatasetSnapshot
+from projects import roles
+from projects.web import project_permission_required
 from training import policy, presentation, registry, selectors, version_selectors
 from training.models import ModelVersion, TrainingPolicy, TrainingRun
 from training.runs import cancel_run, start_run
@@ -24,18 +24,11 @@ from training.runs import cancel_run, start_run
 RUNS_PER_PAGE = 50
 
 
-def staff_required(view):
-    """Like admin's staff_member_required, but a signed-in non-staff user gets 403, not a login form."""
-
-    @wraps(view)
-    def wrapper(request, *args, **kwargs):
-        if not request.user.is_authenticated:
-            return redirect_to_login(request.get_full_path())
-        if not request.user.is_staff:
-            raise PermissionDenied("staff only")
-        return view(request, *args, **kwargs)
-
-    return wrapper
+view_runs_required = project_permission_required(roles.VIEW_RUNS, "project admins only")
+start_run_required = project_permission_required(roles.START_RUN, "project admins only")
+cancel_run_required = project_permission_required(roles.CANCEL_RUN, "project admins only")
+view_models_required = project_permission_required(roles.VIEW_MODELS, "project admins only")
+change_models_required = project_permission_required(roles.CHANGE_MODELS, "project admins only")
 
 
 class RetrainForm(forms.Form):
@@ -72,8 +65,13 @@ class RetrainForm(forms.Form):
     OVERRIDES = ("beta", "learning_rate", "num_train_epochs", "max_steps", "lora", "loss", "lambda_mode",
                  "desirable_weight", "undesirable_weight")
 
-    def __init__(self, *args, defaults: dict | None = None, **kwargs):
+    def __init__(self, *args, defaults: dict | None = None, project=None, **kwargs):
         super().__init__(*args, **kwargs)
+        if project is not None:
+            # Another project's snapshots and versions are not choices (a posted id is "not one of the choices").
+            self.fields["snapshot"].queryset = DatasetSnapshot.objects.filter(project=project)
+            self.fields["base_version"].queryset = ModelVersion.objects.filter(project=project).exclude(
+                status=ModelVersion.Status.REJECTED)
         # Show what a blank field means: the policy's current value.
         for name, value in (defaults or {}).items():
             if name in self.fields and isinstance(self.fields[name], (forms.FloatField, forms.IntegerField)):
@@ -108,18 +106,19 @@ def _error_text(exc: Exception) -> str:
 
 
 @require_GET
-@staff_required
+@view_runs_required
 def runs(request):
     return render(request, "training/runs.html", {
-        "runs": selectors.run_list(limit=RUNS_PER_PAGE),
-        "active_version": selectors.active_version(),
+        "runs": selectors.run_list(limit=RUNS_PER_PAGE, project=request.project),
+        "active_version": selectors.active_version(request.project),
     })
 
 
 @require_GET
-@staff_required
+@view_runs_required
 def run_detail(request, run_id: int):
-    run = get_object_or_404(TrainingRun.objects.select_related("snapshot", "base_version", "requested_by"), pk=run_id)
+    run = get_object_or_404(TrainingRun.objects.select_related("snapshot", "base_version", "requested_by"), pk=run_id,
+                            project=request.project)
     progress = _progress_with_phase(run)
     return render(request, "training/run_detail.html", {
         "run": run,
@@ -130,9 +129,9 @@ def run_detail(request, run_id: int):
 
 
 @require_GET
-@staff_required
+@view_runs_required
 def run_progress(request, run_id: int):
-    run = get_object_or_404(TrainingRun, pk=run_id)
+    run = get_object_or_404(TrainingRun, pk=run_id, project=request.project)
     return JsonResponse(_progress_with_phase(run))
 
 
@@ -176,9 +175,9 @@ def _config_rows(config: dict) -> list[tuple[str, str]]:
 
 
 @require_POST
-@staff_required
+@cancel_run_required
 def cancel(request, run_id: int):
-    run = get_object_or_404(TrainingRun, pk=run_id)
+    run = get_object_or_404(TrainingRun, pk=run_id, project=request.project)
     try:
         cancel_run(run)
     except (ValueError, ValidationError) as exc:
@@ -188,11 +187,11 @@ def cancel(request, run_id: int):
     return redirect("training:run_detail", run_id=run.pk)
 
 
-@staff_required
+@start_run_required
 def retrain(request):
-    defaults = policy.default_training_config()
+    defaults = policy.default_training_config(request.project)
     if request.method == "POST":
-        form = RetrainForm(request.POST, defaults=defaults)
+        form = RetrainForm(request.POST, defaults=defaults, project=request.project)
         if form.is_valid():
             try:
                 run = start_run(
@@ -200,6 +199,7 @@ def retrain(request):
                     config=form.config_overrides(),
                     base_version=form.cleaned_data["base_version"],
                     requested_by=request.user,
+                    project=request.project,
                 )
             except (ValueError, ValidationError) as exc:
                 form.add_service_error(exc)
@@ -207,20 +207,20 @@ def retrain(request):
                 # No flash: the run page itself says "queued", then follows the run live.
                 return redirect("training:run_detail", run_id=run.pk)
     else:
-        form = RetrainForm(defaults=defaults)
+        form = RetrainForm(defaults=defaults, project=request.project)
     return render(request, "training/retrain.html", {
         "form": form,
         "default_rows": _config_rows(defaults),
-        "active_version": selectors.active_version(),
+        "active_version": selectors.active_version(request.project),
     })
 
 
 @require_GET
-@staff_required
+@view_models_required
 def versions(request):
-    active = selectors.active_version()
+    active = selectors.active_version(request.project)
     rows = []
-    for version in selectors.version_list():
+    for version in selectors.version_list(request.project):
         flat = presentation.flatten_metrics(version.metrics)
         rows.append({
             "version": version,
@@ -240,12 +240,12 @@ def versions(request):
 
 
 @require_GET
-@staff_required
+@view_models_required
 def compare(request):
     """Two versions side by side: metric deltas, then their outputs on the prompts both answered."""
-    all_versions = list(selectors.version_list())
+    all_versions = list(selectors.version_list(request.project))
     by_id = {str(version.pk): version for version in all_versions}
-    active = selectors.active_version()
+    active = selectors.active_version(request.project)
     a = by_id.get(request.GET.get("a", "")) or active or (all_versions[1] if len(all_versions) > 1 else None)
     b = by_id.get(request.GET.get("b", "")) or next((v for v in all_versions if v != a), None)
     context = {"versions": all_versions, "a": a, "b": b}
@@ -263,9 +263,9 @@ def compare(request):
 
 
 @require_POST
-@staff_required
+@change_models_required
 def promote(request, version_id: int):
-    version = get_object_or_404(ModelVersion, pk=version_id)
+    version = get_object_or_404(ModelVersion, pk=version_id, project=request.project)
     reason = request.POST.get("reason", "").strip() or f"promoted by {request.user.get_username()}"
     try:
         registry.promote(version, reason=reason)
@@ -277,10 +277,10 @@ def promote(request, version_id: int):
 
 
 @require_POST
-@staff_required
+@change_models_required
 def rollback(request):
     try:
-        restored = registry.rollback()
+        restored = registry.rollback(request.project)
     except (ValueError, ValidationError) as exc:
         messages.error(request, f"Could not roll back: {_error_text(exc)}")
     else:
@@ -290,9 +290,9 @@ def rollback(request):
 
 
 @require_POST
-@staff_required
+@change_models_required
 def reject(request, version_id: int):
-    version = get_object_or_404(ModelVersion, pk=version_id)
+    version = get_object_or_404(ModelVersion, pk=version_id, project=request.project)
     reason = request.POST.get("reason", "").strip() or f"rejected by {request.user.get_username()}"
     try:
         registry.reject(version, reason)

@@ -8,10 +8,14 @@ from django.db import IntegrityError, transaction
 
 from feedback.content import prompt_sha256, sha256_text, validate_completion, validate_prompt
 from feedback.models import Generation, Prompt
+from projects.models import Project
+from projects.selectors import resolve_project
 
 
 class GenerationConflict(ValueError):
-    """An external id already names a different generation."""
+    """An external id already names a different generation of the same project.
+
+    The message names no other row's id: the caller learns only that its request conflicts."""
 
 
 @dataclass(frozen=True)
@@ -24,29 +28,33 @@ class GenerationInput:
     votes_wanted: int | None = None
 
 
-def get_or_create_prompt(content: str | list[dict]) -> tuple[Prompt, bool]:
+def get_or_create_prompt(content: str | list[dict], project: Project | str | None = None) -> tuple[Prompt, bool]:
+    project = resolve_project(project)
     content = validate_prompt(content)
     sha = prompt_sha256(content)
     try:
         with transaction.atomic():
-            return Prompt.objects.get_or_create(content_sha256=sha, defaults={"content": content})
+            return Prompt.objects.get_or_create(project=project, content_sha256=sha, defaults={"content": content})
     except IntegrityError:
         # Another request created the same prompt between our read and our insert.
-        return Prompt.objects.get(content_sha256=sha), False
+        return Prompt.objects.get(project=project, content_sha256=sha), False
 
 
-def create_generation(item: GenerationInput) -> tuple[Generation, bool]:
-    """Return (generation, created). The same (prompt, completion) twice is one row."""
+def create_generation(item: GenerationInput, project: Project | str | None = None) -> tuple[Generation, bool]:
+    """Return (generation, created). The same (prompt, completion) twice in a project is one row;
+    other projects' rows are never looked at (their prompts may hold personal data)."""
+    project = resolve_project(project)
     with transaction.atomic():
-        prompt, _ = get_or_create_prompt(item.prompt)
+        prompt, _ = get_or_create_prompt(item.prompt, project)
         completion = validate_completion(item.completion)
         completion_sha = sha256_text(completion)
         existing = Generation.objects.filter(prompt=prompt, completion_sha256=completion_sha).first()
         if item.external_id:
-            named = Generation.objects.filter(external_id=item.external_id).first()
+            named = Generation.objects.filter(project=project, external_id=item.external_id).first()
             if named is not None and (existing is None or named.pk != existing.pk):
                 raise GenerationConflict(
-                    f"external_id {item.external_id!r} already names generation {named.pk} with a different prompt or completion"
+                    f"external_id {item.external_id!r} already names another generation, with a different prompt or "
+                    "completion"
                 )
         if existing is not None:
             if item.external_id and existing.external_id is None:
@@ -54,11 +62,11 @@ def create_generation(item: GenerationInput) -> tuple[Generation, bool]:
                 existing.save(update_fields=["external_id"])
             elif item.external_id and existing.external_id != item.external_id:
                 raise GenerationConflict(
-                    f"this prompt and completion already exist as generation {existing.pk} "
-                    f"with external_id {existing.external_id!r}"
+                    "this prompt and completion are already stored under another external_id"
                 )
             return existing, False
         generation = Generation.objects.create(
+            project=project,
             prompt=prompt,
             completion=completion,
             completion_sha256=completion_sha,
@@ -70,7 +78,10 @@ def create_generation(item: GenerationInput) -> tuple[Generation, bool]:
         return generation, True
 
 
-def create_generations(items: Iterable[GenerationInput]) -> list[tuple[Generation, bool]]:
+def create_generations(
+    items: Iterable[GenerationInput], project: Project | str | None = None
+) -> list[tuple[Generation, bool]]:
     """All or nothing: one bad item (a conflict) leaves none of the batch saved."""
+    project = resolve_project(project)
     with transaction.atomic():
-        return [create_generation(item) for item in items]
+        return [create_generation(item, project) for item in items]

@@ -13,6 +13,8 @@ from django.db import transaction
 from feedback.content import prompt_sha256, sha256_text
 from feedback.importers import ImportExample, ParseStats, SkippedLine, parse_examples
 from feedback.models import Generation, ImportBatch, Prompt, Vote
+from projects.models import Project
+from projects.selectors import resolve_project
 
 # Rows written per round trip; bounds memory on large files while keeping the import fast.
 CHUNK_SIZE = 1000
@@ -43,6 +45,8 @@ def import_feedback(
     one_y_per_x: bool = False,
     on_invalid: str = "fail",
     user=None,
+    project: Project | str | None = None,
+    api_client_id: str | None = None,
 ) -> ImportBatch:
     """Parse and save a feedback file; raise feedback.importers.ImportRejected on the first bad line.
 
@@ -53,7 +57,10 @@ def import_feedback(
     Each imported example becomes one vote whose voter is `import:<file sha>:<line>[:part]`, so
     re-importing the same file finds its votes already there and adds nothing, while two lines
     rating the same (prompt, completion) stay two votes for the majority rule of snapshots.
+    Everything lands in `project` (None: the default project); `api_client_id` is the key that sent
+    the file, recorded on each vote.
     """
+    project = resolve_project(project)
     file_sha = _file_sha256(stream)
     stats = ParseStats()
     examples = parse_examples(
@@ -71,8 +78,9 @@ def import_feedback(
     source = f"import:{filename}"[:200]
     with transaction.atomic():
         for chunk in _chunks(examples, CHUNK_SIZE):
-            _save_chunk(chunk, source, voter_prefix, counts)
+            _save_chunk(chunk, source, voter_prefix, counts, project, api_client_id)
         batch = ImportBatch.objects.create(
+            project=project,
             filename=filename[:500],
             sha256=file_sha,
             format=stats.format,
@@ -104,15 +112,18 @@ def _write_skipped_report(batch: ImportBatch, skipped: list[SkippedLine]) -> Pat
     return path
 
 
-def _save_chunk(chunk: list[ImportExample], source: str, voter_prefix: str, counts: dict) -> None:
-    # Prompts, deduplicated by content hash.
+def _save_chunk(chunk: list[ImportExample], source: str, voter_prefix: str, counts: dict, project: Project,
+                api_client_id: str | None) -> None:
+    # Prompts, deduplicated by content hash within the project.
     prompt_by_sha = {prompt_sha256(example.prompt): example.prompt for example in chunk}
-    prompt_ids = dict(Prompt.objects.filter(content_sha256__in=prompt_by_sha).values_list("content_sha256", "id"))
-    missing = [Prompt(content=content, content_sha256=sha) for sha, content in prompt_by_sha.items() if sha not in prompt_ids]
+    prompts = Prompt.objects.filter(project=project)
+    prompt_ids = dict(prompts.filter(content_sha256__in=prompt_by_sha).values_list("content_sha256", "id"))
+    missing = [Prompt(project=project, content=content, content_sha256=sha)
+               for sha, content in prompt_by_sha.items() if sha not in prompt_ids]
     if missing:
         Prompt.objects.bulk_create(missing)
         counts["prompts"] += len(missing)
-        prompt_ids.update(Prompt.objects.filter(content_sha256__in=[p.content_sha256 for p in missing]).values_list("content_sha256", "id"))
+        prompt_ids.update(prompts.filter(content_sha256__in=[p.content_sha256 for p in missing]).values_list("content_sha256", "id"))
 
     # Generations, deduplicated by (prompt, completion hash).
     keyed = []
@@ -126,7 +137,7 @@ def _save_chunk(chunk: list[ImportExample], source: str, voter_prefix: str, coun
         ).values_list("id", "prompt_id", "completion_sha256")
     }
     new_generations = [
-        Generation(prompt_id=prompt_id, completion=completion, completion_sha256=completion_sha, source=source)
+        Generation(project=project, prompt_id=prompt_id, completion=completion, completion_sha256=completion_sha, source=source)
         for (prompt_id, completion_sha), completion in wanted.items()
         if (prompt_id, completion_sha) not in generation_ids
     ]
@@ -146,6 +157,7 @@ def _save_chunk(chunk: list[ImportExample], source: str, voter_prefix: str, coun
     votes = [
         Vote(
             generation_id=generation_ids[(prompt_id, completion_sha)],
+            api_client_id=api_client_id,
             external_user_id=f"{voter_prefix}{example.line}{':' + example.part if example.part else ''}",
             desirable=example.desirable,
             weight=example.weight,
@@ -154,7 +166,8 @@ def _save_chunk(chunk: list[ImportExample], source: str, voter_prefix: str, coun
         for prompt_id, completion_sha, example in keyed
     ]
     already_saved = set(
-        Vote.objects.filter(external_user_id__in={vote.external_user_id for vote in votes}).values_list(
+        Vote.objects.filter(generation_id__in={vote.generation_id for vote in votes}, api_client_id=api_client_id,
+                            external_user_id__in={vote.external_user_id for vote in votes}).values_list(
             "generation_id", "external_user_id"
         )
     )

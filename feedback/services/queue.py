@@ -16,6 +16,8 @@ from django.utils import timezone
 from feedback import selectors
 from feedback.models import Generation, Vote
 from feedback.services.votes import record_vote
+from projects.models import Project
+from projects.selectors import resolve_project
 
 # How many candidates to try when others grab the first ones between our read and our update.
 CLAIM_ATTEMPTS = 20
@@ -43,19 +45,21 @@ def release_claim(user, generation_id: int | None = None) -> None:
     leases.update(claimed_by=None, claimed_until=None)
 
 
-def claim_next_generation(user, skipped_ids: list[int] = ()) -> Generation | None:
+def claim_next_generation(user, skipped_ids: list[int] = (), project: Project | None = None) -> Generation | None:
     """The item this annotator should rate now, leased to them; None when nothing is waiting.
 
     The item already on their screen (a live lease) comes back first, so a reload shows the same
     item. Otherwise the queue serves items the user has not rated that still need votes, those
     needing the most votes first. Skipped items come back only when nothing else is left.
     """
+    project = resolve_project(project)
     now = timezone.now()
-    current = selectors.current_claim(user, now)
+    current = selectors.current_claim(user, now, project)
     if current is not None:
         return current
     for exclude in (list(skipped_ids), []):
-        for candidate_id in selectors.queue_candidate_ids(user, now, exclude_ids=exclude, limit=CLAIM_ATTEMPTS):
+        for candidate_id in selectors.queue_candidate_ids(user, now, exclude_ids=exclude, limit=CLAIM_ATTEMPTS,
+                                                            project=project):
             if _take_lease(user, candidate_id, now):
                 # One item on screen at a time: leases on anything else go back to the pool.
                 Generation.objects.filter(claimed_by=user).exclude(pk=candidate_id).update(claimed_by=None, claimed_until=None)
@@ -65,18 +69,24 @@ def claim_next_generation(user, skipped_ids: list[int] = ()) -> Generation | Non
     return None
 
 
-def record_annotator_vote(user, generation_id: int, desirable: bool, comment: str = "") -> tuple[Vote, bool]:
+def record_annotator_vote(
+    user, generation_id: int, desirable: bool, comment: str = "", project: Project | None = None
+) -> tuple[Vote, bool]:
+    """A vote from the annotation page; GenerationNotFound for an item outside the project."""
     vote, created = record_vote(
+        project_id=resolve_project(project).pk,
         generation_id=generation_id, desirable=desirable, annotator_id=user.pk, comment=comment.strip(), source="ui"
     )
     release_claim(user, generation_id)
     return vote, created
 
 
-def undo_last_vote(user) -> Generation | None:
-    """Delete the annotator's most recent vote and put that item back on their screen."""
+def undo_last_vote(user, project: Project | None = None) -> Generation | None:
+    """Delete the annotator's most recent vote in the project and put that item back on their screen."""
+    project = resolve_project(project)
     with transaction.atomic():
-        vote = Vote.objects.select_for_update().filter(annotator=user).order_by("-id").first()
+        vote = (Vote.objects.select_for_update().filter(annotator=user, generation__project=project)
+                .order_by("-id").first())
         if vote is None:
             return None
         generation_id = vote.generation_id

@@ -19,6 +19,8 @@ from django.db import transaction
 from django.db.models import Count, Max, Q, Sum
 
 from feedback.models import DatasetSnapshot, Generation, Vote
+from projects.models import Project
+from projects.selectors import resolve_project
 from training.kto.balancing import balance_weights
 
 SPLIT_TRAIN = "train"
@@ -56,12 +58,12 @@ class _Tally:
     n_ties: int = 0
 
 
-def _write_examples(out, last_vote_id: int, holdout: float, seed: int) -> tuple[str, _Tally]:
+def _write_examples(out, project: Project, last_vote_id: int, holdout: float, seed: int) -> tuple[str, _Tally]:
     """Stream one JSON line per voted (prompt, completion) into `out`; return (sha256, counts)."""
     digest = hashlib.sha256()
     tally = _Tally()
     rows = (
-        Generation.objects.filter(votes__id__lte=last_vote_id)
+        Generation.objects.filter(project=project, votes__id__lte=last_vote_id)
         .annotate(
             desirable_votes=Sum("votes__weight", filter=Q(votes__desirable=True)),
             undesirable_votes=Sum("votes__weight", filter=Q(votes__desirable=False)),
@@ -110,13 +112,15 @@ def create_snapshot(
     mode: str = "auto",
     manual_weights: tuple[float, float] | None = None,
     seed: int = 0,
+    project: Project | str | None = None,
 ) -> DatasetSnapshot:
-    """Freeze all votes cast so far; raise SnapshotRefused (having written nothing) if untrainable."""
+    """Freeze the project's votes cast so far; raise SnapshotRefused (having written nothing) if untrainable."""
+    project = resolve_project(project)
     holdout = settings.SNAPSHOT_HOLDOUT if holdout is None else holdout
     target_ratio = settings.KTO_TARGET_RATIO if target_ratio is None else target_ratio
     if not 0 <= holdout < 1:
         raise SnapshotRefused(f"holdout must be in [0, 1), got {holdout}")
-    last_vote_id = Vote.objects.aggregate(last=Max("id"))["last"]
+    last_vote_id = Vote.objects.filter(generation__project=project).aggregate(last=Max("id"))["last"]
     if last_vote_id is None:
         raise SnapshotRefused("there are no votes yet: rate some outputs or import feedback first")
 
@@ -124,7 +128,7 @@ def create_snapshot(
     handle, tmp_path = tempfile.mkstemp(dir=directory, prefix=".snapshot-", suffix=".jsonl.tmp")
     try:
         with os.fdopen(handle, "wb") as out:
-            sha256, tally = _write_examples(out, last_vote_id, holdout, seed)
+            sha256, tally = _write_examples(out, project, last_vote_id, holdout, seed)
         n_desirable, n_undesirable = tally.n_examples[(SPLIT_TRAIN, True)], tally.n_examples[(SPLIT_TRAIN, False)]
         if n_desirable + n_undesirable == 0:
             raise SnapshotRefused(
@@ -138,6 +142,7 @@ def create_snapshot(
 
         with transaction.atomic():
             snapshot = DatasetSnapshot.objects.create(
+                project=project,
                 path="",
                 sha256=sha256,
                 n_desirable=n_desirable,
@@ -178,6 +183,7 @@ def snapshot_summary(snapshot: DatasetSnapshot) -> dict:
     """The one-line JSON that `snapshot_dataset` prints (SPEC §3)."""
     return {
         "id": snapshot.pk,
+        "project": snapshot.project.name,
         "sha256": snapshot.sha256,
         "path": snapshot.path,
         "n_desirable": snapshot.n_desirable,

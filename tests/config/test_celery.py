@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.helpers import REPO, database_url_for_workers, free_port, wait_for
-from tests.training.helpers import cast_demo_votes
+from tests.training.helpers import cast_demo_votes, loadable_artifact
 from training.models import TrainingRun
 from training.policy import get_policy
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def test_without_redis_tasks_go_through_files_under_data_dir(start_worker, data_dir, tmp_path):
     no_redis = {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # nothing listens there
     policy = get_policy()
-    policy.min_new_votes, policy.cooldown_seconds, policy.base_model = 10, 0, str(tmp_path)
+    policy.min_new_votes, policy.cooldown_seconds, policy.base_model = 10, 0, loadable_artifact(tmp_path / "base")
     policy.save()
     cast_demo_votes(5)
     env = dict(

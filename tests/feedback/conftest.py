@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from tests.feedback.helpers import PASSWORD, make_annotator
+from tests.feedback.helpers import ALL_SCOPES, PASSWORD, key_client, make_annotator
 
 
 @pytest.fixture(autouse=True)
@@ -18,12 +17,12 @@ def data_dir(settings, tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def forget_remembered_tokens():
-    from feedback.authentication import CachedTokenAuthentication
+def forget_last_used():
+    from projects.authentication import forget_last_used
 
-    CachedTokenAuthentication.forget_all()
+    forget_last_used()
     yield
-    CachedTokenAuthentication.forget_all()
+    forget_last_used()
 
 
 @pytest.fixture
@@ -42,22 +41,18 @@ def staff_user(db):
 
 
 @pytest.fixture
+def api_client(db) -> APIClient:
+    """A product app's key in the default project: generations, votes, generate, read."""
+    return key_client()
+
+
+@pytest.fixture
+def staff_api_client(db) -> APIClient:
+    """A project admin's key: every scope (imports, snapshots, steering fields too)."""
+    return key_client(scopes=ALL_SCOPES)
+
+
+@pytest.fixture
 def api_user(db):
-    """A product app's service account: API only, no role in the web pages."""
+    """An account with no role in any project (what product apps used before API keys)."""
     return get_user_model().objects.create_user("product-app", password=PASSWORD)
-
-
-def token_client(user) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return client
-
-
-@pytest.fixture
-def api_client(api_user) -> APIClient:
-    return token_client(api_user)
-
-
-@pytest.fixture
-def staff_api_client(staff_user) -> APIClient:
-    return token_client(staff_user)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
-
-from feedback.selectors import ANNOTATORS_GROUP
 from feedback.services.generations import GenerationInput, create_generation
+from projects.selectors import resolve_project
+from projects.services import create_api_key, set_membership
 
 PASSWORD = "correct horse battery staple"
 
 
-def add_generation(prompt="What is 2+2?", completion="4", **kwargs):
-    generation, _ = create_generation(GenerationInput(prompt=prompt, completion=completion, **kwargs))
+def add_generation(prompt="What is 2+2?", completion="4", project=None, **kwargs):
+    """A generation in `project` (None: the default project)."""
+    generation, _ = create_generation(GenerationInput(prompt=prompt, completion=completion, **kwargs), project)
     return generation
 
 
@@ -35,8 +35,23 @@ def add_labelled_examples(n_desirable: int, n_undesirable: int, prefix: str = "q
     assert Generation.objects.count() >= n_desirable + n_undesirable
 
 
-def make_annotator(username: str):
+def make_annotator(username: str, project=None, role: str = "annotator"):
+    """A user with a role in a project (None: the default project)."""
     user = get_user_model().objects.create_user(username, password=PASSWORD)
-    # get_or_create: the transactional_db flush of live-server tests also empties the group table.
-    user.groups.add(Group.objects.get_or_create(name=ANNOTATORS_GROUP)[0])
+    set_membership(resolve_project(project), user, role)
     return user
+
+
+ALL_SCOPES = "generations:write,votes:write,generate,import,read"
+PRODUCT_SCOPES = "generations:write,votes:write,generate,read"
+
+
+def key_client(project=None, scopes: str = PRODUCT_SCOPES, **options):
+    """A DRF test client sending a fresh API key of the project (None: the default project)."""
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    api_client, key = create_api_key(resolve_project(project), scopes=scopes, **options)
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {key}")
+    client.api_client, client.key = api_client, key
+    return client

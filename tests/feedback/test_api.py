@@ -1,10 +1,10 @@
 """feedback.api, the ingestion API under /api/v1/ (real requests through DRF's test client).
 
-- votes: one vote per voter per generation, from the caller or an end user; DRF's authentication
-  precedence and messages, errors naming fields, the first vote standing, the schema; a browser
-  session needs CSRF; a revoked token or a deactivated user is refused on the very next request
-  and writes nothing;
-- access: writes need a token, staff-only endpoints refuse others, the schema is served;
+- votes: one vote per voter per generation, from the key itself or one of its end users; the key
+  header's messages, errors naming fields, the first vote standing, the schema; a browser session
+  cannot use the product API at all; a revoked or expired key (or one whose scopes were taken away)
+  is refused on the very next request and writes nothing;
+- access: writes need a key with the right scope, admin endpoints refuse other keys, the schema is served;
 - generations: idempotent, all-or-nothing batches;
 - imports: staff upload a JSONL file; a bad file is a 400 naming line and field.
 """
@@ -15,15 +15,18 @@ import io
 import json
 
 import pytest
-from django.contrib.auth import get_user_model
+from datetime import timedelta
+
 from django.db import transaction
 from django.middleware.csrf import get_token
 from django.test import RequestFactory
-from rest_framework.authtoken.models import Token
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from feedback.models import Generation, ImportBatch, Prompt, Vote
-from tests.feedback.helpers import add_generation
+from projects.models import ApiClient
+from projects.services import revoke_api_key
+from tests.feedback.helpers import add_generation, key_client
 
 # --- api votes ----------------------------------------
 
@@ -38,6 +41,7 @@ def test_an_end_user_vote_is_recorded_once(api_client):
     assert first.status_code == 201 and first.json()["created"] is True
     assert again.status_code == 200 and again.json() == {**first.json(), "created": False}
     vote = Vote.objects.get()
+    assert vote.api_client_id == api_client.api_client.pk
     assert (vote.external_user_id, vote.annotator, vote.desirable, vote.comment, vote.source) == (
         "end-user-7",
         None,
@@ -48,12 +52,13 @@ def test_an_end_user_vote_is_recorded_once(api_client):
 
 
 @pytest.mark.django_db
-def test_without_an_external_user_the_caller_is_the_voter(api_client, api_user):
+def test_without_an_external_user_the_key_is_the_voter(api_client):
     generation = add_generation()
     response = api_client.post("/api/v1/votes/", {"generation_id": generation.pk, "desirable": False}, format="json")
     assert response.status_code == 201
     vote = Vote.objects.get()
-    assert (vote.annotator, vote.external_user_id, vote.desirable) == (api_user, None, False)
+    assert (vote.api_client_id, vote.annotator, vote.external_user_id, vote.desirable) == (
+        api_client.api_client.pk, None, None, False)
 
 
 @pytest.mark.django_db
@@ -124,29 +129,34 @@ def test_anonymous_writes_are_refused(url):
 
 
 @pytest.mark.django_db
-def test_a_wrong_token_is_refused():
+def test_a_wrong_key_is_refused():
     generation = add_generation()
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
+    client.credentials(HTTP_AUTHORIZATION="Api-Key not-a-real.key")
     response = client.post("/api/v1/votes/", {"generation_id": generation.pk, "desirable": True}, format="json")
     assert response.status_code == 401
     assert Vote.objects.count() == 0
 
 
 @pytest.mark.django_db
-def test_session_writes_need_csrf(annotator):
-    generation = add_generation()
+def test_admin_session_writes_need_csrf(db):
+    from tests.feedback.helpers import make_annotator
+
+    project_admin = make_annotator("padmin", role="admin")
     client = APIClient(enforce_csrf_checks=True)
-    client.force_login(annotator)
-    response = client.post("/api/v1/votes/", {"generation_id": generation.pk, "desirable": True}, format="json")
+    client.force_login(project_admin)
+    response = client.post("/api/v1/snapshots/", {}, format="json")
     assert response.status_code == 403 and "CSRF" in response.json()["detail"]
-    assert Vote.objects.count() == 0
 
 
 @pytest.mark.django_db
-def test_snapshots_are_staff_only(api_client):
-    assert api_client.get("/api/v1/snapshots/").status_code == 403
-    assert api_client.post("/api/v1/snapshots/", {}, format="json").status_code == 403
+def test_snapshots_need_the_import_scope_and_listing_the_read_scope(api_client):
+    # A product key (no `import`) may list (it has `read`) but not cut a snapshot.
+    assert api_client.get("/api/v1/snapshots/").status_code == 200
+    refused = api_client.post("/api/v1/snapshots/", {}, format="json")
+    assert refused.status_code == 403 and "'import'" in refused.json()["detail"]
+    votes_only = key_client(scopes="votes:write")
+    assert votes_only.get("/api/v1/snapshots/").status_code == 403
 
 
 @pytest.mark.django_db
@@ -287,7 +297,7 @@ def test_scored_import_takes_the_threshold(staff_api_client):
 
 
 @pytest.mark.django_db
-def test_non_staff_tokens_cannot_import(api_client):
+def test_keys_without_the_import_scope_cannot_import(api_client):
     response = upload(api_client, [{"prompt": "p", "completion": "a", "label": True}])
     assert response.status_code == 403
     assert Vote.objects.count() == 0
@@ -304,19 +314,20 @@ def test_no_credentials_is_drfs_401_with_its_challenge():
     response = APIClient().post(URL, {"generation_id": 1, "desirable": True}, format="json")
     assert response.status_code == 401
     assert response.json() == {"detail": "Authentication credentials were not provided."}
-    assert response["WWW-Authenticate"] == "Token"
+    assert response["WWW-Authenticate"] == "Api-Key"
 
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     "header, detail",
     [
-        ("Token", "Invalid token header. No credentials provided."),
-        ("Token a b", "Invalid token header. Token string should not contain spaces."),
-        ("Token " + "0" * 40, "Invalid token."),
+        ("Api-Key", "Invalid API key header: give one key after the keyword."),
+        ("Bearer a b", "Invalid API key header: give one key after the keyword."),
+        ("Api-Key " + "0" * 40, "Invalid API key."),
+        ("Token abcdefgh." + "0" * 32, "Invalid API key."),
     ],
 )
-def test_bad_token_headers_get_drfs_messages(header, detail):
+def test_bad_key_headers_get_clear_messages(header, detail):
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=header)
     response = client.post(URL, {"generation_id": 1, "desirable": True}, format="json")
@@ -325,9 +336,9 @@ def test_bad_token_headers_get_drfs_messages(header, detail):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("body", [{"desirable": "maybe"}, {"generation_external_id": "x", "desirable": True}])
-def test_a_wrong_token_is_401_whatever_the_body(body):
+def test_a_wrong_key_is_401_whatever_the_body(body):
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION="Token " + "0" * 40)
+    client.credentials(HTTP_AUTHORIZATION="Api-Key abcdefgh." + "0" * 32)
     assert client.post(URL, body, format="json").status_code == 401
 
 
@@ -353,7 +364,7 @@ def test_an_empty_body_names_the_missing_fields(api_client):
 
 
 @pytest.mark.django_db
-def test_a_repeat_returns_the_standing_vote(api_client, api_user):
+def test_a_repeat_returns_the_standing_vote(api_client):
     generation = add_generation()
     first = api_client.post(URL, {"generation_id": generation.pk, "desirable": True}, format="json")
     again = api_client.post(URL, {"generation_id": generation.pk, "desirable": False}, format="json")
@@ -364,7 +375,7 @@ def test_a_repeat_returns_the_standing_vote(api_client, api_user):
         "desirable": True,
         "created": False,
     }
-    assert list(Vote.objects.values_list("annotator_id", "desirable")) == [(api_user.pk, True)]
+    assert list(Vote.objects.values_list("api_client_id", "desirable")) == [(api_client.api_client.pk, True)]
 
 
 @pytest.mark.django_db
@@ -375,10 +386,10 @@ def test_the_schema_still_documents_the_vote_endpoint(client):
     assert operation["operationId"] == "record_vote"
     assert operation["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/VoteIn"}
     assert set(operation["responses"]) == {"200", "201"}
-    assert {name for requirement in operation["security"] for name in requirement} == {
-        "feedbackTokenAuth",
-        "cookieAuth",
-    }
+    # The product API takes API keys only: no cookie (session) scheme on it.
+    assert {name for requirement in operation["security"] for name in requirement} == {"projectApiKey"}
+    scheme = schema["components"]["securitySchemes"]["projectApiKey"]
+    assert (scheme["type"], scheme["in"], scheme["name"]) == ("apiKey", "header", "Authorization")
 
 
 # --- vote payload ----------------------------------------
@@ -418,7 +429,7 @@ def test_a_non_object_body_is_rejected(api_client):
     assert response.status_code == 400 and set(response.json()) == {"non_field_errors"}
 
 
-# --- vote session csrf ----------------------------------------
+# --- a browser session cannot use the product API ----------------------------------------
 
 
 def session_client(user) -> APIClient:
@@ -433,33 +444,27 @@ def test_a_session_vote_without_csrf_token_is_refused(annotator):
     response = session_client(annotator).post(
         "/api/v1/votes/", {"generation_id": generation.pk, "desirable": True, "external_user_id": "u"}, format="json"
     )
-    assert response.status_code == 403 and response.json()["detail"].startswith("CSRF Failed")
+    assert response.status_code == 401
     assert not Vote.objects.exists()
 
 
 @pytest.mark.django_db
-def test_a_session_vote_with_a_wrong_csrf_token_is_refused(annotator):
-    generation = add_generation()
-    client = session_client(annotator)
-    client.cookies["csrftoken"] = get_token(RequestFactory().get("/"))
-    response = client.post(
-        "/api/v1/votes/", {"generation_id": generation.pk, "desirable": True}, format="json", HTTP_X_CSRFTOKEN="x" * 32
-    )
-    assert response.status_code == 403 and "CSRF" in response.json()["detail"]
-    assert not Vote.objects.exists()
+@pytest.mark.parametrize("role", ["annotator", "admin"])
+def test_a_session_vote_even_with_csrf_is_refused(role):
+    # Annotators rate on /annotate/; the product API is for keys only, whatever the session's role.
+    from tests.feedback.helpers import make_annotator
 
-
-@pytest.mark.django_db
-def test_a_session_vote_with_csrf_is_recorded_for_that_user(annotator):
+    user = make_annotator(f"someone-{role}", role=role)
     generation = add_generation()
-    client = session_client(annotator)
+    client = session_client(user)
     csrf = get_token(RequestFactory().get("/"))
     client.cookies["csrftoken"] = csrf
     response = client.post(
         "/api/v1/votes/", {"generation_id": generation.pk, "desirable": False}, format="json", HTTP_X_CSRFTOKEN=csrf
     )
-    assert response.status_code == 201, response.content
-    assert list(Vote.objects.values_list("annotator_id", "desirable")) == [(annotator.pk, False)]
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Authentication credentials were not provided."}
+    assert not Vote.objects.exists()
 
 
 @pytest.mark.django_db
@@ -473,11 +478,11 @@ def test_an_inactive_session_user_is_not_authenticated(annotator):
     assert not Vote.objects.exists()
 
 
-# --- revoked tokens over autocommit ----------------------------------------
+# --- revoked keys over autocommit ----------------------------------------
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
-def test_over_autocommit_a_revoked_token_writes_nothing(api_client, api_user):
+def test_over_autocommit_a_revoked_key_writes_nothing(api_client):
     assert transaction.get_autocommit()
     generation = add_generation()
     body = {"generation_id": generation.pk, "desirable": True}
@@ -485,22 +490,22 @@ def test_over_autocommit_a_revoked_token_writes_nothing(api_client, api_user):
     again = api_client.post(URL, {**body, "desirable": False}, format="json")
     assert (first.status_code, again.status_code) == (201, 200)
     assert again.json() == {**first.json(), "created": False}
-    Token.objects.filter(user=api_user).delete()
+    revoke_api_key(api_client.api_client)
     assert api_client.post(URL, body, format="json").status_code == 401
     assert api_client.post(URL, {**body, "external_user_id": "u"}, format="json").status_code == 401
-    assert list(Vote.objects.values_list("annotator_id", "desirable")) == [(api_user.pk, True)]
+    assert list(Vote.objects.values_list("api_client_id", "desirable")) == [(api_client.api_client.pk, True)]
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
-def test_a_wrong_token_learns_nothing_about_generations():
+def test_a_wrong_key_learns_nothing_about_generations():
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION="Token " + "0" * 40)
+    client.credentials(HTTP_AUTHORIZATION="Api-Key abcdefgh." + "0" * 32)
     response = client.post(URL, {"generation_id": 999_999, "desirable": True}, format="json")
-    assert (response.status_code, response.json()) == (401, {"detail": "Invalid token."})
+    assert (response.status_code, response.json()) == (401, {"detail": "Invalid API key."})
     assert not Vote.objects.exists()
 
 
-# --- token revocation ----------------------------------------
+# --- key revocation, expiry and scopes take effect at once ----------------------------------------
 
 
 def vote(client, generation, voter=None):
@@ -510,56 +515,54 @@ def vote(client, generation, voter=None):
     return client.post("/api/v1/votes/", body, format="json")
 
 
-@pytest.fixture
-def long_token_memory(settings):
-    # The DRF endpoints' memory of verified tokens at its longest: it must not matter.
-    settings.API_TOKEN_CACHE_SECONDS = 3600
-
-
-@pytest.mark.usefixtures("long_token_memory")
 @pytest.mark.django_db
-def test_a_revoked_token_cannot_vote_right_after_voting(api_client, api_user):
+def test_a_revoked_key_cannot_vote_right_after_voting(api_client):
     generation = add_generation()
     assert vote(api_client, generation, "u1").status_code == 201
-    Token.objects.filter(user=api_user).delete()
+    revoke_api_key(api_client.api_client)
     refused = vote(api_client, generation, "u2")
-    assert refused.status_code == 401 and refused.json() == {"detail": "Invalid token."}
+    assert refused.status_code == 401 and refused.json() == {"detail": "This API key has been revoked."}
     assert list(Vote.objects.values_list("external_user_id", flat=True)) == ["u1"]
 
 
-@pytest.mark.usefixtures("long_token_memory")
 @pytest.mark.django_db
-def test_a_revoked_token_cannot_repeat_a_vote_either(api_client, api_user):
+def test_a_revoked_key_cannot_repeat_a_vote_either(api_client):
     # A repeat inserts nothing; the answer must still be 401, not "already voted".
     generation = add_generation()
     assert vote(api_client, generation).status_code == 201
-    Token.objects.filter(user=api_user).delete()
+    revoke_api_key(api_client.api_client)
     assert vote(api_client, generation).status_code == 401
 
 
-@pytest.mark.usefixtures("long_token_memory")
 @pytest.mark.django_db
-def test_a_deactivated_user_is_refused_at_once(api_client, api_user):
+def test_an_expired_key_is_refused_at_once(api_client):
     generation = add_generation()
     assert vote(api_client, generation, "u1").status_code == 201
-    get_user_model().objects.filter(pk=api_user.pk).update(is_active=False)
+    ApiClient.objects.filter(pk=api_client.api_client.pk).update(expiry_date=timezone.now() - timedelta(seconds=1))
     refused = vote(api_client, generation, "u2")
-    assert refused.status_code == 401 and refused.json() == {"detail": "User inactive or deleted."}
+    assert refused.status_code == 401 and refused.json() == {"detail": "This API key has expired."}
     assert Vote.objects.count() == 1
 
 
-@pytest.mark.usefixtures("long_token_memory")
 @pytest.mark.django_db
-def test_drf_endpoints_refuse_a_revoked_token_at_once(api_client, api_user):
+def test_drf_endpoints_refuse_a_revoked_key_at_once(api_client):
     body = {"prompt": "What is 1+1?", "completion": "2"}
     assert api_client.post("/api/v1/generations/", body, format="json").status_code == 201
-    Token.objects.filter(user=api_user).delete()
+    revoke_api_key(api_client.api_client)
     assert api_client.post("/api/v1/generations/", body, format="json").status_code == 401
 
 
-@pytest.mark.usefixtures("long_token_memory")
 @pytest.mark.django_db
-def test_a_remembered_staff_token_loses_staff_rights_at_once(staff_api_client, staff_user):
+def test_a_scope_taken_away_is_refused_at_once(staff_api_client):
+    assert staff_api_client.post("/api/v1/snapshots/", {}, format="json").status_code == 400  # allowed; no votes
+    ApiClient.objects.filter(pk=staff_api_client.api_client.pk).update(scopes=["read"])
+    assert staff_api_client.post("/api/v1/snapshots/", {}, format="json").status_code == 403
     assert staff_api_client.get("/api/v1/snapshots/").status_code == 200
-    get_user_model().objects.filter(pk=staff_user.pk).update(is_staff=False, is_superuser=False)
-    assert staff_api_client.get("/api/v1/snapshots/").status_code == 403
+
+
+@pytest.mark.django_db
+def test_a_key_records_when_it_was_last_used(api_client):
+    assert ApiClient.objects.get(pk=api_client.api_client.pk).last_used_at is None
+    before = timezone.now()
+    assert vote(api_client, add_generation()).status_code == 201
+    assert ApiClient.objects.get(pk=api_client.api_client.pk).last_used_at >= before

@@ -51,3 +51,16 @@ def run_status(run_id: int) -> str:
 
 def run_dirs(data_dir: Path, run_id: int) -> list[Path]:
     return sorted((data_dir / "runs").glob(f"run-{run_id}-*"))
+
+
+def loadable_artifact(path) -> str:
+    """A directory that passes the registry's artifact check (a JSON config and a readable, empty
+    safetensors file) without being a model: for tests of the registry's bookkeeping only."""
+    import json
+    import struct
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "stand-in"}))
+    (path / "model.safetensors").write_bytes(struct.pack("<Q", 2) + b"{}")
+    return str(path)

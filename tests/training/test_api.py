@@ -1,27 +1,26 @@
 """POST /api/v1/generate: the active version's completion, stored as a generation to vote on.
 
-API writes need a token (or a session): without one, /api/v1/generate answers 401.
+Generate needs a project API key with the `generate` scope: without a key it answers 401, with a key
+lacking the scope 403, and a browser session (even a project admin's) is not a key.
 """
 
 from __future__ import annotations
 
 import pytest
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from feedback.models import Generation, Vote
+from tests.feedback.helpers import key_client, make_annotator
 from training.models import ModelVersion
 
 # --- generate api ----------------------------------------
 
 
 @pytest.fixture
-def token_client(django_user_model):
-    user = django_user_model.objects.create_user("product-app")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return client
+def token_client(db):
+    """A product app's key of the default project (generations, votes, generate, read)."""
+    return key_client()
 
 
 @pytest.mark.django_db
@@ -49,8 +48,9 @@ def test_the_end_user_can_vote_for_the_returned_generation(token_client, active_
         {"generation_id": body["generation_id"], "desirable": True, "external_user_id": "end-user-1"},
         format="json",
     )
-    assert vote.status_code in (200, 201), vote.content
-    assert Vote.objects.filter(generation_id=body["generation_id"], external_user_id="end-user-1").exists()
+    assert vote.status_code == 201, vote.content
+    assert Vote.objects.filter(generation_id=body["generation_id"], external_user_id="end-user-1",
+                               api_client=token_client.api_client).exists()
 
 
 @pytest.mark.django_db
@@ -104,25 +104,43 @@ def test_the_endpoint_is_in_the_openapi_schema(client):
 
 
 @pytest.mark.django_db
-def test_generate_without_a_token_is_refused():
+def test_generate_without_a_key_is_refused():
     response = APIClient().post(reverse("training:api-generate"), {"prompt": "What is 1+2?"}, format="json")
-    assert response.status_code in (401, 403)
+    assert response.status_code == 401
     assert Generation.objects.count() == 0
 
 
 @pytest.mark.django_db
-def test_generate_with_a_wrong_token_is_refused():
+def test_generate_without_the_generate_scope_is_refused(active_demo_version):
+    response = key_client(scopes="votes:write,read").post(
+        reverse("training:api-generate"), {"prompt": "What is 1+2?"}, format="json")
+    assert response.status_code == 403 and "'generate'" in response.json()["detail"]
+    assert Generation.objects.count() == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("role", ["annotator", "admin"])
+def test_generate_from_a_browser_session_is_refused(active_demo_version, role):
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
+    client.force_login(make_annotator(f"user-{role}", role=role))
     response = client.post(reverse("training:api-generate"), {"prompt": "What is 1+2?"}, format="json")
     assert response.status_code == 401
     assert Generation.objects.count() == 0
 
 
 @pytest.mark.django_db
-def test_feedback_api_writes_without_a_token_are_refused():
-    # The product-app side of the loop: generations and votes also need a token.
+def test_generate_with_a_wrong_key_is_refused():
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Api-Key not-a-real.key")
+    response = client.post(reverse("training:api-generate"), {"prompt": "What is 1+2?"}, format="json")
+    assert response.status_code == 401
+    assert Generation.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_feedback_api_writes_without_a_key_are_refused():
+    # The product-app side of the loop: generations and votes also need a key.
     client = APIClient()
     for name in ("feedback-api:generations", "feedback-api:votes"):
         response = client.post(reverse(name), {}, format="json")
-        assert response.status_code in (401, 403), name
+        assert response.status_code == 401, name

@@ -22,6 +22,7 @@ from training import process_tree, processes, runner, runs
 from training.models import ModelVersion, TrainingRun
 from training.processes import process_alive
 from training.selectors import active_version
+from projects.selectors import default_project
 
 pytestmark = pytest.mark.slow
 
@@ -38,10 +39,11 @@ def test_reaper_kills_ranks_that_left_the_launchers_group(transactional_db, tmp_
     """A dead worker's run: the reaper SIGKILLs the launcher's group and every rank, wherever it lives."""
     dead_worker = subprocess.Popen([sys.executable, "-c", "pass"])
     dead_worker.wait()
-    snapshot = DatasetSnapshot.objects.create(path="/nonexistent", sha256="0" * 64)
+    snapshot = DatasetSnapshot.objects.create(project=default_project(), path="/nonexistent", sha256="0" * 64)
     run_dir = tmp_path / "run-dir"
     run_dir.mkdir()
-    run = TrainingRun.objects.create(snapshot=snapshot, status=TrainingRun.Status.RUNNING, started_at=timezone.now(),
+    run = TrainingRun.objects.create(project=default_project(), snapshot=snapshot, status=TrainingRun.Status.RUNNING,
+                                     started_at=timezone.now(),
                                      heartbeat_at=timezone.now(), worker_hostname=socket.gethostname(),
                                      worker_pid=dead_worker.pid, artifact_dir=str(run_dir),
                                      desirable_weight=1.0, undesirable_weight=1.0)

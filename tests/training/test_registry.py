@@ -6,6 +6,8 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from projects.selectors import default_project
+from tests.training.helpers import loadable_artifact
 from training import registry
 from training.models import ModelVersion
 from training.selectors import active_version
@@ -13,17 +15,25 @@ from training.selectors import active_version
 pytestmark = pytest.mark.django_db
 
 
-def _version(name: str, **fields) -> ModelVersion:
-    return ModelVersion.objects.create(name=name, base_model="/models/base", artifact_path=f"/models/{name}", **fields)
+@pytest.fixture
+def _version(tmp_path):
+    """_version(name, **fields): a version of the default project whose artifact passes the check."""
+
+    def make(name: str, **fields) -> ModelVersion:
+        artifact = loadable_artifact(tmp_path / "artifacts" / name)
+        return ModelVersion.objects.create(project=default_project(), name=name, base_model=artifact,
+                                           artifact_path=artifact, **fields)
+
+    return make
 
 
-def test_database_refuses_a_second_active_version():
+def test_database_refuses_a_second_active_version(_version):
     _version("a", status=ModelVersion.Status.ACTIVE)
     with pytest.raises(IntegrityError), transaction.atomic():
         _version("b", status=ModelVersion.Status.ACTIVE)
 
 
-def test_promote_retires_the_previous_active_version():
+def test_promote_retires_the_previous_active_version(_version):
     first = registry.promote(_version("first"))
     second = registry.promote(_version("second"), reason="better")
 
@@ -33,7 +43,7 @@ def test_promote_retires_the_previous_active_version():
     assert active_version() == second
 
 
-def test_rollback_reactivates_the_version_that_was_replaced():
+def test_rollback_reactivates_the_version_that_was_replaced(_version):
     first = registry.promote(_version("first"))
     second = registry.promote(_version("second"))
 
@@ -45,7 +55,7 @@ def test_rollback_reactivates_the_version_that_was_replaced():
     assert ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).count() == 1
 
 
-def test_rollback_without_a_previous_version_changes_nothing():
+def test_rollback_without_a_previous_version_changes_nothing(_version):
     only = registry.promote(_version("only"))
     with pytest.raises(ValidationError, match="no previous version"):
         registry.rollback()
@@ -53,7 +63,7 @@ def test_rollback_without_a_previous_version_changes_nothing():
     assert only.status == ModelVersion.Status.ACTIVE
 
 
-def test_reject_refuses_the_active_version_and_needs_a_reason():
+def test_reject_refuses_the_active_version_and_needs_a_reason(_version):
     active = registry.promote(_version("active"))
     candidate = _version("candidate")
     with pytest.raises(ValidationError, match="active"):
@@ -68,12 +78,33 @@ def test_reject_refuses_the_active_version_and_needs_a_reason():
 
 
 def test_ensure_base_version_creates_the_first_active_version_once(tmp_path):
+    loadable_artifact(tmp_path)
     base = registry.ensure_base_version(str(tmp_path))
     again = registry.ensure_base_version(str(tmp_path))
 
     assert base == again and base.status == ModelVersion.Status.ACTIVE
     assert (base.artifact_path, base.base_model, base.is_adapter) == (str(tmp_path), str(tmp_path), False)
-    assert ModelVersion.objects.count() == 1
+    assert ModelVersion.objects.filter(project=default_project()).count() == 1
+
+
+def test_promote_refuses_a_version_whose_files_do_not_load(tmp_path, _version):
+    active = registry.promote(_version("active"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    garbled = loadable_artifact(tmp_path / "garbled")
+    (tmp_path / "garbled" / "model.safetensors").write_bytes(b"\xff" * 16)
+    bad_config = loadable_artifact(tmp_path / "bad-config")
+    (tmp_path / "bad-config" / "config.json").write_text("{not json")
+    for name, path, reason in (("missing", tmp_path / "missing", "does not exist"),
+                               ("empty", empty, "holds no config.json or adapter_config.json"),
+                               ("garbled", garbled, "does not load"),
+                               ("bad-config", bad_config, "is not readable JSON")):
+        version = ModelVersion.objects.create(project=default_project(), name=name, base_model="b",
+                                              artifact_path=str(path))
+        with pytest.raises(ValidationError, match=f"{name} cannot be promoted: its .*{reason}"):
+            registry.promote(version)
+        assert ModelVersion.objects.get(pk=version.pk).status == ModelVersion.Status.CANDIDATE
+    assert active_version() == active
 
 
 def test_ensure_base_version_refuses_a_missing_directory(tmp_path):

@@ -27,6 +27,7 @@ from training.processes import process_alive
 from training.runner import build_train_command, execute_run
 from training.runs import class_weights_for
 from training.selectors import active_version
+from projects.selectors import default_project
 
 # --- training crash ----------------------------------------
 
@@ -37,7 +38,8 @@ def test_engine_crash_fails_the_run_and_changes_nothing_else(demo_loop, start_wo
     broken_dir = tmp_path / "not-a-model"
     broken_dir.mkdir()
     (broken_dir / "config.json").write_text('{"model_type": "no-such-architecture"}')
-    broken = ModelVersion.objects.create(name="broken", base_model=str(broken_dir), artifact_path=str(broken_dir))
+    broken = ModelVersion.objects.create(project=default_project(), name="broken", base_model=str(broken_dir),
+                                         artifact_path=str(broken_dir))
     versions_before = set(ModelVersion.objects.values_list("pk", "status"))
     worker = start_worker("gpu")
 
@@ -143,9 +145,11 @@ def test_every_policy_field_reaches_the_engines_command_line(settings, tmp_path,
             "undesirable_weight": 0.9,
         }
     )
-    snapshot = DatasetSnapshot.objects.create(path="unused", sha256="0" * 64, desirable_weight=2.0, weight_rule="auto")
+    snapshot = DatasetSnapshot.objects.create(project=default_project(), path="unused", sha256="0" * 64,
+                                              desirable_weight=2.0, weight_rule="auto")
     weights = class_weights_for(snapshot, config)
     run = TrainingRun.objects.create(
+        project=default_project(),
         snapshot=snapshot, config=config, desirable_weight=weights[0], undesirable_weight=weights[1]
     )
 

@@ -24,21 +24,24 @@ from django.utils import timezone
 
 from feedback.models import DatasetSnapshot, Vote
 from tests.helpers import point_celery_at, wait_for
-from tests.training.helpers import cast_demo_votes
+from tests.training.helpers import cast_demo_votes, loadable_artifact
 from training import registry, runs
 from training.models import ModelVersion, TrainingRun
 from training.processes import process_alive
 from training.runs import reap_orphaned_runs
 from training.scheduler import install_schedule
 from training.selectors import active_version
+from projects.selectors import default_project
+from projects.services import set_membership
 
 # --- λ chosen once ----------------------------------------
 
 
 @pytest.fixture
 def snapshot_with_weights(db, tmp_path):
-    registry.ensure_base_version(str(tmp_path))  # an active version to train from
+    registry.ensure_base_version(loadable_artifact(tmp_path))  # an active version to train from
     return DatasetSnapshot.objects.create(
+        project=default_project(),
         path="/nowhere", sha256="0" * 64, desirable_weight=2.0, undesirable_weight=1.0, weight_rule="auto: 1:10 data"
     )
 
@@ -58,7 +61,9 @@ def test_a_manual_override_is_recorded_on_the_run_and_shown_beside_the_snapshots
     assert (run.desirable_weight, run.undesirable_weight) == (1.5, 1.0)
     assert run.overrides_snapshot_weights and "manual override" in run.weight_rule
     assert (run.snapshot.desirable_weight, run.snapshot.undesirable_weight) == (2.0, 1.0)  # the snapshot is untouched
-    client.force_login(get_user_model().objects.create_user("boss", is_staff=True))
+    boss = get_user_model().objects.create_user("boss")
+    set_membership(default_project(), boss, "admin")
+    client.force_login(boss)
     page = client.get(reverse("training:run_detail", args=[run.pk])).content.decode()
     assert "λ_D 2.0000, λ_U 1.0000" in page  # the snapshot's
     assert "trained with λ_D 1.5000, λ_U 1.0000 (manual override)" in page
@@ -68,7 +73,7 @@ def test_a_manual_override_is_recorded_on_the_run_and_shown_beside_the_snapshots
 
 
 def _running_run(**fields) -> TrainingRun:
-    snapshot = DatasetSnapshot.objects.create(path="/nonexistent", sha256="0" * 64)
+    snapshot = DatasetSnapshot.objects.create(project=default_project(), path="/nonexistent", sha256="0" * 64)
     now = timezone.now()
     defaults = {
         "status": TrainingRun.Status.RUNNING,
@@ -77,7 +82,8 @@ def _running_run(**fields) -> TrainingRun:
         "worker_hostname": socket.gethostname(),
     }
     defaults.update(fields)
-    return TrainingRun.objects.create(snapshot=snapshot, desirable_weight=1.0, undesirable_weight=1.0, **defaults)
+    return TrainingRun.objects.create(project=default_project(), snapshot=snapshot, desirable_weight=1.0,
+                                      undesirable_weight=1.0, **defaults)
 
 
 def _dead_pid() -> int:
@@ -145,6 +151,7 @@ def test_gate_interrupted_by_a_dead_worker_is_recorded_as_failed():
 
     run = _running_run(worker_pid=_dead_pid(), status=TrainingRun.Status.SUCCEEDED)
     candidate = ModelVersion.objects.create(
+        project=default_project(),
         name="run-x",
         base_model="/m",
         artifact_path="/m/final",

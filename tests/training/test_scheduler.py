@@ -9,18 +9,25 @@ import redis
 from django.utils import timezone
 
 from feedback.models import DatasetSnapshot, Vote
-from tests.training.helpers import cast_demo_votes
+from tests.training.helpers import cast_demo_votes, loadable_artifact
+from training import scheduler
 from training.models import TrainingRun
 from training.policy import get_policy
-from training.scheduler import install_schedule, maybe_retrain
+from training.scheduler import install_schedule
+
+
+def maybe_retrain(now=None):
+    """The one run the check started (these tests have one project), or None."""
+    started = scheduler.maybe_retrain(now=now)
+    assert len(started) <= 1
+    return started[0] if started else None
 
 
 @pytest.fixture
 def policy(committed_db, data_dir, loop_redis, tmp_path):
-    base = tmp_path / "base-model"
-    base.mkdir()
+    base = loadable_artifact(tmp_path / "base-model")
     policy = get_policy()
-    policy.min_new_votes, policy.cooldown_seconds, policy.base_model = 10, 3600, str(base)
+    policy.min_new_votes, policy.cooldown_seconds, policy.base_model = 10, 3600, base
     policy.save()
     return policy
 
@@ -77,6 +84,22 @@ def test_cool_down_delays_the_next_run(policy):
     assert maybe_retrain() is None
     later = maybe_retrain(now=timezone.now() + timedelta(seconds=policy.cooldown_seconds + 1))
     assert later is not None
+
+
+def test_each_project_is_decided_on_its_own_votes(policy, tmp_path):
+    from projects.services import create_project
+
+    other = create_project("other")
+    other_policy = get_policy(other)
+    other_policy.min_new_votes, other_policy.base_model = 10, loadable_artifact(tmp_path / "other-base")
+    other_policy.save()
+    cast_demo_votes(5)  # 10 votes in the default project, none in the other
+
+    started = scheduler.maybe_retrain()
+
+    assert [run.project for run in started] == [policy.project]
+    assert not TrainingRun.objects.filter(project=other).exists()
+    assert not DatasetSnapshot.objects.filter(project=other).exists()
 
 
 def test_disabled_policy_never_retrains(policy):

@@ -14,6 +14,7 @@ from training.kto.demo import correct_answer, demo_prompts
 from training.kto.generation import generate_completions
 from training.models import ModelVersion
 from training.serving import TransformersBackend, fill_annotation_queue, generate_for_prompt
+from projects.selectors import default_project
 
 # --- inference follows active version ----------------------------------------
 
@@ -47,6 +48,7 @@ def test_backend_reloads_when_another_version_is_promoted(active_demo_version, d
     assert backend.loaded_version_id == active_demo_version.pk
 
     candidate = ModelVersion.objects.create(
+        project=default_project(),
         name="perturbed", base_model=demo_model_dir, artifact_path=perturbed_model_dir, parent=active_demo_version
     )
     registry.promote(candidate, reason="test")
@@ -67,6 +69,7 @@ def test_generations_are_labelled_with_the_version_that_served_them(
     first = generate_for_prompt(PROMPTS[0], max_new_tokens=5, backend=backend)
     assert first.model_version == active_demo_version
     candidate = ModelVersion.objects.create(
+        project=default_project(),
         name="perturbed", base_model=demo_model_dir, artifact_path=perturbed_model_dir, parent=active_demo_version
     )
     registry.promote(candidate, reason="test")

@@ -22,6 +22,8 @@ from feedback.models import DatasetSnapshot
 from training import registry
 from training.models import ModelVersion, TrainingRun
 from training.policy import get_policy
+from projects.selectors import default_project
+from tests.training.helpers import loadable_artifact
 
 # --- run pages ----------------------------------------
 
@@ -41,9 +43,11 @@ METRIC_ROWS = [
 
 @pytest.fixture
 def running_run():
-    snapshot = DatasetSnapshot.objects.create(path="/nowhere/snapshot.jsonl", sha256="1" * 64)
-    base = ModelVersion.objects.create(name="base", base_model="/m", artifact_path="/m")
+    snapshot = DatasetSnapshot.objects.create(project=default_project(), path="/nowhere/snapshot.jsonl",
+                                              sha256="1" * 64)
+    base = ModelVersion.objects.create(project=default_project(), name="base", base_model="/m", artifact_path="/m")
     return TrainingRun.objects.create(
+        project=default_project(),
         snapshot=snapshot,
         base_version=base,
         desirable_weight=1.0,
@@ -199,13 +203,16 @@ def test_a_refused_snapshot_is_shown_and_nothing_is_queued(client, admin_user, a
 
 
 @pytest.fixture
-def versions():
-    base = ModelVersion.objects.create(name="base", base_model="/m", artifact_path="/m")
+def versions(tmp_path):
+    base_dir = loadable_artifact(tmp_path / "base")
+    base = ModelVersion.objects.create(project=default_project(), name="base", base_model=base_dir,
+                                       artifact_path=base_dir)
     registry.promote(base, reason="first")
     candidate = ModelVersion.objects.create(
+        project=default_project(),
         name="run-7",
-        base_model="/m",
-        artifact_path="/runs/7/final",
+        base_model=base_dir,
+        artifact_path=loadable_artifact(tmp_path / "runs" / "7" / "final"),
         parent=base,
         metrics={
             "holdout": {"loss": 0.4123456, "reward_accuracy": 0.7},
@@ -298,11 +305,11 @@ def test_post_without_csrf_token_is_refused(csrf_checking_staff_client, versions
 
 @pytest.fixture
 def some_run_and_version():
-    snapshot = DatasetSnapshot.objects.create(path="/nonexistent/snapshot.jsonl", sha256="0" * 64)
-    version = ModelVersion.objects.create(name="v-test", base_model="/m", artifact_path="/m")
-    run = TrainingRun.objects.create(
-        snapshot=snapshot, base_version=version, desirable_weight=1.0, undesirable_weight=1.0
-    )
+    snapshot = DatasetSnapshot.objects.create(project=default_project(), path="/nonexistent/snapshot.jsonl",
+                                              sha256="0" * 64)
+    version = ModelVersion.objects.create(project=default_project(), name="v-test", base_model="/m", artifact_path="/m")
+    run = TrainingRun.objects.create(project=default_project(), snapshot=snapshot, base_version=version,
+                                     desirable_weight=1.0, undesirable_weight=1.0)
     return run, version
 
 

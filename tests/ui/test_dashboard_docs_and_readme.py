@@ -11,6 +11,7 @@ from django.urls import resolve
 
 from training.models import ModelVersion, TrainingRun
 from ui_helpers import PHONE, add_votes, build_world, log_in, make_user
+from projects.selectors import default_project
 
 README = Path(settings.BASE_DIR) / "README.md"
 
@@ -18,7 +19,7 @@ README = Path(settings.BASE_DIR) / "README.md"
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_dashboard_chart_has_axes_and_the_balance_is_explained_on_a_phone(live_server, open_page):
-    build_world()
+    world = build_world()
     page, errors = open_page(PHONE)
     log_in(page, live_server.url, "boss", "/dashboard/")
     page.wait_for_function("window.votesChart")
@@ -33,7 +34,8 @@ def test_dashboard_chart_has_axes_and_the_balance_is_explained_on_a_phone(live_s
     page.fill("#id_holdout", "0")
     with page.expect_navigation():
         page.press("#id_holdout", "Enter")
-    assert "Snapshot 2:" in page.inner_text("#messages")
+    # Ids depend on the order the suite runs in: the one after the world's snapshot.
+    assert f"Snapshot {world['snapshot'].pk + 1}: 6 desirable / 2 undesirable" in page.inner_text("#messages")
     assert not errors
 
 
@@ -41,7 +43,8 @@ def test_dashboard_chart_has_axes_and_the_balance_is_explained_on_a_phone(live_s
 def test_starting_a_run_leaves_no_stale_flash_and_the_defaults_read_as_a_table(client):
     make_user("boss", staff=True)
     add_votes(3, 3)
-    ModelVersion.objects.create(name="base", base_model="/m", artifact_path="/m", status=ModelVersion.Status.ACTIVE)
+    ModelVersion.objects.create(project=default_project(), name="base", base_model="/m", artifact_path="/m",
+                                status=ModelVersion.Status.ACTIVE)
     client.login(username="boss", password="correct horse battery staple")
     form = client.get("/runs/new/").content.decode()
     assert "{'" not in form and "'beta'" not in form  # no raw Python dict

@@ -26,13 +26,19 @@ def pages_for(world) -> dict[str, list[tuple[str, int, str]]]:
         *[(f"/runs/{run.pk}/", 200, "#run-phase") for run in runs.values()],
         ("/models/", 200, "#versions-table"),
         (f"/models/compare/?a={world['base'].pk}&b={world['candidate'].pk}", 200, "#compare-outputs"),
+        ("/keys/", 200, "#keys-table"),
     ]
     return {
         "anonymous": [("/accounts/login/", 200, "#login-form"), ("/annotate/", 200, "#login-form"),
                       ("/models/", 200, "#login-form"), ("/api/docs/", 200, "#swagger-ui")],
         "annotator": [("/annotate/", 200, "#vote-form")] + [(path, 403, "h1") for path, _, _ in staff_pages[:2]],
         "staff": [("/annotate/", 200, "#vote-form"), *staff_pages, ("/admin/", 200, "#content"),
-                  ("/admin/feedback/importbatch/", 200, "#content"), ("/api/docs/", 200, "#swagger-ui")],
+                  ("/admin/feedback/importbatch/", 200, "#content"), ("/admin/projects/apiclient/", 200, "#content"),
+                  ("/api/docs/", 200, "#swagger-ui")],
+        # A project admin of two projects (no staff flag): the switcher in the header, no Django admin.
+        "project_admin": [("/dashboard/", 200, "#project-switcher"), ("/keys/", 200, "#keys-table"),
+                          ("/members/", 200, "#members-table"), ("/models/", 200, "#versions-table"),
+                          ("/admin/", 403, "h1")],
     }
 
 
@@ -43,7 +49,7 @@ def test_every_page_fits_both_sizes_without_console_errors(live_server, open_pag
         for role, pages in pages_for(world).items():
             page, errors = open_page(viewport)
             if role != "anonymous":
-                log_in(page, live_server.url, {"annotator": "rater", "staff": "boss"}[role])
+                log_in(page, live_server.url, {"annotator": "rater", "staff": "boss", "project_admin": "padma"}[role])
             for path, status, selector in pages:
                 errors.clear()
                 response = page.goto(live_server.url + path)

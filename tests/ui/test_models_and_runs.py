@@ -6,6 +6,7 @@ import pytest
 
 from training.models import ModelVersion, TrainingRun
 from ui_helpers import DESKTOP, PHONE, build_world, log_in
+from projects.selectors import default_project
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
@@ -136,7 +137,8 @@ def test_run_page_shows_the_phase_the_steps_and_charts_with_legends(world, staff
     assert page.evaluate(f"{chart}.options.scales.x.title.text") == "step"
     assert page.evaluate("Chart.getChart('chart-loss').data.datasets[0].data.length") == 6
     # A queued run is not stuck at "0 %": it says what it waits for and the clock runs.
-    queued = TrainingRun.objects.create(snapshot=world["snapshot"], config={"loss": "kto"})
+    queued = TrainingRun.objects.create(project=default_project(), snapshot=world["snapshot"], config={"loss": "kto"},
+                                        desirable_weight=1.0, undesirable_weight=1.0)
     page.goto(f"{live_server.url}/runs/{queued.pk}/")
     assert page.inner_text("#run-phase-label") == "Waiting for a worker"
     page.wait_for_function("document.getElementById('run-elapsed').textContent.startsWith('queued for')")

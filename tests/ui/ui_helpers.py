@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
-
 from feedback.models import Vote
-from feedback.selectors import ANNOTATORS_GROUP
 from feedback.services.generations import GenerationInput, create_generation
+from projects.selectors import default_project, resolve_project
+from projects.services import create_api_key, create_project, set_membership
 
 PASSWORD = "correct horse battery staple"
 DESKTOP = {"width": 1280, "height": 800}
@@ -28,8 +27,7 @@ CHAT_PROMPT = [
 def make_user(username: str, *, staff: bool = False, annotator: bool = False):
     user = get_user_model().objects.create_user(username, password=PASSWORD, is_staff=staff, is_superuser=staff)
     if annotator:
-        # get_or_create: the flush of live-server tests also empties the group table.
-        user.groups.add(Group.objects.get_or_create(name=ANNOTATORS_GROUP)[0])
+        set_membership(resolve_project(None), user, "annotator")
     return user
 
 
@@ -67,23 +65,44 @@ def horizontal_overflow(page) -> int:
 
 def build_world() -> dict:
     """Everything the pages show: users, items to rate, votes, a snapshot, versions, runs of every end."""
+    from pathlib import Path
+
+    from django.conf import settings
     from django.utils import timezone
 
     from feedback.services import create_snapshot
+    from tests.training.helpers import loadable_artifact
     from training.models import ModelVersion, TrainingRun
 
+    demo = default_project()
+    # Stand-ins that pass the promotion's artifact check (the pages never load them).
+    base_dir = loadable_artifact(Path(settings.DATA_DIR) / "models" / "demo")
+    candidate_dir = loadable_artifact(Path(settings.DATA_DIR) / "runs" / "1" / "final")
     make_user("rater", annotator=True)
     make_user("boss", staff=True)
+    # A second team: the header's project switcher appears for users of both.
+    shop = create_project("shop-assistant")
+    project_admin = make_user("padma")
+    for project in (demo, shop):
+        set_membership(project, project_admin, "admin")
+    create_api_key(demo, scopes="generations:write,votes:write,generate,read",
+                   name="customer support chat widget (production)", expires_days=90)
+    revoked, _ = create_api_key(demo, scopes="import", name="nightly import")
+    revoked.revoked = True
+    revoked.save(update_fields=["revoked"])
     add_generation(prompt=CHAT_PROMPT, completion=LONG_OUTPUT)
     add_votes(6, 2)
     snapshot = create_snapshot(holdout=0.0, target_ratio=4 / 3, mode="auto")
-    base = ModelVersion.objects.create(name="base", base_model="/models/demo", artifact_path="/models/demo",
+    base = ModelVersion.objects.create(project=demo, name="base", base_model=base_dir, artifact_path=base_dir,
                                        status=ModelVersion.Status.ACTIVE, status_reason="first version")
-    finished = TrainingRun.objects.create(snapshot=snapshot, base_version=base, status=TrainingRun.Status.SUCCEEDED,
+    finished = TrainingRun.objects.create(project=demo, snapshot=snapshot, base_version=base,
+                                          status=TrainingRun.Status.SUCCEEDED,
                                           progress=1.0, current_step=12, total_steps=12, config={"loss": "kto", "beta": 0.1},
-                                          metrics=metric_rows(12), started_at=timezone.now(), finished_at=timezone.now())
+                                          metrics=metric_rows(12), started_at=timezone.now(), finished_at=timezone.now(),
+                                          **WEIGHTS)
     candidate = ModelVersion.objects.create(
-        name="run-1", base_model="/models/demo", artifact_path="/runs/1/final", parent=base, created_by_run=finished,
+        project=demo,
+        name="run-1", base_model=base_dir, artifact_path=candidate_dir, parent=base, created_by_run=finished,
         metrics={"demo_accuracy": 0.688, "holdout": {"loss": 0.4123, "reward_accuracy": 0.71, "reward_margin": 0.9},
                  "gate": {"decision": "kept as candidate", "reason": "demo accuracy 0.688 vs 0.700 of base "
                           "(gain -0.012, margin +0.010), a long verdict that must stay on one line in the table"}},
@@ -91,14 +110,16 @@ def build_world() -> dict:
     )
     ModelVersion.objects.filter(pk=base.pk).update(metrics={"demo_accuracy": 0.70, "holdout": {"loss": 0.4500,
                                                                                              "reward_accuracy": 0.55}})
-    running = TrainingRun.objects.create(snapshot=snapshot, base_version=base, status=TrainingRun.Status.RUNNING,
+    running = TrainingRun.objects.create(project=demo, snapshot=snapshot, base_version=base,
+                                         status=TrainingRun.Status.RUNNING,
                                          progress=0.5, current_step=6, total_steps=12, config={"loss": "kto"},
                                          metrics=metric_rows(6), log_tail="Loading weights: 100%|██████| 24/24",
-                                         started_at=timezone.now())
-    cancelled = TrainingRun.objects.create(snapshot=snapshot, status=TrainingRun.Status.CANCELLED,
-                                           error="cancelled by an admin", finished_at=timezone.now())
-    failed = TrainingRun.objects.create(snapshot=snapshot, status=TrainingRun.Status.FAILED, exit_code=1,
-                                        error="training exited with code 1:\nCUDA out of memory", finished_at=timezone.now())
+                                         started_at=timezone.now(), **WEIGHTS)
+    cancelled = TrainingRun.objects.create(project=demo, snapshot=snapshot, status=TrainingRun.Status.CANCELLED,
+                                           error="cancelled by an admin", finished_at=timezone.now(), **WEIGHTS)
+    failed = TrainingRun.objects.create(project=demo, snapshot=snapshot, status=TrainingRun.Status.FAILED, exit_code=1,
+                                        error="training exited with code 1:\nCUDA out of memory", finished_at=timezone.now(),
+                                        **WEIGHTS)
     # Outputs of both versions on the same prompts (the compare view aligns them), and items to rate.
     for a, b in ((12, 7), (30, 12), (8, 9)):
         prompt = f"What is {a}+{b}?"
@@ -106,6 +127,10 @@ def build_world() -> dict:
         add_generation(prompt=prompt, completion=str(a + b), model_version_id=candidate.pk, source="fill_queue")
     return {"snapshot": snapshot, "base": base, "candidate": candidate, "runs": {
         "succeeded": finished, "running": running, "cancelled": cancelled, "failed": failed}}
+
+
+# Every run records the λ it trains with (copied from its snapshot when it is started).
+WEIGHTS = {"desirable_weight": 1.0, "undesirable_weight": 1.0}
 
 
 def metric_rows(n: int) -> list[dict]:

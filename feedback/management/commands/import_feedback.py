@@ -9,12 +9,14 @@ from django.core.management.base import BaseCommand, CommandError
 
 from feedback.importers import FORMAT_CHOICES, ON_INVALID_CHOICES, ImportRejected
 from feedback.services import import_feedback
+from projects.commands import add_project_argument, project_option
 
 
 class Command(BaseCommand):
     help = "Import a JSONL feedback file (all or nothing, or skipping bad lines) and print a one-line JSON summary."
 
     def add_arguments(self, parser):
+        add_project_argument(parser)
         parser.add_argument("file")
         # Not argparse choices: an unknown format must get the same clear message as from the API.
         parser.add_argument("--format", default="auto", help=f"one of {', '.join(FORMAT_CHOICES)} (default auto)")
@@ -33,6 +35,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
+        project = project_option(options)
         path = Path(options["file"])
         if not path.is_file():
             raise CommandError(f"{path}: no such file")
@@ -46,6 +49,7 @@ class Command(BaseCommand):
                     weight_by_distance=options["weight_by_distance"],
                     one_y_per_x=options["one_y_per_x"],
                     on_invalid=options["on_invalid"],
+                    project=project,
                 )
         except ImportRejected as exc:
             raise CommandError(f"{path}: {exc}; nothing was imported") from None

@@ -8,12 +8,14 @@ from django.core.management.base import BaseCommand, CommandError
 
 from feedback.services import SnapshotRefused, create_snapshot
 from feedback.services.snapshots import snapshot_summary
+from projects.commands import add_project_argument, project_option
 
 
 class Command(BaseCommand):
     help = "Freeze the current votes into an immutable, balanced KTO dataset snapshot."
 
     def add_arguments(self, parser):
+        add_project_argument(parser)
         parser.add_argument("--holdout", type=float, default=settings.SNAPSHOT_HOLDOUT, help="share of prompts held out")
         parser.add_argument(
             "--target-ratio", type=float, default=settings.KTO_TARGET_RATIO, help="target λ_D·n_D / (λ_U·n_U), paper: 4/3"
@@ -25,6 +27,7 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0, help="seed of the train/holdout split by prompt")
 
     def handle(self, *args, **options):
+        project = project_option(options)
         try:
             snapshot = create_snapshot(
                 holdout=options["holdout"],
@@ -32,6 +35,7 @@ class Command(BaseCommand):
                 mode=options["mode"],
                 manual_weights=tuple(options["manual_weights"]) if options["manual_weights"] else None,
                 seed=options["seed"],
+                project=project,
             )
         except SnapshotRefused as exc:
             raise CommandError(str(exc)) from None

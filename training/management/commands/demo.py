@@ -1,7 +1,7 @@
 """`python manage.py demo`: the whole Prospect loop on one machine, until Ctrl-C.
 
-Sets up what the loop needs (database, the offline demo model, two users, an active model
-version, a first batch of outputs to rate), then runs the web server, a CPU worker, a GPU worker
+Sets up what the loop needs (database, the one project `demo`, the offline demo model, two users,
+an active model version, a first batch of outputs to rate), then runs the web server, a CPU worker, a GPU worker
 and beat as child processes and supervises them. Embedded defaults: SQLite under DATA_DIR, Redis
 when one answers at REDIS_URL, else kombu's filesystem broker under DATA_DIR/broker (see
 config/celery.py). `--simulate` adds the simulated annotators, so the loop turns with no person.
@@ -23,7 +23,6 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
@@ -31,6 +30,10 @@ from django.shortcuts import resolve_url
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from config.celery import app as celery_app
+from projects.models import Membership
+from projects.selectors import default_project
+from projects.services import set_membership
+
 from training import dispatch, registry
 from training.management.commands._demo_setup import ensure_demo_model
 from training.management.commands.simulate_annotators import DEMO_TRAINING
@@ -41,9 +44,9 @@ from training.scheduler import install_schedule
 from training.serving import top_up_annotation_queue, unrated_generation_count
 
 DEMO_USERS = (
-    # (username, password, is_staff_and_superuser, group)
-    ("admin", "admin", True, None),
-    ("annotator", "annotator", False, "annotators"),
+    # (username, password, is_staff_and_superuser, role in the demo project)
+    ("admin", "admin", True, Membership.Role.ADMIN),
+    ("annotator", "annotator", False, Membership.Role.ANNOTATOR),
 )
 # How many unrated outputs the queue should hold (at start, and topped up periodically).
 SEED_QUEUE_SIZE = 32
@@ -103,9 +106,12 @@ class Command(BaseCommand):
         self.say(f"data directory: {data_dir}")
         call_command("migrate", interactive=False, verbosity=0)
         model_dir = ensure_demo_model(self.say)
+        # The installation's one project (the migrations create it): a single team names no project.
+        self.project = default_project()
+        self.say(f"project: {self.project.name}")
         self.ensure_users()
         # Only activates the demo model when nothing is active yet: a restart keeps the loop's progress.
-        version = registry.ensure_base_version(str(model_dir))
+        version = registry.ensure_base_version(str(model_dir), project=self.project)
         self.say(f"active model version: {version.name}")
         self.ensure_demo_policy(model_dir)
         if not options["no_seed"]:
@@ -140,24 +146,24 @@ class Command(BaseCommand):
             return
         User = get_user_model()
         with transaction.atomic():
-            for username, password, is_admin, group_name in DEMO_USERS:
+            for username, password, is_admin, role in DEMO_USERS:
                 user, created = User.objects.get_or_create(username=username)
                 if created:
                     user.set_password(password)
                 user.is_staff = user.is_superuser = is_admin
                 user.save()
-                if group_name:
-                    user.groups.add(Group.objects.get_or_create(name=group_name)[0])
-        self.say("users: admin / admin (staff, superuser), annotator / annotator (annotators group)")
+                set_membership(self.project, user, role)
+        self.say(f"users: admin / admin (superuser, project admin of {self.project.name}), "
+                 f"annotator / annotator (annotator of {self.project.name})")
 
     def ensure_demo_policy(self, model_dir: Path) -> None:
         """On a fresh database, a retraining policy that makes the tiny demo model move.
 
         Only the first start sets it: afterwards the admin's edits (Admin → Training policy) win.
         """
-        if TrainingPolicy.objects.filter(pk=1).exists():
+        if TrainingPolicy.objects.filter(project=self.project).exists():
             return
-        policy = get_policy()
+        policy = get_policy(self.project)
         for name, value in DEMO_TRAINING.items():
             setattr(policy, name, value)
         policy.base_model = str(model_dir)
@@ -168,23 +174,16 @@ class Command(BaseCommand):
         install_schedule(check_seconds=DEMO_RETRAIN_CHECK_SECONDS)
         every, _ = IntervalSchedule.objects.get_or_create(every=DEMO_REFILL_SECONDS, period=IntervalSchedule.SECONDS)
         # After a promotion, annotators should soon rate outputs of the new version.
-        PeriodicTask.objects.get_or_create(
-            name=REFILL_TASK_NAME,
-            defaults={
-                "task": dispatch.FILL_QUEUE,
-                "interval": every,
-                "queue": "gpu",
-                "kwargs": json.dumps({"n": SEED_QUEUE_SIZE, "top_up": True}),
-            },
-        )
-        self.say(
-            f"retraining policy: every {DEMO_MIN_NEW_VOTES} new votes, cool-down {DEMO_COOLDOWN_SECONDS}s "
-            f"(edit it in the admin)"
-        )
+        PeriodicTask.objects.get_or_create(name=REFILL_TASK_NAME, defaults={
+            "task": dispatch.FILL_QUEUE, "interval": every, "queue": "gpu",
+            "kwargs": json.dumps({"n": SEED_QUEUE_SIZE, "top_up": True, "project_id": self.project.pk}),
+        })
+        self.say(f"retraining policy: every {DEMO_MIN_NEW_VOTES} new votes, cool-down {DEMO_COOLDOWN_SECONDS}s "
+                 f"(edit it in the admin)")
 
     def seed_queue(self) -> None:
-        added = top_up_annotation_queue(SEED_QUEUE_SIZE)
-        self.say(f"annotation queue: {unrated_generation_count()} outputs to rate ({len(added)} new)")
+        added = top_up_annotation_queue(SEED_QUEUE_SIZE, project=self.project)
+        self.say(f"annotation queue: {unrated_generation_count(self.project)} outputs to rate ({len(added)} new)")
 
     # --- children --------------------------------------------------------------------------------
 

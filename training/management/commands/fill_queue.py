@@ -6,6 +6,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
+from projects.commands import add_project_argument, project_option
 from training import dispatch
 from training.serving import NoActiveModelVersion, fill_annotation_queue
 
@@ -14,6 +15,7 @@ class Command(BaseCommand):
     help = "Sample N fresh outputs of the active model (demo prompts) into the annotation queue."
 
     def add_arguments(self, parser):
+        add_project_argument(parser)
         parser.add_argument("n", nargs="?", type=int, default=16)
         parser.add_argument("--temperature", type=float, default=1.0)
         parser.add_argument(
@@ -26,12 +28,13 @@ class Command(BaseCommand):
     def handle(self, *args, n: int, temperature: float, use_worker: bool, **options):
         if n < 1:
             raise CommandError("N must be at least 1")
+        project = project_option(options)
         if use_worker:
-            dispatch.send_fill_queue(n, temperature=temperature)
+            dispatch.send_fill_queue(n, temperature=temperature, project_id=project.pk)
             self.stdout.write(json.dumps({"queued_task": dispatch.FILL_QUEUE, "n": n}))
             return
         try:
-            generations = fill_annotation_queue(n, temperature=temperature)
+            generations = fill_annotation_queue(n, temperature=temperature, project=project)
         except NoActiveModelVersion as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(

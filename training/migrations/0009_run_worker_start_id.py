@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('training', '0005_loss_variants'),
+        ('training', '0008_loss_variants'),
     ]
 
     operations = [

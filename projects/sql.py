@@ -1,8 +1,10 @@
 """One SQL statement, prepared once per connection on PostgreSQL: for the vote endpoint's two hot
-statements (the token check and the vote's INSERT)."""
+statements (the API key check and the vote's INSERT). Here, in the bottom app, so that both the key
+check (projects) and the vote (feedback) use it."""
 
 from __future__ import annotations
 
+import psycopg
 from django.db import connection
 
 
@@ -18,8 +20,6 @@ def fetchone_prepared(sql: str, params: list):
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             return cursor.fetchone()
-    import psycopg  # only where the database is PostgreSQL
-
     connection.ensure_connection()
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(sql, params, prepare=True)

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('training', '0004_run_class_weights'),
+        ('training', '0007_project_required'),
     ]
 
     operations = [

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('feedback', '0005_import_batches_plural'),
+        ('feedback', '0008_project_required'),
     ]
 
     operations = [
