@@ -1,5 +1,6 @@
 """Shared by bench/speed_vs_trl.py and bench/gpu_speed.py: local models, synthetic data, and one
 training run of Prospect or TRL measured in a fresh subprocess (so peak memory is per trainer)."""
+
 from __future__ import annotations
 
 import json
@@ -27,32 +28,75 @@ def save_random_model(out_dir: Path, kind: str, seed: int = 0) -> str:
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id)
+    special = dict(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     if kind == "cpu-small":
         # Small enough for a 2-core CPU, with a realistic vocabulary so the LM head matters.
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=192, intermediate_size=512,
-                                             num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
-                                             max_position_embeddings=2048, tie_word_embeddings=True, **special))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=32000,
+                hidden_size=192,
+                intermediate_size=512,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                num_key_value_heads=4,
+                max_position_embeddings=2048,
+                tie_word_embeddings=True,
+                **special,
+            )
+        )
     elif kind == "qwen2.5-0.5b":
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
         # Qwen2.5-0.5B's published shape (config built locally; weights random).
-        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864,
-                                             num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                                             max_position_embeddings=32768, rope_theta=1000000.0,
-                                             rms_norm_eps=1e-6, tie_word_embeddings=True, **special))
+        model = Qwen2ForCausalLM(
+            Qwen2Config(
+                vocab_size=151936,
+                hidden_size=896,
+                intermediate_size=4864,
+                num_hidden_layers=24,
+                num_attention_heads=14,
+                num_key_value_heads=2,
+                max_position_embeddings=32768,
+                rope_theta=1000000.0,
+                rms_norm_eps=1e-6,
+                tie_word_embeddings=True,
+                **special,
+            )
+        )
     elif kind == "qwen2.5-1.5b":
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
-        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
-                                             num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-                                             max_position_embeddings=32768, rope_theta=1000000.0,
-                                             rms_norm_eps=1e-6, tie_word_embeddings=True, **special))
+        model = Qwen2ForCausalLM(
+            Qwen2Config(
+                vocab_size=151936,
+                hidden_size=1536,
+                intermediate_size=8960,
+                num_hidden_layers=28,
+                num_attention_heads=12,
+                num_key_value_heads=2,
+                max_position_embeddings=32768,
+                rope_theta=1000000.0,
+                rms_norm_eps=1e-6,
+                tie_word_embeddings=True,
+                **special,
+            )
+        )
     elif kind == "tiny":
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=128,
-                                             num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                             max_position_embeddings=2048, tie_word_embeddings=True, **special))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=1024,
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                max_position_embeddings=2048,
+                tie_word_embeddings=True,
+                **special,
+            )
+        )
     else:
         raise ValueError(kind)
     model.save_pretrained(out_dir)
@@ -60,12 +104,13 @@ def save_random_model(out_dir: Path, kind: str, seed: int = 0) -> str:
     return str(out_dir)
 
 
-def write_synthetic_kto(path: Path, n: int, prompt_chars: tuple[int, int], completion_chars: tuple[int, int],
-                        seed: int = 0) -> str:
+def write_synthetic_kto(
+    path: Path, n: int, prompt_chars: tuple[int, int], completion_chars: tuple[int, int], seed: int = 0
+) -> str:
     """Random-text KTO rows with varied lengths (so padding and bucketing matter), labels ~50/50."""
     rng = random.Random(seed)
     rows = []
-    for index in range(n):
+    for _ in range(n):
         prompt = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(*prompt_chars)))
         completion = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(*completion_chars))).strip() or "x"
         rows.append({"prompt": prompt, "completion": completion, "label": rng.random() < 0.5})
@@ -102,18 +147,40 @@ def run_prospect(spec: dict) -> dict:
     from training.kto.trainer import TrainConfig, train
 
     started = time.perf_counter()
-    summary = train(TrainConfig(
-        model=spec["model"], data=spec["data"], out=spec["out"], beta=0.1, learning_rate=spec["learning_rate"],
-        per_device_train_batch_size=spec["batch_size"], gradient_accumulation_steps=spec["grad_accum"],
-        num_train_epochs=spec["epochs"], max_length=spec["max_length"], desirable_weight=1.0,
-        undesirable_weight=1.0, warmup_ratio=0.1, seed=spec["seed"], lora=spec["lora"], lora_r=16, lora_alpha=32,
-        reference=spec["reference"], gradient_checkpointing=spec.get("gradient_checkpointing", False),
-        progress=False, logging_steps=1))
+    summary = train(
+        TrainConfig(
+            model=spec["model"],
+            data=spec["data"],
+            out=spec["out"],
+            beta=0.1,
+            learning_rate=spec["learning_rate"],
+            per_device_train_batch_size=spec["batch_size"],
+            gradient_accumulation_steps=spec["grad_accum"],
+            num_train_epochs=spec["epochs"],
+            max_length=spec["max_length"],
+            desirable_weight=1.0,
+            undesirable_weight=1.0,
+            warmup_ratio=0.1,
+            seed=spec["seed"],
+            lora=spec["lora"],
+            lora_r=16,
+            lora_alpha=32,
+            reference=spec["reference"],
+            gradient_checkpointing=spec.get("gradient_checkpointing", False),
+            progress=False,
+            logging_steps=1,
+        )
+    )
     elapsed = time.perf_counter() - started
     losses = [json.loads(line)["loss"] for line in (Path(spec["out"]) / "metrics.jsonl").read_text().splitlines()]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return {"seconds": elapsed, "losses": losses, "peak_memory_mb": peak_memory_mb(device),
-            "reference_cache": summary["reference_cache"], "loop_seconds": summary["train_runtime_s"]}
+    return {
+        "seconds": elapsed,
+        "losses": losses,
+        "peak_memory_mb": peak_memory_mb(device),
+        "reference_cache": summary["reference_cache"],
+        "loop_seconds": summary["train_runtime_s"],
+    }
 
 
 def run_trl(spec: dict) -> dict:
@@ -141,22 +208,38 @@ def run_trl(spec: dict) -> dict:
     model = AutoModelForCausalLM.from_pretrained(spec["model"])
     on_gpu = torch.cuda.is_available()
     args = KTOConfig(
-        output_dir=spec["out"], per_device_train_batch_size=spec["batch_size"],
-        gradient_accumulation_steps=spec["grad_accum"], num_train_epochs=spec["epochs"],
-        learning_rate=spec["learning_rate"], beta=0.1, max_length=spec["max_length"], desirable_weight=1.0,
-        undesirable_weight=1.0, lr_scheduler_type="linear", warmup_steps=0.1,  # a float < 1 is a ratio in transformers 5 max_grad_norm=1.0,
-        logging_steps=1, save_strategy="no", report_to=[], seed=spec["seed"], bf16=on_gpu,
-        precompute_ref_log_probs=spec["reference"] == "precompute", disable_tqdm=True, dataloader_num_workers=0,
-        gradient_checkpointing=spec.get("gradient_checkpointing", False), use_cpu=not on_gpu,
+        output_dir=spec["out"],
+        per_device_train_batch_size=spec["batch_size"],
+        gradient_accumulation_steps=spec["grad_accum"],
+        num_train_epochs=spec["epochs"],
+        learning_rate=spec["learning_rate"],
+        beta=0.1,
+        max_length=spec["max_length"],
+        desirable_weight=1.0,
+        undesirable_weight=1.0,
+        lr_scheduler_type="linear",
+        warmup_steps=0.1,  # a float < 1 is a ratio in transformers 5 max_grad_norm=1.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=spec["seed"],
+        bf16=on_gpu,
+        precompute_ref_log_probs=spec["reference"] == "precompute",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        gradient_checkpointing=spec.get("gradient_checkpointing", False),
+        use_cpu=not on_gpu,
     )
     peft_config = None
     if spec["lora"]:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
-    trainer = KTOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config)
+        peft_config = LoraConfig(
+            r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
+    trainer = KTOTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+    )
     trainer.train()
     trainer.save_model(spec["out"] + "/final")
     elapsed = time.perf_counter() - started

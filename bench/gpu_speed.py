@@ -13,6 +13,7 @@ attention score FLOPs are left out. Time is end to end (load, tokenize, referenc
 save), divided by the H100/H200 dense bf16 peak of 989 TFLOPS.
 Ends with one JSON line: {"bench": "gpu_speed", ...}. If TRL fails, Prospect's figures and the error are printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,17 +63,34 @@ def main() -> None:
         # matched: 6N (grad) + 2N (reference); mismatched: 2N (policy, no grad) + 2N (reference).
         # Mismatched sequences have about the same length on average as matched ones.
         model_flops = tokens * parameters * (6 + 2 + 2 + 2)
-        spec = dict(model=model, data=data, batch_size=args.batch_size, grad_accum=args.grad_accum, epochs=1.0,
-                    max_length=args.max_length, learning_rate=5e-6, seed=0, lora=False, reference="precompute")
-        runs = {"prospect": measure("prospect", dict(spec, out=str(workdir / "prospect")), threads=8,
-                                    timeout=args.timeout)}
+        spec = dict(
+            model=model,
+            data=data,
+            batch_size=args.batch_size,
+            grad_accum=args.grad_accum,
+            epochs=1.0,
+            max_length=args.max_length,
+            learning_rate=5e-6,
+            seed=0,
+            lora=False,
+            reference="precompute",
+        )
+        runs = {
+            "prospect": measure("prospect", dict(spec, out=str(workdir / "prospect")), threads=8, timeout=args.timeout)
+        }
         if not args.skip_trl:
             runs["trl"] = measure("trl", dict(spec, out=str(workdir / "trl")), threads=8, timeout=args.timeout)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    report = {"bench": "gpu_speed", "device": device_name, "model": args.model_kind,
-              "parameters": parameters, "examples": args.examples, "tokens": tokens}
+    report = {
+        "bench": "gpu_speed",
+        "device": device_name,
+        "model": args.model_kind,
+        "parameters": parameters,
+        "examples": args.examples,
+        "tokens": tokens,
+    }
     for name, run in runs.items():
         if "error" in run:
             report[f"{name}_error"] = run["error"][-1500:]
@@ -85,8 +103,11 @@ def main() -> None:
         report[f"{name}_final_loss"] = run["losses"][-1] if run["losses"] else None
         if name == "prospect":
             report["prospect_loop_seconds"] = run.get("loop_seconds")
-        print(f"{name:10s} {tokens / run['seconds']:10.1f} tok/s  {run['seconds']:7.1f} s  "
-              f"peak {run['peak_memory_mb']:9.1f} MiB", file=sys.stderr)
+        print(
+            f"{name:10s} {tokens / run['seconds']:10.1f} tok/s  {run['seconds']:7.1f} s  "
+            f"peak {run['peak_memory_mb']:9.1f} MiB",
+            file=sys.stderr,
+        )
     if "prospect_tokens_per_s" in report and "trl_tokens_per_s" in report:
         report["throughput_ratio_vs_trl"] = round(report["prospect_tokens_per_s"] / report["trl_tokens_per_s"], 3)
         report["peak_mem_ratio_vs_trl"] = round(report["prospect_peak_memory_mb"] / report["trl_peak_memory_mb"], 3)

@@ -11,6 +11,7 @@ settings, and measure greedy exact-match accuracy on the 200 held-out prompts.
     python bench/quality.py --seeds 0,1,2,3,4 --learning-rate 1e-4
 Ends with one JSON line: {"bench": "quality", ...}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,43 +77,73 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="prospect-quality-"))
     try:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            rows = simulated_feedback(demo_model, args.prompts, seed=seed + 1, samples_per_prompt=args.samples_per_prompt)
+            rows = simulated_feedback(
+                demo_model, args.prompts, seed=seed + 1, samples_per_prompt=args.samples_per_prompt
+            )
             full = write_jsonl(rows, workdir / f"full-{seed}.jsonl")
             # The paper's imbalance test: drop 90% of the desirable examples, keep all undesirable ones.
             rng = random.Random(seed)
             imbalanced_rows = [row for row in rows if not row["label"] or rng.random() < 0.1]
             imbalanced = write_jsonl(imbalanced_rows, workdir / f"imbalanced-{seed}.jsonl")
             files = {"full": full, "imbalanced": imbalanced}
-            seed_detail = {"seed": seed, "n_desirable": sum(r["label"] for r in rows),
-                           "n_undesirable": sum(not r["label"] for r in rows),
-                           "imbalanced_n_desirable": sum(r["label"] for r in imbalanced_rows), "runs": {}}
+            seed_detail = {
+                "seed": seed,
+                "n_desirable": sum(r["label"] for r in rows),
+                "n_undesirable": sum(not r["label"] for r in rows),
+                "imbalanced_n_desirable": sum(r["label"] for r in imbalanced_rows),
+                "runs": {},
+            }
             for name, loss, variant, weights in chosen:
-                summary = train(TrainConfig(
-                    model=demo_model, data=files[variant], out=str(workdir / f"{name}-{seed}"), loss=loss,
-                    beta=args.beta, learning_rate=args.learning_rate, per_device_train_batch_size=args.batch_size,
-                    gradient_accumulation_steps=args.grad_accum, num_train_epochs=args.epochs, max_length=32,
-                    desirable_weight="auto" if weights == "auto" else 1.0,
-                    undesirable_weight="auto" if weights == "auto" else 1.0,
-                    # The schedule the loop uses (explicit: the engine's own defaults are TRL's).
-                    warmup_ratio=defaults.LOOP_WARMUP_RATIO, gradient_checkpointing=False, save_steps=0,
-                    seed=seed, progress=False, logging_steps=10))
+                summary = train(
+                    TrainConfig(
+                        model=demo_model,
+                        data=files[variant],
+                        out=str(workdir / f"{name}-{seed}"),
+                        loss=loss,
+                        beta=args.beta,
+                        learning_rate=args.learning_rate,
+                        per_device_train_batch_size=args.batch_size,
+                        gradient_accumulation_steps=args.grad_accum,
+                        num_train_epochs=args.epochs,
+                        max_length=32,
+                        desirable_weight="auto" if weights == "auto" else 1.0,
+                        undesirable_weight="auto" if weights == "auto" else 1.0,
+                        # The schedule the loop uses (explicit: the engine's own defaults are TRL's).
+                        warmup_ratio=defaults.LOOP_WARMUP_RATIO,
+                        gradient_checkpointing=False,
+                        save_steps=0,
+                        seed=seed,
+                        progress=False,
+                        logging_steps=10,
+                    )
+                )
                 accuracy = demo_accuracy(summary["final"], heldout)
                 accuracies[name].append(accuracy)
-                seed_detail["runs"][name] = {"accuracy": accuracy, "steps": summary["steps"],
-                                             "desirable_weight": round(summary["desirable_weight"], 3),
-                                             "undesirable_weight": round(summary["undesirable_weight"], 3)}
-                print(f"seed {seed} {name:28s} held-out accuracy {accuracy:.3f} "
-                      f"(steps {summary['steps']}, λ_D {summary['desirable_weight']:.2f}, "
-                      f"λ_U {summary['undesirable_weight']:.2f})", file=sys.stderr, flush=True)
+                seed_detail["runs"][name] = {
+                    "accuracy": accuracy,
+                    "steps": summary["steps"],
+                    "desirable_weight": round(summary["desirable_weight"], 3),
+                    "undesirable_weight": round(summary["undesirable_weight"], 3),
+                }
+                print(
+                    f"seed {seed} {name:28s} held-out accuracy {accuracy:.3f} "
+                    f"(steps {summary['steps']}, λ_D {summary['desirable_weight']:.2f}, "
+                    f"λ_U {summary['undesirable_weight']:.2f})",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 shutil.rmtree(workdir / f"{name}-{seed}", ignore_errors=True)
             details.append(seed_detail)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
     def summary_of(values):
-        return {"mean": round(statistics.fmean(values), 4),
-                "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
-                "min": round(min(values), 4), "max": round(max(values), 4)}
+        return {
+            "mean": round(statistics.fmean(values), 4),
+            "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+            "min": round(min(values), 4),
+            "max": round(max(values), 4),
+        }
 
     results = {name: summary_of(values) for name, values in accuracies.items() if values}
     headline = {
@@ -131,7 +162,8 @@ def main() -> None:
     }
     (Path(__file__).resolve().parent / "out").mkdir(exist_ok=True)
     (Path(__file__).resolve().parent / "out" / "quality.json").write_text(
-        json.dumps({"args": vars(args), "headline": headline, "per_seed": details}, indent=2))
+        json.dumps({"args": vars(args), "headline": headline, "per_seed": details}, indent=2)
+    )
     print(json.dumps(headline))
 
 

@@ -10,6 +10,7 @@ passes when its exit code is 0, its world size is the one asked for, final/ load
 finite logits, and its per-step losses match the plain run's to --tolerance (1e-3 by default,
 what bf16 allows). Ends with one JSON line; exit code 1 when any config failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,17 +36,47 @@ def _free_port() -> int:
 
 
 def _engine(model: str, data: str, out: Path, per_device: int, steps: int, extra: list[str]) -> list[str]:
-    return ["-m", "training.kto", "train", "--model", model, "--data", data, "--out", str(out),
-            "--max-steps", str(steps), "--per-device-train-batch-size", str(per_device),
-            "--gradient-accumulation-steps", "2", "--max-length", "64", "--learning-rate", "1e-4",
-            "--warmup-ratio", "0", "--no-progress", *extra]
+    return [
+        "-m",
+        "training.kto",
+        "train",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "--max-steps",
+        str(steps),
+        "--per-device-train-batch-size",
+        str(per_device),
+        "--gradient-accumulation-steps",
+        "2",
+        "--max-length",
+        "64",
+        "--learning-rate",
+        "1e-4",
+        "--warmup-ratio",
+        "0",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _launch(config: str | None, processes: int) -> list[str]:
     if config is None:
         return [sys.executable]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG_DIR / config),
-            "--num_processes", str(processes), "--main_process_port", str(_free_port())]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(CONFIG_DIR / config),
+        "--num_processes",
+        str(processes),
+        "--main_process_port",
+        str(_free_port()),
+    ]
 
 
 def _final_loads(final: Path, lora: bool) -> bool:
@@ -63,8 +94,17 @@ def _final_loads(final: Path, lora: bool) -> bool:
     return bool(torch.isfinite(logits).all())
 
 
-def run_one(name: str, config: str | None, processes: int, model: str, data: str, work: Path, per_device: int,
-            steps: int, extra: list[str]) -> dict:
+def run_one(
+    name: str,
+    config: str | None,
+    processes: int,
+    model: str,
+    data: str,
+    work: Path,
+    per_device: int,
+    steps: int,
+    extra: list[str],
+) -> dict:
     out = work / name
     command = [*_launch(config, processes), *_engine(model, data, out, per_device, steps, extra)]
     if config is not None:
@@ -72,8 +112,13 @@ def run_one(name: str, config: str | None, processes: int, model: str, data: str
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     started = time.perf_counter()
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800)
-    record = {"name": name, "config": config, "processes": processes, "exit": result.returncode,
-              "seconds": round(time.perf_counter() - started, 1)}
+    record = {
+        "name": name,
+        "config": config,
+        "processes": processes,
+        "exit": result.returncode,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     if result.returncode != 0:
         record["error"] = result.stderr[-1500:]
         return record
@@ -91,8 +136,12 @@ def judge(record: dict, baseline: dict, tolerance: float) -> dict:
     differences = [abs(a - b) for a, b in zip(record["losses"], baseline["losses"])]
     record["compared_with"] = baseline["name"]
     record["max_loss_difference"] = max(differences) if differences else math.inf
-    record["ok"] = (len(record["losses"]) == len(baseline["losses"]) and record["max_loss_difference"] <= tolerance
-                    and record["world_size"] == record["processes"] and record["final_loads"])
+    record["ok"] = (
+        len(record["losses"]) == len(baseline["losses"])
+        and record["max_loss_difference"] <= tolerance
+        and record["world_size"] == record["processes"]
+        and record["final_loads"]
+    )
     return record
 
 
@@ -123,8 +172,13 @@ def main() -> int:
         # Two processes build their mismatched pairs locally, so compare on a loss without them.
         plain_z0 = run_one("plain-z0-zero", None, 1, model, data, work, 4, steps, [*fp32, "--z0-zero"])
         records.append(plain_z0)
-        records.append(judge(run_one("ddp-2", "ddp.yaml", 2, model, data, work, 2, steps, [*fp32, "--z0-zero"]),
-                             plain_z0, args.tolerance))
+        records.append(
+            judge(
+                run_one("ddp-2", "ddp.yaml", 2, model, data, work, 2, steps, [*fp32, "--z0-zero"]),
+                plain_z0,
+                args.tolerance,
+            )
+        )
     else:
         if not torch.cuda.is_available():
             print("error: no CUDA device; run with --tiny for the CPU checks", file=sys.stderr)
@@ -136,12 +190,19 @@ def main() -> int:
             records.append(judge(run_one(name, config, 1, model, data, work, 4, steps, bf16), plain, args.tolerance))
         plain_lora = run_one("plain-lora", None, 1, model, data, work, 4, steps, [*bf16, "--lora"])
         records.append(plain_lora)
-        records.append(judge(run_one("fsdp-lora", "fsdp_lora.yaml", 1, model, data, work, 4, steps,
-                                     [*bf16, "--lora"]), plain_lora, args.tolerance))
+        records.append(
+            judge(
+                run_one("fsdp-lora", "fsdp_lora.yaml", 1, model, data, work, 4, steps, [*bf16, "--lora"]),
+                plain_lora,
+                args.tolerance,
+            )
+        )
     judged = [record for record in records if "ok" in record]
     summary = {
         "mode": "tiny-cpu" if args.tiny else f"cuda:{torch.cuda.get_device_name(0)}",
-        "torch": torch.__version__, "steps": steps, "tolerance": args.tolerance,
+        "torch": torch.__version__,
+        "steps": steps,
+        "tolerance": args.tolerance,
         "all_ok": all(record["ok"] for record in judged) and all(record["exit"] == 0 for record in records),
         "runs": records,
     }

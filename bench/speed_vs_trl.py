@@ -17,6 +17,7 @@ sequentially), so the first loss (identical: policy = reference) and the mean ov
     python bench/speed_vs_trl.py --examples 512 --batch-size 8 --scenarios full,lora,long
 Ends with one JSON line: {"bench": "speed_vs_trl", "throughput_ratio_vs_trl": ..., "peak_mem_ratio_vs_trl": ...}
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,22 +59,32 @@ def main() -> None:
         results = {}
         for scenario in args.scenarios.split(","):
             prompt_chars, completion_chars = DATASETS[scenario]
-            data = write_synthetic_kto(workdir / f"{scenario}.jsonl", args.examples, prompt_chars, completion_chars,
-                                       seed=args.seed)
+            data = write_synthetic_kto(
+                workdir / f"{scenario}.jsonl", args.examples, prompt_chars, completion_chars, seed=args.seed
+            )
             tokens = count_tokens(model, data, args.max_length) * args.epochs
             examples = args.examples * args.epochs
-            base = dict(model=model, data=data, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                        epochs=args.epochs, max_length=args.max_length, learning_rate=args.learning_rate,
-                        seed=args.seed, lora=scenario == "lora",
-                        reference="copy" if scenario == "lora" else "precompute")
+            base = dict(
+                model=model,
+                data=data,
+                batch_size=args.batch_size,
+                grad_accum=args.grad_accum,
+                epochs=args.epochs,
+                max_length=args.max_length,
+                learning_rate=args.learning_rate,
+                seed=args.seed,
+                lora=scenario == "lora",
+                reference="copy" if scenario == "lora" else "precompute",
+            )
             runs = {
                 "prospect": measure("prospect", dict(base, out=str(workdir / f"{scenario}-prospect")), args.threads),
                 "trl": measure("trl", dict(base, out=str(workdir / f"{scenario}-trl")), args.threads),
             }
             if scenario == "full":
                 runs["prospect_cached_reference"] = measure(
-                    "prospect", dict(base, out=str(workdir / f"{scenario}-prospect-cached")), args.threads)
-            for name, run in runs.items():
+                    "prospect", dict(base, out=str(workdir / f"{scenario}-prospect-cached")), args.threads
+                )
+            for run in runs.values():
                 if "error" not in run:
                     run["examples_per_s"] = examples / run["seconds"]
                     run["tokens_per_s"] = tokens / run["seconds"]
@@ -83,25 +94,31 @@ def main() -> None:
                 summary["throughput_ratio"] = prospect["examples_per_s"] / trl["examples_per_s"]
                 summary["peak_mem_ratio"] = prospect["peak_memory_mb"] / trl["peak_memory_mb"]
                 summary["first_loss_abs_diff"] = abs(prospect["losses"][0] - trl["losses"][0])
-                summary["mean_loss"] = {"prospect": statistics.fmean(prospect["losses"]),
-                                        "trl": statistics.fmean(trl["losses"])}
+                summary["mean_loss"] = {
+                    "prospect": statistics.fmean(prospect["losses"]),
+                    "trl": statistics.fmean(trl["losses"]),
+                }
                 summary["final_loss"] = {"prospect": prospect["losses"][-1], "trl": trl["losses"][-1]}
                 if "prospect_cached_reference" in runs and "error" not in runs["prospect_cached_reference"]:
-                    summary["cached_throughput_ratio"] = (runs["prospect_cached_reference"]["examples_per_s"]
-                                                          / trl["examples_per_s"])
+                    summary["cached_throughput_ratio"] = (
+                        runs["prospect_cached_reference"]["examples_per_s"] / trl["examples_per_s"]
+                    )
             results[scenario] = summary
             print(f"--- {scenario}", file=sys.stderr)
             for name, run in runs.items():
                 if "error" in run:
                     print(f"{name:28s} ERROR {run['error'][-500:]}", file=sys.stderr)
                 else:
-                    print(f"{name:28s} {run['examples_per_s']:8.2f} ex/s {run['tokens_per_s']:10.1f} tok/s "
-                          f"peak {run['peak_memory_mb']:8.1f} MiB  {run['seconds']:7.1f} s  "
-                          f"loss first {run['losses'][0]:.4f} mean {statistics.fmean(run['losses']):.4f}",
-                          file=sys.stderr)
+                    print(
+                        f"{name:28s} {run['examples_per_s']:8.2f} ex/s {run['tokens_per_s']:10.1f} tok/s "
+                        f"peak {run['peak_memory_mb']:8.1f} MiB  {run['seconds']:7.1f} s  "
+                        f"loss first {run['losses'][0]:.4f} mean {statistics.fmean(run['losses']):.4f}",
+                        file=sys.stderr,
+                    )
         (Path(__file__).resolve().parent / "out").mkdir(exist_ok=True)
         (Path(__file__).resolve().parent / "out" / "speed_vs_trl.json").write_text(
-            json.dumps({"args": vars(args), "results": results}, indent=2, default=str))
+            json.dumps({"args": vars(args), "results": results}, indent=2, default=str)
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -120,12 +137,20 @@ def main() -> None:
         "lora_peak_mem_ratio_vs_trl": ratio("lora", "peak_mem_ratio"),
         "long_prompt_throughput_ratio_vs_trl": ratio("long", "throughput_ratio"),
         "long_prompt_peak_mem_ratio_vs_trl": ratio("long", "peak_mem_ratio"),
-        "first_loss_abs_diff_max": max((r["first_loss_abs_diff"] for r in results.values()
-                                        if "first_loss_abs_diff" in r), default=None),
-        "tokens_per_s": {scenario: {name: round(run["tokens_per_s"], 1) for name, run in r["runs"].items()
-                                    if "tokens_per_s" in run} for scenario, r in results.items()},
-        "errors": {f"{scenario}/{name}": run["error"][-300:] for scenario, r in results.items()
-                   for name, run in r["runs"].items() if "error" in run} or None,
+        "first_loss_abs_diff_max": max(
+            (r["first_loss_abs_diff"] for r in results.values() if "first_loss_abs_diff" in r), default=None
+        ),
+        "tokens_per_s": {
+            scenario: {name: round(run["tokens_per_s"], 1) for name, run in r["runs"].items() if "tokens_per_s" in run}
+            for scenario, r in results.items()
+        },
+        "errors": {
+            f"{scenario}/{name}": run["error"][-300:]
+            for scenario, r in results.items()
+            for name, run in r["runs"].items()
+            if "error" in run
+        }
+        or None,
     }
     print(json.dumps(headline))
 

@@ -18,6 +18,7 @@ Ends with one JSON line of headline figures (SPEC §3 "Benchmarks").
 
     .venv/bin/python bench/web_load.py [--clients 64] [--seconds 10] [--rounds 5] [--export-votes 1000000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,10 +94,24 @@ print(key, min(Generation.objects.values_list("id", flat=True)), max(Generation.
 
 def start_gunicorn(env: dict, port: int, workers: int, threads: int) -> subprocess.Popen:
     command = [
-        PYTHON, "-m", "gunicorn", "config.wsgi:application",
-        "--bind", f"127.0.0.1:{port}",
-        "--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads),
-        "--keep-alive", "30", "--backlog", "2048", "--log-level", "warning",
+        PYTHON,
+        "-m",
+        "gunicorn",
+        "config.wsgi:application",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--worker-class",
+        "gthread",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--keep-alive",
+        "30",
+        "--backlog",
+        "2048",
+        "--log-level",
+        "warning",
     ]
     server = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
     deadline = time.monotonic() + 60
@@ -132,7 +147,7 @@ class LoadResult:
         self.elapsed = 0.0
         self.errors = 0
 
-    def add(self, other: "LoadResult") -> None:
+    def add(self, other: LoadResult) -> None:
         self.latencies += other.latencies
         for code, n in other.statuses.items():
             self.statuses[code] = self.statuses.get(code, 0) + n
@@ -217,7 +232,8 @@ def vote_requests_factory(token: str, first_id: int, last_id: int, run_tag: str,
     # The load generator shares the 2 cores with the server, so each request is built by filling a
     # template rather than json.dumps (same bytes, a third of the client's CPU per vote).
     head = b"POST /api/v1/votes/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + (
-        f"Authorization: Api-Key {token}\r\nContent-Length: ".encode())
+        f"Authorization: Api-Key {token}\r\nContent-Length: ".encode()
+    )
 
     def make(client_index: int):
         span = last_id - first_id + 1
@@ -246,8 +262,12 @@ class CpuMeter:
 
     def _backend_pids(self) -> list[int]:
         with psycopg.connect(self.database_url, autocommit=True) as connection:
-            return [row[0] for row in connection.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (self.database,))]
+            return [
+                row[0]
+                for row in connection.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (self.database,)
+                )
+            ]
 
     @staticmethod
     def _cpu(processes) -> float:
@@ -340,7 +360,9 @@ def bench_export(env: dict, database_url: str, data_dir: Path, total_votes: int)
         snapshot_out, snapshot_s, snapshot_rss = timed_child(env, "snapshot_dataset", "--holdout", "0")
         snapshot = json.loads(snapshot_out)
         export_path = data_dir / f"export-{label}.jsonl"
-        export_out, export_s, export_rss = timed_child(env, "export_kto", str(snapshot["id"]), "--out", str(export_path), "--split", "all")
+        export_out, export_s, export_rss = timed_child(
+            env, "export_kto", str(snapshot["id"]), "--out", str(export_path), "--split", "all"
+        )
         rows = json.loads(export_out)["rows"]
         figures[label] = {
             "votes": snapshot["n_votes"],
@@ -403,7 +425,9 @@ def main() -> None:
             # A short warm-up so that every worker has imported everything and opened its DB connection.
             asyncio.run(drive(port, noop_requests, args.clients, 1.0))
             run_tag = f"bench-{int(time.time())}"
-            asyncio.run(drive(port, vote_requests_factory(token, first_id, last_id, "warmup-" + run_tag, 50), args.clients, 1.0))
+            asyncio.run(
+                drive(port, vote_requests_factory(token, first_id, last_id, "warmup-" + run_tag, 50), args.clients, 1.0)
+            )
             # The two endpoints take turns (no-op, votes, no-op, votes, ...) in short slices, so a
             # job that starts or stops elsewhere on this shared machine weighs on both alike and
             # the ratio stays comparable between runs.
@@ -412,12 +436,24 @@ def main() -> None:
             noop_result, vote_result = LoadResult(), LoadResult()
             noop_cpu, vote_cpu = {}, {}
             for round_index in range(args.rounds):
-                log(f"round {round_index + 1}/{args.rounds}: no-op view then votes, {args.clients} clients, {slice_s:.1f} s each")
+                log(
+                    f"round {round_index + 1}/{args.rounds}: no-op view then votes, {args.clients} clients, {slice_s:.1f} s each"
+                )
                 part, cpu = measured(meter, lambda: asyncio.run(drive(port, noop_requests, args.clients, slice_s)))
                 noop_result.add(part), _add_cpu(noop_cpu, cpu, part)
-                part, cpu = measured(meter, lambda: asyncio.run(drive(
-                    port, vote_requests_factory(token, first_id, last_id, f"{run_tag}-r{round_index}", args.max_votes_per_client),
-                    args.clients, slice_s)))
+                part, cpu = measured(
+                    meter,
+                    lambda round_index=round_index: asyncio.run(
+                        drive(
+                            port,
+                            vote_requests_factory(
+                                token, first_id, last_id, f"{run_tag}-r{round_index}", args.max_votes_per_client
+                            ),
+                            args.clients,
+                            slice_s,
+                        )
+                    ),
+                )
                 vote_result.add(part), _add_cpu(vote_cpu, cpu, part)
             noop_cpu = _per_request(noop_cpu, noop_result)
             vote_cpu = _per_request(vote_cpu, vote_result)
@@ -433,14 +469,17 @@ def main() -> None:
             # Also the other way round: a vote acknowledged twice or a duplicate would show here.
             duplicates = connection.execute(
                 "SELECT count(*) FROM (SELECT external_user_id FROM feedback_vote WHERE external_user_id LIKE %s "
-                "GROUP BY generation_id, external_user_id HAVING count(*) > 1) AS d", (f"{run_tag}-%",)
+                "GROUP BY generation_id, external_user_id HAVING count(*) > 1) AS d",
+                (f"{run_tag}-%",),
             ).fetchone()[0]
         acknowledged = votes["ok"]
         lost = max(0, acknowledged - rows_saved)
         log(f"no-op : {json.dumps(noop)} {json.dumps(noop_cpu)}")
         log(f"votes : {json.dumps(votes)} {json.dumps(vote_cpu)}")
         noop_cost, vote_cost = sum(noop_cpu.values()), sum(vote_cpu.values())
-        log(f"votes sent {vote_result.sent}, acknowledged {acknowledged}, rows in the database {rows_saved}, lost {lost}")
+        log(
+            f"votes sent {vote_result.sent}, acknowledged {acknowledged}, rows in the database {rows_saved}, lost {lost}"
+        )
 
         export = bench_export(env, database_url, data_dir, args.export_votes) if args.export_votes else {}
         headline = {

@@ -1,4 +1,5 @@
 """Login lockout: django-axes, on every login that comes through a web request."""
+
 from __future__ import annotations
 
 from axes.backends import AxesStandaloneBackend

@@ -48,15 +48,14 @@ Reliability
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-import logging
-
 from celery import Celery, Task
-from celery.signals import before_task_publish, beat_init, worker_ready
+from celery.signals import beat_init, before_task_publish, worker_ready
 from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -72,8 +71,13 @@ class InstallationTask(Task):
         if not self.request.called_directly:
             sent_by = self.request.get(INSTALLATION_HEADER)
             if sent_by != settings.PROSPECT_INSTALLATION_ID:
-                logger.error("refused task %s[%s]: sent by installation %r, this is %r", self.name, self.request.id,
-                             sent_by, settings.PROSPECT_INSTALLATION_ID)
+                logger.error(
+                    "refused task %s[%s]: sent by installation %r, this is %r",
+                    self.name,
+                    self.request.id,
+                    sent_by,
+                    settings.PROSPECT_INSTALLATION_ID,
+                )
                 return None
         return super().__call__(*args, **kwargs)
 

@@ -3,6 +3,7 @@
 With several workers each one counts its own requests; PROMETHEUS_MULTIPROC_DIR (an empty folder
 of the web container) makes /metrics add them all up, whichever worker answers the scrape.
 """
+
 import os
 import shutil
 

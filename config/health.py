@@ -4,6 +4,7 @@
 so an orchestrator does not restart web processes because the database is down. /readyz checks
 what a request needs and says which part failed, with 503, so a load balancer stops sending traffic.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -76,7 +77,10 @@ def _may_scrape(request) -> bool:
 @require_GET
 def metrics(request):
     if not _may_scrape(request):
-        return HttpResponse("metrics: set PROSPECT_METRICS_TOKEN and send it as a Bearer token, or scrape from "
-                            "localhost", status=403, content_type="text/plain")
+        return HttpResponse(
+            "metrics: set PROSPECT_METRICS_TOKEN and send it as a Bearer token, or scrape from localhost",
+            status=403,
+            content_type="text/plain",
+        )
     body, content_type = render_metrics()
     return HttpResponse(body, content_type=content_type)

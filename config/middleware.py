@@ -86,8 +86,13 @@ def _outage_errors() -> tuple[type[BaseException], ...]:
     import redis.exceptions
     from django.db import InterfaceError, OperationalError
 
-    return (OperationalError, InterfaceError, kombu.exceptions.OperationalError,
-            redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    return (
+        OperationalError,
+        InterfaceError,
+        kombu.exceptions.OperationalError,
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+    )
 
 
 def _remember_exception(sender, request=None, **kwargs) -> None:
@@ -128,8 +133,9 @@ class ServiceUnavailableMiddleware:
         detail = "the service is temporarily unavailable (database or broker); retry later"
         if is_api_path(request.path):
             return json_error(503, detail, **{"Retry-After": str(RETRY_AFTER_SECONDS)})
-        return HttpResponse(detail, status=503, content_type="text/plain",
-                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        return HttpResponse(
+            detail, status=503, content_type="text/plain", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+        )
 
 
 class RequestMetricsMiddleware:

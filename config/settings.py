@@ -43,9 +43,11 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [], "comma-separated ori
 
 # Production sits behind a proxy that ends TLS and says so in X-Forwarded-Proto. Only then may
 # cookies be marked secure and HSTS be sent; a plain-HTTP laptop run would otherwise lose its session.
-BEHIND_TLS_PROXY = env_bool("PROSPECT_BEHIND_TLS_PROXY", False,
-                            "served over HTTPS by a proxy that sets X-Forwarded-Proto: secure cookies, HSTS, "
-                            "HTTP redirected to HTTPS")
+BEHIND_TLS_PROXY = env_bool(
+    "PROSPECT_BEHIND_TLS_PROXY",
+    False,
+    "served over HTTPS by a proxy that sets X-Forwarded-Proto: secure cookies, HSTS, HTTP redirected to HTTPS",
+)
 HSTS_SECONDS = env_int("PROSPECT_HSTS_SECONDS", 365 * 24 * 3600, "HSTS max-age sent behind a TLS proxy (seconds)")
 if BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -156,8 +158,7 @@ AUTHENTICATION_BACKENDS = [
     "django.contrib.auth.backends.ModelBackend",
 ]
 AXES_FAILURE_LIMIT = env_int("PROSPECT_LOGIN_FAILURE_LIMIT", 5, "failed logins in a row before a lockout")
-AXES_COOLOFF_TIME = env_float("PROSPECT_LOGIN_COOLOFF_HOURS", 0.25,
-                              "how long a lockout lasts, in hours") or None
+AXES_COOLOFF_TIME = env_float("PROSPECT_LOGIN_COOLOFF_HOURS", 0.25, "how long a lockout lasts, in hours") or None
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_HTTP_RESPONSE_CODE = 429
 AXES_RESET_ON_SUCCESS = True
@@ -172,9 +173,14 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = Path(env_str("PROSPECT_STATIC_ROOT", str(DATA_DIR / "staticfiles"),
-                           "where `collectstatic` puts the static files (the Docker image does it at build)",
-                           shown="`staticfiles/` in `PROSPECT_DATA_DIR`"))
+STATIC_ROOT = Path(
+    env_str(
+        "PROSPECT_STATIC_ROOT",
+        str(DATA_DIR / "staticfiles"),
+        "where `collectstatic` puts the static files (the Docker image does it at build)",
+        shown="`staticfiles/` in `PROSPECT_DATA_DIR`",
+    )
+)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -208,16 +214,21 @@ SPECTACULAR_SETTINGS = {
 
 # --- Feedback ------------------------------------------------------------------------------
 VOTES_PER_ITEM = env_int("PROSPECT_VOTES_PER_ITEM", 1, "votes an item needs before it leaves the annotation queue")
-IMPORT_MAX_LINE_BYTES = env_int("PROSPECT_IMPORT_MAX_LINE_BYTES", 1_000_000,
-                                "largest accepted line of an imported JSONL file, in bytes")
-QUEUE_CLAIM_SECONDS = env_int("PROSPECT_QUEUE_CLAIM_SECONDS", 300,
-                              "how long an annotator holds an item before another may be served it")
+IMPORT_MAX_LINE_BYTES = env_int(
+    "PROSPECT_IMPORT_MAX_LINE_BYTES", 1_000_000, "largest accepted line of an imported JSONL file, in bytes"
+)
+QUEUE_CLAIM_SECONDS = env_int(
+    "PROSPECT_QUEUE_CLAIM_SECONDS", 300, "how long an annotator holds an item before another may be served it"
+)
 # --- Projects and API keys ----------------------------------------------------------------
-PROSPECT_DEFAULT_PROJECT = env_str("PROSPECT_DEFAULT_PROJECT", "demo",
-                                   "the project a fresh installation gets, and that commands use without --project")
-PROSPECT_API_DEFAULT_RATE = env_str("PROSPECT_API_DEFAULT_RATE", "",
-                                    "requests per key, e.g. 100/s or 6000/min, for keys without their own rate "
-                                    "(empty: unlimited)")
+PROSPECT_DEFAULT_PROJECT = env_str(
+    "PROSPECT_DEFAULT_PROJECT", "demo", "the project a fresh installation gets, and that commands use without --project"
+)
+PROSPECT_API_DEFAULT_RATE = env_str(
+    "PROSPECT_API_DEFAULT_RATE",
+    "",
+    "requests per key, e.g. 100/s or 6000/min, for keys without their own rate (empty: unlimited)",
+)
 
 # --- Snapshots: the dataset and its class weights λ_D / λ_U ----------------------------------
 KTO_TARGET_RATIO = env_float(
@@ -321,11 +332,15 @@ CELERY_BROKER_URL = env_str(
 PROSPECT_BROKER_DIR = DATA_DIR / "broker"
 # Two installations may share one Redis: each one's keys and queues live under its own prefix
 # (config/celery.py), and every task carries this id and refuses to run under another.
-PROSPECT_INSTALLATION_ID = env_str(
-    "PROSPECT_INSTALLATION_ID", "",
-    "names this installation's broker keys and queues; set the same value on every host of one installation",
-    shown="derived from `PROSPECT_DATA_DIR` and the database name",
-) or hashlib.sha256(f"{DATA_DIR}|{DATABASES['default']['NAME']}".encode()).hexdigest()[:12]
+PROSPECT_INSTALLATION_ID = (
+    env_str(
+        "PROSPECT_INSTALLATION_ID",
+        "",
+        "names this installation's broker keys and queues; set the same value on every host of one installation",
+        shown="derived from `PROSPECT_DATA_DIR` and the database name",
+    )
+    or hashlib.sha256(f"{DATA_DIR}|{DATABASES['default']['NAME']}".encode()).hexdigest()[:12]
+)
 if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", PROSPECT_INSTALLATION_ID):
     raise ImproperlyConfigured(
         f"PROSPECT_INSTALLATION_ID={PROSPECT_INSTALLATION_ID!r}: use 1-64 letters, digits, . _ -"
@@ -336,16 +351,19 @@ if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", PROSPECT_INSTALLATION_ID):
 # slack for the bookkeeping around them. The broker's visibility timeout is derived from it.
 RUN_STEPS_AFTER_TRAINING = 5
 TASK_SLACK_SECONDS = 600
-RUN_TASK_SOFT_TIME_LIMIT = (PROSPECT_MAX_RUN_SECONDS + RUN_STEPS_AFTER_TRAINING * PROSPECT_EVAL_TIMEOUT_SECONDS
-                            + TASK_SLACK_SECONDS)
+RUN_TASK_SOFT_TIME_LIMIT = (
+    PROSPECT_MAX_RUN_SECONDS + RUN_STEPS_AFTER_TRAINING * PROSPECT_EVAL_TIMEOUT_SECONDS + TASK_SLACK_SECONDS
+)
 RUN_TASK_TIME_LIMIT = RUN_TASK_SOFT_TIME_LIMIT + 300
 # Evaluating a candidate again: the merge and the gate, no training.
 EVALUATE_TASK_SOFT_TIME_LIMIT = RUN_STEPS_AFTER_TRAINING * PROSPECT_EVAL_TIMEOUT_SECONDS + TASK_SLACK_SECONDS
 EVALUATE_TASK_TIME_LIMIT = EVALUATE_TASK_SOFT_TIME_LIMIT + 300
 # Every other task (scheduling, reaping, sampling for the annotation queue).
-CELERY_TASK_SOFT_TIME_LIMIT = env_int("PROSPECT_TASK_TIME_LIMIT_SECONDS", 1800,
-                                      "soft time limit of the short tasks (scheduling, snapshots, sampling); "
-                                      "the hard limit is 60 s later")
+CELERY_TASK_SOFT_TIME_LIMIT = env_int(
+    "PROSPECT_TASK_TIME_LIMIT_SECONDS",
+    1800,
+    "soft time limit of the short tasks (scheduling, snapshots, sampling); the hard limit is 60 s later",
+)
 CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 60
 # An unacknowledged message (late ack) goes back to the queue after this long: longer than the
 # longest task, or a second worker would start a run the first still trains.
@@ -370,8 +388,9 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # --- Operations ------------------------------------------------------------------------------
-PROSPECT_METRICS_TOKEN = env_str("PROSPECT_METRICS_TOKEN", "",
-                                 "bearer token /metrics asks for; unset: /metrics answers localhost only")
+PROSPECT_METRICS_TOKEN = env_str(
+    "PROSPECT_METRICS_TOKEN", "", "bearer token /metrics asks for; unset: /metrics answers localhost only"
+)
 
 # One JSON object a line when DEBUG is off (log shippers parse it); readable lines on a laptop.
 LOG_JSON = env_bool("PROSPECT_LOG_JSON", not DEBUG, "JSON log lines", shown="on when `DEBUG` is off")

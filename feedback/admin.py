@@ -1,4 +1,5 @@
 """Django admin for every feedback model; snapshots show their weights and the rule behind them."""
+
 from __future__ import annotations
 
 from django.contrib import admin, messages
@@ -60,7 +61,16 @@ class VoteAdmin(admin.ModelAdmin):
 
 @admin.register(ImportBatch)
 class ImportBatchAdmin(admin.ModelAdmin):
-    list_display = ("id", "filename", "format", "n_lines", "n_generations_created", "n_votes_created", "n_votes_existing", "created_at")
+    list_display = (
+        "id",
+        "filename",
+        "format",
+        "n_lines",
+        "n_generations_created",
+        "n_votes_created",
+        "n_votes_existing",
+        "created_at",
+    )
     readonly_fields = [field.name for field in ImportBatch._meta.fields]
 
     def has_add_permission(self, request) -> bool:
@@ -70,8 +80,15 @@ class ImportBatchAdmin(admin.ModelAdmin):
 @admin.register(DatasetSnapshot)
 class DatasetSnapshotAdmin(admin.ModelAdmin):
     list_display = (
-        "id", "created_at", "n_desirable", "n_undesirable", "n_holdout", "n_ties_dropped",
-        "desirable_weight", "undesirable_weight", "weight_rule",
+        "id",
+        "created_at",
+        "n_desirable",
+        "n_undesirable",
+        "n_holdout",
+        "n_ties_dropped",
+        "desirable_weight",
+        "undesirable_weight",
+        "weight_rule",
     )
     # Snapshots are immutable: every field is read-only, and they are created only by the button.
     readonly_fields = [field.name for field in DatasetSnapshot._meta.fields]
@@ -85,7 +102,9 @@ class DatasetSnapshotAdmin(admin.ModelAdmin):
 
     def get_urls(self):
         return [
-            path("create/", self.admin_site.admin_view(self.create_snapshot_view), name="feedback_datasetsnapshot_create"),
+            path(
+                "create/", self.admin_site.admin_view(self.create_snapshot_view), name="feedback_datasetsnapshot_create"
+            ),
         ] + super().get_urls()
 
     def create_snapshot_view(self, request):

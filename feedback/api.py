@@ -5,6 +5,7 @@ Every call acts in one project: the API key's. Generations and votes are the pro
 only (scopes `generations:write`, `votes:write`); imports and snapshots also accept a signed-in
 project admin's browser session (with CSRF). Another project's ids answer exactly like missing ones.
 """
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -54,11 +55,17 @@ class GenerationInSerializer(serializers.Serializer):
     source = serializers.CharField(max_length=200, required=False, default="api")
     external_id = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
     model_version = serializers.IntegerField(
-        required=False, allow_null=True, min_value=1,
-        help_text="Id of the project's model version that produced it. Needs a key with the `import` scope.")
+        required=False,
+        allow_null=True,
+        min_value=1,
+        help_text="Id of the project's model version that produced it. Needs a key with the `import` scope.",
+    )
     votes_wanted = serializers.IntegerField(
-        min_value=1, max_value=50, required=False, allow_null=True,
-        help_text="Votes this item should get (default: the server's). Needs a key with the `import` scope."
+        min_value=1,
+        max_value=50,
+        required=False,
+        allow_null=True,
+        help_text="Votes this item should get (default: the server's). Needs a key with the `import` scope.",
     )
 
     def validate(self, attrs):
@@ -66,7 +73,8 @@ class GenerationInSerializer(serializers.Serializer):
         steering = [name for name in STEERING_FIELDS if attrs.get(name) is not None]
         if steering and not caller.has_scope(STEERING_SCOPE):
             raise serializers.ValidationError(
-                {name: f"needs a key with the {STEERING_SCOPE!r} scope (project admins)" for name in steering})
+                {name: f"needs a key with the {STEERING_SCOPE!r} scope (project admins)" for name in steering}
+            )
         version_id = attrs.get("model_version")
         if version_id is not None:
             # Another project's version is answered like a missing one.
@@ -123,12 +131,27 @@ class GenerationCreateView(APIView):
         request=GenerationInSerializer,
         responses={201: GenerationOutSerializer, 200: GenerationOutSerializer},
         examples=[
-            OpenApiExample("chat prompt", request_only=True, value={
-                "prompt": [{"role": "user", "content": "What is 12+7?"}], "completion": "19", "external_id": "app-123"}),
-            OpenApiExample("created", response_only=True, status_codes=["201"],
-                           value={"id": 42, "prompt_id": 7, "external_id": "app-123", "created": True}),
-            OpenApiExample("already there", response_only=True, status_codes=["200"],
-                           value={"id": 42, "prompt_id": 7, "external_id": "app-123", "created": False}),
+            OpenApiExample(
+                "chat prompt",
+                request_only=True,
+                value={
+                    "prompt": [{"role": "user", "content": "What is 12+7?"}],
+                    "completion": "19",
+                    "external_id": "app-123",
+                },
+            ),
+            OpenApiExample(
+                "created",
+                response_only=True,
+                status_codes=["201"],
+                value={"id": 42, "prompt_id": 7, "external_id": "app-123", "created": True},
+            ),
+            OpenApiExample(
+                "already there",
+                response_only=True,
+                status_codes=["200"],
+                value={"id": 42, "prompt_id": 7, "external_id": "app-123", "created": False},
+            ),
         ],
         tags=["feedback"],
     )
@@ -183,9 +206,10 @@ class VoteInSerializer(serializers.Serializer):
     generation_external_id = serializers.CharField(max_length=200, required=False)
     desirable = serializers.BooleanField(help_text="true = thumbs up, false = thumbs down.")
     external_user_id = serializers.CharField(
-        max_length=200, required=False,
+        max_length=200,
+        required=False,
         help_text="The end user of your product app who gave the thumbs (yours only: another key's user of the "
-                  "same id is another person); omit to vote as the key itself."
+        "same id is another person); omit to vote as the key itself.",
     )
     comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
 
@@ -248,10 +272,17 @@ class VoteView(APIView):
         request=VoteInSerializer,
         responses={201: VoteOutSerializer, 200: VoteOutSerializer},
         examples=[
-            OpenApiExample("end-user thumbs", request_only=True,
-                           value={"generation_id": 42, "desirable": True, "external_user_id": "user-9"}),
-            OpenApiExample("recorded", response_only=True, status_codes=["201"],
-                           value={"id": 1001, "generation_id": 42, "desirable": True, "created": True}),
+            OpenApiExample(
+                "end-user thumbs",
+                request_only=True,
+                value={"generation_id": 42, "desirable": True, "external_user_id": "user-9"},
+            ),
+            OpenApiExample(
+                "recorded",
+                response_only=True,
+                status_codes=["201"],
+                value={"id": 1001, "generation_id": 42, "desirable": True, "created": True},
+            ),
         ],
         tags=["feedback"],
     )
@@ -262,16 +293,26 @@ class VoteView(APIView):
         caller = request.user
         generation_id = data.get("generation_id")
         if generation_id is None:
-            generation_id = Generation.objects.filter(
-                project_id=caller.project_id, external_id=data["generation_external_id"]).values_list("id", flat=True).first()
+            generation_id = (
+                Generation.objects.filter(project_id=caller.project_id, external_id=data["generation_external_id"])
+                .values_list("id", flat=True)
+                .first()
+            )
             if generation_id is None:
-                return Response({"generation_external_id": [
-                    f"no generation has external_id {data['generation_external_id']!r}"]}, status=status.HTTP_404_NOT_FOUND)
+                return Response(
+                    {"generation_external_id": [f"no generation has external_id {data['generation_external_id']!r}"]},
+                    status=status.HTTP_404_NOT_FOUND,
+                )
         try:
             vote, created = services.record_vote(
-                project_id=caller.project_id, generation_id=generation_id, desirable=data["desirable"],
-                api_client_id=caller.client_id, external_user_id=data.get("external_user_id") or None,
-                comment=data["comment"], source="api")
+                project_id=caller.project_id,
+                generation_id=generation_id,
+                desirable=data["desirable"],
+                api_client_id=caller.client_id,
+                external_user_id=data.get("external_user_id") or None,
+                comment=data["comment"],
+                source="api",
+            )
         except services.GenerationNotFound:
             return Response(
                 {"generation_id": [f"generation {generation_id} does not exist"]}, status=status.HTTP_404_NOT_FOUND

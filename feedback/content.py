@@ -4,6 +4,7 @@ A prompt is either a plain string or a list of chat messages `[{"role": ..., "co
 The same prompt must hash to the same value wherever it comes from (UI, API, any import format),
 because `Prompt.content_sha256` is what makes "the same prompt imported twice" one row.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -81,7 +82,7 @@ def split_hh_transcript(transcript: Any, field: str) -> tuple[list[dict], str]:
     cut = transcript.rfind(_HH_LAST_ASSISTANT)
     if cut < 0:
         raise ContentError(field, 'has no "\\n\\nAssistant:" turn')
-    completion = transcript[cut + len(_HH_LAST_ASSISTANT):].strip()
+    completion = transcript[cut + len(_HH_LAST_ASSISTANT) :].strip()
     if not completion:
         raise ContentError(field, "the last Assistant turn is empty")
     dialogue = transcript[:cut]
@@ -89,9 +90,7 @@ def split_hh_transcript(transcript: Any, field: str) -> tuple[list[dict], str]:
     # pieces = [text before the first marker, role, text, role, text, ...]
     if pieces[0].strip():
         raise ContentError(field, 'must start with a "\\n\\nHuman:" turn')
-    messages = [
-        {"role": _HH_ROLES[role], "content": text.strip()} for role, text in zip(pieces[1::2], pieces[2::2])
-    ]
+    messages = [{"role": _HH_ROLES[role], "content": text.strip()} for role, text in zip(pieces[1::2], pieces[2::2])]
     if not messages or messages[0]["role"] != "user":
         raise ContentError(field, 'must start with a "\\n\\nHuman:" turn')
     return messages, completion

@@ -16,12 +16,15 @@ Any problem raises `ImportRejected` naming the line and the field; the caller ru
 one transaction, so a rejected file leaves nothing behind. With on_invalid="skip" a bad line (or,
 for pairs, a bad side) is left out instead and reported as a `SkippedLine`; the rest is imported.
 """
+
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field as dataclass_field
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from typing import BinaryIO
 
 from feedback.content import ContentError, split_hh_transcript, validate_completion, validate_prompt
 
@@ -116,8 +119,9 @@ def _parse_line(raw: bytes, line_no: int, max_line_bytes: int, too_long: bool) -
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ImportRejected(f"not valid UTF-8 (byte {exc.start}); the file must be UTF-8 JSONL",
-                             line=line_no) from None
+        raise ImportRejected(
+            f"not valid UTF-8 (byte {exc.start}); the file must be UTF-8 JSONL", line=line_no
+        ) from None
     if line_no == 1 and text.startswith("\ufeff"):
         text = text[1:]  # a UTF-8 byte-order mark is harmless; accept it.
     if not text.strip():
@@ -141,11 +145,15 @@ def _completion(value, prompt, field: str = "completion") -> str:
     """A completion as text: a string, or TRL's conversational form (one assistant message) for a chat prompt."""
     if isinstance(value, list):
         if not isinstance(prompt, list):
-            raise ContentError(field, "is a list of messages but the prompt is a string; a conversational row has "
-                                      "both as messages (TRL's format), a standard row both as strings")
+            raise ContentError(
+                field,
+                "is a list of messages but the prompt is a string; a conversational row has "
+                "both as messages (TRL's format), a standard row both as strings",
+            )
         if len(value) != 1 or not isinstance(value[0], dict) or value[0].get("role") != "assistant":
-            raise ContentError(field, 'as messages must be exactly one assistant message '
-                                      '[{"role": "assistant", "content": ...}]')
+            raise ContentError(
+                field, 'as messages must be exactly one assistant message [{"role": "assistant", "content": ...}]'
+            )
         value = value[0].get("content")
     return validate_completion(value, field)
 
@@ -172,8 +180,16 @@ def _hh_sides(row: dict, line: int, skip) -> list[ImportExample]:
     return sides
 
 
-def _examples_from_row(fmt: str, row: dict, line: int, threshold: float | None, weight_by_distance: bool, stats: ParseStats,
-                       rng: random.Random | None = None, skip=None):
+def _examples_from_row(
+    fmt: str,
+    row: dict,
+    line: int,
+    threshold: float | None,
+    weight_by_distance: bool,
+    stats: ParseStats,
+    rng: random.Random | None = None,
+    skip=None,
+):
     if fmt == "kto":
         _require(row, line, "prompt", "completion", "label")
         label = row["label"]
@@ -191,7 +207,10 @@ def _examples_from_row(fmt: str, row: dict, line: int, threshold: float | None, 
         if chosen == rejected:
             raise ImportRejected("field 'rejected': identical to 'chosen'", line=line, field="rejected")
         yield from _one_of_pair(
-            (ImportExample(line, prompt, chosen, True, part="chosen"), ImportExample(line, prompt, rejected, False, part="rejected")),
+            (
+                ImportExample(line, prompt, chosen, True, part="chosen"),
+                ImportExample(line, prompt, rejected, False, part="rejected"),
+            ),
             rng,
         )
     elif fmt == "hh":
@@ -244,6 +263,7 @@ def parse_examples(
     stats.format = "" if fmt == "auto" else fmt
     skip = None
     if on_invalid == "skip":
+
         def skip(exc: ImportRejected) -> None:
             reason = str(exc).split(": ", 1)[1] if exc.line is not None else str(exc)
             stats.skipped.append(SkippedLine(exc.line, reason, exc.field))
@@ -259,7 +279,9 @@ def parse_examples(
                 skip(ImportRejected(str(exc), line=line))
                 continue
             if stats.format == "scored" and threshold is None:
-                raise ImportRejected("the file is in the scored format, which needs a threshold (--threshold T)", line=line)
+                raise ImportRejected(
+                    "the file is in the scored format, which needs a threshold (--threshold T)", line=line
+                )
         try:
             # A row's examples are all checked before any is yielded: a skipped row leaves nothing.
             examples = list(

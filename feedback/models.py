@@ -1,4 +1,5 @@
 """Prompts, generations, votes and the immutable dataset snapshots cut from them."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -24,7 +25,11 @@ class Prompt(models.Model):
         return isinstance(self.content, list)
 
     def __str__(self) -> str:
-        text = self.content if isinstance(self.content, str) else (self.content[-1].get("content", "") if self.content else "")
+        text = (
+            self.content
+            if isinstance(self.content, str)
+            else (self.content[-1].get("content", "") if self.content else "")
+        )
         return text[:80]
 
 
@@ -54,9 +59,14 @@ class Generation(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["prompt", "completion_sha256"], name="one_generation_per_prompt_completion"),
-            models.UniqueConstraint(fields=["project", "external_id"], condition=Q(external_id__isnull=False),
-                                    name="one_generation_per_project_external_id"),
+            models.UniqueConstraint(
+                fields=["prompt", "completion_sha256"], name="one_generation_per_prompt_completion"
+            ),
+            models.UniqueConstraint(
+                fields=["project", "external_id"],
+                condition=Q(external_id__isnull=False),
+                name="one_generation_per_project_external_id",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -1,5 +1,6 @@
 """Who may see which page. A signed-in user without the right role in the project gets 403, never a
 login loop. Roles and their permissions: projects.roles."""
+
 from __future__ import annotations
 
 from projects import roles

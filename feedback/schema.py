@@ -1,4 +1,5 @@
 """OpenAPI description of the API-key authentication (drf-spectacular extension)."""
+
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
 
@@ -13,5 +14,5 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
             "in": "header",
             "name": "Authorization",
             "description": "A project API key: `Api-Key <key>` (also accepted: `Bearer <key>`). "
-                           "Create one with `manage.py create_api_key` or on the project's Keys page.",
+            "Create one with `manage.py create_api_key` or on the project's Keys page.",
         }

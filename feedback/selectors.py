@@ -1,4 +1,5 @@
 """Every read of the feedback app that is more than a one-line lookup."""
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -61,7 +62,9 @@ def _waiting_with_default_target(user, now, project):
     )
 
 
-def queue_candidate_ids(user, now, exclude_ids: list[int] = (), limit: int = 20, project: Project | None = None) -> list[int]:
+def queue_candidate_ids(
+    user, now, exclude_ids: list[int] = (), limit: int = 20, project: Project | None = None
+) -> list[int]:
     """Items of the project in serving order: the most votes still missing first, then the oldest."""
     project = resolve_project(project)
     ranked = []
@@ -105,7 +108,9 @@ def queue_progress(user, project: Project | None = None) -> QueueProgress:
         if waiting > WAITING_COUNT_CAP:
             break
     return QueueProgress(
-        rated_today=Vote.objects.filter(generation__project=project, annotator=user, created_at__gte=start_of_today).count(),
+        rated_today=Vote.objects.filter(
+            generation__project=project, annotator=user, created_at__gte=start_of_today
+        ).count(),
         waiting=min(waiting, WAITING_COUNT_CAP),
         waiting_capped=waiting > WAITING_COUNT_CAP,
     )
@@ -195,7 +200,9 @@ def dashboard_stats(project: Project | None = None, days: int = 14) -> Dashboard
         .values_list("day", "n")
     )
     first_day = since.date()
-    votes_per_day = [(first_day + timedelta(days=i), per_day.get(first_day + timedelta(days=i), 0)) for i in range(days)]
+    votes_per_day = [
+        (first_day + timedelta(days=i), per_day.get(first_day + timedelta(days=i), 0)) for i in range(days)
+    ]
 
     last_snapshot = DatasetSnapshot.objects.filter(project=project).order_by("-id").first()
     return DashboardStats(

@@ -1,4 +1,5 @@
 """Server-rendered pages: the annotation queue (annotators) and the feedback dashboard (staff)."""
+
 from __future__ import annotations
 
 from django import forms
@@ -11,10 +12,10 @@ from django.views.decorators.http import require_GET, require_POST
 
 from feedback import selectors, services
 from feedback.permissions import annotator_required, dashboard_required, snapshot_required
+from feedback.services.votes import GenerationNotFound
 from projects import roles
 from projects.selectors import has_project_perm, projects_of
 from projects.web import page_project
-from feedback.services.votes import GenerationNotFound
 
 # Skipped items are remembered per browser session, newest last; older ones fall off the end.
 SESSION_SKIPPED = "feedback_skipped_generation_ids"
@@ -57,8 +58,9 @@ class SkipForm(forms.Form):
 @require_GET
 @annotator_required
 def annotate(request):
-    generation = services.claim_next_generation(request.user, request.session.get(SESSION_SKIPPED, []),
-                                                project=request.project)
+    generation = services.claim_next_generation(
+        request.user, request.session.get(SESSION_SKIPPED, []), project=request.project
+    )
     draft = request.session.pop(SESSION_COMMENT_DRAFT, None)
     progress = selectors.queue_progress(request.user, request.project)
     return render(
@@ -68,7 +70,9 @@ def annotate(request):
             "generation": generation,
             "progress": progress,
             "session_total": progress.rated_today + progress.waiting,
-            "comment_draft": draft["comment"] if draft and generation and draft["generation_id"] == generation.pk else "",
+            "comment_draft": draft["comment"]
+            if draft and generation and draft["generation_id"] == generation.pk
+            else "",
             "comment_max_chars": COMMENT_MAX_CHARS,
         },
     )
@@ -83,9 +87,14 @@ def vote(request):
         if "comment" in form.errors and comment:
             # Keep what was typed: the page puts it back into the box for the same item.
             request.session[SESSION_COMMENT_DRAFT] = {
-                "generation_id": form.cleaned_data.get("generation_id"), "comment": comment[: 4 * COMMENT_MAX_CHARS]}
-            messages.error(request, f"Vote not saved: the comment has {len(comment):,} characters and the limit is "
-                                    f"{COMMENT_MAX_CHARS:,}. Your text is still in the box: shorten it and vote again.")
+                "generation_id": form.cleaned_data.get("generation_id"),
+                "comment": comment[: 4 * COMMENT_MAX_CHARS],
+            }
+            messages.error(
+                request,
+                f"Vote not saved: the comment has {len(comment):,} characters and the limit is "
+                f"{COMMENT_MAX_CHARS:,}. Your text is still in the box: shorten it and vote again.",
+            )
         else:
             messages.error(request, f"Vote not saved: {form.errors.as_text()}")
         return redirect("feedback:annotate")
@@ -117,8 +126,12 @@ def skip(request):
         skipped = [i for i in request.session.get(SESSION_SKIPPED, []) if i != generation_id] + [generation_id]
         request.session[SESSION_SKIPPED] = skipped[-MAX_REMEMBERED_SKIPS:]
         services.release_claim(request.user, generation_id)
-        messages.info(request, "Skipped. The item stays in the queue (so \"waiting\" does not drop) for another "
-                               "annotator; you will not see it again in this session.", extra_tags="skipped")
+        messages.info(
+            request,
+            'Skipped. The item stays in the queue (so "waiting" does not drop) for another '
+            "annotator; you will not see it again in this session.",
+            extra_tags="skipped",
+        )
     return redirect("feedback:annotate")
 
 
@@ -143,13 +156,17 @@ def _balance_in_words(n_desirable: int, n_undesirable: int) -> dict:
     weights = balance_weights(n_desirable, n_undesirable, target_ratio=settings.KTO_TARGET_RATIO)
     ratio = n_desirable / n_undesirable
     if weights.desirable_weight == weights.undesirable_weight:
-        action = (f"That is inside the paper's recommended band ({ACCEPTED_LOW:g} to {ACCEPTED_HIGH:g} desirable per "
-                  f"undesirable, its Eq. 7), so both kinds keep weight 1.")
+        action = (
+            f"That is inside the paper's recommended band ({ACCEPTED_LOW:g} to {ACCEPTED_HIGH:g} desirable per "
+            f"undesirable, its Eq. 7), so both kinds keep weight 1."
+        )
     else:
         minority = "desirable" if weights.desirable_weight > weights.undesirable_weight else "undesirable"
-        action = (f"That is outside the paper's recommended band ({ACCEPTED_LOW:g} to {ACCEPTED_HIGH:g}, its Eq. 7), so "
-                  f"the next snapshot weights the {minority} votes up to reach an effective ratio of "
-                  f"{weights.effective_ratio:.3g}.")
+        action = (
+            f"That is outside the paper's recommended band ({ACCEPTED_LOW:g} to {ACCEPTED_HIGH:g}, its Eq. 7), so "
+            f"the next snapshot weights the {minority} votes up to reach an effective ratio of "
+            f"{weights.effective_ratio:.3g}."
+        )
     return {
         "ok": True,
         "text": f"There are {ratio:.2f} desirable votes for every undesirable one. {action}",
@@ -169,7 +186,9 @@ class SnapshotForm(forms.Form):
 @dashboard_required
 def dashboard(request):
     stats = selectors.dashboard_stats(request.project)
-    snapshot_form = SnapshotForm(initial={"holdout": settings.SNAPSHOT_HOLDOUT, "target_ratio": round(settings.KTO_TARGET_RATIO, 4)})
+    snapshot_form = SnapshotForm(
+        initial={"holdout": settings.SNAPSHOT_HOLDOUT, "target_ratio": round(settings.KTO_TARGET_RATIO, 4)}
+    )
     return render(
         request,
         "feedback/dashboard.html",
@@ -195,7 +214,9 @@ def create_snapshot(request):
         return redirect("feedback:dashboard")
     try:
         snapshot = services.create_snapshot(
-            holdout=form.cleaned_data["holdout"], target_ratio=form.cleaned_data["target_ratio"], mode=form.cleaned_data["mode"],
+            holdout=form.cleaned_data["holdout"],
+            target_ratio=form.cleaned_data["target_ratio"],
+            mode=form.cleaned_data["mode"],
             project=request.project,
         )
     except services.SnapshotRefused as exc:

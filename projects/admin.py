@@ -1,6 +1,7 @@
 """Admin for projects, memberships and API clients. An API client's key is never shown: only its
 prefix (the public half, what a log line or a support request names) is listed; the hash stays
 out of every form and list."""
+
 from __future__ import annotations
 
 from django import forms

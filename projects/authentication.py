@@ -6,6 +6,7 @@ plus a SHA-512 of the key in Python; a revoked, expired or unknown key is refuse
 request. `last_used_at` is written at most once a minute per key and process, so a busy key does
 not turn every request into a write.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -74,8 +75,10 @@ def _field(name: str):
 def _lookup_sql() -> str:
     # The key's row by its prefix (unique, indexed): the one query of every API request.
     quote = connection.ops.quote_name
-    columns = ", ".join(quote(_field(name).column) for name in (
-        "id", "hashed_key", "revoked", "expiry_date", "project", "scopes", "rate"))
+    columns = ", ".join(
+        quote(_field(name).column)
+        for name in ("id", "hashed_key", "revoked", "expiry_date", "project", "scopes", "rate")
+    )
     return f"SELECT {columns} FROM {quote(ApiClient._meta.db_table)} WHERE {quote(_field('prefix').column)} = %s"
 
 
@@ -91,7 +94,7 @@ def caller_for_key(key: str) -> ApiCaller:
     if isinstance(scopes, str):
         scopes = json.loads(scopes)
     if expiry is not None and timezone.is_naive(expiry):
-        expiry = timezone.make_aware(expiry, datetime.timezone.utc)
+        expiry = timezone.make_aware(expiry, datetime.UTC)
     if revoked:
         raise exceptions.AuthenticationFailed("This API key has been revoked.")
     if expiry is not None and expiry < timezone.now():
@@ -116,5 +119,3 @@ class ApiKeyAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request):
         return "Api-Key"
-
-

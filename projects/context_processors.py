@@ -1,5 +1,6 @@
 """What the header of every page needs: the page's project, the user's other projects (the
 switcher), and which links their role there opens."""
+
 from __future__ import annotations
 
 from django.http import Http404

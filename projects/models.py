@@ -3,6 +3,7 @@
 The bottom layer of the Django apps: feedback and training point at Project; this app imports
 neither of them.
 """
+
 from __future__ import annotations
 
 from django.conf import settings

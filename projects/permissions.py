@@ -1,4 +1,5 @@
 """Who may call which endpoint: API keys by scope, signed-in users by their role in the project."""
+
 from __future__ import annotations
 
 from django.conf import settings

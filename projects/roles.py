@@ -4,6 +4,7 @@ A member's role names a group (annotators / project admins); the permissions of 
 what the member may do in that project, and nowhere else. The installation's superuser may do
 everything everywhere. `is_staff` alone grants nothing in a project (only the Django admin's door).
 """
+
 from __future__ import annotations
 
 ANNOTATORS_GROUP = "annotators"
@@ -24,8 +25,17 @@ MANAGE_MEMBERS = "projects.change_membership"
 
 ANNOTATOR_PERMISSIONS = (RATE,)
 PROJECT_ADMIN_PERMISSIONS = (
-    RATE, VIEW_DASHBOARD, SNAPSHOT, IMPORT, VIEW_RUNS, START_RUN, CANCEL_RUN, VIEW_MODELS, CHANGE_MODELS,
-    MANAGE_KEYS, MANAGE_MEMBERS,
+    RATE,
+    VIEW_DASHBOARD,
+    SNAPSHOT,
+    IMPORT,
+    VIEW_RUNS,
+    START_RUN,
+    CANCEL_RUN,
+    VIEW_MODELS,
+    CHANGE_MODELS,
+    MANAGE_KEYS,
+    MANAGE_MEMBERS,
 )
 
 ROLE_GROUPS = {"annotator": ANNOTATORS_GROUP, "admin": PROJECT_ADMINS_GROUP}

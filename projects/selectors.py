@@ -1,4 +1,5 @@
 """Reads of the projects app: which project a caller works in, and what a user may do there."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -31,8 +32,10 @@ def default_project() -> Project:
         return named
     if not only:
         # A fresh (or flushed) installation: its one project, as the migration creates it.
-        return Project.objects.get_or_create(name=settings.PROSPECT_DEFAULT_PROJECT,
-                                             defaults={"slug": slugify(settings.PROSPECT_DEFAULT_PROJECT) or "default"})[0]
+        return Project.objects.get_or_create(
+            name=settings.PROSPECT_DEFAULT_PROJECT,
+            defaults={"slug": slugify(settings.PROSPECT_DEFAULT_PROJECT) or "default"},
+        )[0]
     names = ", ".join(Project.objects.values_list("name", flat=True))
     raise ProjectRequired(f"there are several projects ({names}): name one")
 
@@ -68,7 +71,8 @@ def role_permissions(role: str) -> set[str]:
     return {
         f"{app}.{codename}"
         for app, codename in Permission.objects.filter(group__name=group).values_list(
-            "content_type__app_label", "codename")
+            "content_type__app_label", "codename"
+        )
     }
 
 

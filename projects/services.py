@@ -1,4 +1,5 @@
 """Writes of the projects app: projects, members, API keys."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -51,7 +52,11 @@ def create_api_key(
     if rate:
         validate_rate(rate)
     return ApiClient.objects.create_key(
-        project=project, scopes=scopes, name=name or f"{project.slug} key", expiry_date=expiry, rate=rate,
+        project=project,
+        scopes=scopes,
+        name=name or f"{project.slug} key",
+        expiry_date=expiry,
+        rate=rate,
         created_by=created_by,
     )
 

@@ -2,6 +2,7 @@
 
 Views stay thin: reads through projects.selectors, writes through projects.services.
 """
+
 from __future__ import annotations
 
 from django import forms
@@ -31,12 +32,22 @@ class ApiKeyForm(forms.Form):
     name = forms.CharField(max_length=50, required=False, help_text="What the key is for, e.g. “mobile app”.")
     scopes = forms.MultipleChoiceField(
         choices=[(scope, f"{scope} — {SCOPE_HELP[scope]}") for scope in SCOPES],
-        widget=forms.CheckboxSelectMultiple, initial=["generations:write", "votes:write", "generate"],
+        widget=forms.CheckboxSelectMultiple,
+        initial=["generations:write", "votes:write", "generate"],
     )
-    expires_days = forms.IntegerField(min_value=1, max_value=3650, required=False, label="Expires after (days)",
-                                      help_text="Blank: never expires (revoke it when it is no longer needed).")
-    rate = forms.CharField(max_length=32, required=False, label="Rate limit",
-                           help_text="e.g. 100/s or 6000/min; blank: the installation's default.")
+    expires_days = forms.IntegerField(
+        min_value=1,
+        max_value=3650,
+        required=False,
+        label="Expires after (days)",
+        help_text="Blank: never expires (revoke it when it is no longer needed).",
+    )
+    rate = forms.CharField(
+        max_length=32,
+        required=False,
+        label="Rate limit",
+        help_text="e.g. 100/s or 6000/min; blank: the installation's default.",
+    )
 
     def clean_rate(self):
         rate = self.cleaned_data["rate"].strip()
@@ -56,9 +67,13 @@ def api_keys(request):
         if form.is_valid():
             try:
                 client, new_key = services.create_api_key(
-                    request.project, scopes=form.cleaned_data["scopes"], name=form.cleaned_data["name"],
-                    expires_days=form.cleaned_data["expires_days"], rate=form.cleaned_data["rate"],
-                    created_by=request.user)
+                    request.project,
+                    scopes=form.cleaned_data["scopes"],
+                    name=form.cleaned_data["name"],
+                    expires_days=form.cleaned_data["expires_days"],
+                    rate=form.cleaned_data["rate"],
+                    created_by=request.user,
+                )
             except ValidationError as exc:
                 for field, errors in exc.message_dict.items():
                     form.add_error(field if field in form.fields else None, errors)
@@ -67,9 +82,15 @@ def api_keys(request):
                 new_key = {"client": client, "key": new_key}
     else:
         form = ApiKeyForm()
-    response = render(request, "projects/api_keys.html", {
-        "form": form, "new_key": new_key, "clients": selectors.api_clients(request.project),
-    })
+    response = render(
+        request,
+        "projects/api_keys.html",
+        {
+            "form": form,
+            "new_key": new_key,
+            "clients": selectors.api_clients(request.project),
+        },
+    )
     if new_key:
         # The key is in this page only: never cached, never stored.
         response["Cache-Control"] = "no-store"
@@ -104,14 +125,22 @@ def members(request):
         if form.is_valid():
             user, role = form.cleaned_data["username"], form.cleaned_data["role"]
             services.set_membership(request.project, user, role)
-            messages.success(request, f"{user.get_username()} is now {Membership.Role(role).label.lower()} of "
-                                      f"{request.project.name}.")
+            messages.success(
+                request,
+                f"{user.get_username()} is now {Membership.Role(role).label.lower()} of {request.project.name}.",
+            )
             return redirect("projects:members")
     else:
         form = MemberForm()
-    return render(request, "projects/members.html", {
-        "form": form, "members": selectors.members(request.project), "roles": Membership.Role.choices,
-    })
+    return render(
+        request,
+        "projects/members.html",
+        {
+            "form": form,
+            "members": selectors.members(request.project),
+            "roles": Membership.Role.choices,
+        },
+    )
 
 
 @require_POST

@@ -4,6 +4,7 @@ The project comes from `?project=NAME` (remembered in the session, which is what
 the header sets), else the session, else the user's only project, else the installation's default
 project. A single-team installation therefore never needs the parameter.
 """
+
 from __future__ import annotations
 
 from functools import wraps

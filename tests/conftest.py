@@ -77,8 +77,11 @@ def browser(django_db_setup, django_db_blocker):
     # connection handler (a context-local) hands out fresh connection objects. Those lack the copy
     # of the migrated data that serialized_rollback restores (the default project, the role
     # groups), so carry it over; the in-memory test database itself is shared.
-    serialized = {conn.alias: conn._test_serialized_contents for conn in connections.all()
-                  if hasattr(conn, "_test_serialized_contents")}
+    serialized = {
+        conn.alias: conn._test_serialized_contents
+        for conn in connections.all()
+        if hasattr(conn, "_test_serialized_contents")
+    }
     with sync_playwright() as playwright:
         for alias, contents in serialized.items():
             connections[alias]._test_serialized_contents = contents

@@ -5,6 +5,7 @@ DEBUG defaults to off (production). The suite turns it on for what it starts its
 runs each test with settings.DEBUG False, as Django's test runner does. Tests of the DEBUG-off
 behaviour start their servers with DEBUG=0 and a SECRET_KEY of their own.
 """
+
 import os
 
 os.environ.setdefault("DEBUG", "1")

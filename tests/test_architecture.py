@@ -97,9 +97,14 @@ def test_the_engine_imports_nothing_from_django_or_the_apps():
             if isinstance(node, ast.ImportFrom) and node.level == 0:
                 names = [node.module or ""]
             for imported in names:
-                assert imported.split(".")[0] not in ("django", "rest_framework", "celery", "projects", "feedback", "config"), (
-                    f"{name} imports {imported}"
-                )
+                assert imported.split(".")[0] not in (
+                    "django",
+                    "rest_framework",
+                    "celery",
+                    "projects",
+                    "feedback",
+                    "config",
+                ), f"{name} imports {imported}"
                 assert not imported.startswith("training.") or imported.startswith("training.kto"), (
                     f"{name} imports {imported}"
                 )

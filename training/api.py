@@ -1,4 +1,5 @@
 """JSON API of the training app: call the deployed (active) model version."""
+
 from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_field
@@ -12,16 +13,25 @@ from projects.permissions import request_project, scope_required
 from training.serving import DEFAULT_MAX_NEW_TOKENS, EmptyCompletion, NoActiveModelVersion, generate_for_prompt
 
 
-@extend_schema_field({
-    "oneOf": [
-        {"type": "string", "example": "What is 12+7?"},
-        {"type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["role", "content"],
-            "properties": {"role": {"type": "string", "enum": ["system", "user", "assistant"]},
-                           "content": {"type": "string"}},
-        }},
-    ]
-})
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "example": "What is 12+7?"},
+            {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["role", "content"],
+                    "properties": {
+                        "role": {"type": "string", "enum": ["system", "user", "assistant"]},
+                        "content": {"type": "string"},
+                    },
+                },
+            },
+        ]
+    }
+)
 class PromptField(serializers.JSONField):
     """A plain string, or a non-empty list of chat messages {role, content}."""
 
@@ -35,7 +45,9 @@ class PromptField(serializers.JSONField):
 
 class GenerateRequestSerializer(serializers.Serializer):
     prompt = PromptField(help_text="A string, or a list of chat messages [{role, content}, ...].")
-    max_new_tokens = serializers.IntegerField(required=False, default=DEFAULT_MAX_NEW_TOKENS, min_value=1, max_value=1024)
+    max_new_tokens = serializers.IntegerField(
+        required=False, default=DEFAULT_MAX_NEW_TOKENS, min_value=1, max_value=1024
+    )
     temperature = serializers.FloatField(
         required=False, default=0.0, min_value=0.0, max_value=5.0, help_text="0 = greedy decoding."
     )
@@ -65,8 +77,12 @@ class GenerateView(APIView):
         responses={200: GenerateResponseSerializer},
         examples=[
             OpenApiExample("plain prompt", request_only=True, value={"prompt": "What is 12+7?", "max_new_tokens": 16}),
-            OpenApiExample("completion", response_only=True, status_codes=["200"], value={
-                "generation_id": 42, "completion": "19", "model_version": "run-3", "model_version_id": 4}),
+            OpenApiExample(
+                "completion",
+                response_only=True,
+                status_codes=["200"],
+                value={"generation_id": 42, "completion": "19", "model_version": "run-3", "model_version_id": 4},
+            ),
         ],
         tags=["generate"],
     )
@@ -87,10 +103,12 @@ class GenerateView(APIView):
             # Nothing to store or rate; the caller may retry with sampling (temperature > 0).
             return Response({"detail": str(exc)}, status=status.HTTP_502_BAD_GATEWAY)
         version = generation.served_by
-        body = GenerateResponseSerializer({
-            "generation_id": generation.pk,
-            "completion": generation.completion,
-            "model_version": version.name,
-            "model_version_id": version.pk,
-        }).data
+        body = GenerateResponseSerializer(
+            {
+                "generation_id": generation.pk,
+                "completion": generation.completion,
+                "model_version": version.name,
+                "model_version_id": version.pk,
+            }
+        ).data
         return Response(body)

@@ -23,5 +23,6 @@ def send_run_training(run_id: int) -> None:
 
 def send_fill_queue(n: int, *, temperature: float = 1.0, top_up: bool = False, project_id: int | None = None) -> None:
     """Queue sampling `n` outputs of the project's active version for its annotation queue."""
-    current_app.send_task(FILL_QUEUE, kwargs={"n": n, "temperature": temperature, "top_up": top_up,
-                                              "project_id": project_id})
+    current_app.send_task(
+        FILL_QUEUE, kwargs={"n": n, "temperature": temperature, "top_up": top_up, "project_id": project_id}
+    )

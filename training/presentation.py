@@ -2,6 +2,7 @@
 
 Pure functions of model rows and dicts, no queries: the views and templates share one vocabulary.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -152,8 +153,14 @@ def step_lines(rows: list, total_steps: int | None, last: int = 30) -> list[str]
         if not isinstance(row, dict):
             continue
         parts = [f"step {row.get('step', '?')}" + (f"/{total_steps}" if total_steps else "")]
-        for name, label in (("loss", "loss"), ("z0", "z0"), ("reward_desirable", "r_D"),
-                            ("reward_undesirable", "r_U"), ("reward_accuracy", "acc"), ("examples_per_s", "ex/s")):
+        for name, label in (
+            ("loss", "loss"),
+            ("z0", "z0"),
+            ("reward_desirable", "r_D"),
+            ("reward_undesirable", "r_U"),
+            ("reward_accuracy", "acc"),
+            ("examples_per_s", "ex/s"),
+        ):
             number = row.get(name)
             if isinstance(number, (int, float)) and not isinstance(number, bool):
                 parts.append(f"{label} {number:.4g}")

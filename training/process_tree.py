@@ -12,6 +12,7 @@ hosts' test sessions, so a reused run id never matches another run's processes).
                                             marked members of that group, plus the group's descendants
     signal_run(...), kill_run(...)          signal them all; kill_run SIGKILLs and waits until none is left
 """
+
 from __future__ import annotations
 
 import os

@@ -88,8 +88,11 @@ def promote(version: ModelVersion, *, reason: str = "") -> ModelVersion:
         problem = artifact_problem(version)
         if problem is not None:
             raise ValidationError(f"{version.name} cannot be promoted: {problem}")
-        current = ModelVersion.objects.select_for_update().filter(
-            project_id=version.project_id, status=ModelVersion.Status.ACTIVE).first()
+        current = (
+            ModelVersion.objects.select_for_update()
+            .filter(project_id=version.project_id, status=ModelVersion.Status.ACTIVE)
+            .first()
+        )
         now = timezone.now()
         if current is not None:
             current.status = ModelVersion.Status.RETIRED
@@ -111,8 +114,9 @@ def rollback(project=None) -> ModelVersion:
     """
     project = resolve_project(project)
     with transaction.atomic():
-        current = ModelVersion.objects.select_for_update().filter(
-            project=project, status=ModelVersion.Status.ACTIVE).first()
+        current = (
+            ModelVersion.objects.select_for_update().filter(project=project, status=ModelVersion.Status.ACTIVE).first()
+        )
         if current is None:
             raise ValidationError("no model version is active; nothing to roll back")
         # A version an admin rejected since is never brought back by a rollback.
@@ -160,21 +164,31 @@ def ensure_base_version(base_model_path: str, *, name: str = "base", project=Non
         raise ValidationError({"base_model": "a base model path or hub id is required"})
     project = resolve_project(project)
     with transaction.atomic():
-        active = ModelVersion.objects.select_for_update().filter(project=project, status=ModelVersion.Status.ACTIVE).first()
+        active = (
+            ModelVersion.objects.select_for_update().filter(project=project, status=ModelVersion.Status.ACTIVE).first()
+        )
         if active is not None:
             return active
         if Path(base_model_path).is_absolute() and not Path(base_model_path).exists():
             raise ValidationError({"base_model": f"{base_model_path} does not exist"})
-        existing = ModelVersion.objects.filter(
-            project=project, artifact_path=base_model_path, is_adapter=False, parent__isnull=True
-        ).exclude(status=ModelVersion.Status.REJECTED).first()
+        existing = (
+            ModelVersion.objects.filter(
+                project=project, artifact_path=base_model_path, is_adapter=False, parent__isnull=True
+            )
+            .exclude(status=ModelVersion.Status.REJECTED)
+            .first()
+        )
         if existing is None:
             unique_name, n = name, 1
             while ModelVersion.objects.filter(project=project, name=unique_name).exists():
                 n += 1
                 unique_name = f"{name}-{n}"
             existing = ModelVersion.objects.create(
-                project=project, name=unique_name, base_model=base_model_path, artifact_path=base_model_path, is_adapter=False
+                project=project,
+                name=unique_name,
+                base_model=base_model_path,
+                artifact_path=base_model_path,
+                is_adapter=False,
             )
         return promote(existing, reason="base model (first active version)")
 

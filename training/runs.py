@@ -68,8 +68,9 @@ def class_weights_for(snapshot, config: dict) -> tuple[float, float, str]:
     return (*snapshot_weights, f"snapshot {snapshot.pk}: {snapshot.weight_rule}")
 
 
-def start_run(*, snapshot=None, config: dict | None = None, base_version=None, requested_by=None,
-              project=None) -> TrainingRun:
+def start_run(
+    *, snapshot=None, config: dict | None = None, base_version=None, requested_by=None, project=None
+) -> TrainingRun:
     """Create a queued TrainingRun and send `run_training` to the gpu queue once the row is committed.
 
     snapshot: a feedback.DatasetSnapshot; None → a fresh one is cut now with

@@ -38,8 +38,11 @@ def run_list(limit: int = 50, project=None) -> list[TrainingRun]:
 
 def version_list(project=None) -> QuerySet[ModelVersion]:
     """All model versions, newest first (metrics side by side on the Models page)."""
-    return (ModelVersion.objects.filter(project=resolve_project(project))
-            .select_related("parent", "created_by_run").order_by("-created_at"))
+    return (
+        ModelVersion.objects.filter(project=resolve_project(project))
+        .select_related("parent", "created_by_run")
+        .order_by("-created_at")
+    )
 
 
 def run_progress(run: TrainingRun) -> dict:
@@ -101,14 +104,21 @@ def new_votes_since_last_trained_snapshot(project=None) -> int:
     """The project's votes with an id above the last_vote_id of the latest snapshot that a queued,
     running or succeeded run trains on (all its votes when there is none)."""
     project = resolve_project(project)
-    latest = (DatasetSnapshot.objects.filter(project=project, training_runs__status__in=VOTE_CONSUMING_RUN_STATUSES)
-              .order_by("-last_vote_id").first())
+    latest = (
+        DatasetSnapshot.objects.filter(project=project, training_runs__status__in=VOTE_CONSUMING_RUN_STATUSES)
+        .order_by("-last_vote_id")
+        .first()
+    )
     return Vote.objects.filter(generation__project=project, pk__gt=latest.last_vote_id if latest else 0).count()
 
 
 def active_run(project=None) -> TrainingRun | None:
     """The oldest run that is queued or running, or None."""
-    return TrainingRun.objects.filter(project=resolve_project(project), status__in=ACTIVE_RUN_STATUSES).order_by("pk").first()
+    return (
+        TrainingRun.objects.filter(project=resolve_project(project), status__in=ACTIVE_RUN_STATUSES)
+        .order_by("pk")
+        .first()
+    )
 
 
 def _iso(value) -> str | None:

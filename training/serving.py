@@ -188,8 +188,13 @@ def generate_for_prompt(
 ) -> Generation:
     """Generate one completion from the project's active version and store it as a Generation to be rated."""
     return generate_for_prompts(
-        [prompt_content], source=source, max_new_tokens=max_new_tokens,
-        temperature=temperature, seed=seed, backend=backend, project=project,
+        [prompt_content],
+        source=source,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        backend=backend,
+        project=project,
     )[0]
 
 
@@ -213,8 +218,9 @@ def generate_for_prompts(
     An empty completion cannot be rated: it raises EmptyCompletion, or is left out with skip_empty.
     """
     # Validate every prompt before spending any compute; the error names the offending item.
-    prompt_contents = [validate_prompt(content, field=f"prompts[{index}]")
-                       for index, content in enumerate(prompt_contents)]
+    prompt_contents = [
+        validate_prompt(content, field=f"prompts[{index}]") for index, content in enumerate(prompt_contents)
+    ]
     project = resolve_project(project)
     backend = backend or get_backend(project)
     version, completions = _generate_stable(
@@ -272,6 +278,12 @@ def fill_annotation_queue(
 
         prompts = list(demo_prompts(n, seed=seed, split="train"))
     return generate_for_prompts(
-        list(prompts)[:n], source="fill_queue", max_new_tokens=max_new_tokens,
-        temperature=temperature, seed=seed, backend=backend, skip_empty=True, project=project,
+        list(prompts)[:n],
+        source="fill_queue",
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        backend=backend,
+        skip_empty=True,
+        project=project,
     )

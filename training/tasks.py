@@ -11,22 +11,32 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from training import dispatch, gate, runner, runs, scheduler, serving
 from projects.models import Project
+from training import dispatch, gate, runner, runs, scheduler, serving
 from training.models import ModelVersion
 
 
 # Time limits (the default ones, CELERY_TASK_*_TIME_LIMIT, bound the short tasks): a run's task
 # may take the whole run plus the merge and the gate (see config/settings.py).
-@shared_task(name=dispatch.RUN_TRAINING, acks_late=True, reject_on_worker_lost=True,
-             soft_time_limit=settings.RUN_TASK_SOFT_TIME_LIMIT, time_limit=settings.RUN_TASK_TIME_LIMIT)
+@shared_task(
+    name=dispatch.RUN_TRAINING,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=settings.RUN_TASK_SOFT_TIME_LIMIT,
+    time_limit=settings.RUN_TASK_TIME_LIMIT,
+)
 def run_training(run_id: int) -> None:
     """Train a queued run, then gate its candidate. A run that is not queued is left alone."""
     runner.execute_run(run_id)
 
 
-@shared_task(name=dispatch.EVALUATE_CANDIDATE, acks_late=True, reject_on_worker_lost=True,
-             soft_time_limit=settings.EVALUATE_TASK_SOFT_TIME_LIMIT, time_limit=settings.EVALUATE_TASK_TIME_LIMIT)
+@shared_task(
+    name=dispatch.EVALUATE_CANDIDATE,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=settings.EVALUATE_TASK_SOFT_TIME_LIMIT,
+    time_limit=settings.EVALUATE_TASK_TIME_LIMIT,
+)
 def evaluate_candidate(version_id: int) -> None:
     """(Re-)run the evaluation gate for a candidate version whose gate is pending."""
     version = ModelVersion.objects.filter(pk=version_id).first()

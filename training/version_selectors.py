@@ -1,4 +1,5 @@
 """Reads behind the Models page and its compare view (no writes: see training.registry)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,8 +43,10 @@ def _latest_outputs(version: ModelVersion) -> dict[int, ComparedOutput]:
     """prompt id → the version's newest generation for it, with its thumbs."""
     outputs: dict[int, ComparedOutput] = {}
     rows = (
-        version.generations.annotate(n_up=Count("votes", filter=Q(votes__desirable=True)),
-                                     n_down=Count("votes", filter=Q(votes__desirable=False)))
+        version.generations.annotate(
+            n_up=Count("votes", filter=Q(votes__desirable=True)),
+            n_down=Count("votes", filter=Q(votes__desirable=False)),
+        )
         .order_by("-created_at", "-id")
         .values_list("prompt_id", "completion", "n_up", "n_down")
     )

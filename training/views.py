@@ -3,6 +3,7 @@
 Views stay thin: reads go through training.selectors, writes through training.runs and training.registry. Every view here needs its permission in the page's project (projects.roles); a signed-in annotator gets 403, an anonymous
 visitor is sent to the login page.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,11 +40,13 @@ class RetrainForm(forms.Form):
     """
 
     snapshot = forms.ModelChoiceField(
-        queryset=DatasetSnapshot.objects.all(), required=False,
+        queryset=DatasetSnapshot.objects.all(),
+        required=False,
         empty_label="New snapshot of all votes now",
     )
     base_version = forms.ModelChoiceField(
-        queryset=ModelVersion.objects.exclude(status=ModelVersion.Status.REJECTED), required=False,
+        queryset=ModelVersion.objects.exclude(status=ModelVersion.Status.REJECTED),
+        required=False,
         empty_label="The active version",
     )
     beta = forms.FloatField(required=False, min_value=1e-6, max_value=100.0, label="β")
@@ -51,19 +54,32 @@ class RetrainForm(forms.Form):
     num_train_epochs = forms.FloatField(required=False, min_value=0.01, max_value=1000.0, label="Epochs")
     max_steps = forms.IntegerField(required=False, min_value=1, label="Max steps")
     lora = forms.TypedChoiceField(
-        required=False, label="LoRA",
+        required=False,
+        label="LoRA",
         choices=[("", "default"), ("1", "LoRA adapter"), ("0", "full weights")],
-        coerce=lambda value: value == "1", empty_value=None,
+        coerce=lambda value: value == "1",
+        empty_value=None,
     )
-    loss = forms.ChoiceField(required=False, choices=[("", "default")] + list(TrainingPolicy.Loss.choices),
-                             label="Variant")
-    lambda_mode = forms.ChoiceField(required=False, choices=[("", "default")] + list(TrainingPolicy.LambdaMode.choices),
-                                    label="λ")
+    loss = forms.ChoiceField(
+        required=False, choices=[("", "default")] + list(TrainingPolicy.Loss.choices), label="Variant"
+    )
+    lambda_mode = forms.ChoiceField(
+        required=False, choices=[("", "default")] + list(TrainingPolicy.LambdaMode.choices), label="λ"
+    )
     desirable_weight = forms.FloatField(required=False, min_value=1e-6, label="λ_D (manual λ)")
     undesirable_weight = forms.FloatField(required=False, min_value=1e-6, label="λ_U (manual λ)")
 
-    OVERRIDES = ("beta", "learning_rate", "num_train_epochs", "max_steps", "lora", "loss", "lambda_mode",
-                 "desirable_weight", "undesirable_weight")
+    OVERRIDES = (
+        "beta",
+        "learning_rate",
+        "num_train_epochs",
+        "max_steps",
+        "lora",
+        "loss",
+        "lambda_mode",
+        "desirable_weight",
+        "undesirable_weight",
+    )
 
     def __init__(self, *args, defaults: dict | None = None, project=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -71,11 +87,14 @@ class RetrainForm(forms.Form):
             # Another project's snapshots and versions are not choices (a posted id is "not one of the choices").
             self.fields["snapshot"].queryset = DatasetSnapshot.objects.filter(project=project)
             self.fields["base_version"].queryset = ModelVersion.objects.filter(project=project).exclude(
-                status=ModelVersion.Status.REJECTED)
+                status=ModelVersion.Status.REJECTED
+            )
         # Show what a blank field means: the policy's current value.
         for name, value in (defaults or {}).items():
             if name in self.fields and isinstance(self.fields[name], (forms.FloatField, forms.IntegerField)):
-                self.fields[name].widget.attrs["placeholder"] = "default: none" if value is None else f"default: {value:g}"
+                self.fields[name].widget.attrs["placeholder"] = (
+                    "default: none" if value is None else f"default: {value:g}"
+                )
 
     def clean(self):
         cleaned = super().clean()
@@ -86,15 +105,18 @@ class RetrainForm(forms.Form):
         return cleaned
 
     def config_overrides(self) -> dict:
-        return {name: self.cleaned_data[name] for name in self.OVERRIDES
-                if self.cleaned_data.get(name) not in (None, "")}
+        return {
+            name: self.cleaned_data[name] for name in self.OVERRIDES if self.cleaned_data.get(name) not in (None, "")
+        }
 
     def add_service_error(self, exc: Exception) -> None:
         """Show a service's refusal on the field it names, else at the top of the form."""
         if isinstance(exc, ValidationError) and hasattr(exc, "error_dict"):
             for name, errors in exc.message_dict.items():
-                self.add_error(name if name in self.fields else None,
-                               [f"{name}: {message}" if name not in self.fields else message for message in errors])
+                self.add_error(
+                    name if name in self.fields else None,
+                    [f"{name}: {message}" if name not in self.fields else message for message in errors],
+                )
         else:
             self.add_error(None, _error_text(exc))
 
@@ -108,24 +130,35 @@ def _error_text(exc: Exception) -> str:
 @require_GET
 @view_runs_required
 def runs(request):
-    return render(request, "training/runs.html", {
-        "runs": selectors.run_list(limit=RUNS_PER_PAGE, project=request.project),
-        "active_version": selectors.active_version(request.project),
-    })
+    return render(
+        request,
+        "training/runs.html",
+        {
+            "runs": selectors.run_list(limit=RUNS_PER_PAGE, project=request.project),
+            "active_version": selectors.active_version(request.project),
+        },
+    )
 
 
 @require_GET
 @view_runs_required
 def run_detail(request, run_id: int):
-    run = get_object_or_404(TrainingRun.objects.select_related("snapshot", "base_version", "requested_by"), pk=run_id,
-                            project=request.project)
+    run = get_object_or_404(
+        TrainingRun.objects.select_related("snapshot", "base_version", "requested_by"),
+        pk=run_id,
+        project=request.project,
+    )
     progress = _progress_with_phase(run)
-    return render(request, "training/run_detail.html", {
-        "run": run,
-        "progress": progress,
-        "phases": presentation.PHASES,
-        "config_rows": _config_rows(run.config),
-    })
+    return render(
+        request,
+        "training/run_detail.html",
+        {
+            "run": run,
+            "progress": progress,
+            "phases": presentation.PHASES,
+            "config_rows": _config_rows(run.config),
+        },
+    )
 
 
 @require_GET
@@ -143,19 +176,33 @@ def _progress_with_phase(run: TrainingRun) -> dict:
     progress["step_lines"] = presentation.step_lines(rows, progress.get("total_steps"))
     # The training steps first (what an admin watches), then the engine's own output.
     engine_output = (progress.get("log_tail") or "").strip()
-    progress["log_text"] = "\n".join(progress["step_lines"] + (["--- engine output ---", engine_output]
-                                                                if engine_output else []))
+    progress["log_text"] = "\n".join(
+        progress["step_lines"] + (["--- engine output ---", engine_output] if engine_output else [])
+    )
     return progress
 
 
 # Human labels of the training config keys (retrain form defaults, run page).
 CONFIG_LABELS = {
-    "base_model": "Base model (when none is active)", "lora": "LoRA adapter", "beta": "β",
-    "learning_rate": "Learning rate", "num_train_epochs": "Epochs", "max_steps": "Max steps",
-    "per_device_train_batch_size": "Batch size per device", "gradient_accumulation_steps": "Gradient accumulation",
-    "max_length": "Max length (tokens)", "loss": "Variant", "lambda_mode": "λ mode", "target_ratio": "Target D:U ratio",
-    "desirable_weight": "λ_D (manual)", "undesirable_weight": "λ_U (manual)", "holdout": "Holdout share",
-    "seed": "Seed", "promote_margin": "Auto-promote margin", "judge": "Judge", "judge_prompts": "Judge prompts",
+    "base_model": "Base model (when none is active)",
+    "lora": "LoRA adapter",
+    "beta": "β",
+    "learning_rate": "Learning rate",
+    "num_train_epochs": "Epochs",
+    "max_steps": "Max steps",
+    "per_device_train_batch_size": "Batch size per device",
+    "gradient_accumulation_steps": "Gradient accumulation",
+    "max_length": "Max length (tokens)",
+    "loss": "Variant",
+    "lambda_mode": "λ mode",
+    "target_ratio": "Target D:U ratio",
+    "desirable_weight": "λ_D (manual)",
+    "undesirable_weight": "λ_U (manual)",
+    "holdout": "Holdout share",
+    "seed": "Seed",
+    "promote_margin": "Auto-promote margin",
+    "judge": "Judge",
+    "judge_prompts": "Judge prompts",
     "time_limit_seconds": "Time limit (s)",
 }
 
@@ -208,11 +255,15 @@ def retrain(request):
                 return redirect("training:run_detail", run_id=run.pk)
     else:
         form = RetrainForm(defaults=defaults, project=request.project)
-    return render(request, "training/retrain.html", {
-        "form": form,
-        "default_rows": _config_rows(defaults),
-        "active_version": selectors.active_version(request.project),
-    })
+    return render(
+        request,
+        "training/retrain.html",
+        {
+            "form": form,
+            "default_rows": _config_rows(defaults),
+            "active_version": selectors.active_version(request.project),
+        },
+    )
 
 
 @require_GET
@@ -222,21 +273,27 @@ def versions(request):
     rows = []
     for version in selectors.version_list(request.project):
         flat = presentation.flatten_metrics(version.metrics)
-        rows.append({
-            "version": version,
-            "metrics": [presentation.format_metric(key, flat.get(key)) for key in presentation.TABLE_METRICS],
-            "verdict": presentation.gate_verdict(version),
-            "all_metrics": json.dumps(version.metrics or {}, indent=2, sort_keys=True, default=str),
-            "can_promote": version.status in (ModelVersion.Status.CANDIDATE, ModelVersion.Status.RETIRED),
-            "can_reject": version.status in (ModelVersion.Status.CANDIDATE, ModelVersion.Status.RETIRED),
-        })
+        rows.append(
+            {
+                "version": version,
+                "metrics": [presentation.format_metric(key, flat.get(key)) for key in presentation.TABLE_METRICS],
+                "verdict": presentation.gate_verdict(version),
+                "all_metrics": json.dumps(version.metrics or {}, indent=2, sort_keys=True, default=str),
+                "can_promote": version.status in (ModelVersion.Status.CANDIDATE, ModelVersion.Status.RETIRED),
+                "can_reject": version.status in (ModelVersion.Status.CANDIDATE, ModelVersion.Status.RETIRED),
+            }
+        )
     labels = dict((key, label) for key, label, _ in presentation.METRICS)
-    return render(request, "training/versions.html", {
-        "rows": rows,
-        "metric_labels": [labels[key] for key in presentation.TABLE_METRICS],
-        "active_version": active,
-        "rollback_target": version_selectors.rollback_target(active),
-    })
+    return render(
+        request,
+        "training/versions.html",
+        {
+            "rows": rows,
+            "metric_labels": [labels[key] for key in presentation.TABLE_METRICS],
+            "active_version": active,
+            "rollback_target": version_selectors.rollback_target(active),
+        },
+    )
 
 
 @require_GET
@@ -252,13 +309,15 @@ def compare(request):
     if a is not None and b is not None:
         up_a, n_a = version_selectors.thumbs_up_share(a)
         up_b, n_b = version_selectors.thumbs_up_share(b)
-        context.update({
-            "deltas": presentation.metric_deltas(a.metrics, b.metrics),
-            "verdict_a": presentation.gate_verdict(a),
-            "verdict_b": presentation.gate_verdict(b),
-            "thumbs": {"a": (up_a, n_a), "b": (up_b, n_b)},
-            "pairs": version_selectors.shared_prompt_outputs(a, b),
-        })
+        context.update(
+            {
+                "deltas": presentation.metric_deltas(a.metrics, b.metrics),
+                "verdict_a": presentation.gate_verdict(a),
+                "verdict_b": presentation.gate_verdict(b),
+                "thumbs": {"a": (up_a, n_a), "b": (up_b, n_b)},
+                "pairs": version_selectors.shared_prompt_outputs(a, b),
+            }
+        )
     return render(request, "training/compare.html", context)
 
 

@@ -4,66 +4,64 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='DatasetSnapshot',
+            name="DatasetSnapshot",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('path', models.CharField(max_length=1000)),
-                ('sha256', models.CharField(max_length=64)),
-                ('n_desirable', models.PositiveIntegerField(default=0)),
-                ('n_undesirable', models.PositiveIntegerField(default=0)),
-                ('n_train', models.PositiveIntegerField(default=0)),
-                ('n_holdout', models.PositiveIntegerField(default=0)),
-                ('n_ties_dropped', models.PositiveIntegerField(default=0)),
-                ('n_votes', models.PositiveIntegerField(default=0)),
-                ('desirable_weight', models.FloatField(default=1.0)),
-                ('undesirable_weight', models.FloatField(default=1.0)),
-                ('weight_rule', models.TextField(blank=True)),
-                ('params', models.JSONField(blank=True, default=dict)),
-                ('last_vote_id', models.BigIntegerField(default=0)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("path", models.CharField(max_length=1000)),
+                ("sha256", models.CharField(max_length=64)),
+                ("n_desirable", models.PositiveIntegerField(default=0)),
+                ("n_undesirable", models.PositiveIntegerField(default=0)),
+                ("n_train", models.PositiveIntegerField(default=0)),
+                ("n_holdout", models.PositiveIntegerField(default=0)),
+                ("n_ties_dropped", models.PositiveIntegerField(default=0)),
+                ("n_votes", models.PositiveIntegerField(default=0)),
+                ("desirable_weight", models.FloatField(default=1.0)),
+                ("undesirable_weight", models.FloatField(default=1.0)),
+                ("weight_rule", models.TextField(blank=True)),
+                ("params", models.JSONField(blank=True, default=dict)),
+                ("last_vote_id", models.BigIntegerField(default=0)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='Generation',
+            name="Generation",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('completion', models.TextField()),
-                ('completion_sha256', models.CharField(max_length=64)),
-                ('source', models.CharField(blank=True, max_length=200)),
-                ('external_id', models.CharField(blank=True, max_length=200, null=True, unique=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("completion", models.TextField()),
+                ("completion_sha256", models.CharField(max_length=64)),
+                ("source", models.CharField(blank=True, max_length=200)),
+                ("external_id", models.CharField(blank=True, max_length=200, null=True, unique=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
         ),
         migrations.CreateModel(
-            name='Prompt',
+            name="Prompt",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('content', models.JSONField()),
-                ('content_sha256', models.CharField(max_length=64, unique=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("content", models.JSONField()),
+                ("content_sha256", models.CharField(max_length=64, unique=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
         ),
         migrations.CreateModel(
-            name='Vote',
+            name="Vote",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('external_user_id', models.CharField(blank=True, max_length=200, null=True)),
-                ('desirable', models.BooleanField()),
-                ('weight', models.FloatField(default=1.0)),
-                ('comment', models.TextField(blank=True)),
-                ('source', models.CharField(default='ui', max_length=50)),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("external_user_id", models.CharField(blank=True, max_length=200, null=True)),
+                ("desirable", models.BooleanField()),
+                ("weight", models.FloatField(default=1.0)),
+                ("comment", models.TextField(blank=True)),
+                ("source", models.CharField(default="ui", max_length=50)),
+                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
             ],
         ),
     ]

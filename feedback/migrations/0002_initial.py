@@ -6,46 +6,71 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('feedback', '0001_initial'),
-        ('training', '0001_initial'),
+        ("feedback", "0001_initial"),
+        ("training", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='generation',
-            name='model_version',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='generations', to='training.modelversion'),
+            model_name="generation",
+            name="model_version",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="generations",
+                to="training.modelversion",
+            ),
         ),
         migrations.AddField(
-            model_name='generation',
-            name='prompt',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='generations', to='feedback.prompt'),
+            model_name="generation",
+            name="prompt",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="generations", to="feedback.prompt"
+            ),
         ),
         migrations.AddField(
-            model_name='vote',
-            name='annotator',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='votes', to=settings.AUTH_USER_MODEL),
+            model_name="vote",
+            name="annotator",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="votes",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='vote',
-            name='generation',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='votes', to='feedback.generation'),
+            model_name="vote",
+            name="generation",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="votes", to="feedback.generation"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='generation',
-            constraint=models.UniqueConstraint(fields=('prompt', 'completion_sha256'), name='one_generation_per_prompt_completion'),
+            model_name="generation",
+            constraint=models.UniqueConstraint(
+                fields=("prompt", "completion_sha256"), name="one_generation_per_prompt_completion"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='vote',
-            constraint=models.UniqueConstraint(condition=models.Q(('annotator__isnull', False)), fields=('generation', 'annotator'), name='one_vote_per_annotator'),
+            model_name="vote",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("annotator__isnull", False)),
+                fields=("generation", "annotator"),
+                name="one_vote_per_annotator",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='vote',
-            constraint=models.UniqueConstraint(condition=models.Q(('external_user_id__isnull', False)), fields=('generation', 'external_user_id'), name='one_vote_per_external_user'),
+            model_name="vote",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("external_user_id__isnull", False)),
+                fields=("generation", "external_user_id"),
+                name="one_vote_per_external_user",
+            ),
         ),
     ]

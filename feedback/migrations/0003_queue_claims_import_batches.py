@@ -6,47 +6,72 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('feedback', '0002_initial'),
+        ("feedback", "0002_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='generation',
-            name='claimed_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="generation",
+            name="claimed_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='generation',
-            name='claimed_until',
+            model_name="generation",
+            name="claimed_until",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='generation',
-            name='votes_wanted',
+            model_name="generation",
+            name="votes_wanted",
             field=models.PositiveSmallIntegerField(blank=True, null=True),
         ),
         migrations.CreateModel(
-            name='ImportBatch',
+            name="ImportBatch",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('filename', models.CharField(max_length=500)),
-                ('sha256', models.CharField(db_index=True, max_length=64)),
-                ('format', models.CharField(choices=[('kto', 'KTO unpaired {prompt, completion, label}'), ('paired', 'Preference pairs {prompt, chosen, rejected}'), ('hh', 'Anthropic HH transcripts {chosen, rejected}'), ('scored', 'Scored {prompt, completion, score} with a threshold')], max_length=20)),
-                ('threshold', models.FloatField(blank=True, null=True)),
-                ('n_lines', models.PositiveIntegerField(default=0)),
-                ('n_prompts_created', models.PositiveIntegerField(default=0)),
-                ('n_generations_created', models.PositiveIntegerField(default=0)),
-                ('n_votes_created', models.PositiveIntegerField(default=0)),
-                ('n_votes_existing', models.PositiveIntegerField(default=0)),
-                ('n_dropped_at_threshold', models.PositiveIntegerField(default=0)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("filename", models.CharField(max_length=500)),
+                ("sha256", models.CharField(db_index=True, max_length=64)),
+                (
+                    "format",
+                    models.CharField(
+                        choices=[
+                            ("kto", "KTO unpaired {prompt, completion, label}"),
+                            ("paired", "Preference pairs {prompt, chosen, rejected}"),
+                            ("hh", "Anthropic HH transcripts {chosen, rejected}"),
+                            ("scored", "Scored {prompt, completion, score} with a threshold"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("threshold", models.FloatField(blank=True, null=True)),
+                ("n_lines", models.PositiveIntegerField(default=0)),
+                ("n_prompts_created", models.PositiveIntegerField(default=0)),
+                ("n_generations_created", models.PositiveIntegerField(default=0)),
+                ("n_votes_created", models.PositiveIntegerField(default=0)),
+                ("n_votes_existing", models.PositiveIntegerField(default=0)),
+                ("n_dropped_at_threshold", models.PositiveIntegerField(default=0)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
     ]

@@ -4,14 +4,13 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('feedback', '0004_annotators_group'),
+        ("feedback", "0004_annotators_group"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='importbatch',
-            options={'ordering': ['-created_at'], 'verbose_name_plural': 'import batches'},
+            name="importbatch",
+            options={"ordering": ["-created_at"], "verbose_name_plural": "import batches"},
         ),
     ]

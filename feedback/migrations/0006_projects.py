@@ -6,72 +6,109 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('feedback', '0005_import_batches_plural'),
-        ('projects', '0001_initial'),
-        ('training', '0005_projects'),
+        ("feedback", "0005_import_batches_plural"),
+        ("projects", "0001_initial"),
+        ("training", "0005_projects"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.RemoveConstraint(
-            model_name='vote',
-            name='one_vote_per_external_user',
+            model_name="vote",
+            name="one_vote_per_external_user",
         ),
         migrations.AddField(
-            model_name='datasetsnapshot',
-            name='project',
-            field=models.ForeignKey(null=True, on_delete=django.db.models.deletion.CASCADE, related_name='snapshots', to='projects.project'),
+            model_name="datasetsnapshot",
+            name="project",
+            field=models.ForeignKey(
+                null=True, on_delete=django.db.models.deletion.CASCADE, related_name="snapshots", to="projects.project"
+            ),
         ),
         migrations.AddField(
-            model_name='generation',
-            name='project',
-            field=models.ForeignKey(null=True, on_delete=django.db.models.deletion.CASCADE, related_name='generations', to='projects.project'),
+            model_name="generation",
+            name="project",
+            field=models.ForeignKey(
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="generations",
+                to="projects.project",
+            ),
         ),
         migrations.AddField(
-            model_name='importbatch',
-            name='project',
-            field=models.ForeignKey(null=True, on_delete=django.db.models.deletion.CASCADE, related_name='import_batches', to='projects.project'),
+            model_name="importbatch",
+            name="project",
+            field=models.ForeignKey(
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="import_batches",
+                to="projects.project",
+            ),
         ),
         migrations.AddField(
-            model_name='prompt',
-            name='project',
-            field=models.ForeignKey(null=True, on_delete=django.db.models.deletion.CASCADE, related_name='prompts', to='projects.project'),
+            model_name="prompt",
+            name="project",
+            field=models.ForeignKey(
+                null=True, on_delete=django.db.models.deletion.CASCADE, related_name="prompts", to="projects.project"
+            ),
         ),
         migrations.AddField(
-            model_name='vote',
-            name='api_client',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='votes', to='projects.apiclient'),
+            model_name="vote",
+            name="api_client",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="votes",
+                to="projects.apiclient",
+            ),
         ),
         migrations.AlterField(
-            model_name='generation',
-            name='external_id',
+            model_name="generation",
+            name="external_id",
             field=models.CharField(blank=True, max_length=200, null=True),
         ),
         migrations.AlterField(
-            model_name='prompt',
-            name='content_sha256',
+            model_name="prompt",
+            name="content_sha256",
             field=models.CharField(max_length=64),
         ),
         migrations.AddConstraint(
-            model_name='generation',
-            constraint=models.UniqueConstraint(condition=models.Q(('external_id__isnull', False)), fields=('project', 'external_id'), name='one_generation_per_project_external_id'),
+            model_name="generation",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("external_id__isnull", False)),
+                fields=("project", "external_id"),
+                name="one_generation_per_project_external_id",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='prompt',
-            constraint=models.UniqueConstraint(fields=('project', 'content_sha256'), name='one_prompt_per_project_content'),
+            model_name="prompt",
+            constraint=models.UniqueConstraint(
+                fields=("project", "content_sha256"), name="one_prompt_per_project_content"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='vote',
-            constraint=models.UniqueConstraint(condition=models.Q(('api_client__isnull', False), ('external_user_id__isnull', False)), fields=('generation', 'api_client', 'external_user_id'), name='one_vote_per_client_end_user'),
+            model_name="vote",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("api_client__isnull", False), ("external_user_id__isnull", False)),
+                fields=("generation", "api_client", "external_user_id"),
+                name="one_vote_per_client_end_user",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='vote',
-            constraint=models.UniqueConstraint(condition=models.Q(('api_client__isnull', False), ('external_user_id__isnull', True)), fields=('generation', 'api_client'), name='one_vote_per_api_client'),
+            model_name="vote",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("api_client__isnull", False), ("external_user_id__isnull", True)),
+                fields=("generation", "api_client"),
+                name="one_vote_per_api_client",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='vote',
-            constraint=models.UniqueConstraint(condition=models.Q(('api_client__isnull', True), ('external_user_id__isnull', False)), fields=('generation', 'external_user_id'), name='one_vote_per_imported_user'),
+            model_name="vote",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("api_client__isnull", True), ("external_user_id__isnull", False)),
+                fields=("generation", "external_user_id"),
+                name="one_vote_per_imported_user",
+            ),
         ),
     ]

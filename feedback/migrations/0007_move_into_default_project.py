@@ -6,12 +6,12 @@ def move_into_default_project(apps, schema_editor):
     # Rows made before projects existed belong to the installation's default project.
     Project = apps.get_model("projects", "Project")
     project = Project.objects.get(name=settings.PROSPECT_DEFAULT_PROJECT)
-    for model_name in ['Prompt', 'Generation', 'ImportBatch', 'DatasetSnapshot']:
-        apps.get_model('feedback', model_name).objects.filter(project__isnull=True).update(project=project)
+    for model_name in ["Prompt", "Generation", "ImportBatch", "DatasetSnapshot"]:
+        apps.get_model("feedback", model_name).objects.filter(project__isnull=True).update(project=project)
 
 
 class Migration(migrations.Migration):
-    dependencies = [('feedback', '0006_projects'), ('projects', '0002_default_project')]
+    dependencies = [("feedback", "0006_projects"), ("projects", "0002_default_project")]
 
     operations = [
         migrations.RunPython(move_into_default_project, migrations.RunPython.noop),

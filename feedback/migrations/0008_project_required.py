@@ -8,19 +8,31 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.AlterField(
-            model_name="prompt", name="project",
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="prompts", to="projects.project"),
+            model_name="prompt",
+            name="project",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="prompts", to="projects.project"
+            ),
         ),
         migrations.AlterField(
-            model_name="generation", name="project",
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="generations", to="projects.project"),
+            model_name="generation",
+            name="project",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="generations", to="projects.project"
+            ),
         ),
         migrations.AlterField(
-            model_name="importbatch", name="project",
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="import_batches", to="projects.project"),
+            model_name="importbatch",
+            name="project",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="import_batches", to="projects.project"
+            ),
         ),
         migrations.AlterField(
-            model_name="datasetsnapshot", name="project",
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="snapshots", to="projects.project"),
+            model_name="datasetsnapshot",
+            name="project",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="snapshots", to="projects.project"
+            ),
         ),
     ]

@@ -4,20 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('feedback', '0008_project_required'),
+        ("feedback", "0008_project_required"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='importbatch',
-            name='n_skipped',
+            model_name="importbatch",
+            name="n_skipped",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='importbatch',
-            name='skipped_report',
+            model_name="importbatch",
+            name="skipped_report",
             field=models.CharField(blank=True, max_length=1000),
         ),
     ]

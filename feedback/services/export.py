@@ -1,4 +1,5 @@
 """Exporting a snapshot in the format TRL's KTOTrainer (and `python -m training.kto train`) reads."""
+
 from __future__ import annotations
 
 import hashlib
@@ -65,7 +66,9 @@ def export_kto(snapshot: DatasetSnapshot, out_path: str | os.PathLike, split: st
                 if split != "all" and row["split"] != split:
                     continue
                 out.write(
-                    json.dumps(trl_row(row["prompt"], row["completion"], row["label"]), ensure_ascii=False).encode("utf-8")
+                    json.dumps(trl_row(row["prompt"], row["completion"], row["label"]), ensure_ascii=False).encode(
+                        "utf-8"
+                    )
                     + b"\n"
                 )
                 n_rows += 1

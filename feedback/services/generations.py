@@ -1,8 +1,9 @@
 """Prompts and generations. Both are deduplicated by content hash, so writes are idempotent."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from django.db import IntegrityError, transaction
 
@@ -61,9 +62,7 @@ def create_generation(item: GenerationInput, project: Project | str | None = Non
                 existing.external_id = item.external_id
                 existing.save(update_fields=["external_id"])
             elif item.external_id and existing.external_id != item.external_id:
-                raise GenerationConflict(
-                    "this prompt and completion are already stored under another external_id"
-                )
+                raise GenerationConflict("this prompt and completion are already stored under another external_id")
             return existing, False
         generation = Generation.objects.create(
             project=project,

@@ -1,11 +1,13 @@
 """Importing a JSONL feedback file: all or nothing, idempotent when the same file comes twice."""
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 from django.conf import settings
 from django.db import transaction
@@ -112,18 +114,29 @@ def _write_skipped_report(batch: ImportBatch, skipped: list[SkippedLine]) -> Pat
     return path
 
 
-def _save_chunk(chunk: list[ImportExample], source: str, voter_prefix: str, counts: dict, project: Project,
-                api_client_id: str | None) -> None:
+def _save_chunk(
+    chunk: list[ImportExample],
+    source: str,
+    voter_prefix: str,
+    counts: dict,
+    project: Project,
+    api_client_id: str | None,
+) -> None:
     # Prompts, deduplicated by content hash within the project.
     prompt_by_sha = {prompt_sha256(example.prompt): example.prompt for example in chunk}
     prompts = Prompt.objects.filter(project=project)
     prompt_ids = dict(prompts.filter(content_sha256__in=prompt_by_sha).values_list("content_sha256", "id"))
-    missing = [Prompt(project=project, content=content, content_sha256=sha)
-               for sha, content in prompt_by_sha.items() if sha not in prompt_ids]
+    missing = [
+        Prompt(project=project, content=content, content_sha256=sha)
+        for sha, content in prompt_by_sha.items()
+        if sha not in prompt_ids
+    ]
     if missing:
         Prompt.objects.bulk_create(missing)
         counts["prompts"] += len(missing)
-        prompt_ids.update(prompts.filter(content_sha256__in=[p.content_sha256 for p in missing]).values_list("content_sha256", "id"))
+        prompt_ids.update(
+            prompts.filter(content_sha256__in=[p.content_sha256 for p in missing]).values_list("content_sha256", "id")
+        )
 
     # Generations, deduplicated by (prompt, completion hash).
     keyed = []
@@ -137,7 +150,9 @@ def _save_chunk(chunk: list[ImportExample], source: str, voter_prefix: str, coun
         ).values_list("id", "prompt_id", "completion_sha256")
     }
     new_generations = [
-        Generation(project=project, prompt_id=prompt_id, completion=completion, completion_sha256=completion_sha, source=source)
+        Generation(
+            project=project, prompt_id=prompt_id, completion=completion, completion_sha256=completion_sha, source=source
+        )
         for (prompt_id, completion_sha), completion in wanted.items()
         if (prompt_id, completion_sha) not in generation_ids
     ]
@@ -166,10 +181,11 @@ def _save_chunk(chunk: list[ImportExample], source: str, voter_prefix: str, coun
         for prompt_id, completion_sha, example in keyed
     ]
     already_saved = set(
-        Vote.objects.filter(generation_id__in={vote.generation_id for vote in votes}, api_client_id=api_client_id,
-                            external_user_id__in={vote.external_user_id for vote in votes}).values_list(
-            "generation_id", "external_user_id"
-        )
+        Vote.objects.filter(
+            generation_id__in={vote.generation_id for vote in votes},
+            api_client_id=api_client_id,
+            external_user_id__in={vote.external_user_id for vote in votes},
+        ).values_list("generation_id", "external_user_id")
     )
     new_votes = [vote for vote in votes if (vote.generation_id, vote.external_user_id) not in already_saved]
     # ignore_conflicts: the same file imported concurrently must not fail, just add nothing twice.

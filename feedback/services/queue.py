@@ -4,6 +4,7 @@ An item is served to one annotator at a time under a short lease (`Generation.cl
 `claimed_until`). Taking the lease is a single conditional UPDATE, which the database runs
 atomically, so two annotators asking at the same moment never both get the same item.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -58,11 +59,14 @@ def claim_next_generation(user, skipped_ids: list[int] = (), project: Project | 
     if current is not None:
         return current
     for exclude in (list(skipped_ids), []):
-        for candidate_id in selectors.queue_candidate_ids(user, now, exclude_ids=exclude, limit=CLAIM_ATTEMPTS,
-                                                            project=project):
+        for candidate_id in selectors.queue_candidate_ids(
+            user, now, exclude_ids=exclude, limit=CLAIM_ATTEMPTS, project=project
+        ):
             if _take_lease(user, candidate_id, now):
                 # One item on screen at a time: leases on anything else go back to the pool.
-                Generation.objects.filter(claimed_by=user).exclude(pk=candidate_id).update(claimed_by=None, claimed_until=None)
+                Generation.objects.filter(claimed_by=user).exclude(pk=candidate_id).update(
+                    claimed_by=None, claimed_until=None
+                )
                 return Generation.objects.select_related("prompt").get(pk=candidate_id)
         if not skipped_ids:
             break
@@ -75,7 +79,11 @@ def record_annotator_vote(
     """A vote from the annotation page; GenerationNotFound for an item outside the project."""
     vote, created = record_vote(
         project_id=resolve_project(project).pk,
-        generation_id=generation_id, desirable=desirable, annotator_id=user.pk, comment=comment.strip(), source="ui"
+        generation_id=generation_id,
+        desirable=desirable,
+        annotator_id=user.pk,
+        comment=comment.strip(),
+        source="ui",
     )
     release_claim(user, generation_id)
     return vote, created
@@ -85,8 +93,9 @@ def undo_last_vote(user, project: Project | None = None) -> Generation | None:
     """Delete the annotator's most recent vote in the project and put that item back on their screen."""
     project = resolve_project(project)
     with transaction.atomic():
-        vote = (Vote.objects.select_for_update().filter(annotator=user, generation__project=project)
-                .order_by("-id").first())
+        vote = (
+            Vote.objects.select_for_update().filter(annotator=user, generation__project=project).order_by("-id").first()
+        )
         if vote is None:
             return None
         generation_id = vote.generation_id

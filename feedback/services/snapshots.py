@@ -5,6 +5,7 @@ counted), split into train and holdout **by prompt**, written as a JSONL file wh
 stored with the row. The class weights come from the engine's `balance_weights` (the paper's
 Eq. 7, SPEC §1), computed on the train split because that is what the trainer sees.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,7 +53,9 @@ def prompt_split(prompt_sha: str, holdout: float, seed: int) -> str:
 
 @dataclass
 class _Tally:
-    n_examples: dict = field(default_factory=lambda: {(s, d): 0 for s in (SPLIT_TRAIN, SPLIT_HOLDOUT) for d in (True, False)})
+    n_examples: dict = field(
+        default_factory=lambda: {(s, d): 0 for s in (SPLIT_TRAIN, SPLIT_HOLDOUT) for d in (True, False)}
+    )
     prompts: dict = field(default_factory=lambda: {SPLIT_TRAIN: 0, SPLIT_HOLDOUT: 0})
     n_votes: int = 0
     n_ties: int = 0
@@ -71,8 +74,14 @@ def _write_examples(out, project: Project, last_vote_id: int, holdout: float, se
         )
         .order_by("prompt_id", "id")
         .values_list(
-            "id", "prompt_id", "prompt__content_sha256", "prompt__content", "completion",
-            "desirable_votes", "undesirable_votes", "n_votes",
+            "id",
+            "prompt_id",
+            "prompt__content_sha256",
+            "prompt__content",
+            "completion",
+            "desirable_votes",
+            "undesirable_votes",
+            "n_votes",
         )
         .iterator(chunk_size=STREAM_CHUNK_ROWS)
     )
@@ -88,18 +97,21 @@ def _write_examples(out, project: Project, last_vote_id: int, holdout: float, se
             tally.prompts[split] += 1
         label = desirable_votes > undesirable_votes
         tally.n_examples[(split, label)] += 1
-        line = json.dumps(
-            {
-                "prompt": prompt,
-                "completion": completion,
-                "label": label,
-                "split": split,
-                "generation_id": generation_id,
-                "votes_desirable": desirable_votes,
-                "votes_undesirable": undesirable_votes,
-            },
-            ensure_ascii=False,
-        ).encode("utf-8") + b"\n"
+        line = (
+            json.dumps(
+                {
+                    "prompt": prompt,
+                    "completion": completion,
+                    "label": label,
+                    "split": split,
+                    "generation_id": generation_id,
+                    "votes_desirable": desirable_votes,
+                    "votes_undesirable": undesirable_votes,
+                },
+                ensure_ascii=False,
+            ).encode("utf-8")
+            + b"\n"
+        )
         digest.update(line)
         out.write(line)
     return digest.hexdigest(), tally
@@ -136,7 +148,9 @@ def create_snapshot(
                 f"{tally.prompts[SPLIT_HOLDOUT]} prompts held out): nothing to train on"
             )
         try:
-            weights = balance_weights(n_desirable, n_undesirable, target_ratio=target_ratio, mode=mode, manual=manual_weights)
+            weights = balance_weights(
+                n_desirable, n_undesirable, target_ratio=target_ratio, mode=mode, manual=manual_weights
+            )
         except ValueError as exc:
             raise SnapshotRefused(f"refusing to build a KTO dataset: {exc}") from None
 

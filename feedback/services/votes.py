@@ -37,9 +37,11 @@ def _insert_sql() -> str:
     else:
         values = ", ".join(["%s"] * len(_INSERTED_FIELDS))
     generation = Generation._meta
-    return (f"INSERT INTO {quote(Vote._meta.db_table)} ({columns}) SELECT {values} FROM {quote(generation.db_table)}"
-            f" WHERE {quote(generation.pk.column)} = %s AND {quote(generation.get_field('project').column)} = %s"
-            f" ON CONFLICT DO NOTHING RETURNING {quote(Vote._meta.pk.column)}")
+    return (
+        f"INSERT INTO {quote(Vote._meta.db_table)} ({columns}) SELECT {values} FROM {quote(generation.db_table)}"
+        f" WHERE {quote(generation.pk.column)} = %s AND {quote(generation.get_field('project').column)} = %s"
+        f" ON CONFLICT DO NOTHING RETURNING {quote(Vote._meta.pk.column)}"
+    )
 
 
 def _insert_or_nothing(vote: Vote, project_id: int) -> int | None:
@@ -79,15 +81,25 @@ def record_vote(
         project_id = Generation.objects.filter(pk=generation_id).values_list("project_id", flat=True).first()
         if project_id is None:
             raise GenerationNotFound(f"generation {generation_id} does not exist")
-    vote = Vote(generation_id=generation_id, annotator_id=annotator_id, api_client_id=api_client_id,
-                external_user_id=external_user_id, desirable=desirable, comment=comment, source=source)
+    vote = Vote(
+        generation_id=generation_id,
+        annotator_id=annotator_id,
+        api_client_id=api_client_id,
+        external_user_id=external_user_id,
+        desirable=desirable,
+        comment=comment,
+        source=source,
+    )
     try:
         vote_id = _insert_or_nothing(vote, project_id)
     except IntegrityError:
         raise GenerationNotFound(f"generation {generation_id} does not exist") from None
     if vote_id is None:
-        voter = ({"annotator_id": annotator_id} if annotator_id is not None
-                 else {"api_client_id": api_client_id, "external_user_id": external_user_id})
+        voter = (
+            {"annotator_id": annotator_id}
+            if annotator_id is not None
+            else {"api_client_id": api_client_id, "external_user_id": external_user_id}
+        )
         existing = Vote.objects.filter(generation_id=generation_id, generation__project_id=project_id, **voter).first()
         if existing is None:
             raise GenerationNotFound(f"generation {generation_id} does not exist")

@@ -1,4 +1,5 @@
 """Template filters that make long model outputs readable: fenced code blocks become monospaced blocks."""
+
 from __future__ import annotations
 
 import re
@@ -19,7 +20,7 @@ def with_code_blocks(text) -> str:
     text = "" if text is None else str(text)
     parts, position = [], 0
     for match in FENCE.finditer(text):
-        parts.append(escape(text[position:match.start()]))
+        parts.append(escape(text[position : match.start()]))
         language = match.group(1)
         css = f' class="language-{escape(language)}"' if language else ""
         parts.append(f"<pre><code{css}>{escape(match.group(2).rstrip(chr(10)))}</code></pre>")

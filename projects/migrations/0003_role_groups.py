@@ -6,10 +6,17 @@ ANNOTATORS_GROUP = "annotators"
 PROJECT_ADMINS_GROUP = "project admins"
 ANNOTATOR_PERMISSIONS = ["feedback.add_vote"]
 PROJECT_ADMIN_PERMISSIONS = [
-    "feedback.add_vote", "feedback.view_datasetsnapshot", "feedback.add_datasetsnapshot", "feedback.add_importbatch",
-    "training.view_trainingrun", "training.add_trainingrun", "training.change_trainingrun",
-    "training.view_modelversion", "training.change_modelversion",
-    "projects.manage_api_clients", "projects.change_membership",
+    "feedback.add_vote",
+    "feedback.view_datasetsnapshot",
+    "feedback.add_datasetsnapshot",
+    "feedback.add_importbatch",
+    "training.view_trainingrun",
+    "training.add_trainingrun",
+    "training.change_trainingrun",
+    "training.view_modelversion",
+    "training.change_modelversion",
+    "projects.manage_api_clients",
+    "projects.change_membership",
 ]
 
 

@@ -4,6 +4,7 @@ Those tokens were stored in clear text; leaving the table behind would keep ever
 old secret readable by anyone with database access. They stopped working when API keys replaced
 them (create project keys: `manage.py create_api_key`), so nothing is lost.
 """
+
 from django.db import migrations
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from django.contrib.auth import get_user_model
+
 from feedback.services.generations import GenerationInput, create_generation
 from projects.selectors import resolve_project
 from projects.services import create_api_key, set_membership

@@ -15,8 +15,13 @@ pytestmark = pytest.mark.django_db
 def test_an_added_annotator_can_annotate_but_not_see_the_dashboard(client):
     out = StringIO()
     call_command("add_annotator", "carol", "--password", "s3cret-pass", stdout=out)
-    assert json.loads(out.getvalue()) == {"username": "carol", "created": True, "staff": False,
-                                             "project": "demo", "role": "annotator"}
+    assert json.loads(out.getvalue()) == {
+        "username": "carol",
+        "created": True,
+        "staff": False,
+        "project": "demo",
+        "role": "annotator",
+    }
     assert client.login(username="carol", password="s3cret-pass")
     assert client.get("/annotate/").status_code == 200
     assert client.get("/dashboard/").status_code == 403
@@ -35,5 +40,7 @@ def test_a_staff_user_without_a_project_role_may_do_nothing(client):
     get_user_model().objects.create_user("erin", password="s3cret-pass", is_staff=True)
     assert client.login(username="erin", password="s3cret-pass")
     assert client.get("/dashboard/").status_code == 403
-    assert client.post("/dashboard/snapshot/", {"holdout": 0.1, "target_ratio": 1.333, "mode": "auto"}).status_code == 403
+    assert (
+        client.post("/dashboard/snapshot/", {"holdout": 0.1, "target_ratio": 1.333, "mode": "auto"}).status_code == 403
+    )
     assert client.post("/models/rollback/").status_code == 403

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import io
 import json
-
-import pytest
 from datetime import timedelta
 
+import pytest
 from django.db import transaction
 from django.middleware.csrf import get_token
 from django.test import RequestFactory
@@ -58,7 +57,11 @@ def test_without_an_external_user_the_key_is_the_voter(api_client):
     assert response.status_code == 201
     vote = Vote.objects.get()
     assert (vote.api_client_id, vote.annotator, vote.external_user_id, vote.desirable) == (
-        api_client.api_client.pk, None, None, False)
+        api_client.api_client.pk,
+        None,
+        None,
+        False,
+    )
 
 
 @pytest.mark.django_db

@@ -1,6 +1,7 @@
 """TRL's conversational format end to end: chat snapshots export completions as assistant messages,
 TRL's own data utilities and KTOTrainer read them with tokens in every completion, and the importers
 (and the engine) accept both the message form and the plain string."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,15 @@ pytestmark = pytest.mark.django_db
 CHAT = [
     ([{"role": "user", "content": "What is 2+2?"}], "4", True),
     ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Is it true?"}], "No, it is not.", False),
-    ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-      {"role": "user", "content": "What is the capital of France?"}], "Paris.", True),
+    (
+        [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "What is the capital of France?"},
+        ],
+        "Paris.",
+        True,
+    ),
     ([{"role": "user", "content": "Please explain briefly."}], "Sure! Here is a short answer.", False),
 ]
 
@@ -58,8 +66,14 @@ def test_trl_kto_trainer_finds_tokens_in_every_exported_completion(tmp_path, fam
     model_dir = request.getfixturevalue(f"{family}_model_dir")
     rows = export_chat_snapshot(tmp_path)
     tokenizer = load_tokenizer(model_dir)
-    args = KTOConfig(output_dir=str(tmp_path / "trl"), report_to="none", per_device_train_batch_size=2, use_cpu=True,
-                     bf16=False, activation_checkpointing=False)
+    args = KTOConfig(
+        output_dir=str(tmp_path / "trl"),
+        report_to="none",
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        bf16=False,
+        activation_checkpointing=False,
+    )
     trainer = KTOTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     completions = trainer.train_dataset["completion_ids"]
     assert len(completions) == len(CHAT)
@@ -72,28 +86,57 @@ def test_trl_kto_trainer_finds_tokens_in_every_exported_completion(tmp_path, fam
 
 
 def _labelled() -> set[tuple]:
-    return {(json.dumps(vote.generation.prompt.content), vote.generation.completion, vote.desirable)
-            for vote in Vote.objects.select_related("generation__prompt")}
+    return {
+        (json.dumps(vote.generation.prompt.content), vote.generation.completion, vote.desirable)
+        for vote in Vote.objects.select_related("generation__prompt")
+    }
 
 
 def test_importers_read_assistant_messages_as_the_plain_string(tmp_path):
     chat = [{"role": "user", "content": "hi"}]
     message = [{"role": "assistant", "content": "hello"}]
-    path = write_jsonl(tmp_path / "kto.jsonl", [
-        {"prompt": chat, "completion": message, "label": True},
-        {"prompt": [{"role": "user", "content": "2+2?"}], "chosen": [{"role": "assistant", "content": "4"}],
-         "rejected": "5"},
-    ])
+    path = write_jsonl(
+        tmp_path / "kto.jsonl",
+        [
+            {"prompt": chat, "completion": message, "label": True},
+            {
+                "prompt": [{"role": "user", "content": "2+2?"}],
+                "chosen": [{"role": "assistant", "content": "4"}],
+                "rejected": "5",
+            },
+        ],
+    )
     with pytest.raises(CommandError):  # one file holds one format: kto then paired is refused
         call_command("import_feedback", path, stdout=StringIO())
-    call_command("import_feedback", write_jsonl(tmp_path / "a.jsonl", [{"prompt": chat, "completion": message,
-                                                                        "label": True}]), stdout=StringIO())
-    call_command("import_feedback", write_jsonl(tmp_path / "b.jsonl", [
-        {"prompt": [{"role": "user", "content": "2+2?"}], "chosen": [{"role": "assistant", "content": "4"}],
-         "rejected": "5"}]), stdout=StringIO())
-    call_command("import_feedback", write_jsonl(tmp_path / "c.jsonl", [
-        {"prompt": chat, "completion": [{"role": "assistant", "content": "hey"}], "score": 0.9}]),
-        "--threshold", "0.5", stdout=StringIO())
+    call_command(
+        "import_feedback",
+        write_jsonl(tmp_path / "a.jsonl", [{"prompt": chat, "completion": message, "label": True}]),
+        stdout=StringIO(),
+    )
+    call_command(
+        "import_feedback",
+        write_jsonl(
+            tmp_path / "b.jsonl",
+            [
+                {
+                    "prompt": [{"role": "user", "content": "2+2?"}],
+                    "chosen": [{"role": "assistant", "content": "4"}],
+                    "rejected": "5",
+                }
+            ],
+        ),
+        stdout=StringIO(),
+    )
+    call_command(
+        "import_feedback",
+        write_jsonl(
+            tmp_path / "c.jsonl",
+            [{"prompt": chat, "completion": [{"role": "assistant", "content": "hey"}], "score": 0.9}],
+        ),
+        "--threshold",
+        "0.5",
+        stdout=StringIO(),
+    )
     assert _labelled() == {
         (json.dumps(chat), "hello", True),
         (json.dumps([{"role": "user", "content": "2+2?"}]), "4", True),
@@ -101,8 +144,11 @@ def test_importers_read_assistant_messages_as_the_plain_string(tmp_path):
         (json.dumps(chat), "hey", True),
     }
     # The string form of the same row is the same generation: importing it again adds nothing.
-    call_command("import_feedback", write_jsonl(tmp_path / "d.jsonl", [{"prompt": chat, "completion": "hello",
-                                                                        "label": True}]), stdout=StringIO())
+    call_command(
+        "import_feedback",
+        write_jsonl(tmp_path / "d.jsonl", [{"prompt": chat, "completion": "hello", "label": True}]),
+        stdout=StringIO(),
+    )
     assert Generation.objects.filter(completion="hello").count() == 1
 
 
@@ -113,18 +159,35 @@ def test_an_export_imports_back_unchanged(tmp_path):
     call_command("import_feedback", write_jsonl(tmp_path / "back.jsonl", rows), stdout=summary)
     assert json.loads(summary.getvalue())["generations_created"] == 0
     assert Generation.objects.count() == len(CHAT) and {(p, c) for p, c, _ in _labelled()} == {
-        (p, c) for p, c, _ in before}
+        (p, c) for p, c, _ in before
+    }
 
 
-@pytest.mark.parametrize("row, expected", [
-    ({"prompt": "q", "completion": [{"role": "assistant", "content": "a"}], "label": True},
-     "line 1: field 'completion': is a list of messages but the prompt is a string"),
-    ({"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "user", "content": "a"}], "label": True},
-     "line 1: field 'completion': as messages must be exactly one assistant message"),
-    ({"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": " "}],
-      "label": True},
-     "line 1: field 'completion': must not be empty"),
-])
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        (
+            {"prompt": "q", "completion": [{"role": "assistant", "content": "a"}], "label": True},
+            "line 1: field 'completion': is a list of messages but the prompt is a string",
+        ),
+        (
+            {
+                "prompt": [{"role": "user", "content": "q"}],
+                "completion": [{"role": "user", "content": "a"}],
+                "label": True,
+            },
+            "line 1: field 'completion': as messages must be exactly one assistant message",
+        ),
+        (
+            {
+                "prompt": [{"role": "user", "content": "q"}],
+                "completion": [{"role": "assistant", "content": " "}],
+                "label": True,
+            },
+            "line 1: field 'completion': must not be empty",
+        ),
+    ],
+)
 def test_a_bad_message_completion_is_named(tmp_path, row, expected):
     with pytest.raises(CommandError) as excinfo:
         call_command("import_feedback", write_jsonl(tmp_path / "bad.jsonl", [row]), stdout=StringIO())

@@ -3,6 +3,7 @@
 The HH file below reproduces what stops Anthropic's HH test split at line 87: a row whose final
 Assistant turn is empty on one side, and rows whose two dialogues differ before the last turn.
 """
+
 from __future__ import annotations
 
 import json
@@ -93,7 +94,12 @@ def test_skip_reports_every_kind_of_bad_line_and_imports_the_rest(tmp_path, sett
     assert {(v.generation.completion, v.desirable) for v in Vote.objects.all()} == {("a1", True), ("a7", False)}
     report = [json.loads(line) for line in Path(batch.skipped_report).read_text().splitlines()]
     assert [(item["line"], item["field"]) for item in report] == [
-        (2, None), (3, "label"), (4, None), (5, None), (6, "label"), (8, None),
+        (2, None),
+        (3, "label"),
+        (4, None),
+        (5, None),
+        (6, "label"),
+        (8, None),
     ]
     assert "malformed JSON" in report[0]["reason"] and "longer than the limit" in report[3]["reason"]
     assert "not valid UTF-8" in report[5]["reason"]

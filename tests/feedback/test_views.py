@@ -9,9 +9,8 @@ In Chromium: an annotator is refused (403) on the staff pages and shown no staff
 
 from __future__ import annotations
 
-import re
-
 import json
+import re
 
 import pytest
 from django.test import Client
@@ -117,7 +116,9 @@ def test_the_page_renders_the_figures_and_a_chart(client, staff_user):
     assert '<strong id="n-votes">8</strong>' in page
     assert "3.00 : 1" in page
     # The chart's data (drawn by the vendored Chart.js): one bar per day of the last 14.
-    chart = json.loads(re.search(r'<script id="votes-chart-data" type="application/json">(.*?)</script>', page).group(1))
+    chart = json.loads(
+        re.search(r'<script id="votes-chart-data" type="application/json">(.*?)</script>', page).group(1)
+    )
     assert len(chart["labels"]) == len(chart["values"]) == 14 and sum(chart["values"]) == 8
     assert 'id="create-snapshot"' in page
 

@@ -1,5 +1,6 @@
 """Engine-only fixtures: a small simulated-feedback dataset from the demo model, and each real
 tokenizer family in turn (bpe_model_dir / sentencepiece_model_dir live in tests/conftest.py)."""
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,14 @@ def run_cli():
 def _run_cli(*args: str, check: bool = True, env_extra: dict | None = None, timeout: float = 600):
     """`python -m training.kto ...` in a subprocess, as the web app runs it."""
     env = dict(os.environ, OMP_NUM_THREADS="1", **(env_extra or {}))
-    result = subprocess.run([sys.executable, "-m", "training.kto", *args], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", "training.kto", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr[-3000:]}")
     return result

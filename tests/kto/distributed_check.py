@@ -5,7 +5,7 @@ the loss and the parameter update (SGD, lr 1, so the update is minus the average
 With 2 processes each takes 2 examples and builds its mismatched pairs locally; the single
 process sees the combined batch with the same set of mismatched pairs.
 """
-import json
+
 import sys
 
 import torch
@@ -23,8 +23,9 @@ def main(model_dir: str, data_path: str, out_path: str) -> None:
     tokenizer = load_tokenizer(model_dir)
     examples = kto_data.tokenize_examples(tokenizer, kto_data.read_kto_jsonl(data_path))[:4]
     world, rank = accelerator.num_processes, accelerator.process_index
-    config = TrainConfig(model=model_dir, data=data_path, out="", beta=0.1, max_length=32,
-                         per_device_train_batch_size=4 // world)
+    config = TrainConfig(
+        model=model_dir, data=data_path, out="", beta=0.1, max_length=32, per_device_train_batch_size=4 // world
+    )
     weights = {"desirable_weight": 1.3, "undesirable_weight": 0.8}
     policy = SequenceLogProbs(load_causal_lm(model_dir))
     # Move the policy away from the reference (identically on every process), so rewards and z0
@@ -50,8 +51,16 @@ def main(model_dir: str, data_path: str, out_path: str) -> None:
     z0_per_process = accelerator.gather(stats["z0"].reshape(1)).tolist()
     if accelerator.is_main_process:
         update = {name: (parameter.detach() - before[name]) for name, parameter in policy.named_parameters()}
-        torch.save({"loss": mean_loss.item(), "z0": z0_per_process, "z0_raw": stats["z0_raw"].item(),
-                    "update": update, "world": world}, out_path)
+        torch.save(
+            {
+                "loss": mean_loss.item(),
+                "z0": z0_per_process,
+                "z0_raw": stats["z0_raw"].item(),
+                "update": update,
+                "world": world,
+            },
+            out_path,
+        )
     accelerator.wait_for_everyone()
     accelerator.end_training()  # destroy the gloo group before exit
 

@@ -14,6 +14,7 @@ last reference with the GIL held), so a correct teardown shows none on every ran
 
 Prints one JSON line: {"trials", "clean_exits", "hung": [...], "failed": [...], "wrappers_alive_at_destroy": [...]}.
 """
+
 from __future__ import annotations
 
 import gc
@@ -41,8 +42,14 @@ def _rank(rank: int, port: int, model: str, data: str, trial_dir: Path) -> int:
     from training.kto import cli
     from training.kto.distributed import live_wrappers
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
-                      LOCAL_WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD_SIZE),
+        LOCAL_WORLD_SIZE=str(WORLD_SIZE),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     for stream, name in ((1, "stdout"), (2, "stderr")):
         handle = os.open(trial_dir / f"{name}-{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(handle, stream)
@@ -55,12 +62,34 @@ def _rank(rank: int, port: int, model: str, data: str, trial_dir: Path) -> int:
         return destroy(*args, **kwargs)
 
     dist.destroy_process_group = recording_destroy
-    code = cli.main(["train", "--model", model, "--data", data, "--out", str(trial_dir / "out"), "--max-steps", "2",
-                     "--per-device-train-batch-size", "2", "--gradient-accumulation-steps", "1", "--max-length",
-                     "32", "--learning-rate", "1e-4", "--no-progress", "--expected-world-size", str(WORLD_SIZE)])
+    code = cli.main(
+        [
+            "train",
+            "--model",
+            model,
+            "--data",
+            data,
+            "--out",
+            str(trial_dir / "out"),
+            "--max-steps",
+            "2",
+            "--per-device-train-batch-size",
+            "2",
+            "--gradient-accumulation-steps",
+            "1",
+            "--max-length",
+            "32",
+            "--learning-rate",
+            "1e-4",
+            "--no-progress",
+            "--expected-world-size",
+            str(WORLD_SIZE),
+        ]
+    )
     gc.collect()
-    (trial_dir / f"probe-{rank}.json").write_text(json.dumps({"wrappers_alive_at_destroy": seen_at_destroy,
-                                                              "exit": code}))
+    (trial_dir / f"probe-{rank}.json").write_text(
+        json.dumps({"wrappers_alive_at_destroy": seen_at_destroy, "exit": code})
+    )
     sys.stdout.flush()
     sys.stderr.flush()
     return code

@@ -1,4 +1,5 @@
 """Helpers shared by the engine's tests (not fixtures: plain functions)."""
+
 from __future__ import annotations
 
 import json
@@ -6,9 +7,26 @@ import shutil
 from pathlib import Path
 
 # Small, fast settings (the demo model learns quickly at this rate), every schedule flag explicit.
-FAST = ["--learning-rate", "1e-4", "--per-device-train-batch-size", "4", "--gradient-accumulation-steps", "2",
-        "--max-length", "32", "--num-train-epochs", "1", "--warmup-ratio", "0.1", "--logging-steps", "1",
-        "--save-steps", "0", "--no-gradient-checkpointing", "--no-progress"]
+FAST = [
+    "--learning-rate",
+    "1e-4",
+    "--per-device-train-batch-size",
+    "4",
+    "--gradient-accumulation-steps",
+    "2",
+    "--max-length",
+    "32",
+    "--num-train-epochs",
+    "1",
+    "--warmup-ratio",
+    "0.1",
+    "--logging-steps",
+    "1",
+    "--save-steps",
+    "0",
+    "--no-gradient-checkpointing",
+    "--no-progress",
+]
 
 
 def summary_of(result) -> dict:

@@ -1,4 +1,5 @@
 """The automatic λ_D / λ_U rule (SPEC §1, paper Eq. 7)."""
+
 import pytest
 
 from training.kto.balancing import balance_weights

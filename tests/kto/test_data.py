@@ -1,4 +1,5 @@
 """Reading, validating, tokenizing and batching KTO data."""
+
 from __future__ import annotations
 
 import json
@@ -18,18 +19,21 @@ def write(tmp_path, lines: list[str]):
 GOOD = json.dumps({"prompt": "What is 1+2?", "completion": "3", "label": True})
 
 
-@pytest.mark.parametrize("bad_line, message", [
-    ('{"prompt": "x", "completion": "y", "label": tru', "malformed JSON"),
-    ('{"prompt": "x", "label": true}', "missing field 'completion'"),
-    ('{"completion": "y", "label": true}', "missing field 'prompt'"),
-    ('{"prompt": "x", "completion": "y"}', "missing field 'label'"),
-    ('{"prompt": "x", "completion": "y", "label": "true"}', "field 'label' must be a JSON boolean"),
-    ('{"prompt": "x", "completion": "y", "label": 1}', "field 'label' must be a JSON boolean"),
-    ('{"prompt": "x", "completion": "   ", "label": false}', "field 'completion' is empty"),
-    ('{"prompt": 5, "completion": "y", "label": false}', "field 'prompt' must be a string"),
-    ('{"prompt": [{"role": "user"}], "completion": "y", "label": false}', "'prompt' message 0"),
-    ('[1, 2]', "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        ('{"prompt": "x", "completion": "y", "label": tru', "malformed JSON"),
+        ('{"prompt": "x", "label": true}', "missing field 'completion'"),
+        ('{"completion": "y", "label": true}', "missing field 'prompt'"),
+        ('{"prompt": "x", "completion": "y"}', "missing field 'label'"),
+        ('{"prompt": "x", "completion": "y", "label": "true"}', "field 'label' must be a JSON boolean"),
+        ('{"prompt": "x", "completion": "y", "label": 1}', "field 'label' must be a JSON boolean"),
+        ('{"prompt": "x", "completion": "   ", "label": false}', "field 'completion' is empty"),
+        ('{"prompt": 5, "completion": "y", "label": false}', "field 'prompt' must be a string"),
+        ('{"prompt": [{"role": "user"}], "completion": "y", "label": false}', "'prompt' message 0"),
+        ("[1, 2]", "must be a JSON object"),
+    ],
+)
 def test_bad_rows_are_named_by_line_and_field(tmp_path, bad_line, message):
     path = write(tmp_path, [GOOD, "", GOOD, bad_line, GOOD])
     with pytest.raises(kto_data.DataError) as error:
@@ -94,8 +98,11 @@ def test_epochs_are_reshuffled_reproducibly_and_bucketed_by_length():
 
 
 def test_pairs_for_dpo_from_kto_rows(tmp_path):
-    rows = [{"prompt": "a", "completion": "good", "label": True}, {"prompt": "a", "completion": "bad", "label": False},
-            {"prompt": "b", "completion": "only bad", "label": False}]
+    rows = [
+        {"prompt": "a", "completion": "good", "label": True},
+        {"prompt": "a", "completion": "bad", "label": False},
+        {"prompt": "b", "completion": "only bad", "label": False},
+    ]
     path = write(tmp_path, [json.dumps(row) for row in rows])
     pairs = kto_data.read_preference_pairs(path)
     assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [("a", "good", "bad")]

@@ -1,6 +1,7 @@
 """The demo model builds bit-identically everywhere (issue 7 problem 10): the same bytes from
 processes with different thread counts and different CPU kernel sets (AVX2 vs the machine's own,
 which is what differs between two machines)."""
+
 from __future__ import annotations
 
 import os
@@ -25,9 +26,15 @@ def test_two_builds_in_different_environments_are_byte_identical(demo_model_dir,
     for index, extra in enumerate(environments):  # concurrently: each build uses one core
         env = {key: value for key, value in os.environ.items() if key != "ATEN_CPU_CAPABILITY"} | extra
         out = tmp_path / f"build-{index}"
-        builds.append((out, subprocess.Popen([sys.executable, "-c", BUILD, str(out)], cwd=REPO_ROOT, env=env,
-                                             stderr=subprocess.PIPE, text=True)))
-    for out, process in builds:
+        builds.append(
+            (
+                out,
+                subprocess.Popen(
+                    [sys.executable, "-c", BUILD, str(out)], cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True
+                ),
+            )
+        )
+    for _out, process in builds:
         _, stderr = process.communicate(timeout=1200)
         assert process.returncode == 0, stderr[-3000:]
     first, second = (out / "model.safetensors" for out, _ in builds)

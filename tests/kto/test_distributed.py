@@ -1,4 +1,5 @@
 """Two processes (accelerate launch, gloo on CPU) against one process on the combined batch."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,9 +35,27 @@ def test_two_processes_match_one_process_on_the_combined_batch(demo_model_dir, f
     two, one = tmp_path / "two.pt", tmp_path / "one.pt"
     # Without CUDA, `--multi_gpu --num_processes 2` is what starts two torchrun workers (`--cpu`
     # would start a single process); Accelerator(cpu=True) then makes them a gloo group.
-    launch([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-            "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(SCRIPT), demo_model_dir,
-            feedback_jsonl, str(two)])
+    launch(
+        [
+            accelerate,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            str(SCRIPT),
+            demo_model_dir,
+            feedback_jsonl,
+            str(two),
+        ]
+    )
     launch([sys.executable, str(SCRIPT), demo_model_dir, feedback_jsonl, str(one)])
     distributed, single = torch.load(two, weights_only=True), torch.load(one, weights_only=True)
     assert distributed["world"] == 2 and single["world"] == 1
@@ -59,12 +77,49 @@ def test_train_cli_runs_data_parallel_under_accelerate_launch(demo_model_dir, fe
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "training.kto", "train",
-         "--model", demo_model_dir, "--data", feedback_jsonl, "--out", str(out), "--max-steps", "3",
-         "--save-steps", "2", "--per-device-train-batch-size", "4", "--gradient-accumulation-steps", "2",
-         "--max-length", "32", "--learning-rate", "1e-4", "--no-progress"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+        [
+            accelerate,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            "-m",
+            "training.kto",
+            "train",
+            "--model",
+            demo_model_dir,
+            "--data",
+            feedback_jsonl,
+            "--out",
+            str(out),
+            "--max-steps",
+            "3",
+            "--save-steps",
+            "2",
+            "--per-device-train-batch-size",
+            "4",
+            "--gradient-accumulation-steps",
+            "2",
+            "--max-length",
+            "32",
+            "--learning-rate",
+            "1e-4",
+            "--no-progress",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1  # only the main process reports
@@ -76,9 +131,37 @@ def test_train_cli_runs_data_parallel_under_accelerate_launch(demo_model_dir, fe
 
     # Issue 7 problem 6: this 2-process run resumed on 1 process used to continue with a changed plan.
     resumed = subprocess.run(
-        [sys.executable, "-m", "training.kto", "train", "--model", demo_model_dir, "--data", feedback_jsonl,
-         "--out", str(out), "--max-steps", "3", "--save-steps", "2", "--per-device-train-batch-size", "4",
-         "--gradient-accumulation-steps", "2", "--max-length", "32", "--learning-rate", "1e-4", "--no-progress",
-         "--resume"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "training.kto",
+            "train",
+            "--model",
+            demo_model_dir,
+            "--data",
+            feedback_jsonl,
+            "--out",
+            str(out),
+            "--max-steps",
+            "3",
+            "--save-steps",
+            "2",
+            "--per-device-train-batch-size",
+            "4",
+            "--gradient-accumulation-steps",
+            "2",
+            "--max-length",
+            "32",
+            "--learning-rate",
+            "1e-4",
+            "--no-progress",
+            "--resume",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 2
     assert "number of processes: was 2, now 1" in resumed.stderr

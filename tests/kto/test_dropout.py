@@ -1,8 +1,7 @@
 """Dropout is off in policy and reference by default (TRL's disable_dropout): at step 1 the policy
 is the reference, so every implied reward is exactly 0."""
-from __future__ import annotations
 
-from pathlib import Path
+from __future__ import annotations
 
 import pytest
 
@@ -17,9 +16,19 @@ def dropout_model_dir(demo_model_dir, tmp_path_factory) -> str:
 
     tokenizer = AutoTokenizer.from_pretrained(demo_model_dir)
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                        resid_pdrop=0.3, embd_pdrop=0.3, attn_pdrop=0.3, bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        resid_pdrop=0.3,
+        embd_pdrop=0.3,
+        attn_pdrop=0.3,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     out = tmp_path_factory.mktemp("gpt2-dropout")
     GPT2LMHeadModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -27,10 +36,20 @@ def dropout_model_dir(demo_model_dir, tmp_path_factory) -> str:
 
 
 @pytest.mark.parametrize("reference", ["precompute", "copy"])
-def test_rewards_are_zero_at_step_one_with_a_dropout_model(dropout_model_dir, feedback_jsonl, tmp_path, run_cli,
-                                                           reference):
-    common = ["--data", feedback_jsonl, "--model", dropout_model_dir, *FAST, "--max-steps", "1",
-              "--reference", reference]
+def test_rewards_are_zero_at_step_one_with_a_dropout_model(
+    dropout_model_dir, feedback_jsonl, tmp_path, run_cli, reference
+):
+    common = [
+        "--data",
+        feedback_jsonl,
+        "--model",
+        dropout_model_dir,
+        *FAST,
+        "--max-steps",
+        "1",
+        "--reference",
+        reference,
+    ]
     run_cli("train", *common, "--out", str(tmp_path / "default"))
     first = metrics_of(tmp_path / "default")[0]
     assert first["reward_desirable"] == pytest.approx(0.0, abs=1e-5)

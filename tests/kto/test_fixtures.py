@@ -1,4 +1,5 @@
 """The tokenizer-family fixtures build offline, identically everywhere, with the shapes asked for."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +13,10 @@ import pytest
 from training.kto import fixtures
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TOKENIZER_HASH = ("import hashlib; from training.kto.fixtures import build_tokenizer; "
-                  "print(hashlib.sha256(build_tokenizer({family!r}).backend_tokenizer.to_str().encode()).hexdigest())")
+TOKENIZER_HASH = (
+    "import hashlib; from training.kto.fixtures import build_tokenizer; "
+    "print(hashlib.sha256(build_tokenizer({family!r}).backend_tokenizer.to_str().encode()).hexdigest())"
+)
 
 
 @pytest.mark.parametrize("family", fixtures.TOKENIZER_FAMILIES)
@@ -21,8 +24,14 @@ def test_tokenizer_training_is_identical_across_processes_and_thread_counts(fami
     digests = set()
     for threads in ("1", "2"):
         env = dict(os.environ, RAYON_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
-        result = subprocess.run([sys.executable, "-c", TOKENIZER_HASH.format(family=family)], cwd=REPO_ROOT, env=env,
-                                capture_output=True, text=True, check=True)
+        result = subprocess.run(
+            [sys.executable, "-c", TOKENIZER_HASH.format(family=family)],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         digests.add(result.stdout.strip())
     in_process = fixtures.build_tokenizer(family).backend_tokenizer.to_str().encode()
     digests.add(hashlib.sha256(in_process).hexdigest())
@@ -43,8 +52,10 @@ def test_cached_fixtures_have_their_tokenizer_and_model(bpe_model_dir, sentencep
 
     from training.kto.modeling import load_tokenizer
 
-    for path, model_type, eos in ((bpe_model_dir, "qwen2", "<|endoftext|>"),
-                                  (sentencepiece_model_dir, "llama", "</s>")):
+    for path, model_type, eos in (
+        (bpe_model_dir, "qwen2", "<|endoftext|>"),
+        (sentencepiece_model_dir, "llama", "</s>"),
+    ):
         tokenizer = load_tokenizer(path)
         assert AutoConfig.from_pretrained(path).model_type == model_type
         assert tokenizer.eos_token == eos and tokenizer.chat_template

@@ -1,4 +1,5 @@
 """The loss module against TRL's KTOTrainer and the paper's Proposition 2."""
+
 from __future__ import annotations
 
 import math
@@ -37,16 +38,33 @@ def trl_kto_loss(policy, reference, kl_policy, kl_reference, labels, beta, desir
             return tensor
 
     trainer = types.SimpleNamespace(
-        model=ModelStub(), accelerator=AcceleratorStub(), aux_loss_enabled=False, calculate_KL=True,
-        precompute_ref_logps=True, loss_type="kto", beta=beta, desirable_weight=desirable_weight,
-        undesirable_weight=undesirable_weight, _metrics=defaultdict(lambda: defaultdict(list)),
-        _total_train_tokens=0, _tp_size=1)
+        model=ModelStub(),
+        accelerator=AcceleratorStub(),
+        aux_loss_enabled=False,
+        calculate_KL=True,
+        precompute_ref_logps=True,
+        loss_type="kto",
+        beta=beta,
+        desirable_weight=desirable_weight,
+        undesirable_weight=undesirable_weight,
+        _metrics=defaultdict(lambda: defaultdict(list)),
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
     trainer._compute_kl_logps = types.MethodType(KTOTrainer._compute_kl_logps, trainer)
     n = len(labels)
     ones = torch.ones(n, 2, dtype=torch.long)
-    batch = {"input_ids": ones, "attention_mask": ones, "completion_mask": ones,
-             "KL_input_ids": torch.full((n, 2), 7), "KL_attention_mask": ones, "KL_completion_mask": ones,
-             "label": labels, "ref_logps": reference, "ref_KL_logps": kl_reference}
+    batch = {
+        "input_ids": ones,
+        "attention_mask": ones,
+        "completion_mask": ones,
+        "KL_input_ids": torch.full((n, 2), 7),
+        "KL_attention_mask": ones,
+        "KL_completion_mask": ones,
+        "label": labels,
+        "ref_logps": reference,
+        "ref_KL_logps": kl_reference,
+    }
     loss = KTOTrainer._compute_loss(trainer, trainer.model, batch, False)
     return loss, trainer._metrics["train"]["kl"][-1]
 
@@ -115,17 +133,25 @@ def test_variants_differ_as_the_paper_describes():
     kto, _ = kto_loss.kto_loss(policy, reference, labels, z0, 1.0, value="kto")
     concave, _ = kto_loss.kto_loss(policy, reference, labels, z0, 1.0, value="concave")
     neutral, _ = kto_loss.kto_loss(policy, reference, labels, z0, 1.0, value="risk_neutral")
-    assert float(kto) == pytest.approx(1 - float(torch.sigmoid(torch.tensor(-1.0))) / 2 - float(torch.sigmoid(torch.tensor(-3.0))) / 2)
-    assert float(concave) == pytest.approx(-(float(torch.nn.functional.logsigmoid(torch.tensor(-1.0))) +
-                                             float(torch.nn.functional.logsigmoid(torch.tensor(-3.0)))) / 2)
+    assert float(kto) == pytest.approx(
+        1 - float(torch.sigmoid(torch.tensor(-1.0))) / 2 - float(torch.sigmoid(torch.tensor(-3.0))) / 2
+    )
+    assert float(concave) == pytest.approx(
+        -(
+            float(torch.nn.functional.logsigmoid(torch.tensor(-1.0)))
+            + float(torch.nn.functional.logsigmoid(torch.tensor(-3.0)))
+        )
+        / 2
+    )
     assert float(neutral) == pytest.approx(1 - (-1.0 - 3.0) / 2)
     with pytest.raises(ValueError):
         kto_loss.kto_loss(policy, reference, labels, z0, 1.0, value="nonsense")
 
 
 def test_dpo_and_sft_baselines():
-    loss, stats = kto_loss.dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]),
-                                    torch.tensor([-2.0]), beta=0.5)
+    loss, stats = kto_loss.dpo_loss(
+        torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), beta=0.5
+    )
     assert float(loss) == pytest.approx(-float(torch.nn.functional.logsigmoid(torch.tensor(0.5 * 2.0))))
     assert float(stats["correct_count"]) == 2.0
     assert float(kto_loss.sft_loss(torch.tensor([-4.0, -2.0]), torch.tensor([2, 4]))) == pytest.approx(1.0)

@@ -1,4 +1,5 @@
 """The engine's log-probs are log_softmax of the logits each architecture's own forward() returns."""
+
 from __future__ import annotations
 
 import pytest
@@ -56,9 +57,15 @@ def test_log_probs_equal_the_models_own_forward(architecture):
     engine.verify()  # and the start-up check agrees
 
 
-@pytest.mark.parametrize("architecture, setting", [
-    ("gemma2", "final_logit_softcapping"), ("gemma3_text", "final_logit_softcapping"),
-    ("cohere", "logit_scale"), ("granite", "logits_scaling")])
+@pytest.mark.parametrize(
+    "architecture, setting",
+    [
+        ("gemma2", "final_logit_softcapping"),
+        ("gemma3_text", "final_logit_softcapping"),
+        ("cohere", "logit_scale"),
+        ("granite", "logits_scaling"),
+    ],
+)
 @torch.no_grad()
 def test_logit_post_processing_is_applied(architecture, setting):
     """The fixtures' post-processing is large enough to matter: the LM head alone is far off."""
@@ -98,8 +105,10 @@ class _PositionDependentHead(torch.nn.Module):
         return output
 
 
-@pytest.mark.parametrize("wrapper, message", [(_IgnoresKeptPositions, "ignores a boolean logits_to_keep"),
-                                              (_PositionDependentHead, "differ from log_softmax")])
+@pytest.mark.parametrize(
+    "wrapper, message",
+    [(_IgnoresKeptPositions, "ignores a boolean logits_to_keep"), (_PositionDependentHead, "differ from log_softmax")],
+)
 def test_an_architecture_that_cannot_be_reproduced_is_refused_at_start(wrapper, message):
     model = wrapper(tiny_model("llama"))
     model.config = model.inner.config  # the probe reads the vocabulary size from it

@@ -2,6 +2,7 @@
 counted), K in a row abort the run with a clear error, and non-finite weights are never written.
 
 NaN enters through the real data path: the precomputed reference log-probs of some sequences."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,7 @@ def poison_reference_cache(path: str, how_many: int | None) -> None:
     torch.save(stored, path)
 
 
-def test_a_nan_batch_is_skipped_and_the_run_ends_with_finite_weights(demo_model_dir, feedback_jsonl, tmp_path,
-                                                                     run_cli):
+def test_a_nan_batch_is_skipped_and_the_run_ends_with_finite_weights(demo_model_dir, feedback_jsonl, tmp_path, run_cli):
     data = private_copy(feedback_jsonl, tmp_path / "data")
     options = ["--model", demo_model_dir, "--data", data, *FAST, "--max-steps", "6"]
     clean = summary_of(run_cli("train", *options, "--out", str(tmp_path / "clean")))
@@ -49,8 +49,9 @@ def test_k_nonfinite_steps_in_a_row_abort_without_writing_a_model(demo_model_dir
     poison_reference_cache(clean["reference_cache"]["path"], how_many=None)
 
     out = tmp_path / "poisoned"
-    result = run_cli("train", *options, "--out", str(out), "--max-nonfinite-steps", "3", "--save-steps", "2",
-                     check=False)
+    result = run_cli(
+        "train", *options, "--out", str(out), "--max-nonfinite-steps", "3", "--save-steps", "2", check=False
+    )
     assert result.returncode == 3 and result.stdout == ""
     assert "3 optimizer steps in a row (up to step 3)" in result.stderr
     assert not (out / "final").exists()

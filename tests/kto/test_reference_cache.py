@@ -1,5 +1,6 @@
 """The reference log-prob cache cannot be stale: entries are keyed by the exact token ids they
 score, the file by the reference's identity (model, adapter, precision, engine code)."""
+
 from __future__ import annotations
 
 import math
@@ -16,10 +17,36 @@ def test_kto_then_dpo_on_the_same_file_starts_dpo_at_log_2(demo_model_dir, feedb
     """Issue 7 problem 1: the cache was keyed by example indices, which name different rows for
     KTO and DPO, so DPO after KTO trained against wrong reference log-probs."""
     data = private_copy(feedback_jsonl, tmp_path / "data")
-    kto = summary_of(run_cli("train", "--model", demo_model_dir, "--data", data, "--out", str(tmp_path / "kto"),
-                             *FAST, "--max-steps", "3"))
-    dpo = summary_of(run_cli("train", "--model", demo_model_dir, "--data", data, "--out", str(tmp_path / "dpo"),
-                             *FAST, "--max-steps", "1", "--loss", "dpo"))
+    kto = summary_of(
+        run_cli(
+            "train",
+            "--model",
+            demo_model_dir,
+            "--data",
+            data,
+            "--out",
+            str(tmp_path / "kto"),
+            *FAST,
+            "--max-steps",
+            "3",
+        )
+    )
+    dpo = summary_of(
+        run_cli(
+            "train",
+            "--model",
+            demo_model_dir,
+            "--data",
+            data,
+            "--out",
+            str(tmp_path / "dpo"),
+            *FAST,
+            "--max-steps",
+            "1",
+            "--loss",
+            "dpo",
+        )
+    )
     assert kto["reference_cache"]["path"] == dpo["reference_cache"]["path"]  # the same reference, one file
     assert dpo["reference_cache"]["computed"] > 0  # DPO's sequences were not taken for KTO's rows
     first = metrics_of(tmp_path / "dpo")[0]
@@ -30,18 +57,60 @@ def test_kto_then_dpo_on_the_same_file_starts_dpo_at_log_2(demo_model_dir, feedb
 
 def test_an_fp32_run_after_a_bf16_run_recomputes(demo_model_dir, feedback_jsonl, tmp_path, run_cli):
     data = private_copy(feedback_jsonl, tmp_path / "data")
-    bf16 = summary_of(run_cli("train", "--model", demo_model_dir, "--data", data, "--out", str(tmp_path / "bf16"),
-                              *FAST, "--max-steps", "1", "--bf16", "yes"))
-    fp32 = summary_of(run_cli("train", "--model", demo_model_dir, "--data", data, "--out", str(tmp_path / "fp32"),
-                              *FAST, "--max-steps", "1", "--bf16", "no"))
+    bf16 = summary_of(
+        run_cli(
+            "train",
+            "--model",
+            demo_model_dir,
+            "--data",
+            data,
+            "--out",
+            str(tmp_path / "bf16"),
+            *FAST,
+            "--max-steps",
+            "1",
+            "--bf16",
+            "yes",
+        )
+    )
+    fp32 = summary_of(
+        run_cli(
+            "train",
+            "--model",
+            demo_model_dir,
+            "--data",
+            data,
+            "--out",
+            str(tmp_path / "fp32"),
+            *FAST,
+            "--max-steps",
+            "1",
+            "--bf16",
+            "no",
+        )
+    )
     assert fp32["reference_cache"]["path"] != bf16["reference_cache"]["path"]
     assert fp32["reference_cache"]["hits"] == 0 and fp32["reference_cache"]["computed"] > 0
     first = metrics_of(tmp_path / "fp32")[0]
     # fp32 policy against an fp32 reference: r = 0 at step 1 (a bf16 reference gave r ≈ 0.004).
     assert first["reward_desirable"] == pytest.approx(0.0, abs=1e-5)
     assert first["reward_undesirable"] == pytest.approx(0.0, abs=1e-5)
-    again = summary_of(run_cli("train", "--model", demo_model_dir, "--data", data, "--out", str(tmp_path / "again"),
-                               *FAST, "--max-steps", "1", "--bf16", "no"))
+    again = summary_of(
+        run_cli(
+            "train",
+            "--model",
+            demo_model_dir,
+            "--data",
+            data,
+            "--out",
+            str(tmp_path / "again"),
+            *FAST,
+            "--max-steps",
+            "1",
+            "--bf16",
+            "no",
+        )
+    )
     assert again["reference_cache"]["computed"] == 0 and again["reference_cache"]["hits"] > 0
 
 
@@ -59,16 +128,41 @@ def test_sequence_keys_follow_the_scored_tokens_not_the_row():
     assert sequence_keys(truncated)[0] == sequence_keys(alone)[0]
 
 
-def test_cache_and_checkpoint_files_are_read_without_unpickling_code(demo_model_dir, feedback_jsonl, tmp_path,
-                                                                     run_cli):
+def test_cache_and_checkpoint_files_are_read_without_unpickling_code(demo_model_dir, feedback_jsonl, tmp_path, run_cli):
     """Issue 7 problem 8: torch.load(weights_only=False) would run code hidden in a checkpoint."""
     marker = tmp_path / "payload-ran"
     out = tmp_path / "run"
-    run_cli("train", "--model", demo_model_dir, "--data", feedback_jsonl, "--out", str(out), *FAST,
-            "--max-steps", "4", "--save-steps", "2")
+    run_cli(
+        "train",
+        "--model",
+        demo_model_dir,
+        "--data",
+        feedback_jsonl,
+        "--out",
+        str(out),
+        *FAST,
+        "--max-steps",
+        "4",
+        "--save-steps",
+        "2",
+    )
     torch.save(_Payload(str(marker)), out / "checkpoints" / "step-2" / "optimizer.pt")
-    result = run_cli("train", "--model", demo_model_dir, "--data", feedback_jsonl, "--out", str(out), *FAST,
-                     "--max-steps", "4", "--save-steps", "2", "--resume", check=False)
+    result = run_cli(
+        "train",
+        "--model",
+        demo_model_dir,
+        "--data",
+        feedback_jsonl,
+        "--out",
+        str(out),
+        *FAST,
+        "--max-steps",
+        "4",
+        "--save-steps",
+        "2",
+        "--resume",
+        check=False,
+    )
     assert not marker.exists()
     assert result.returncode == 2 and "optimizer.pt" in result.stderr and "refused" in result.stderr
 

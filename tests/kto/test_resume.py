@@ -1,5 +1,6 @@
 """--resume continues only the same training: the same options, number of processes, precision,
 data contents and model. Anything else is refused, naming the difference, and changes nothing."""
+
 from __future__ import annotations
 
 import json

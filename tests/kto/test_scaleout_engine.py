@@ -1,4 +1,5 @@
 """N processes means N, and every rank of a finished run exits (issue 14)."""
+
 from __future__ import annotations
 
 import json
@@ -20,16 +21,35 @@ EXIT_TRIALS = 30
 def tiny_jsonl(tmp_path_factory) -> str:
     """16 demo-style rows: enough for 2 steps of 2 × 2 examples."""
     path = tmp_path_factory.mktemp("scaleout") / "tiny.jsonl"
-    rows = [{"prompt": f"What is {10 + i}+{i % 10}?", "completion": str(10 + i + i % 10 + (i % 2)), "label": i % 2 == 0}
-            for i in range(16)]
+    rows = [
+        {"prompt": f"What is {10 + i}+{i % 10}?", "completion": str(10 + i + i % 10 + (i % 2)), "label": i % 2 == 0}
+        for i in range(16)
+    ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return str(path)
 
 
 def _train_args(model: str, data: str, out: Path) -> list[str]:
-    return ["-m", "training.kto", "train", "--model", model, "--data", data, "--out", str(out), "--max-steps", "2",
-            "--per-device-train-batch-size", "2", "--gradient-accumulation-steps", "1", "--max-length", "32",
-            "--no-progress"]
+    return [
+        "-m",
+        "training.kto",
+        "train",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        "--per-device-train-batch-size",
+        "2",
+        "--gradient-accumulation-steps",
+        "1",
+        "--max-length",
+        "32",
+        "--no-progress",
+    ]
 
 
 def _run(command: list[str], env_extra: dict | None = None) -> subprocess.CompletedProcess:
@@ -65,21 +85,38 @@ def test_world_size_rules(monkeypatch):
 
 
 @pytest.mark.slow
-def test_accelerate_launch_cpu_with_two_processes_refuses_instead_of_training_alone(demo_model_dir, tiny_jsonl,
-                                                                                    tmp_path):
+def test_accelerate_launch_cpu_with_two_processes_refuses_instead_of_training_alone(
+    demo_model_dir, tiny_jsonl, tmp_path
+):
     # What a user types on a CPU host; accelerate starts one process and says nothing.
     out = tmp_path / "cpu-flag"
-    result = _run([ACCELERATE, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-                   "no", "--dynamo_backend", "no", *_train_args(demo_model_dir, tiny_jsonl, out)])
+    result = _run(
+        [
+            ACCELERATE,
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            *_train_args(demo_model_dir, tiny_jsonl, out),
+        ]
+    )
     _assert_refused(result, out, "started only this one (world size 1)", "--multi_gpu --num_processes N")
 
 
 @pytest.mark.slow
 def test_multi_cpu_accelerate_config_refuses_instead_of_training_alone(demo_model_dir, tiny_jsonl, tmp_path):
     config = tmp_path / "multi_cpu.yaml"
-    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nnum_machines: 1\n"
-                      "num_processes: 2\nmixed_precision: 'no'\nuse_cpu: true\nmachine_rank: 0\n"
-                      "main_training_function: main\nrdzv_backend: static\nsame_network: true\n")
+    config.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nnum_machines: 1\n"
+        "num_processes: 2\nmixed_precision: 'no'\nuse_cpu: true\nmachine_rank: 0\n"
+        "main_training_function: main\nrdzv_backend: static\nsame_network: true\n"
+    )
     out = tmp_path / "multi-cpu"
     result = _run([ACCELERATE, "launch", "--config_file", str(config), *_train_args(demo_model_dir, tiny_jsonl, out)])
     _assert_refused(result, out, "started only this one (world size 1)")
@@ -91,8 +128,9 @@ def test_expected_world_size_is_enforced_from_the_option_and_the_environment(dem
     result = _run([sys.executable, *_train_args(demo_model_dir, tiny_jsonl, out), "--expected-world-size", "2"])
     _assert_refused(result, out, "2 training processes were asked for", "the launcher started 1")
     out = tmp_path / "environment"
-    result = _run([sys.executable, *_train_args(demo_model_dir, tiny_jsonl, out)],
-                  env_extra={"PROSPECT_EXPECTED_WORLD_SIZE": "2"})
+    result = _run(
+        [sys.executable, *_train_args(demo_model_dir, tiny_jsonl, out)], env_extra={"PROSPECT_EXPECTED_WORLD_SIZE": "2"}
+    )
     _assert_refused(result, out, "2 training processes were asked for")
 
 
@@ -100,8 +138,17 @@ def test_expected_world_size_is_enforced_from_the_option_and_the_environment(dem
 def test_two_process_training_exits_every_time(demo_model_dir, tiny_jsonl, tmp_path):
     """30 two-process runs in a row under a watchdog: 30 clean exits, and on every rank the DDP
     wrapper was gone before the process group was destroyed (the cause of the 1-in-37 hang)."""
-    result = _run([sys.executable, str(Path(__file__).with_name("exit_harness.py")), demo_model_dir, tiny_jsonl,
-                   str(tmp_path / "trials"), str(EXIT_TRIALS), "120"])
+    result = _run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("exit_harness.py")),
+            demo_model_dir,
+            tiny_jsonl,
+            str(tmp_path / "trials"),
+            str(EXIT_TRIALS),
+            "120",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["hung"] == [] and summary["failed"] == [], summary

@@ -1,5 +1,6 @@
 """`python -m training.kto score`: per row, the completion log-prob the loss uses, checked against the
 model's own forward."""
+
 from __future__ import annotations
 
 import json
@@ -11,21 +12,31 @@ from training.kto.modeling import load_causal_lm, load_tokenizer
 
 ROWS = [
     {"prompt": "Answer: ", "completion": "yes", "label": True},
-    {"prompt": [{"role": "user", "content": "What is 2+2?"}], "completion": [{"role": "assistant", "content": "4"}],
-     "label": False},
+    {
+        "prompt": [{"role": "user", "content": "What is 2+2?"}],
+        "completion": [{"role": "assistant", "content": "4"}],
+        "label": False,
+    },
     {"prompt": "The quick brown fox jumps over the lazy dog. " * 3, "completion": " Hello, how are you today?"},
-    {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Is it true?"}],
-     "completion": "No, it is not.", "label": True},
+    {
+        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Is it true?"}],
+        "completion": "No, it is not.",
+        "label": True,
+    },
 ]
 
 
 def forward_logp(model, tokenizer, row) -> tuple[float, int]:
     """The model's own forward on the row as TRL would build it: sum over completion tokens."""
     if isinstance(row["prompt"], list):
-        completion = row["completion"] if isinstance(row["completion"], list) else \
-            [{"role": "assistant", "content": row["completion"]}]
-        prompt_ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True,
-                                                   return_dict=True)["input_ids"]
+        completion = (
+            row["completion"]
+            if isinstance(row["completion"], list)
+            else [{"role": "assistant", "content": row["completion"]}]
+        )
+        prompt_ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, return_dict=True)[
+            "input_ids"
+        ]
         full_ids = tokenizer.apply_chat_template(row["prompt"] + completion, return_dict=True)["input_ids"]
     else:
         prompt_ids = tokenizer(row["prompt"])["input_ids"]
@@ -34,7 +45,7 @@ def forward_logp(model, tokenizer, row) -> tuple[float, int]:
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([full_ids])).logits[0]
     logps = torch.log_softmax(logits[:-1].float(), -1).gather(-1, torch.tensor(full_ids[1:])[:, None]).squeeze(-1)
-    return logps[split - 1:].sum().item(), len(full_ids) - split
+    return logps[split - 1 :].sum().item(), len(full_ids) - split
 
 
 def test_score_equals_the_models_forward(family_model_dir, tmp_path, run_cli):
@@ -58,8 +69,11 @@ def test_score_truncates_as_training_does(bpe_model_dir, tmp_path, run_cli):
     data = tmp_path / "rows.jsonl"
     data.write_text(json.dumps(ROWS[2]) + "\n")
     scores = {}
-    for name, extra in (("full", []), ("engine", ["--max-length", "12"]),
-                        ("trl", ["--max-length", "12", "--trl-compat"])):
+    for name, extra in (
+        ("full", []),
+        ("engine", ["--max-length", "12"]),
+        ("trl", ["--max-length", "12", "--trl-compat"]),
+    ):
         out = tmp_path / f"{name}.jsonl"
         run_cli("score", "--model", bpe_model_dir, "--data", str(data), "--out", str(out), *extra)
         scores[name] = json.loads(out.read_text())

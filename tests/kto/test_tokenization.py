@@ -1,4 +1,5 @@
 """Tokenization like TRL 1.16's KTOTrainer, on real tokenizer families (byte-level BPE, SentencePiece)."""
+
 from __future__ import annotations
 
 import json
@@ -22,15 +23,30 @@ def standard_rows(eos_token: str) -> list[dict]:
 
 
 CHAT_ROWS = [
-    {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}],
-     "completion": [{"role": "assistant", "content": "4"}], "label": True},
-    {"prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-                {"role": "user", "content": "Is it true?"}],
-     "completion": [{"role": "assistant", "content": "No, it is not."}], "label": False},
-    {"prompt": [{"role": "user", "content": "What is the capital of France?"}],
-     "completion": [{"role": "assistant", "content": "Paris."}], "label": True},
-    {"prompt": [{"role": "user", "content": "Please explain briefly."}],
-     "completion": [{"role": "assistant", "content": "Sure! Here is a short answer."}], "label": False},
+    {
+        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}],
+        "completion": [{"role": "assistant", "content": "4"}],
+        "label": True,
+    },
+    {
+        "prompt": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Is it true?"},
+        ],
+        "completion": [{"role": "assistant", "content": "No, it is not."}],
+        "label": False,
+    },
+    {
+        "prompt": [{"role": "user", "content": "What is the capital of France?"}],
+        "completion": [{"role": "assistant", "content": "Paris."}],
+        "label": True,
+    },
+    {
+        "prompt": [{"role": "user", "content": "Please explain briefly."}],
+        "completion": [{"role": "assistant", "content": "Sure! Here is a short answer."}],
+        "label": False,
+    },
 ]
 
 
@@ -44,11 +60,19 @@ def trl_trainer(model_dir, rows, tmp_path, max_length=1024, batch_size=2):
     from datasets import Dataset
     from trl import KTOConfig, KTOTrainer
 
-    args = KTOConfig(output_dir=str(tmp_path / "trl"), report_to="none", per_device_train_batch_size=batch_size,
-                     use_cpu=True, bf16=False, activation_checkpointing=False, max_length=max_length,
-                     dataset_num_proc=None)
-    return KTOTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(rows),
-                      processing_class=load_tokenizer(model_dir))
+    args = KTOConfig(
+        output_dir=str(tmp_path / "trl"),
+        report_to="none",
+        per_device_train_batch_size=batch_size,
+        use_cpu=True,
+        bf16=False,
+        activation_checkpointing=False,
+        max_length=max_length,
+        dataset_num_proc=None,
+    )
+    return KTOTrainer(
+        model=model_dir, args=args, train_dataset=Dataset.from_list(rows), processing_class=load_tokenizer(model_dir)
+    )
 
 
 @pytest.mark.parametrize("conversational", [False, True], ids=["standard", "conversational"])
@@ -107,8 +131,10 @@ def test_string_completion_of_a_chat_prompt_is_the_assistant_message(family_mode
     tokenizer = load_tokenizer(family_model_dir)
     as_messages = CHAT_ROWS[:2]
     as_strings = [dict(row, completion=row["completion"][0]["content"]) for row in as_messages]
-    read = [kto_data.read_kto_jsonl(write_jsonl(tmp_path / f"{name}.jsonl", rows))
-            for name, rows in (("messages", as_messages), ("strings", as_strings))]
+    read = [
+        kto_data.read_kto_jsonl(write_jsonl(tmp_path / f"{name}.jsonl", rows))
+        for name, rows in (("messages", as_messages), ("strings", as_strings))
+    ]
     assert kto_data.tokenize_examples(tokenizer, read[0]) == kto_data.tokenize_examples(tokenizer, read[1])
 
 
@@ -122,8 +148,9 @@ def test_demo_tokenizer_renders_assistant_turns_like_its_training_data():
 
 def test_a_template_without_assistant_turns_is_a_clear_error(bpe_model_dir, tmp_path):
     tokenizer = load_tokenizer(bpe_model_dir)
-    tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}"
-                               "{% endfor %}")
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}{% endfor %}"
+    )
     examples = kto_data.read_kto_jsonl(write_jsonl(tmp_path / "d.jsonl", CHAT_ROWS[:1]))
     with pytest.raises(kto_data.DataError, match="line 1: the completion has no tokens"):
         kto_data.tokenize_examples(tokenizer, examples)
@@ -138,8 +165,9 @@ def test_messages_completion_needs_a_chat_prompt(tmp_path):
 def test_max_prompt_length_keeps_the_prompts_end(sentencepiece_model_dir):
     tokenizer = load_tokenizer(sentencepiece_model_dir)
     full_prompt, completion = kto_data.tokenize_example(tokenizer, "The quick brown fox jumps over the lazy", " dog.")
-    prompt, same_completion = kto_data.tokenize_example(tokenizer, "The quick brown fox jumps over the lazy", " dog.",
-                                                        max_prompt_length=3)
+    prompt, same_completion = kto_data.tokenize_example(
+        tokenizer, "The quick brown fox jumps over the lazy", " dog.", max_prompt_length=3
+    )
     assert prompt == full_prompt[-3:] and same_completion == completion
 
 
@@ -155,13 +183,15 @@ def test_trl_compat_truncation_equals_trls(family_model_dir, conversational, tmp
     lengths = sorted(len(example.prompt_ids) for example in full)
     max_length = lengths[len(lengths) // 2]  # some prompts fill it, others leave a part of the completion
     trainer = trl_trainer(family_model_dir, rows, tmp_path, max_length=max_length)
-    config = TrainConfig(model=family_model_dir, data=str(tmp_path / "d.jsonl"), out="", max_length=max_length,
-                         trl_compat=True)
+    config = TrainConfig(
+        model=family_model_dir, data=str(tmp_path / "d.jsonl"), out="", max_length=max_length, trl_compat=True
+    )
     ours, _, _ = prepare_examples(config, tokenizer)
     assert 0 < len(ours) == len(trainer.train_dataset) < len(rows)
     expected = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
-    batch = kto_data.collate([(e.prompt_ids, e.completion_ids) for e in ours], max_length, tokenizer.pad_token_id,
-                             truncation="keep_start")
+    batch = kto_data.collate(
+        [(e.prompt_ids, e.completion_ids) for e in ours], max_length, tokenizer.pad_token_id, truncation="keep_start"
+    )
     assert torch.equal(batch["input_ids"], expected["input_ids"])
     assert torch.equal(batch["attention_mask"], expected["attention_mask"])
     assert torch.equal(batch["completion_mask"].long(), expected["completion_mask"])

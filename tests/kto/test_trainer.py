@@ -1,5 +1,6 @@
 """The trainer end to end on CPU: CLI contract, resume after a real kill, LoRA, reference cache,
 and one KTO round on the demo model raising held-out accuracy."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-
-from tests.kto.helpers import FAST, metrics_of, summary_of
+from tests.kto.helpers import FAST, summary_of
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,10 +29,22 @@ def tree_digest(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def test_microbatch_of_one_is_refused_by_the_cli_and_nothing_is_written(demo_model_dir, feedback_jsonl, tmp_path, run_cli):
+def test_microbatch_of_one_is_refused_by_the_cli_and_nothing_is_written(
+    demo_model_dir, feedback_jsonl, tmp_path, run_cli
+):
     out = tmp_path / "run"
-    result = run_cli("train", "--model", demo_model_dir, "--data", feedback_jsonl, "--out", str(out),
-                     "--per-device-train-batch-size", "1", check=False)
+    result = run_cli(
+        "train",
+        "--model",
+        demo_model_dir,
+        "--data",
+        feedback_jsonl,
+        "--out",
+        str(out),
+        "--per-device-train-batch-size",
+        "1",
+        check=False,
+    )
     assert result.returncode != 0 and result.stdout == ""
     assert "at least 2" in result.stderr
     assert not out.exists()
@@ -40,26 +52,45 @@ def test_microbatch_of_one_is_refused_by_the_cli_and_nothing_is_written(demo_mod
 
 def test_bad_data_fails_with_the_line_and_changes_nothing(demo_model_dir, tmp_path, run_cli):
     data = tmp_path / "bad.jsonl"
-    data.write_text('{"prompt": "What is 1+1?", "completion": "2", "label": true}\n'
-                    '{"prompt": "What is 1+2?", "completion": "3", "label": "yes"}\n')
+    data.write_text(
+        '{"prompt": "What is 1+1?", "completion": "2", "label": true}\n'
+        '{"prompt": "What is 1+2?", "completion": "3", "label": "yes"}\n'
+    )
     before = sorted(p.name for p in tmp_path.iterdir())
-    result = run_cli("train", "--model", demo_model_dir, "--data", str(data), "--out", str(tmp_path / "run"),
-                     check=False)
+    result = run_cli(
+        "train", "--model", demo_model_dir, "--data", str(data), "--out", str(tmp_path / "run"), check=False
+    )
     assert result.returncode == 2
     assert f"{data}:2: field 'label' must be a JSON boolean" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_resume_after_kill_equals_an_uninterrupted_run(demo_model_dir, feedback_jsonl, tmp_path, run_cli):
-    options = ["--model", demo_model_dir, "--data", feedback_jsonl, *FAST, "--max-steps", "30",
-               "--save-steps", "3", "--num-train-epochs", "2"]
+    options = [
+        "--model",
+        demo_model_dir,
+        "--data",
+        feedback_jsonl,
+        *FAST,
+        "--max-steps",
+        "30",
+        "--save-steps",
+        "3",
+        "--num-train-epochs",
+        "2",
+    ]
     uninterrupted = tmp_path / "uninterrupted"
     run_cli("train", *options, "--out", str(uninterrupted))
 
     killed = tmp_path / "killed"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, "-m", "training.kto", "train", *options, "--out", str(killed)],
-                               cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "training.kto", "train", *options, "--out", str(killed)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step-6").exists():
         assert process.poll() is None, "the run ended before it could be killed"
@@ -83,8 +114,22 @@ def test_resume_after_kill_equals_an_uninterrupted_run(demo_model_dir, feedback_
 def test_resume_refuses_changed_options(demo_model_dir, feedback_jsonl, tmp_path, run_cli):
     out = tmp_path / "run"
     run_cli("train", "--model", demo_model_dir, "--data", feedback_jsonl, "--out", str(out), *FAST, "--max-steps", "2")
-    result = run_cli("train", "--model", demo_model_dir, "--data", feedback_jsonl, "--out", str(out), *FAST,
-                     "--max-steps", "2", "--beta", "0.5", "--resume", check=False)
+    result = run_cli(
+        "train",
+        "--model",
+        demo_model_dir,
+        "--data",
+        feedback_jsonl,
+        "--out",
+        str(out),
+        *FAST,
+        "--max-steps",
+        "2",
+        "--beta",
+        "0.5",
+        "--resume",
+        check=False,
+    )
     assert result.returncode == 2 and "beta" in result.stderr
 
 
@@ -94,9 +139,25 @@ def test_lora_leaves_base_weights_untouched_and_saves_an_adapter(demo_model_dir,
 
     base_digest = tree_digest(Path(demo_model_dir))
     out = tmp_path / "lora"
-    summary = summary_of(run_cli("train", "--model", demo_model_dir, "--data", feedback_jsonl, "--out", str(out),
-                                 *FAST, "--learning-rate", "1e-3", "--max-steps", "6", "--lora",
-                                 "--reference", "copy"))
+    summary = summary_of(
+        run_cli(
+            "train",
+            "--model",
+            demo_model_dir,
+            "--data",
+            feedback_jsonl,
+            "--out",
+            str(out),
+            *FAST,
+            "--learning-rate",
+            "1e-3",
+            "--max-steps",
+            "6",
+            "--lora",
+            "--reference",
+            "copy",
+        )
+    )
     assert summary["lora"] is True
     assert tree_digest(Path(demo_model_dir)) == base_digest
     assert (out / "final" / "adapter_config.json").is_file()
@@ -120,17 +181,60 @@ def test_lora_leaves_base_weights_untouched_and_saves_an_adapter(demo_model_dir,
 
 
 def test_reference_logprobs_are_cached_and_reused(demo_model_dir, feedback_jsonl, tmp_path, run_cli):
-    first = summary_of(run_cli("train", "--model", demo_model_dir, "--data", feedback_jsonl,
-                               "--out", str(tmp_path / "a"), *FAST, "--max-steps", "3", "--seed", "5"))
-    second = summary_of(run_cli("train", "--model", demo_model_dir, "--data", feedback_jsonl,
-                                "--out", str(tmp_path / "b"), *FAST, "--max-steps", "3", "--seed", "5"))
+    first = summary_of(
+        run_cli(
+            "train",
+            "--model",
+            demo_model_dir,
+            "--data",
+            feedback_jsonl,
+            "--out",
+            str(tmp_path / "a"),
+            *FAST,
+            "--max-steps",
+            "3",
+            "--seed",
+            "5",
+        )
+    )
+    second = summary_of(
+        run_cli(
+            "train",
+            "--model",
+            demo_model_dir,
+            "--data",
+            feedback_jsonl,
+            "--out",
+            str(tmp_path / "b"),
+            *FAST,
+            "--max-steps",
+            "3",
+            "--seed",
+            "5",
+        )
+    )
     assert Path(first["reference_cache"]["path"]).is_file()
     assert second["reference_cache"]["path"] == first["reference_cache"]["path"]
     assert second["reference_cache"]["computed"] == 0 and second["reference_cache"]["hits"] > 0
     # The cached run and a run with a live frozen reference copy train identically.
-    live = summary_of(run_cli("train", "--model", demo_model_dir, "--data", feedback_jsonl,
-                              "--out", str(tmp_path / "c"), *FAST, "--max-steps", "3", "--seed", "5",
-                              "--reference", "copy"))
+    live = summary_of(
+        run_cli(
+            "train",
+            "--model",
+            demo_model_dir,
+            "--data",
+            feedback_jsonl,
+            "--out",
+            str(tmp_path / "c"),
+            *FAST,
+            "--max-steps",
+            "3",
+            "--seed",
+            "5",
+            "--reference",
+            "copy",
+        )
+    )
     assert live["loss"] == pytest.approx(second["loss"], abs=1e-5)
     cached_weights = load_file(tmp_path / "b" / "final" / "model.safetensors")
     live_weights = load_file(tmp_path / "c" / "final" / "model.safetensors")
@@ -140,29 +244,58 @@ def test_reference_logprobs_are_cached_and_reused(demo_model_dir, feedback_jsonl
 
 def test_outputs_follow_the_contract(demo_model_dir, feedback_jsonl, tmp_path, run_cli):
     out = tmp_path / "run"
-    summary = summary_of(run_cli("train", "--model", demo_model_dir, "--data", feedback_jsonl, "--out", str(out),
-                                 *FAST, "--max-steps", "4", "--logging-steps", "2"))
+    summary = summary_of(
+        run_cli(
+            "train",
+            "--model",
+            demo_model_dir,
+            "--data",
+            feedback_jsonl,
+            "--out",
+            str(out),
+            *FAST,
+            "--max-steps",
+            "4",
+            "--logging-steps",
+            "2",
+        )
+    )
     assert summary["skipped_steps"] == 0
     assert summary["final"] == str(out / "final")
     config = json.loads((out / "config.json").read_text())
     assert config["class_weights"]["rule"] and config["config"]["beta"] == 0.1
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [record["step"] for record in records] == [2, 4]
-    for key in ("step", "loss", "z0", "z0_raw", "reward_desirable", "reward_undesirable", "reward_margin",
-                "reward_accuracy", "grad_norm", "learning_rate", "examples_per_s", "tokens_per_s", "epoch"):
+    for key in (
+        "step",
+        "loss",
+        "z0",
+        "z0_raw",
+        "reward_desirable",
+        "reward_undesirable",
+        "reward_margin",
+        "reward_accuracy",
+        "grad_norm",
+        "learning_rate",
+        "examples_per_s",
+        "tokens_per_s",
+        "epoch",
+    ):
         assert key in records[-1], key
     # Logged values are means over the window's microbatches: z0 ≥ 0 always, and ≥ the mean raw value.
     assert all(record["z0"] >= 0 and record["z0"] >= record["z0_raw"] - 1e-9 for record in records)
     assert (out / "final" / "tokenizer.json").is_file() and (out / "final" / "model.safetensors").is_file()
     assert not list(out.glob(".final.tmp*"))
-    generated = summary_of(run_cli("generate", "--model", str(out / "final"), "--prompt", "What is 12+3?",
-                                   "--max-new-tokens", "4"))
+    generated = summary_of(
+        run_cli("generate", "--model", str(out / "final"), "--prompt", "What is 12+3?", "--max-new-tokens", "4")
+    )
     assert generated["n"] == 1 and isinstance(generated["completions"][0], str)
 
 
 @pytest.mark.slow
-def test_one_kto_round_learns_what_the_annotator_wants_on_heldout_prompts(demo_model_dir, feedback_jsonl, tmp_path,
-                                                                          run_cli):
+def test_one_kto_round_learns_what_the_annotator_wants_on_heldout_prompts(
+    demo_model_dir, feedback_jsonl, tmp_path, run_cli
+):
     """Issue 7 problem 10: "held-out accuracy rises by 0.1" held on the machine where it was written
     and failed elsewhere (0.565 → 0.555): training runs with each machine's own kernels, so the
     trained model is not bit-identical across machines. What holds for every build: on prompts it
@@ -172,13 +305,30 @@ def test_one_kto_round_learns_what_the_annotator_wants_on_heldout_prompts(demo_m
     from training.kto.demo import demo_accuracy, demo_prompts
     from training.kto.demo_feedback import simulated_feedback, write_jsonl
 
-    heldout_feedback = write_jsonl(simulated_feedback(demo_model_dir, 200, seed=3, split="heldout"),
-                                   tmp_path / "heldout.jsonl")
-    summary = summary_of(run_cli("train", "--model", demo_model_dir, "--data", feedback_jsonl,
-                                 "--out", str(tmp_path / "kto"), *FAST, "--per-device-train-batch-size", "8",
-                                 "--desirable-weight", "auto", "--undesirable-weight", "auto"))
-    evaluation = summary_of(run_cli("evaluate", "--model", summary["final"], "--data", heldout_feedback,
-                                    "--max-length", "32"))
+    heldout_feedback = write_jsonl(
+        simulated_feedback(demo_model_dir, 200, seed=3, split="heldout"), tmp_path / "heldout.jsonl"
+    )
+    summary = summary_of(
+        run_cli(
+            "train",
+            "--model",
+            demo_model_dir,
+            "--data",
+            feedback_jsonl,
+            "--out",
+            str(tmp_path / "kto"),
+            *FAST,
+            "--per-device-train-batch-size",
+            "8",
+            "--desirable-weight",
+            "auto",
+            "--undesirable-weight",
+            "auto",
+        )
+    )
+    evaluation = summary_of(
+        run_cli("evaluate", "--model", summary["final"], "--data", heldout_feedback, "--max-length", "32")
+    )
     assert evaluation["reference"] == str(Path(demo_model_dir).resolve())
     assert evaluation["reward_margin"] > 0.1, evaluation
     assert evaluation["reward_accuracy"] > 0.55, evaluation

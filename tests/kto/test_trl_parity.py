@@ -1,6 +1,7 @@
 """`train --trl-compat` matches TRL's KTOTrainer on a whole run: the loss of every optimizer step to 1e-5
 and the final weights to 1e-4, on both tokenizer families, standard and conversational data, full
 fine-tuning and LoRA. Every setting is passed explicitly on both sides."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,21 @@ import pytest
 import torch
 
 N_ROWS = 34  # 17 microbatches of 2: 8 steps of 2 microbatches and a last step of one
-SETTINGS = dict(beta=0.1, learning_rate=1e-3, per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                num_train_epochs=1, warmup=0.1, weight_decay=0.0, max_grad_norm=1.0, seed=7,
-                desirable_weight=1.0, undesirable_weight=1.25, lora_r=8, lora_alpha=16)
+SETTINGS = dict(
+    beta=0.1,
+    learning_rate=1e-3,
+    per_device_train_batch_size=2,
+    gradient_accumulation_steps=2,
+    num_train_epochs=1,
+    warmup=0.1,
+    weight_decay=0.0,
+    max_grad_norm=1.0,
+    seed=7,
+    desirable_weight=1.0,
+    undesirable_weight=1.25,
+    lora_r=8,
+    lora_alpha=16,
+)
 
 
 def parity_rows(conversational: bool) -> list[dict]:
@@ -28,8 +41,13 @@ def parity_rows(conversational: bool) -> list[dict]:
         completion = rng.choice([f"Answer: {a + b}.", f"{a + b + 1}", "I don't know.", f"Yes, it is {a + b}."])
         label = rng.random() < 0.6
         if conversational:
-            rows.append({"prompt": [{"role": "user", "content": prompt}],
-                         "completion": [{"role": "assistant", "content": completion}], "label": label})
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": prompt}],
+                    "completion": [{"role": "assistant", "content": completion}],
+                    "label": label,
+                }
+            )
         else:
             rows.append({"prompt": prompt + " ", "completion": completion, "label": label})
     return rows
@@ -74,27 +92,61 @@ def run_trl(model_dir, data_path, out_dir, lora: bool, max_length: int):
     from training.kto.modeling import load_tokenizer
 
     args = KTOConfig(
-        output_dir=str(out_dir), report_to="none", use_cpu=True, bf16=False, activation_checkpointing=False,
-        beta=SETTINGS["beta"], learning_rate=SETTINGS["learning_rate"],
+        output_dir=str(out_dir),
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        activation_checkpointing=False,
+        beta=SETTINGS["beta"],
+        learning_rate=SETTINGS["learning_rate"],
         per_device_train_batch_size=SETTINGS["per_device_train_batch_size"],
         gradient_accumulation_steps=SETTINGS["gradient_accumulation_steps"],
-        num_train_epochs=SETTINGS["num_train_epochs"], warmup_steps=SETTINGS["warmup"],
-        lr_scheduler_type="linear", weight_decay=SETTINGS["weight_decay"], max_grad_norm=SETTINGS["max_grad_norm"],
-        seed=SETTINGS["seed"], desirable_weight=SETTINGS["desirable_weight"],
-        undesirable_weight=SETTINGS["undesirable_weight"], max_length=max_length, loss_type="kto",
-        disable_dropout=True, save_strategy="no", logging_steps=1, dataloader_num_workers=0)
-    peft_config = LoraConfig(r=SETTINGS["lora_r"], lora_alpha=SETTINGS["lora_alpha"], lora_dropout=0.0,
-                             target_modules="all-linear", task_type="CAUSAL_LM") if lora else None
+        num_train_epochs=SETTINGS["num_train_epochs"],
+        warmup_steps=SETTINGS["warmup"],
+        lr_scheduler_type="linear",
+        weight_decay=SETTINGS["weight_decay"],
+        max_grad_norm=SETTINGS["max_grad_norm"],
+        seed=SETTINGS["seed"],
+        desirable_weight=SETTINGS["desirable_weight"],
+        undesirable_weight=SETTINGS["undesirable_weight"],
+        max_length=max_length,
+        loss_type="kto",
+        disable_dropout=True,
+        save_strategy="no",
+        logging_steps=1,
+        dataloader_num_workers=0,
+    )
+    peft_config = (
+        LoraConfig(
+            r=SETTINGS["lora_r"],
+            lora_alpha=SETTINGS["lora_alpha"],
+            lora_dropout=0.0,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+        if lora
+        else None
+    )
     dataset = load_dataset("json", data_files=str(data_path), split="train", cache_dir=str(out_dir / "hf-cache"))
-    trainer = _RecordingKTOTrainer.create(model=model_dir, args=args, train_dataset=dataset,
-                                          processing_class=load_tokenizer(model_dir), peft_config=peft_config)
+    trainer = _RecordingKTOTrainer.create(
+        model=model_dir,
+        args=args,
+        train_dataset=dataset,
+        processing_class=load_tokenizer(model_dir),
+        peft_config=peft_config,
+    )
     trainer.train()
     accumulation = SETTINGS["gradient_accumulation_steps"]
     losses = type(trainer).losses
-    step_losses = [sum(losses[i: i + accumulation]) / len(losses[i: i + accumulation])
-                   for i in range(0, len(losses), accumulation)]
-    weights = {name: parameter.detach().clone() for name, parameter in trainer.model.named_parameters()
-               if parameter.requires_grad or not lora}
+    step_losses = [
+        sum(losses[i : i + accumulation]) / len(losses[i : i + accumulation])
+        for i in range(0, len(losses), accumulation)
+    ]
+    weights = {
+        name: parameter.detach().clone()
+        for name, parameter in trainer.model.named_parameters()
+        if parameter.requires_grad or not lora
+    }
     return step_losses, weights, len(trainer.train_dataset)
 
 
@@ -105,15 +157,33 @@ def run_engine(model_dir, data_path, out_dir, lora: bool, max_length: int):
     from training.kto.trainer import TrainConfig, train
 
     config = TrainConfig(
-        model=model_dir, data=str(data_path), out=str(out_dir), trl_compat=True, progress=False, loss="kto",
-        beta=SETTINGS["beta"], learning_rate=SETTINGS["learning_rate"],
+        model=model_dir,
+        data=str(data_path),
+        out=str(out_dir),
+        trl_compat=True,
+        progress=False,
+        loss="kto",
+        beta=SETTINGS["beta"],
+        learning_rate=SETTINGS["learning_rate"],
         per_device_train_batch_size=SETTINGS["per_device_train_batch_size"],
         gradient_accumulation_steps=SETTINGS["gradient_accumulation_steps"],
-        num_train_epochs=SETTINGS["num_train_epochs"], warmup_ratio=SETTINGS["warmup"],
-        weight_decay=SETTINGS["weight_decay"], max_grad_norm=SETTINGS["max_grad_norm"], seed=SETTINGS["seed"],
-        desirable_weight=SETTINGS["desirable_weight"], undesirable_weight=SETTINGS["undesirable_weight"],
-        max_length=max_length, bf16="no", logging_steps=1, save_steps=0, max_steps=-1, lora=lora,
-        lora_r=SETTINGS["lora_r"], lora_alpha=SETTINGS["lora_alpha"], lora_dropout=0.0)
+        num_train_epochs=SETTINGS["num_train_epochs"],
+        warmup_ratio=SETTINGS["warmup"],
+        weight_decay=SETTINGS["weight_decay"],
+        max_grad_norm=SETTINGS["max_grad_norm"],
+        seed=SETTINGS["seed"],
+        desirable_weight=SETTINGS["desirable_weight"],
+        undesirable_weight=SETTINGS["undesirable_weight"],
+        max_length=max_length,
+        bf16="no",
+        logging_steps=1,
+        save_steps=0,
+        max_steps=-1,
+        lora=lora,
+        lora_r=SETTINGS["lora_r"],
+        lora_alpha=SETTINGS["lora_alpha"],
+        lora_dropout=0.0,
+    )
     train(config)
     metrics = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     final = out_dir / "final"
@@ -147,7 +217,7 @@ def test_trl_compat_run_matches_trl(family_model_dir, conversational, lora, tmp_
     moved = 0.0
     for name, tensor in engine_weights.items():
         trl_tensor = trl_weights[_trl_name(name, trl_weights, lora)]
-        torch.testing.assert_close(tensor, trl_tensor, rtol=0, atol=1e-4, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(tensor, trl_tensor, rtol=0, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
         reference = torch.zeros_like(tensor) if lora and "lora_B" in name else initial.get(name)
         if reference is not None:
             moved = max(moved, (tensor - reference).abs().max().item())
@@ -158,8 +228,9 @@ def test_trl_compat_run_matches_trl(family_model_dir, conversational, lora, tmp_
 def test_trl_compat_refuses_losses_trls_kto_trainer_does_not_have(bpe_model_dir, tmp_path, loss):
     from training.kto.trainer import TrainConfig, TrainingError, check_config
 
-    config = TrainConfig(model=bpe_model_dir, data=str(tmp_path / "d.jsonl"), out=str(tmp_path / "out"), loss=loss,
-                         trl_compat=True)
+    config = TrainConfig(
+        model=bpe_model_dir, data=str(tmp_path / "d.jsonl"), out=str(tmp_path / "out"), loss=loss, trl_compat=True
+    )
     with pytest.raises(TrainingError, match="--trl-compat reproduces TRL's KTOTrainer"):
         check_config(config)
 
@@ -178,10 +249,31 @@ def test_trl_order_and_pairing():
 def test_the_cli_flags_reach_the_trainer(bpe_model_dir, tmp_path, run_cli):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in parity_rows(False)))
-    result = run_cli("train", "--model", bpe_model_dir, "--data", str(data), "--out", str(tmp_path / "out"),
-                     "--trl-compat", "--loss", "dpo", check=False)
+    result = run_cli(
+        "train",
+        "--model",
+        bpe_model_dir,
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "out"),
+        "--trl-compat",
+        "--loss",
+        "dpo",
+        check=False,
+    )
     assert result.returncode == 2 and "--trl-compat reproduces TRL's KTOTrainer" in result.stderr
-    result = run_cli("train", "--model", bpe_model_dir, "--data", str(data), "--out", str(tmp_path / "out"),
-                     "--max-prompt-length", "0", check=False)
+    result = run_cli(
+        "train",
+        "--model",
+        bpe_model_dir,
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "out"),
+        "--max-prompt-length",
+        "0",
+        check=False,
+    )
     assert result.returncode == 2 and "--max-prompt-length must be at least 1" in result.stderr
     assert not (tmp_path / "out").exists()

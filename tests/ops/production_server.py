@@ -1,4 +1,5 @@
 """A real production-mode web server for the tests: gunicorn, DEBUG off, its own SQLite database."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,9 @@ class Server:
     log: Path
 
     def manage(self, *args: str) -> str:
-        done = subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, env=self.env, capture_output=True,
-                              text=True, timeout=180)
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=180
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
@@ -64,9 +66,25 @@ def start_production_server(tmp_path: Path, workers: int = 1, **extra_env: str) 
     server = Server(f"http://127.0.0.1:{port}", env, database, None, log)  # type: ignore[arg-type]
     server.manage("migrate", "--noinput")
     server.process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi:application",
-         "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--timeout", "60"],
-        cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "config/gunicorn.conf.py",
+            "config.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            "--timeout",
+            "60",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
     def answers() -> bool:

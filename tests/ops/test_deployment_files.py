@@ -1,4 +1,5 @@
 """The shipped image and compose file: not root, no secret in the repository, not on every interface."""
+
 from __future__ import annotations
 
 import re

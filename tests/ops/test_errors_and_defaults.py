@@ -1,5 +1,6 @@
 """Safe by default: JSON errors on the API (DEBUG or not), 403s logged once without a traceback,
 demo accounts only in demo mode, DEBUG off unless asked for, check --deploy clean behind TLS."""
+
 from __future__ import annotations
 
 import json
@@ -26,16 +27,21 @@ def production_env(**extra) -> dict[str, str]:
 
 
 def manage(*args, env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_debug_is_off_unless_asked_for_and_then_a_secret_key_is_required():
     refused = manage("check", env=production_env())
     assert refused.returncode != 0
     assert "SECRET_KEY must be set when DEBUG is off" in refused.stderr
-    shown = manage("shell", "-c", "from django.conf import settings; print('DEBUG', settings.DEBUG)",
-                   env=production_env(SECRET_KEY="k" * 60))
+    shown = manage(
+        "shell",
+        "-c",
+        "from django.conf import settings; print('DEBUG', settings.DEBUG)",
+        env=production_env(SECRET_KEY="k" * 60),
+    )
     assert shown.returncode == 0, shown.stderr
     assert "DEBUG False" in shown.stdout
 
@@ -64,8 +70,9 @@ def test_every_api_error_is_json_and_leaks_nothing(client, settings, debug):
 
     # An id out of the database's range still fails inside the view (issue 10's edge validation
     # is separate work); whatever fails, the caller gets JSON, never the debug page with the token.
-    crashed = client.post("/api/v1/votes/", {"generation_id": 10**30, "desirable": True},
-                          content_type="application/json", **headers)
+    crashed = client.post(
+        "/api/v1/votes/", {"generation_id": 10**30, "desirable": True}, content_type="application/json", **headers
+    )
     assert crashed["Content-Type"].startswith("application/json")
     assert token not in crashed.content.decode() and "SECRET_KEY" not in crashed.content.decode()
     if crashed.status_code >= 500:
@@ -154,9 +161,11 @@ def test_a_broker_outage_inside_an_api_request_is_a_json_503_with_retry_after(cl
 
 
 def test_logs_are_json_lines_when_debug_is_off():
-    code = ("import logging\nlog = logging.getLogger('prospect.test')\n"
-            "log.warning('vote %s saved', 7, extra={'run_id': 3})\n"
-            "try:\n    1/0\nexcept ZeroDivisionError:\n    log.exception('it broke')")
+    code = (
+        "import logging\nlog = logging.getLogger('prospect.test')\n"
+        "log.warning('vote %s saved', 7, extra={'run_id': 3})\n"
+        "try:\n    1/0\nexcept ZeroDivisionError:\n    log.exception('it broke')"
+    )
     done = manage("shell", "-c", code, env=production_env(SECRET_KEY="k" * 60))
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]

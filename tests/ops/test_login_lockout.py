@@ -1,5 +1,6 @@
 """Brute force on the login page: a lockout after repeated failures (django-axes), lifted by the
 cool-off or an administrator, and per account: others still log in."""
+
 from __future__ import annotations
 
 from datetime import timedelta

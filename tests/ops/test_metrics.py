@@ -1,4 +1,5 @@
 """/metrics reads the loop's state: votes, queue depth, runs and their durations, the active version."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -22,9 +23,14 @@ def test_metrics_count_votes_queue_runs_and_the_active_version(client, settings,
     snapshot = DatasetSnapshot.objects.create(path="/nonexistent", sha256="0" * 64)
     start = timezone.now() - timedelta(minutes=10)
     for status, minutes in (("succeeded", 4), ("failed", 1), ("failed", 2)):
-        TrainingRun.objects.create(snapshot=snapshot, status=status, started_at=start,
-                                   finished_at=start + timedelta(minutes=minutes), desirable_weight=1.0,
-                                   undesirable_weight=1.0)
+        TrainingRun.objects.create(
+            snapshot=snapshot,
+            status=status,
+            started_at=start,
+            finished_at=start + timedelta(minutes=minutes),
+            desirable_weight=1.0,
+            undesirable_weight=1.0,
+        )
     ModelVersion.objects.create(name="v7", status=ModelVersion.Status.ACTIVE, artifact_path=str(tmp_path))
 
     response = client.get("/metrics")

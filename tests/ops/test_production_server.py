@@ -1,6 +1,7 @@
 """gunicorn with DEBUG off, as shipped: static files served (the annotate page's keyboard script
 loads in Chromium), a database outage answered as JSON 503 with Retry-After, /healthz and /readyz
 telling liveness from readiness, and /metrics for the operator."""
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,12 @@ def test_the_annotate_page_keeps_its_keyboard_script_with_debug_off(production_s
 
 def vote(server, token: str, generation_id: int):
     body = json.dumps({"generation_id": generation_id, "desirable": True, "external_user_id": "u1"}).encode()
-    return request(f"{server.url}/api/v1/votes/", data=body, method="POST",
-                   headers={"Authorization": f"Token {token}", "Content-Type": "application/json"})
+    return request(
+        f"{server.url}/api/v1/votes/",
+        data=body,
+        method="POST",
+        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+    )
 
 
 def test_a_database_outage_is_a_json_503_with_retry_after_and_readyz_says_which(production_server):

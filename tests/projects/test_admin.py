@@ -28,8 +28,15 @@ def test_projects_memberships_and_api_clients_are_registered_and_the_unused_key_
 
 
 def add_key(client, **fields):
-    data = {"project": default_project().pk, "name": "partner app", "scopes": '["votes:write"]', "rate": "",
-            "expiry_date_0": "", "expiry_date_1": "", **fields}
+    data = {
+        "project": default_project().pk,
+        "name": "partner app",
+        "scopes": '["votes:write"]',
+        "rate": "",
+        "expiry_date_0": "",
+        "expiry_date_1": "",
+        **fields,
+    }
     return client.post("/admin/projects/apiclient/add/", data, follow=True)
 
 
@@ -44,11 +51,14 @@ def test_a_key_added_in_the_admin_is_shown_once_and_stored_hashed(superuser_clie
     assert key.partition(".")[2] not in listing and client.prefix in listing
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"scopes": '["votes:write", "everything"]'}, "unknown scope(s) everything"),
-    ({"scopes": "[]"}, "This field is required."),
-    ({"rate": "fast"}, "is not a rate like"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"scopes": '["votes:write", "everything"]'}, "unknown scope(s) everything"),
+        ({"scopes": "[]"}, "This field is required."),
+        ({"rate": "fast"}, "is not a rate like"),
+    ],
+)
 def test_bad_scopes_or_rates_are_refused(superuser_client, fields, message):
     page = add_key(superuser_client, **fields).content.decode()
     assert message in page and not ApiClient.objects.exists()

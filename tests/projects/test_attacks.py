@@ -38,8 +38,10 @@ def browser_session(live_server, username: str) -> httpx.Client:
     """Signed in through the login form, as a browser is; CSRF header set for later POSTs."""
     client = httpx.Client(base_url=live_server.url, timeout=60)
     client.get("/accounts/login/")
-    response = client.post("/accounts/login/", data={
-        "username": username, "password": PASSWORD, "csrfmiddlewaretoken": client.cookies["csrftoken"]})
+    response = client.post(
+        "/accounts/login/",
+        data={"username": username, "password": PASSWORD, "csrfmiddlewaretoken": client.cookies["csrftoken"]},
+    )
     assert response.status_code == 302, response.text[:500]
     client.headers["X-CSRFToken"] = client.cookies["csrftoken"]  # rotated at login
     return client
@@ -90,11 +92,13 @@ def test_another_projects_key_cannot_cast_votes_on_an_item(app_a, app_b):
     item = create_item(app_a, external_id="a-msg-1")
     assert vote(app_a, generation_id=item["id"], desirable=False, external_user_id="user-9").status_code == 201
     # Before: 50 × 201, and snapshots, training and auto-promotion followed the forged majority.
-    forged = [vote(app_b, generation_id=item["id"], desirable=True, external_user_id=f"invented-{n}")
-              for n in range(50)]
+    forged = [
+        vote(app_b, generation_id=item["id"], desirable=True, external_user_id=f"invented-{n}") for n in range(50)
+    ]
     assert {response.status_code for response in forged} == {404}
     assert list(Vote.objects.filter(generation_id=item["id"]).values_list("external_user_id", "desirable")) == [
-        ("user-9", False)]
+        ("user-9", False)
+    ]
 
 
 def test_another_projects_item_answers_exactly_like_a_missing_one(app_a, app_b):
@@ -131,7 +135,9 @@ def test_no_key_reads_or_overwrites_another_keys_end_user(live_server, alpha, ap
     assert again.status_code == 200 and again.json()["desirable"] is False and again.json()["created"] is False
     votes = Vote.objects.filter(generation_id=item["id"])
     assert sorted((vote.api_client.project.name, vote.external_user_id, vote.desirable) for vote in votes) == [
-        ("alpha", "user-9", False), ("alpha", "user-9", True)]
+        ("alpha", "user-9", False),
+        ("alpha", "user-9", True),
+    ]
     assert all(vote.api_client_id is not None for vote in votes)  # every vote records the key that cast it
 
 
@@ -168,8 +174,10 @@ def test_steering_fields_need_the_import_scope(live_server, alpha, app_a):
 def test_posting_another_projects_prompt_and_completion_learns_nothing(app_a, app_b):
     mine = create_item(app_a, external_id="a-msg-1")
     # Before: 200 with A's generation id and A's external_id: proof the prompt (personal data) exists.
-    theirs = app_b.post("/api/v1/generations/", json={
-        "prompt": "Where is my parcel, order 5521?", "completion": "It left Lyon this morning."})
+    theirs = app_b.post(
+        "/api/v1/generations/",
+        json={"prompt": "Where is my parcel, order 5521?", "completion": "It left Lyon this morning."},
+    )
     assert theirs.status_code == 201
     body = theirs.json()
     assert body["created"] is True and body["external_id"] is None and body["id"] != mine["id"]
@@ -181,8 +189,14 @@ def test_posting_another_projects_prompt_and_completion_learns_nothing(app_a, ap
 def test_conflict_messages_name_no_other_callers_ids(live_server, alpha, app_a):
     first = create_item(app_a, external_id="a-msg-1")
     colleague = key_session(live_server, alpha)
-    renamed = colleague.post("/api/v1/generations/", json={
-        "prompt": "Where is my parcel, order 5521?", "completion": "It left Lyon this morning.", "external_id": "mine"})
+    renamed = colleague.post(
+        "/api/v1/generations/",
+        json={
+            "prompt": "Where is my parcel, order 5521?",
+            "completion": "It left Lyon this morning.",
+            "external_id": "mine",
+        },
+    )
     taken = colleague.post("/api/v1/generations/", json={"prompt": "q", "completion": "a", "external_id": "a-msg-1"})
     assert (renamed.status_code, taken.status_code) == (409, 409)
     for response in (renamed, taken):
@@ -203,10 +217,12 @@ def demo_with_everything(demo_model_dir, tmp_path):
 
     add_labelled_examples(4, 4)
     snapshot = create_snapshot(holdout=0.0, target_ratio=1.333, project=project)
-    run = TrainingRun.objects.create(project=project, snapshot=snapshot, config={}, desirable_weight=1.0,
-                                     undesirable_weight=1.0)
-    candidate = ModelVersion.objects.create(project=project, name="candidate", base_model=demo_model_dir,
-                                            artifact_path=demo_model_dir, parent=active)
+    run = TrainingRun.objects.create(
+        project=project, snapshot=snapshot, config={}, desirable_weight=1.0, undesirable_weight=1.0
+    )
+    candidate = ModelVersion.objects.create(
+        project=project, name="candidate", base_model=demo_model_dir, artifact_path=demo_model_dir, parent=active
+    )
     return {"project": project, "active": active, "candidate": candidate, "run": run, "snapshot": snapshot}
 
 
@@ -217,7 +233,9 @@ def test_a_staff_user_without_a_role_can_change_nothing(live_server, demo_with_e
     upload = {"file": ("f.jsonl", io.BytesIO(b'{"prompt": "p", "completion": "c", "label": true}\n'))}
     # Before: every one of these worked for any is_staff account.
     attempts = {
-        "snapshot (page)": browser.post("/dashboard/snapshot/", data={"holdout": 0, "target_ratio": 1.3, "mode": "auto"}),
+        "snapshot (page)": browser.post(
+            "/dashboard/snapshot/", data={"holdout": 0, "target_ratio": 1.3, "mode": "auto"}
+        ),
         "snapshot (api)": browser.post("/api/v1/snapshots/", json={}),
         "import (api)": browser.post("/api/v1/imports/", files=upload),
         "promote": browser.post(f"/models/{state['candidate'].pk}/promote/"),
@@ -247,7 +265,8 @@ def test_add_annotator_staff_makes_a_project_admin_not_a_superuser(live_server, 
 
 @pytest.mark.parametrize("breakage", ["missing", "empty", "garbled weights"])
 def test_a_version_whose_files_do_not_load_is_refused_and_serving_goes_on(
-        live_server, demo_with_everything, tmp_path, breakage):
+    live_server, demo_with_everything, tmp_path, breakage
+):
     import shutil
 
     state = demo_with_everything
@@ -257,8 +276,9 @@ def test_a_version_whose_files_do_not_load_is_refused_and_serving_goes_on(
     if breakage == "garbled weights":
         shutil.copy(f"{state['active'].artifact_path}/config.json", broken / "config.json")
         (broken / "model.safetensors").write_bytes(b"\x00" * 3 + b"not a safetensors file")
-    version = ModelVersion.objects.create(project=state["project"], name="broken", base_model="x",
-                                          artifact_path=str(broken))
+    version = ModelVersion.objects.create(
+        project=state["project"], name="broken", base_model="x", artifact_path=str(broken)
+    )
     make_user("padma", state["project"], "admin")
     browser = browser_session(live_server, "padma")
     page = browser.post(f"/models/{version.pk}/promote/", follow_redirects=True)

@@ -26,10 +26,20 @@ def run(*args) -> dict:
 
 def test_create_a_project_then_a_key_that_works_only_there():
     project = run("create_project", "Shop Assistant")
-    assert project == {"project": "Shop Assistant", "slug": "shop-assistant", "id": Project.objects.get(
-        name="Shop Assistant").pk}
-    made = run("create_api_key", "--project", "shop-assistant", "--scopes", "votes:write,generations:write",
-               "--expires-days", "30")
+    assert project == {
+        "project": "Shop Assistant",
+        "slug": "shop-assistant",
+        "id": Project.objects.get(name="Shop Assistant").pk,
+    }
+    made = run(
+        "create_api_key",
+        "--project",
+        "shop-assistant",
+        "--scopes",
+        "votes:write,generations:write",
+        "--expires-days",
+        "30",
+    )
     assert made["project"] == "Shop Assistant" and made["scopes"] == ["generations:write", "votes:write"]
     client = ApiClient.objects.get(prefix=made["prefix"])
     assert made["key"] not in client.hashed_key and made["key"].partition(".")[2] not in client.id
@@ -44,13 +54,16 @@ def test_create_a_project_then_a_key_that_works_only_there():
     assert refused.status_code == 404
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--project", "nope", "--scopes", "read"], "no project named 'nope'"),
-    (["--project", "demo", "--scopes", "read,admin"], "unknown scope(s) admin"),
-    (["--project", "demo", "--scopes", ""], "give at least one scope"),
-    (["--project", "demo", "--scopes", "read", "--expires-days", "0"], "expires_days: must be at least 1"),
-    (["--project", "demo", "--scopes", "read", "--rate", "lots"], "is not a rate like"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--project", "nope", "--scopes", "read"], "no project named 'nope'"),
+        (["--project", "demo", "--scopes", "read,admin"], "unknown scope(s) admin"),
+        (["--project", "demo", "--scopes", ""], "give at least one scope"),
+        (["--project", "demo", "--scopes", "read", "--expires-days", "0"], "expires_days: must be at least 1"),
+        (["--project", "demo", "--scopes", "read", "--rate", "lots"], "is not a rate like"),
+    ],
+)
 def test_create_api_key_refuses_bad_input_and_creates_nothing(args, message):
     with pytest.raises(CommandError, match=message.replace("(", r"\(").replace(")", r"\)")):
         call_command("create_api_key", *args, stdout=StringIO())

@@ -34,8 +34,11 @@ def test_a_created_key_is_shown_once_and_works(client, project_admin):
     key = re.search(r'<pre id="new-key-value" class="config">([^<]+)</pre>', page).group(1)
     stored = ApiClient.objects.get()
     assert key.startswith(stored.prefix + ".") and stored.created_by == project_admin
-    assert (stored.project, stored.scopes, stored.name) == (default_project(), ["generations:write", "votes:write"],
-                                                          "mobile app")
+    assert (stored.project, stored.scopes, stored.name) == (
+        default_project(),
+        ["generations:write", "votes:write"],
+        "mobile app",
+    )
     assert stored.expiry_date is not None
 
     listing = client.get("/keys/").content.decode()
@@ -46,8 +49,10 @@ def test_a_created_key_is_shown_once_and_works(client, project_admin):
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Api-Key {key}")
     generation = add_generation()
-    assert api.post("/api/v1/votes/", {"generation_id": generation.pk, "desirable": True},
-                    format="json").status_code == 201
+    assert (
+        api.post("/api/v1/votes/", {"generation_id": generation.pk, "desirable": True}, format="json").status_code
+        == 201
+    )
     row = re.search(rf'<tr id="key-{stored.prefix}".*?</tr>', client.get("/keys/").content.decode(), re.S).group(0)
     assert "never</td>" not in row.split("<td", 6)[6]  # the last-used column has a date now
 
@@ -59,8 +64,10 @@ def test_revoking_a_key_refuses_it_at_once(client, project_admin):
     assert ApiClient.objects.get(pk=stored.pk).revoked
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Api-Key {key}")
-    assert api.post("/api/v1/votes/", {"generation_id": add_generation().pk, "desirable": True},
-                    format="json").status_code == 401
+    assert (
+        api.post("/api/v1/votes/", {"generation_id": add_generation().pk, "desirable": True}, format="json").status_code
+        == 401
+    )
 
 
 def test_bad_input_names_the_field_and_creates_nothing(client, project_admin):
@@ -82,7 +89,9 @@ def test_the_switcher_lists_the_users_projects_and_switches(client, project_admi
     set_membership(beta, project_admin, "admin")
     page = client.get("/keys/").content.decode()
     switcher = re.search(r'<form class="project-switcher".*?</form>', page, re.S).group(0)
-    assert '<option value="demo" selected>demo</option>' in switcher and '<option value="beta" >beta</option>' in switcher
+    assert (
+        '<option value="demo" selected>demo</option>' in switcher and '<option value="beta" >beta</option>' in switcher
+    )
     assert client.get("/?project=beta").url == "/dashboard/"
     page = client.get("/keys/").content.decode()  # the choice is remembered
     assert "beta app" in page and '<option value="beta" selected>beta</option>' in page

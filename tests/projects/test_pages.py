@@ -21,8 +21,9 @@ def stat(page: str, element_id: str) -> str:
 def test_the_dashboard_names_its_project_and_counts_only_its_votes(client):
     beta = create_project("beta", base_model="/models/beta-base")
     add_labelled_examples(2, 1)  # the default project
-    Vote.objects.create(generation=add_generation(prompt="beta's own", project=beta), external_user_id="x",
-                        desirable=True)
+    Vote.objects.create(
+        generation=add_generation(prompt="beta's own", project=beta), external_user_id="x", desirable=True
+    )
     admin = make_annotator("padma", role="admin")
     set_membership(beta, admin, "admin")
     client.force_login(admin)

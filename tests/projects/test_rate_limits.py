@@ -7,8 +7,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from feedback.models import Vote
-from projects.services import create_api_key
 from projects.selectors import default_project
+from projects.services import create_api_key
 from tests.feedback.helpers import add_generation
 
 pytestmark = pytest.mark.django_db
@@ -22,8 +22,9 @@ def key(rate: str = "") -> APIClient:
 
 
 def vote(client, generation, user: str):
-    return client.post("/api/v1/votes/", {"generation_id": generation.pk, "desirable": True,
-                                          "external_user_id": user}, format="json")
+    return client.post(
+        "/api/v1/votes/", {"generation_id": generation.pk, "desirable": True, "external_user_id": user}, format="json"
+    )
 
 
 def test_over_its_rate_a_key_gets_429_with_retry_after():

@@ -20,8 +20,8 @@ pytestmark = pytest.mark.django_db
 def key_section_commands() -> list[tuple[str, str | None]]:
     """(command line, the JSON the README shows after it) from the section's bash block."""
     text = (Path(settings.BASE_DIR) / "README.md").read_text()
-    section = text[text.index("### Get an API key"):]
-    block = section[section.index("```bash\n") + 8:]
+    section = text[text.index("### Get an API key") :]
+    block = section[section.index("```bash\n") + 8 :]
     block = block[: block.index("```")].replace("\\\n", " ")
     steps, lines = [], block.splitlines()
     for index, line in enumerate(lines):
@@ -35,8 +35,10 @@ def key_section_commands() -> list[tuple[str, str | None]]:
 def test_the_readme_key_steps_work_as_written():
     key = None
     steps = key_section_commands()
-    assert [line.split()[0:3] for line, _ in steps][:2] == [["python", "manage.py", "create_project"],
-                                                           ["python", "manage.py", "create_api_key"]]
+    assert [line.split()[0:3] for line, _ in steps][:2] == [
+        ["python", "manage.py", "create_project"],
+        ["python", "manage.py", "create_api_key"],
+    ]
     for line, shown in steps:
         words = shlex.split(line)
         if words[:2] == ["python", "manage.py"]:
@@ -50,7 +52,7 @@ def test_the_readme_key_steps_work_as_written():
         url = words[words.index("-X") + 2]
         headers = [words[i + 1] for i, word in enumerate(words) if word == "-H"]
         body = json.loads(words[words.index("-d") + 1])
-        assert f"Authorization: Api-Key $KEY" in headers
+        assert "Authorization: Api-Key $KEY" in headers
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Api-Key {key}")
         response = client.post(url.replace("http://127.0.0.1:8000", ""), body, format="json")

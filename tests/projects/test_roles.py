@@ -63,10 +63,14 @@ ACTIONS = [
     ("api: list snapshots", "get", "/api/v1/snapshots/", None, ADMIN),
     ("api: snapshot", "post", "/api/v1/snapshots/", {}, ADMIN),
     ("api: import", "post", "/api/v1/imports/", "upload", ADMIN),
-    ("api: generations", "post", "/api/v1/generations/", {"prompt": "p", "completion": "c", "votes_wanted": 5},
-     NOBODY),
-    ("api: generations batch", "post", "/api/v1/generations/batch/",
-     {"generations": [{"prompt": "p", "completion": "c"}]}, NOBODY),
+    ("api: generations", "post", "/api/v1/generations/", {"prompt": "p", "completion": "c", "votes_wanted": 5}, NOBODY),
+    (
+        "api: generations batch",
+        "post",
+        "/api/v1/generations/batch/",
+        {"generations": [{"prompt": "p", "completion": "c"}]},
+        NOBODY,
+    ),
     ("api: votes", "post", "/api/v1/votes/", {"generation_id": "{generation}", "desirable": True}, NOBODY),
     ("api: generate", "post", "/api/v1/generate/", {"prompt": "What is 1+1?"}, NOBODY),
 ]
@@ -86,18 +90,25 @@ def world(tmp_path):
     add_labelled_examples(3, 3)
     generation = Generation.objects.filter(project=project).first()
     snapshot = create_snapshot(holdout=0.0, target_ratio=1.333, project=project)
-    active = ModelVersion.objects.create(project=project, name="base", base_model="/m", artifact_path="/m",
-                                         status=ModelVersion.Status.ACTIVE)
-    candidate = ModelVersion.objects.create(project=project, name="candidate", base_model="/m",
-                                            artifact_path=str(tmp_path / "missing"), parent=active)
-    run = TrainingRun.objects.create(project=project, snapshot=snapshot, desirable_weight=1.0,
-                                     undesirable_weight=1.0)
+    active = ModelVersion.objects.create(
+        project=project, name="base", base_model="/m", artifact_path="/m", status=ModelVersion.Status.ACTIVE
+    )
+    candidate = ModelVersion.objects.create(
+        project=project, name="candidate", base_model="/m", artifact_path=str(tmp_path / "missing"), parent=active
+    )
+    run = TrainingRun.objects.create(project=project, snapshot=snapshot, desirable_weight=1.0, undesirable_weight=1.0)
     client, _ = create_api_key(project, scopes="read")
     member = get_user_model().objects.create_user("member")
     set_membership(project, member, "annotator")
     get_user_model().objects.create_user("newcomer")
-    return {"project": project, "generation": generation.pk, "run": run.pk, "candidate": candidate.pk,
-            "key_prefix": client.prefix, "member": member.pk}
+    return {
+        "project": project,
+        "generation": generation.pk,
+        "run": run.pk,
+        "candidate": candidate.pk,
+        "key_prefix": client.prefix,
+        "member": member.pk,
+    }
 
 
 def sign_in(client, role: str, project) -> None:
@@ -126,8 +137,9 @@ def test_role_by_action(client, world, role, name, method, url, data, needs):
     elif data == "upload":
         response = client.post(url, {"file": _jsonl()})
     elif url.startswith("/api/"):
-        response = client.post(url, {key: fill(value, world) for key, value in data.items()},
-                               content_type="application/json")
+        response = client.post(
+            url, {key: fill(value, world) for key, value in data.items()}, content_type="application/json"
+        )
     else:
         response = client.post(url, {key: fill(value, world) for key, value in data.items()})
     status = response.status_code
@@ -156,11 +168,21 @@ def test_the_matrix_covers_every_url_of_the_pages_and_the_api():
                 yield prefix + str(pattern.pattern)
 
     covered = {url for _, _, url, _, _ in ACTIONS}
-    not_actions = {"", "accounts/login/", "accounts/logout/", "healthz", "favicon.ico", "api/schema/", "api/docs/",
-                   "api/redoc/", "api/v1/generate"}  # api/v1/generate: the old path of api/v1/generate/
+    not_actions = {
+        "",
+        "accounts/login/",
+        "accounts/logout/",
+        "healthz",
+        "favicon.ico",
+        "api/schema/",
+        "api/docs/",
+        "api/redoc/",
+        "api/v1/generate",
+    }  # api/v1/generate: the old path of api/v1/generate/
     for route in names(get_resolver()):
         if route.startswith("admin/") or route in not_actions:
             continue
         as_url = "/" + route.replace("<int:run_id>", "{run}").replace("<int:version_id>", "{candidate}").replace(
-            "<str:prefix>", "{key_prefix}").replace("<int:user_id>", "{member}")
+            "<str:prefix>", "{key_prefix}"
+        ).replace("<int:user_id>", "{member}")
         assert as_url in covered, f"{as_url} has no row in the role × action matrix"

@@ -49,8 +49,9 @@ def test_the_end_user_can_vote_for_the_returned_generation(token_client, active_
         format="json",
     )
     assert vote.status_code == 201, vote.content
-    assert Vote.objects.filter(generation_id=body["generation_id"], external_user_id="end-user-1",
-                               api_client=token_client.api_client).exists()
+    assert Vote.objects.filter(
+        generation_id=body["generation_id"], external_user_id="end-user-1", api_client=token_client.api_client
+    ).exists()
 
 
 @pytest.mark.django_db
@@ -113,7 +114,8 @@ def test_generate_without_a_key_is_refused():
 @pytest.mark.django_db
 def test_generate_without_the_generate_scope_is_refused(active_demo_version):
     response = key_client(scopes="votes:write,read").post(
-        reverse("training:api-generate"), {"prompt": "What is 1+2?"}, format="json")
+        reverse("training:api-generate"), {"prompt": "What is 1+2?"}, format="json"
+    )
     assert response.status_code == 403 and "'generate'" in response.json()["detail"]
     assert Generation.objects.count() == 0
 

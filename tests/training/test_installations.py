@@ -1,5 +1,6 @@
 """Two installations on one Redis database never run each other's tasks (real workers), and a
 task message that names another installation is refused by the worker that receives it."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,7 @@ import uuid
 
 import redis
 
-from tests.helpers import wait_for
-from tests.helpers import LOOP_REDIS_URL, REPO, database_url_for_workers
+from tests.helpers import LOOP_REDIS_URL, REPO, database_url_for_workers, wait_for
 
 REAP = "training.tasks.reap_orphaned_runs"
 
@@ -21,15 +21,27 @@ def send_as(installation: str, task_id: str, *, header: str | None = None) -> No
     header: overrides the installation id the message carries (what a misconfigured sender, or a
     message copied from another installation, would look like).
     """
-    stamp = "" if header is None else (
-        "from celery.signals import before_task_publish\n"
-        "before_task_publish.connect(\n"
-        f"    lambda headers=None, **kw: headers.__setitem__('prospect_installation', {header!r}), weak=False)\n"
+    stamp = (
+        ""
+        if header is None
+        else (
+            "from celery.signals import before_task_publish\n"
+            "before_task_publish.connect(\n"
+            f"    lambda headers=None, **kw: headers.__setitem__('prospect_installation', {header!r}), weak=False)\n"
+        )
     )
-    code = ("import django; django.setup()\n" + stamp +
-            f"from config.celery import app\napp.send_task({REAP!r}, task_id={task_id!r}, retry=False)\n")
-    env = dict(os.environ, PROSPECT_INSTALLATION_ID=installation, CELERY_BROKER_URL=LOOP_REDIS_URL,
-               DJANGO_SETTINGS_MODULE="config.settings", DATABASE_URL=database_url_for_workers())
+    code = (
+        "import django; django.setup()\n"
+        + stamp
+        + f"from config.celery import app\napp.send_task({REAP!r}, task_id={task_id!r}, retry=False)\n"
+    )
+    env = dict(
+        os.environ,
+        PROSPECT_INSTALLATION_ID=installation,
+        CELERY_BROKER_URL=LOOP_REDIS_URL,
+        DJANGO_SETTINGS_MODULE="config.settings",
+        DATABASE_URL=database_url_for_workers(),
+    )
     sent = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert sent.returncode == 0, sent.stderr
 
@@ -45,10 +57,15 @@ def test_two_installations_on_one_redis_database_never_run_each_others_tasks(loo
 
     def all_done() -> bool:
         return all(f"[{t}] succeeded" in alpha.log() for t in alpha_tasks) and all(
-            f"[{t}] succeeded" in beta.log() for t in beta_tasks)
+            f"[{t}] succeeded" in beta.log() for t in beta_tasks
+        )
 
-    wait_for(all_done, 90, "each worker to run its own installation's tasks",
-             on_timeout=lambda: alpha.log()[-3000:] + "\n----\n" + beta.log()[-3000:])
+    wait_for(
+        all_done,
+        90,
+        "each worker to run its own installation's tasks",
+        on_timeout=lambda: alpha.log()[-3000:] + "\n----\n" + beta.log()[-3000:],
+    )
     assert not any(t in alpha.log() for t in beta_tasks)
     assert not any(t in beta.log() for t in alpha_tasks)
     # The broker's keys of each installation live under its own prefix.
@@ -63,7 +80,11 @@ def test_a_message_that_names_another_installation_is_refused(loop_redis, start_
     foreign, own = f"foreign-{uuid.uuid4().hex[:8]}", f"own-{uuid.uuid4().hex[:8]}"
     send_as("alpha", foreign, header="beta")  # in alpha's queue, but it says it is beta's
     send_as("alpha", own)
-    wait_for(lambda: f"[{own}] succeeded" in alpha.log(), 90, "alpha's own task to run",
-             on_timeout=lambda: alpha.log()[-3000:])
+    wait_for(
+        lambda: f"[{own}] succeeded" in alpha.log(),
+        90,
+        "alpha's own task to run",
+        on_timeout=lambda: alpha.log()[-3000:],
+    )
     log = alpha.log()
     assert f"refused task {REAP}[{foreign}]: sent by installation 'beta', this is 'alpha'" in log

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ValidationError
 
+from feedback.models import DatasetSnapshot
+from training.kto import defaults
+from training.kto.cli import build_parser
+from training.models import TrainingRun
 from training.policy import default_training_config, get_policy, resolve_training_config
+from training.runner import build_train_command
 
 pytestmark = pytest.mark.django_db
 
@@ -71,23 +76,26 @@ def test_broker_visibility_timeout_outlasts_the_longest_run(settings):
 def test_the_loop_trains_with_the_papers_settings_spelled_out(settings, tmp_path):
     """The engine's flags default to TRL's; the loop must not inherit them silently: the default
     config has the paper's effective batch of 32 and the command states every schedule flag."""
-    from feedback.models import DatasetSnapshot
-    from training.kto import defaults
-    from training.kto.cli import build_parser
-    from training.models import TrainingRun
-    from training.runner import build_train_command
-
     settings.PROSPECT_TRAIN_LAUNCHER = "python"
-    config = services.default_training_config()
-    assert config["per_device_train_batch_size"] * config["gradient_accumulation_steps"] == \
-        defaults.PAPER_EFFECTIVE_BATCH
+    config = default_training_config()
+    assert (
+        config["per_device_train_batch_size"] * config["gradient_accumulation_steps"] == defaults.PAPER_EFFECTIVE_BATCH
+    )
     assert (config["learning_rate"], config["beta"]) == (defaults.PAPER_LEARNING_RATE, defaults.PAPER_BETA)
-    run = TrainingRun(config=config, snapshot=DatasetSnapshot(desirable_weight=2.0, undesirable_weight=1.0))
+    run = TrainingRun(
+        config=config,
+        snapshot=DatasetSnapshot(desirable_weight=2.0, undesirable_weight=1.0),
+        desirable_weight=2.0,
+        undesirable_weight=1.0,
+    )
     command = build_train_command(run, model="MODEL", data=tmp_path / "d.jsonl", out=tmp_path / "out")
-    args = build_parser().parse_args(command[command.index("train"):])
+    args = build_parser().parse_args(command[command.index("train") :])
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps == defaults.PAPER_EFFECTIVE_BATCH
     assert (args.learning_rate, args.beta) == (defaults.PAPER_LEARNING_RATE, defaults.PAPER_BETA)
     assert (args.warmup_ratio, args.logging_steps, args.save_steps, args.gradient_checkpointing) == (
-        defaults.LOOP_WARMUP_RATIO, defaults.LOOP_LOGGING_STEPS, defaults.LOOP_SAVE_STEPS,
-        defaults.LOOP_GRADIENT_CHECKPOINTING)
+        defaults.LOOP_WARMUP_RATIO,
+        defaults.LOOP_LOGGING_STEPS,
+        defaults.LOOP_SAVE_STEPS,
+        defaults.LOOP_GRADIENT_CHECKPOINTING,
+    )
     assert (args.desirable_weight, args.undesirable_weight) == (2.0, 1.0)  # the snapshot's λ

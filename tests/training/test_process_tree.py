@@ -1,5 +1,6 @@
 """Cancel, timeout and the reaper stop every rank of a multi-process run, not only the launcher
 (issue 14): torchrun starts each rank in a session of its own, outside the launcher's group."""
+
 from __future__ import annotations
 
 import json
@@ -9,26 +10,23 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from django.db import connection
 from django.utils import timezone
 
-from tests.helpers import free_port, wait_for
 from feedback.models import DatasetSnapshot
+from projects.selectors import default_project
+from tests.helpers import free_port, wait_for
 from training import process_tree, processes, runner, runs
 from training.models import ModelVersion, TrainingRun
 from training.processes import process_alive
 from training.selectors import active_version
-from projects.selectors import default_project
 
 pytestmark = pytest.mark.slow
 
 RANKS = 2
-
-
 
 
 def _marked_processes(run: TrainingRun) -> list[int]:
@@ -42,19 +40,45 @@ def test_reaper_kills_ranks_that_left_the_launchers_group(transactional_db, tmp_
     snapshot = DatasetSnapshot.objects.create(project=default_project(), path="/nonexistent", sha256="0" * 64)
     run_dir = tmp_path / "run-dir"
     run_dir.mkdir()
-    run = TrainingRun.objects.create(project=default_project(), snapshot=snapshot, status=TrainingRun.Status.RUNNING,
-                                     started_at=timezone.now(),
-                                     heartbeat_at=timezone.now(), worker_hostname=socket.gethostname(),
-                                     worker_pid=dead_worker.pid, artifact_dir=str(run_dir),
-                                     desirable_weight=1.0, undesirable_weight=1.0)
+    run = TrainingRun.objects.create(
+        project=default_project(),
+        snapshot=snapshot,
+        status=TrainingRun.Status.RUNNING,
+        started_at=timezone.now(),
+        heartbeat_at=timezone.now(),
+        worker_hostname=socket.gethostname(),
+        worker_pid=dead_worker.pid,
+        artifact_dir=str(run_dir),
+        desirable_weight=1.0,
+        undesirable_weight=1.0,
+    )
     # The tree exactly as the runner starts it: own session, marked environment, torchrun ranks.
     env = dict(os.environ, OMP_NUM_THREADS="1", **process_tree.run_environment(run.pk, run_dir))
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(RANKS),
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-         str(free_port()), str(Path(__file__).with_name("rank_stand_in.py")), str(run_dir)],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(RANKS),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            str(Path(__file__).with_name("rank_stand_in.py")),
+            str(run_dir),
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         rank_files = [run_dir / f"rank-{rank}.pid" for rank in range(RANKS)]
         wait_for(lambda: all(path.is_file() and path.read_text() for path in rank_files), 120, "both ranks to start")
@@ -90,6 +114,7 @@ def test_cancel_with_no_grace_stops_every_rank_of_a_two_process_run(demo_loop, l
 
     def cancel_after_the_first_steps():
         try:
+
             def training() -> bool:
                 current = TrainingRun.objects.get(pk=run.pk)
                 return current.current_step >= 2 and bool(current.artifact_dir)

@@ -21,8 +21,9 @@ def _version(tmp_path):
 
     def make(name: str, **fields) -> ModelVersion:
         artifact = loadable_artifact(tmp_path / "artifacts" / name)
-        return ModelVersion.objects.create(project=default_project(), name=name, base_model=artifact,
-                                           artifact_path=artifact, **fields)
+        return ModelVersion.objects.create(
+            project=default_project(), name=name, base_model=artifact, artifact_path=artifact, **fields
+        )
 
     return make
 
@@ -95,12 +96,15 @@ def test_promote_refuses_a_version_whose_files_do_not_load(tmp_path, _version):
     (tmp_path / "garbled" / "model.safetensors").write_bytes(b"\xff" * 16)
     bad_config = loadable_artifact(tmp_path / "bad-config")
     (tmp_path / "bad-config" / "config.json").write_text("{not json")
-    for name, path, reason in (("missing", tmp_path / "missing", "does not exist"),
-                               ("empty", empty, "holds no config.json or adapter_config.json"),
-                               ("garbled", garbled, "does not load"),
-                               ("bad-config", bad_config, "is not readable JSON")):
-        version = ModelVersion.objects.create(project=default_project(), name=name, base_model="b",
-                                              artifact_path=str(path))
+    for name, path, reason in (
+        ("missing", tmp_path / "missing", "does not exist"),
+        ("empty", empty, "holds no config.json or adapter_config.json"),
+        ("garbled", garbled, "does not load"),
+        ("bad-config", bad_config, "is not readable JSON"),
+    ):
+        version = ModelVersion.objects.create(
+            project=default_project(), name=name, base_model="b", artifact_path=str(path)
+        )
         with pytest.raises(ValidationError, match=f"{name} cannot be promoted: its .*{reason}"):
             registry.promote(version)
         assert ModelVersion.objects.get(pk=version.pk).status == ModelVersion.Status.CANDIDATE

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from feedback.models import DatasetSnapshot
+from projects.selectors import default_project
 from tests.helpers import wait_for
 from tests.training.helpers import run_dirs, run_status
 from training import registry, runs
@@ -27,7 +28,6 @@ from training.processes import process_alive
 from training.runner import build_train_command, execute_run
 from training.runs import class_weights_for
 from training.selectors import active_version
-from projects.selectors import default_project
 
 # --- training crash ----------------------------------------
 
@@ -38,8 +38,9 @@ def test_engine_crash_fails_the_run_and_changes_nothing_else(demo_loop, start_wo
     broken_dir = tmp_path / "not-a-model"
     broken_dir.mkdir()
     (broken_dir / "config.json").write_text('{"model_type": "no-such-architecture"}')
-    broken = ModelVersion.objects.create(project=default_project(), name="broken", base_model=str(broken_dir),
-                                         artifact_path=str(broken_dir))
+    broken = ModelVersion.objects.create(
+        project=default_project(), name="broken", base_model=str(broken_dir), artifact_path=str(broken_dir)
+    )
     versions_before = set(ModelVersion.objects.values_list("pk", "status"))
     worker = start_worker("gpu")
 
@@ -145,12 +146,16 @@ def test_every_policy_field_reaches_the_engines_command_line(settings, tmp_path,
             "undesirable_weight": 0.9,
         }
     )
-    snapshot = DatasetSnapshot.objects.create(project=default_project(), path="unused", sha256="0" * 64,
-                                              desirable_weight=2.0, weight_rule="auto")
+    snapshot = DatasetSnapshot.objects.create(
+        project=default_project(), path="unused", sha256="0" * 64, desirable_weight=2.0, weight_rule="auto"
+    )
     weights = class_weights_for(snapshot, config)
     run = TrainingRun.objects.create(
         project=default_project(),
-        snapshot=snapshot, config=config, desirable_weight=weights[0], undesirable_weight=weights[1]
+        snapshot=snapshot,
+        config=config,
+        desirable_weight=weights[0],
+        undesirable_weight=weights[1],
     )
 
     command = build_train_command(run, model="/models/m", data=tmp_path / "train.jsonl", out=tmp_path / "out")

@@ -23,6 +23,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from feedback.models import DatasetSnapshot, Vote
+from projects.selectors import default_project
+from projects.services import set_membership
 from tests.helpers import point_celery_at, wait_for
 from tests.training.helpers import cast_demo_votes, loadable_artifact
 from training import registry, runs
@@ -31,8 +33,6 @@ from training.processes import process_alive
 from training.runs import reap_orphaned_runs
 from training.scheduler import install_schedule
 from training.selectors import active_version
-from projects.selectors import default_project
-from projects.services import set_membership
 
 # --- λ chosen once ----------------------------------------
 
@@ -42,7 +42,11 @@ def snapshot_with_weights(db, tmp_path):
     registry.ensure_base_version(loadable_artifact(tmp_path))  # an active version to train from
     return DatasetSnapshot.objects.create(
         project=default_project(),
-        path="/nowhere", sha256="0" * 64, desirable_weight=2.0, undesirable_weight=1.0, weight_rule="auto: 1:10 data"
+        path="/nowhere",
+        sha256="0" * 64,
+        desirable_weight=2.0,
+        undesirable_weight=1.0,
+        weight_rule="auto: 1:10 data",
     )
 
 
@@ -82,8 +86,9 @@ def _running_run(**fields) -> TrainingRun:
         "worker_hostname": socket.gethostname(),
     }
     defaults.update(fields)
-    return TrainingRun.objects.create(project=default_project(), snapshot=snapshot, desirable_weight=1.0,
-                                      undesirable_weight=1.0, **defaults)
+    return TrainingRun.objects.create(
+        project=default_project(), snapshot=snapshot, desirable_weight=1.0, undesirable_weight=1.0, **defaults
+    )
 
 
 def _dead_pid() -> int:

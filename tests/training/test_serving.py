@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from feedback.models import Generation
+from projects.selectors import default_project
 from training import registry
 from training.kto.demo import correct_answer, demo_prompts
 from training.kto.generation import generate_completions
 from training.models import ModelVersion
 from training.serving import TransformersBackend, fill_annotation_queue, generate_for_prompt
-from projects.selectors import default_project
 
 # --- inference follows active version ----------------------------------------
 
@@ -49,7 +49,10 @@ def test_backend_reloads_when_another_version_is_promoted(active_demo_version, d
 
     candidate = ModelVersion.objects.create(
         project=default_project(),
-        name="perturbed", base_model=demo_model_dir, artifact_path=perturbed_model_dir, parent=active_demo_version
+        name="perturbed",
+        base_model=demo_model_dir,
+        artifact_path=perturbed_model_dir,
+        parent=active_demo_version,
     )
     registry.promote(candidate, reason="test")
     # Same backend object, no restart: the next call serves the newly active version.
@@ -70,7 +73,10 @@ def test_generations_are_labelled_with_the_version_that_served_them(
     assert first.model_version == active_demo_version
     candidate = ModelVersion.objects.create(
         project=default_project(),
-        name="perturbed", base_model=demo_model_dir, artifact_path=perturbed_model_dir, parent=active_demo_version
+        name="perturbed",
+        base_model=demo_model_dir,
+        artifact_path=perturbed_model_dir,
+        parent=active_demo_version,
     )
     registry.promote(candidate, reason="test")
     second = generate_for_prompt(PROMPTS[1], max_new_tokens=5, backend=backend)

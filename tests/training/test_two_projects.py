@@ -40,11 +40,13 @@ def send_votes(api: APIClient, prompts: list[str], right_is_desirable: bool) -> 
     for prompt in prompts:
         right = correct_answer(prompt)
         for completion, desirable in ((right, right_is_desirable), (str(int(right) + 1), not right_is_desirable)):
-            generation = api.post("/api/v1/generations/", {"prompt": prompt, "completion": completion},
-                                  format="json")
+            generation = api.post("/api/v1/generations/", {"prompt": prompt, "completion": completion}, format="json")
             assert generation.status_code == 201, generation.content
-            vote = api.post("/api/v1/votes/", {"generation_id": generation.json()["id"], "desirable": desirable,
-                                               "external_user_id": "end-user"}, format="json")
+            vote = api.post(
+                "/api/v1/votes/",
+                {"generation_id": generation.json()["id"], "desirable": desirable, "external_user_id": "end-user"},
+                format="json",
+            )
             assert vote.status_code == 201, vote.content
     return set(prompts)
 
@@ -54,7 +56,8 @@ def snapshot_rows(snapshot: DatasetSnapshot) -> list[dict]:
 
 
 def test_two_projects_turn_the_loop_without_touching_each_other(
-        transactional_db, data_dir, demo_model_dir, start_worker, loop_redis):
+    transactional_db, data_dir, demo_model_dir, start_worker, loop_redis
+):
     from training.kto.demo import correct_answer, demo_prompts
 
     alpha, beta = default_project(), create_project("beta", base_model=demo_model_dir)
@@ -82,11 +85,17 @@ def test_two_projects_turn_the_loop_without_touching_each_other(
     def promoted() -> bool:
         return all(active_version(project) != bases[project.pk] for project in (alpha, beta))
 
-    wait_for(promoted, 600, "both projects' gates to promote their new versions",
-             on_timeout=lambda: worker.log()[-6000:] + repr(list(TrainingRun.objects.values("pk", "status", "error"))))
+    wait_for(
+        promoted,
+        600,
+        "both projects' gates to promote their new versions",
+        on_timeout=lambda: worker.log()[-6000:] + repr(list(TrainingRun.objects.values("pk", "status", "error"))),
+    )
 
-    for project, own_prompts, other_prompts in ((alpha, alpha_prompts, beta_prompts),
-                                                (beta, beta_prompts, alpha_prompts)):
+    for project, own_prompts, other_prompts in (
+        (alpha, alpha_prompts, beta_prompts),
+        (beta, beta_prompts, alpha_prompts),
+    ):
         run = TrainingRun.objects.get(pk=runs[project.pk].pk)
         new = active_version(project)
         assert run.status == TrainingRun.Status.SUCCEEDED and run.project == project
@@ -96,8 +105,9 @@ def test_two_projects_turn_the_loop_without_touching_each_other(
         assert {row["prompt"] for row in rows} == own_prompts and not {row["prompt"] for row in rows} & other_prompts
         # ... with its own team's taste (alpha: right sums are desirable; beta: the opposite).
         likes_right = project == alpha
-        assert all(row["label"] == ((row["completion"] == correct_answer(row["prompt"])) == likes_right)
-                   for row in rows)
+        assert all(
+            row["label"] == ((row["completion"] == correct_answer(row["prompt"])) == likes_right) for row in rows
+        )
         assert run.snapshot.n_votes == Vote.objects.filter(generation__project=project).count() == 16
         # Its new version came from its run, from its own base, and only it was promoted in it.
         assert (new.project, new.created_by_run, new.parent) == (project, run, bases[project.pk])
@@ -114,15 +124,24 @@ def test_two_projects_turn_the_loop_without_touching_each_other(
         assert Generation.objects.get(pk=body["generation_id"]).project == project
         # The other project's key cannot vote on it: 404, as if it did not exist.
         other = api_beta if api is api_alpha else api_alpha
-        assert other.post("/api/v1/votes/", {"generation_id": body["generation_id"], "desirable": True},
-                          format="json").status_code == 404
+        assert (
+            other.post(
+                "/api/v1/votes/", {"generation_id": body["generation_id"], "desirable": True}, format="json"
+            ).status_code
+            == 404
+        )
 
     # The worker fills one project's queue from that project's active version only.
     from training.tasks import fill_queue
 
     fill_queue.delay(n=2, project_id=beta.pk)
-    wait_for(lambda: Generation.objects.filter(project=beta, source="fill_queue").exists(), 180,
-             "the worker to fill beta's queue", on_timeout=worker.log)
+    wait_for(
+        lambda: Generation.objects.filter(project=beta, source="fill_queue").exists(),
+        180,
+        "the worker to fill beta's queue",
+        on_timeout=worker.log,
+    )
     assert set(Generation.objects.filter(source="fill_queue").values_list("project_id", "model_version_id")) == {
-        (beta.pk, active_version(beta).pk)}
+        (beta.pk, active_version(beta).pk)
+    }
     assert Vote.objects.filter(generation__project=alpha).count() == 16  # beta's loop added nothing to alpha

@@ -19,11 +19,11 @@ from django.test import Client
 from django.urls import reverse
 
 from feedback.models import DatasetSnapshot
+from projects.selectors import default_project
+from tests.training.helpers import loadable_artifact
 from training import registry
 from training.models import ModelVersion, TrainingRun
 from training.policy import get_policy
-from projects.selectors import default_project
-from tests.training.helpers import loadable_artifact
 
 # --- run pages ----------------------------------------
 
@@ -43,8 +43,9 @@ METRIC_ROWS = [
 
 @pytest.fixture
 def running_run():
-    snapshot = DatasetSnapshot.objects.create(project=default_project(), path="/nowhere/snapshot.jsonl",
-                                              sha256="1" * 64)
+    snapshot = DatasetSnapshot.objects.create(
+        project=default_project(), path="/nowhere/snapshot.jsonl", sha256="1" * 64
+    )
     base = ModelVersion.objects.create(project=default_project(), name="base", base_model="/m", artifact_path="/m")
     return TrainingRun.objects.create(
         project=default_project(),
@@ -205,8 +206,9 @@ def test_a_refused_snapshot_is_shown_and_nothing_is_queued(client, admin_user, a
 @pytest.fixture
 def versions(tmp_path):
     base_dir = loadable_artifact(tmp_path / "base")
-    base = ModelVersion.objects.create(project=default_project(), name="base", base_model=base_dir,
-                                       artifact_path=base_dir)
+    base = ModelVersion.objects.create(
+        project=default_project(), name="base", base_model=base_dir, artifact_path=base_dir
+    )
     registry.promote(base, reason="first")
     candidate = ModelVersion.objects.create(
         project=default_project(),
@@ -305,11 +307,13 @@ def test_post_without_csrf_token_is_refused(csrf_checking_staff_client, versions
 
 @pytest.fixture
 def some_run_and_version():
-    snapshot = DatasetSnapshot.objects.create(project=default_project(), path="/nonexistent/snapshot.jsonl",
-                                              sha256="0" * 64)
+    snapshot = DatasetSnapshot.objects.create(
+        project=default_project(), path="/nonexistent/snapshot.jsonl", sha256="0" * 64
+    )
     version = ModelVersion.objects.create(project=default_project(), name="v-test", base_model="/m", artifact_path="/m")
-    run = TrainingRun.objects.create(project=default_project(), snapshot=snapshot, base_version=version,
-                                     desirable_weight=1.0, undesirable_weight=1.0)
+    run = TrainingRun.objects.create(
+        project=default_project(), snapshot=snapshot, base_version=version, desirable_weight=1.0, undesirable_weight=1.0
+    )
     return run, version
 
 

@@ -1,5 +1,6 @@
 """A crashed run does not use up the new votes; the reaper tells a worker from a later process
 that reuses its pid (a restarted container)."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,9 @@ pytestmark = pytest.mark.django_db
 def run_on_snapshot(status: str, **fields) -> TrainingRun:
     last_vote = Vote.objects.order_by("-pk").first()
     snapshot = DatasetSnapshot.objects.create(path="/nonexistent", sha256="0" * 64, last_vote_id=last_vote.pk)
-    return TrainingRun.objects.create(snapshot=snapshot, status=status, desirable_weight=1.0, undesirable_weight=1.0,
-                                      **fields)
+    return TrainingRun.objects.create(
+        snapshot=snapshot, status=status, desirable_weight=1.0, undesirable_weight=1.0, **fields
+    )
 
 
 @pytest.mark.parametrize("crashed", [TrainingRun.Status.FAILED, TrainingRun.Status.CANCELLED])

@@ -1,8 +1,8 @@
 """Fixtures of the UI tests: one browser per session (tests/conftest.py), pages at a chosen size."""
+
 from __future__ import annotations
 
 import pytest
-
 from ui_helpers import watch_console
 
 

@@ -1,11 +1,12 @@
 """The annotate page in Chromium: clear thumbs, a confirmation with undo, a comment never lost,
 skip explained, conversations and code readable, and keyboard help only where there is a keyboard."""
+
 from __future__ import annotations
 
 import pytest
+from ui_helpers import CHAT_PROMPT, DESKTOP, LONG_OUTPUT, PHONE, add_generation, log_in, make_user
 
 from feedback.models import Vote
-from ui_helpers import CHAT_PROMPT, DESKTOP, LONG_OUTPUT, PHONE, add_generation, log_in, make_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
@@ -23,7 +24,10 @@ def message(page) -> str:
 
 
 def test_votes_by_click_and_by_key_are_confirmed_and_can_be_undone(live_server, open_page):
-    first, second = add_generation(prompt="What is 1+1?", completion="2"), add_generation(prompt="What is 2+2?", completion="5")
+    first, second = (
+        add_generation(prompt="What is 1+1?", completion="2"),
+        add_generation(prompt="What is 2+2?", completion="5"),
+    )
     page, errors = annotate_as_rater(open_page, live_server)
     with page.expect_navigation():
         page.click("#vote-up")
@@ -60,8 +64,11 @@ def test_a_too_long_comment_keeps_the_text_and_the_counter_warns_before(live_ser
     assert page.inner_text("#comment-count") == "5 / 5000"
     # The box stops typing at the limit; a script or an old browser could still send more.
     too_long = "x" * 6000
-    page.eval_on_selector("#comment", "(el, text) => { el.removeAttribute('maxlength'); el.value = text; "
-                                      "el.dispatchEvent(new Event('input')); }", too_long)
+    page.eval_on_selector(
+        "#comment",
+        "(el, text) => { el.removeAttribute('maxlength'); el.value = text; el.dispatchEvent(new Event('input')); }",
+        too_long,
+    )
     assert "limit reached" in page.inner_text("#comment-count")
     with page.expect_navigation():
         page.click("#vote-up")

@@ -1,4 +1,5 @@
 """Dashboard charts and words, the retrain form, the API docs page and schema, the admin's labels, the README."""
+
 from __future__ import annotations
 
 import re
@@ -8,10 +9,10 @@ import pytest
 from django.conf import settings
 from django.test import Client
 from django.urls import resolve
-
-from training.models import ModelVersion, TrainingRun
 from ui_helpers import PHONE, add_votes, build_world, log_in, make_user
+
 from projects.selectors import default_project
+from training.models import ModelVersion, TrainingRun
 
 README = Path(settings.BASE_DIR) / "README.md"
 
@@ -43,8 +44,9 @@ def test_dashboard_chart_has_axes_and_the_balance_is_explained_on_a_phone(live_s
 def test_starting_a_run_leaves_no_stale_flash_and_the_defaults_read_as_a_table(client):
     make_user("boss", staff=True)
     add_votes(3, 3)
-    ModelVersion.objects.create(project=default_project(), name="base", base_model="/m", artifact_path="/m",
-                                status=ModelVersion.Status.ACTIVE)
+    ModelVersion.objects.create(
+        project=default_project(), name="base", base_model="/m", artifact_path="/m", status=ModelVersion.Status.ACTIVE
+    )
     client.login(username="boss", password="correct horse battery staple")
     form = client.get("/runs/new/").content.decode()
     assert "{'" not in form and "'beta'" not in form  # no raw Python dict
@@ -62,8 +64,14 @@ def test_starting_a_run_leaves_no_stale_flash_and_the_defaults_read_as_a_table(c
 def test_api_docs_page_is_served_from_the_installation(live_server, open_page):
     page, errors = open_page(PHONE)
     outside = []
-    page.route("**/*", lambda route: (outside.append(route.request.url), route.abort())
-               if not route.request.url.startswith(live_server.url) else route.continue_())
+    page.route(
+        "**/*",
+        lambda route: (
+            (outside.append(route.request.url), route.abort())
+            if not route.request.url.startswith(live_server.url)
+            else route.continue_()
+        ),
+    )
     page.goto(f"{live_server.url}/api/docs/")
     page.wait_for_selector(".swagger-ui .opblock-tag", timeout=20_000)
     assert "/api/v1/votes/" in page.inner_text("#swagger-ui")
@@ -79,7 +87,10 @@ def test_schema_examples_of_responses_are_responses():
     assert all("external_user_id" in example["value"] for example in request_examples.values())
     assert all({"id", "created"} <= set(example["value"]) for example in response_examples.values())
     generate = schema["paths"]["/api/v1/generate/"]["post"]
-    assert all("completion" in e["value"] for e in generate["responses"]["200"]["content"]["application/json"]["examples"].values())
+    assert all(
+        "completion" in e["value"]
+        for e in generate["responses"]["200"]["content"]["application/json"]["examples"].values()
+    )
 
 
 @pytest.mark.django_db

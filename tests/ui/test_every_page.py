@@ -4,13 +4,13 @@ One test walks them all so the suite shares one live server, one browser and one
 With PROSPECT_UI_SCREENSHOTS=DIR it also saves the README's screenshots there
 (`PROSPECT_UI_SCREENSHOTS=docs/screenshots pytest tests/ui/test_every_page.py`).
 """
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import pytest
-
 from ui_helpers import SIZES, build_world, horizontal_overflow, log_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
@@ -29,16 +29,29 @@ def pages_for(world) -> dict[str, list[tuple[str, int, str]]]:
         ("/keys/", 200, "#keys-table"),
     ]
     return {
-        "anonymous": [("/accounts/login/", 200, "#login-form"), ("/annotate/", 200, "#login-form"),
-                      ("/models/", 200, "#login-form"), ("/api/docs/", 200, "#swagger-ui")],
+        "anonymous": [
+            ("/accounts/login/", 200, "#login-form"),
+            ("/annotate/", 200, "#login-form"),
+            ("/models/", 200, "#login-form"),
+            ("/api/docs/", 200, "#swagger-ui"),
+        ],
         "annotator": [("/annotate/", 200, "#vote-form")] + [(path, 403, "h1") for path, _, _ in staff_pages[:2]],
-        "staff": [("/annotate/", 200, "#vote-form"), *staff_pages, ("/admin/", 200, "#content"),
-                  ("/admin/feedback/importbatch/", 200, "#content"), ("/admin/projects/apiclient/", 200, "#content"),
-                  ("/api/docs/", 200, "#swagger-ui")],
+        "staff": [
+            ("/annotate/", 200, "#vote-form"),
+            *staff_pages,
+            ("/admin/", 200, "#content"),
+            ("/admin/feedback/importbatch/", 200, "#content"),
+            ("/admin/projects/apiclient/", 200, "#content"),
+            ("/api/docs/", 200, "#swagger-ui"),
+        ],
         # A project admin of two projects (no staff flag): the switcher in the header, no Django admin.
-        "project_admin": [("/dashboard/", 200, "#project-switcher"), ("/keys/", 200, "#keys-table"),
-                          ("/members/", 200, "#members-table"), ("/models/", 200, "#versions-table"),
-                          ("/admin/", 403, "h1")],
+        "project_admin": [
+            ("/dashboard/", 200, "#project-switcher"),
+            ("/keys/", 200, "#keys-table"),
+            ("/members/", 200, "#members-table"),
+            ("/models/", 200, "#versions-table"),
+            ("/admin/", 403, "h1"),
+        ],
     }
 
 
@@ -71,8 +84,11 @@ def test_every_page_fits_both_sizes_without_console_errors(live_server, open_pag
 
 def save_screenshot(page, path: str, size_name: str, world) -> None:
     out = os.environ.get("PROSPECT_UI_SCREENSHOTS")
-    names = {"/annotate/": "annotate", f"/runs/{world['runs']['running'].pk}/": "run-live",
-             f"/models/compare/?a={world['base'].pk}&b={world['candidate'].pk}": "models-compare"}
+    names = {
+        "/annotate/": "annotate",
+        f"/runs/{world['runs']['running'].pk}/": "run-live",
+        f"/models/compare/?a={world['base'].pk}&b={world['candidate'].pk}": "models-compare",
+    }
     if out and path in names:
         Path(out).mkdir(parents=True, exist_ok=True)
         page.wait_for_timeout(300)  # let the charts finish their first draw

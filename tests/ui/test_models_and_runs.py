@@ -1,12 +1,13 @@
 """Models, compare and run pages in Chromium: actions confirm what they change (click or key),
 buttons that cannot act are absent, the run page shows phases, steps, legends and a clear end."""
+
 from __future__ import annotations
 
 import pytest
-
-from training.models import ModelVersion, TrainingRun
 from ui_helpers import DESKTOP, PHONE, build_world, log_in
+
 from projects.selectors import default_project
+from training.models import ModelVersion, TrainingRun
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
@@ -36,7 +37,8 @@ def test_promote_asks_first_naming_the_change_then_esc_cancels_and_enter_confirm
     page.click(f"#version-{candidate.pk} .promote-button")
     assert page.is_visible("#confirm-dialog")
     assert page.inner_text("#confirm-text") == (
-        "run-1 becomes the active model and base is retired. Inference switches to it at once.")
+        "run-1 becomes the active model and base is retired. Inference switches to it at once."
+    )
     page.keyboard.press("Escape")
     assert not page.is_visible("#confirm-dialog")
     assert status_of(candidate) == "candidate"
@@ -75,7 +77,9 @@ def test_models_table_is_compact_with_human_labels(world, live_server, open_page
     headers = page.locator("#versions-table thead th").all_inner_texts()
     assert headers == ["Version", "Status", "Accuracy", "Holdout loss", "Reward accuracy", "Gate verdict", "Actions"]
     # At 1280 px the whole table fits its box: no sideways scrolling on a laptop.
-    assert page.evaluate("(t => t.scrollWidth <= t.parentElement.clientWidth)(document.getElementById('versions-table'))")
+    assert page.evaluate(
+        "(t => t.scrollWidth <= t.parentElement.clientWidth)(document.getElementById('versions-table'))"
+    )
     # The verdict is one line (details on demand), however long the gate's reason.
     line = page.locator(f"#version-{world['candidate'].pk} .verdict .line")
     assert line.evaluate("el => el.getBoundingClientRect().height") < 30
@@ -87,9 +91,16 @@ def test_compare_view_aligns_outputs_and_highlights_deltas(world, live_server, o
     log_in(page, live_server.url, "boss", "/models/")
     with page.expect_navigation():
         page.click(f"#version-{world['candidate'].pk} .compare-button")
-    verdicts = dict(zip(page.locator("#compare-metrics tbody tr[data-metric]").evaluate_all(
-        "rows => rows.map(r => r.dataset.metric)"), page.locator("#compare-metrics td[data-verdict]").evaluate_all(
-        "cells => cells.map(c => c.dataset.verdict)")))
+    verdicts = dict(
+        zip(
+            page.locator("#compare-metrics tbody tr[data-metric]").evaluate_all(
+                "rows => rows.map(r => r.dataset.metric)"
+            ),
+            page.locator("#compare-metrics td[data-verdict]").evaluate_all(
+                "cells => cells.map(c => c.dataset.verdict)"
+            ),
+        )
+    )
     # B (run-1) vs A (base): accuracy down, loss down (better), reward accuracy up.
     assert verdicts["demo_accuracy"] == "worse" and verdicts["holdout.loss"] == "better"
     assert verdicts["holdout.reward_accuracy"] == "better"
@@ -137,8 +148,13 @@ def test_run_page_shows_the_phase_the_steps_and_charts_with_legends(world, staff
     assert page.evaluate(f"{chart}.options.scales.x.title.text") == "step"
     assert page.evaluate("Chart.getChart('chart-loss').data.datasets[0].data.length") == 6
     # A queued run is not stuck at "0 %": it says what it waits for and the clock runs.
-    queued = TrainingRun.objects.create(project=default_project(), snapshot=world["snapshot"], config={"loss": "kto"},
-                                        desirable_weight=1.0, undesirable_weight=1.0)
+    queued = TrainingRun.objects.create(
+        project=default_project(),
+        snapshot=world["snapshot"],
+        config={"loss": "kto"},
+        desirable_weight=1.0,
+        undesirable_weight=1.0,
+    )
     page.goto(f"{live_server.url}/runs/{queued.pk}/")
     assert page.inner_text("#run-phase-label") == "Waiting for a worker"
     page.wait_for_function("document.getElementById('run-elapsed').textContent.startsWith('queued for')")

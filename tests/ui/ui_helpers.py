@@ -1,7 +1,9 @@
 """Builders and page checks shared by the UI tests (Chromium through Playwright)."""
+
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
+
 from feedback.models import Vote
 from feedback.services.generations import GenerationInput, create_generation
 from projects.selectors import default_project, resolve_project
@@ -85,48 +87,103 @@ def build_world() -> dict:
     project_admin = make_user("padma")
     for project in (demo, shop):
         set_membership(project, project_admin, "admin")
-    create_api_key(demo, scopes="generations:write,votes:write,generate,read",
-                   name="customer support chat widget (production)", expires_days=90)
+    create_api_key(
+        demo,
+        scopes="generations:write,votes:write,generate,read",
+        name="customer support chat widget (production)",
+        expires_days=90,
+    )
     revoked, _ = create_api_key(demo, scopes="import", name="nightly import")
     revoked.revoked = True
     revoked.save(update_fields=["revoked"])
     add_generation(prompt=CHAT_PROMPT, completion=LONG_OUTPUT)
     add_votes(6, 2)
     snapshot = create_snapshot(holdout=0.0, target_ratio=4 / 3, mode="auto")
-    base = ModelVersion.objects.create(project=demo, name="base", base_model=base_dir, artifact_path=base_dir,
-                                       status=ModelVersion.Status.ACTIVE, status_reason="first version")
-    finished = TrainingRun.objects.create(project=demo, snapshot=snapshot, base_version=base,
-                                          status=TrainingRun.Status.SUCCEEDED,
-                                          progress=1.0, current_step=12, total_steps=12, config={"loss": "kto", "beta": 0.1},
-                                          metrics=metric_rows(12), started_at=timezone.now(), finished_at=timezone.now(),
-                                          **WEIGHTS)
+    base = ModelVersion.objects.create(
+        project=demo,
+        name="base",
+        base_model=base_dir,
+        artifact_path=base_dir,
+        status=ModelVersion.Status.ACTIVE,
+        status_reason="first version",
+    )
+    finished = TrainingRun.objects.create(
+        project=demo,
+        snapshot=snapshot,
+        base_version=base,
+        status=TrainingRun.Status.SUCCEEDED,
+        progress=1.0,
+        current_step=12,
+        total_steps=12,
+        config={"loss": "kto", "beta": 0.1},
+        metrics=metric_rows(12),
+        started_at=timezone.now(),
+        finished_at=timezone.now(),
+        **WEIGHTS,
+    )
     candidate = ModelVersion.objects.create(
         project=demo,
-        name="run-1", base_model=base_dir, artifact_path=candidate_dir, parent=base, created_by_run=finished,
-        metrics={"demo_accuracy": 0.688, "holdout": {"loss": 0.4123, "reward_accuracy": 0.71, "reward_margin": 0.9},
-                 "gate": {"decision": "kept as candidate", "reason": "demo accuracy 0.688 vs 0.700 of base "
-                          "(gain -0.012, margin +0.010), a long verdict that must stay on one line in the table"}},
+        name="run-1",
+        base_model=base_dir,
+        artifact_path=candidate_dir,
+        parent=base,
+        created_by_run=finished,
+        metrics={
+            "demo_accuracy": 0.688,
+            "holdout": {"loss": 0.4123, "reward_accuracy": 0.71, "reward_margin": 0.9},
+            "gate": {
+                "decision": "kept as candidate",
+                "reason": "demo accuracy 0.688 vs 0.700 of base "
+                "(gain -0.012, margin +0.010), a long verdict that must stay on one line in the table",
+            },
+        },
         status_reason="not promoted: demo accuracy 0.688 vs 0.700 of base",
     )
-    ModelVersion.objects.filter(pk=base.pk).update(metrics={"demo_accuracy": 0.70, "holdout": {"loss": 0.4500,
-                                                                                             "reward_accuracy": 0.55}})
-    running = TrainingRun.objects.create(project=demo, snapshot=snapshot, base_version=base,
-                                         status=TrainingRun.Status.RUNNING,
-                                         progress=0.5, current_step=6, total_steps=12, config={"loss": "kto"},
-                                         metrics=metric_rows(6), log_tail="Loading weights: 100%|██████| 24/24",
-                                         started_at=timezone.now(), **WEIGHTS)
-    cancelled = TrainingRun.objects.create(project=demo, snapshot=snapshot, status=TrainingRun.Status.CANCELLED,
-                                           error="cancelled by an admin", finished_at=timezone.now(), **WEIGHTS)
-    failed = TrainingRun.objects.create(project=demo, snapshot=snapshot, status=TrainingRun.Status.FAILED, exit_code=1,
-                                        error="training exited with code 1:\nCUDA out of memory", finished_at=timezone.now(),
-                                        **WEIGHTS)
+    ModelVersion.objects.filter(pk=base.pk).update(
+        metrics={"demo_accuracy": 0.70, "holdout": {"loss": 0.4500, "reward_accuracy": 0.55}}
+    )
+    running = TrainingRun.objects.create(
+        project=demo,
+        snapshot=snapshot,
+        base_version=base,
+        status=TrainingRun.Status.RUNNING,
+        progress=0.5,
+        current_step=6,
+        total_steps=12,
+        config={"loss": "kto"},
+        metrics=metric_rows(6),
+        log_tail="Loading weights: 100%|██████| 24/24",
+        started_at=timezone.now(),
+        **WEIGHTS,
+    )
+    cancelled = TrainingRun.objects.create(
+        project=demo,
+        snapshot=snapshot,
+        status=TrainingRun.Status.CANCELLED,
+        error="cancelled by an admin",
+        finished_at=timezone.now(),
+        **WEIGHTS,
+    )
+    failed = TrainingRun.objects.create(
+        project=demo,
+        snapshot=snapshot,
+        status=TrainingRun.Status.FAILED,
+        exit_code=1,
+        error="training exited with code 1:\nCUDA out of memory",
+        finished_at=timezone.now(),
+        **WEIGHTS,
+    )
     # Outputs of both versions on the same prompts (the compare view aligns them), and items to rate.
     for a, b in ((12, 7), (30, 12), (8, 9)):
         prompt = f"What is {a}+{b}?"
         add_generation(prompt=prompt, completion=str(a + b + 10), model_version_id=base.pk, source="fill_queue")
         add_generation(prompt=prompt, completion=str(a + b), model_version_id=candidate.pk, source="fill_queue")
-    return {"snapshot": snapshot, "base": base, "candidate": candidate, "runs": {
-        "succeeded": finished, "running": running, "cancelled": cancelled, "failed": failed}}
+    return {
+        "snapshot": snapshot,
+        "base": base,
+        "candidate": candidate,
+        "runs": {"succeeded": finished, "running": running, "cancelled": cancelled, "failed": failed},
+    }
 
 
 # Every run records the λ it trains with (copied from its snapshot when it is started).
@@ -135,6 +192,15 @@ WEIGHTS = {"desirable_weight": 1.0, "undesirable_weight": 1.0}
 
 def metric_rows(n: int) -> list[dict]:
     """Per-step rows shaped like the engine's metrics.jsonl."""
-    return [{"step": step, "loss": 0.5 - 0.01 * step, "z0": 0.01 * step, "reward_desirable": 0.05 * step,
-             "reward_undesirable": -0.04 * step, "reward_accuracy": 0.5 + 0.02 * step, "examples_per_s": 40.0 + step}
-            for step in range(1, n + 1)]
+    return [
+        {
+            "step": step,
+            "loss": 0.5 - 0.01 * step,
+            "z0": 0.01 * step,
+            "reward_desirable": 0.05 * step,
+            "reward_undesirable": -0.04 * step,
+            "reward_accuracy": 0.5 + 0.02 * step,
+            "examples_per_s": 40.0 + step,
+        }
+        for step in range(1, n + 1)
+    ]

@@ -1,4 +1,5 @@
 """`python -m training.kto ...` (see cli.py)."""
+
 import sys
 
 from .cli import main

@@ -8,6 +8,7 @@ mirrors the rule around 1.
 
 This is a pure function so the Django app (dataset snapshots) and the engine share it.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -58,8 +59,16 @@ def balance_weights(
         if desirable_weight <= 0 or undesirable_weight <= 0:
             raise ValueError(f"manual weights must be positive, got {manual}")
         effective = _effective_ratio(n_desirable, n_undesirable, desirable_weight, undesirable_weight)
-        return ClassWeights(desirable_weight, undesirable_weight, "manual override", "manual",
-                            n_desirable, n_undesirable, float(target_ratio), effective)
+        return ClassWeights(
+            desirable_weight,
+            undesirable_weight,
+            "manual override",
+            "manual",
+            n_desirable,
+            n_undesirable,
+            float(target_ratio),
+            effective,
+        )
     if n_desirable == 0 or n_undesirable == 0:
         raise ValueError(
             f"cannot balance a single-class dataset (n_desirable={n_desirable}, n_undesirable={n_undesirable}): "
@@ -88,8 +97,9 @@ def balance_weights(
         desirable_weight, undesirable_weight = 1.0, n_desirable / (target * n_undesirable)
         rule = f"n_D/n_U = {ratio:.3f} > {high:.3f}: λ_D = 1, λ_U = n_D/({target:.4g}·n_U) = {undesirable_weight:.4g}"
     effective = _effective_ratio(n_desirable, n_undesirable, desirable_weight, undesirable_weight)
-    return ClassWeights(desirable_weight, undesirable_weight, rule, mode, n_desirable, n_undesirable,
-                        float(target_ratio), effective)
+    return ClassWeights(
+        desirable_weight, undesirable_weight, rule, mode, n_desirable, n_undesirable, float(target_ratio), effective
+    )
 
 
 def _effective_ratio(n_desirable: int, n_undesirable: int, desirable_weight: float, undesirable_weight: float) -> float:

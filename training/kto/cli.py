@@ -4,6 +4,7 @@ Each subcommand prints one JSON line on stdout when it succeeds. On failure it p
 message on stderr and exits non-zero, having written nothing (inputs are checked first).
 Option names follow TRL's KTOConfig fields in kebab case where one exists.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,21 +40,37 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", required=True, help="local save_pretrained directory (or hub id where reachable)")
     train.add_argument("--data", required=True, help="KTO JSONL: {prompt, completion, label}")
     train.add_argument("--out", required=True, help="new output directory")
-    train.add_argument("--loss", choices=LOSS_TYPES, default=defaults.loss,
-                       help="; ".join(f"{name}: {variant.summary}" for name, variant in VARIANTS.items()))
+    train.add_argument(
+        "--loss",
+        choices=LOSS_TYPES,
+        default=defaults.loss,
+        help="; ".join(f"{name}: {variant.summary}" for name, variant in VARIANTS.items()),
+    )
     train.add_argument("--beta", type=float, default=defaults.beta)
     train.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    train.add_argument("--per-device-train-batch-size", type=int, default=defaults.per_device_train_batch_size,
-                       help="microbatch per process; KTO needs at least 2 (z0 from mismatched pairs)")
+    train.add_argument(
+        "--per-device-train-batch-size",
+        type=int,
+        default=defaults.per_device_train_batch_size,
+        help="microbatch per process; KTO needs at least 2 (z0 from mismatched pairs)",
+    )
     train.add_argument("--gradient-accumulation-steps", type=int, default=defaults.gradient_accumulation_steps)
     train.add_argument("--num-train-epochs", type=float, default=defaults.num_train_epochs)
     train.add_argument("--max-steps", type=int, default=defaults.max_steps)
     train.add_argument("--max-length", type=int, default=defaults.max_length)
-    train.add_argument("--max-prompt-length", type=int, default=defaults.max_prompt_length,
-                       help="keep only the last N prompt tokens (default: no limit besides --max-length)")
-    train.add_argument("--desirable-weight", type=_weight, default=defaults.desirable_weight,
-                       help="λ_D: a number (TRL's default 1.0), or 'auto' (balance so λ_D n_D / λ_U n_U = "
-                            "--target-ratio when n_D/n_U lies outside the paper's [1, 3/2])")
+    train.add_argument(
+        "--max-prompt-length",
+        type=int,
+        default=defaults.max_prompt_length,
+        help="keep only the last N prompt tokens (default: no limit besides --max-length)",
+    )
+    train.add_argument(
+        "--desirable-weight",
+        type=_weight,
+        default=defaults.desirable_weight,
+        help="λ_D: a number (TRL's default 1.0), or 'auto' (balance so λ_D n_D / λ_U n_U = "
+        "--target-ratio when n_D/n_U lies outside the paper's [1, 3/2])",
+    )
     train.add_argument("--undesirable-weight", type=_weight, default=defaults.undesirable_weight, help="λ_U")
     train.add_argument("--target-ratio", type=float, default=defaults.target_ratio)
     train.add_argument("--balance-mode", choices=("auto", "downside_first"), default=defaults.balance_mode)
@@ -65,29 +82,52 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lora-r", type=int, default=defaults.lora_r)
     train.add_argument("--lora-alpha", type=int, default=defaults.lora_alpha)
     train.add_argument("--lora-dropout", type=float, default=defaults.lora_dropout)
-    train.add_argument("--reference", choices=("precompute", "copy"), default=defaults.reference,
-                       help="precompute: reference log-probs once, cached next to the data; copy: computed live "
-                            "(full FT: frozen copy; LoRA: adapter disabled)")
+    train.add_argument(
+        "--reference",
+        choices=("precompute", "copy"),
+        default=defaults.reference,
+        help="precompute: reference log-probs once, cached next to the data; copy: computed live "
+        "(full FT: frozen copy; LoRA: adapter disabled)",
+    )
     train.add_argument("--z0-zero", action="store_true", help="z0 = 0 (after SFT on the same data; saves a pass)")
-    train.add_argument("--keep-dropout", action="store_true",
-                       help="leave the model's dropout on (default: off in policy and reference, as TRL's "
-                            "disable_dropout; with it on, r and z0 carry dropout noise)")
-    train.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
-                       default=defaults.gradient_checkpointing, help="on by default, as in TRL's KTOConfig")
+    train.add_argument(
+        "--keep-dropout",
+        action="store_true",
+        help="leave the model's dropout on (default: off in policy and reference, as TRL's "
+        "disable_dropout; with it on, r and z0 carry dropout noise)",
+    )
+    train.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.gradient_checkpointing,
+        help="on by default, as in TRL's KTOConfig",
+    )
     train.add_argument("--bf16", choices=("auto", "yes", "no"), default=defaults.bf16)
     train.add_argument("--logging-steps", type=int, default=defaults.logging_steps)
-    train.add_argument("--save-steps", type=int, default=defaults.save_steps, help="checkpoint every N steps (0: never)")
-    train.add_argument("--max-nonfinite-steps", type=int, default=defaults.max_nonfinite_steps,
-                       help="abort after this many consecutive steps with a non-finite loss or gradient norm "
-                            "(each is skipped)")
+    train.add_argument(
+        "--save-steps", type=int, default=defaults.save_steps, help="checkpoint every N steps (0: never)"
+    )
+    train.add_argument(
+        "--max-nonfinite-steps",
+        type=int,
+        default=defaults.max_nonfinite_steps,
+        help="abort after this many consecutive steps with a non-finite loss or gradient norm (each is skipped)",
+    )
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    train.add_argument("--expected-world-size", type=int, default=None,
-                       help="refuse to train unless the launcher started exactly this many processes "
-                            "(default: $PROSPECT_EXPECTED_WORLD_SIZE, else not checked)")
-    train.add_argument("--trl-compat", action="store_true",
-                       help="TRL KTOTrainer's data order, mismatched pairing and truncation, so the run matches TRL's "
-                            "step for step (see INTERFACE.md)")
+    train.add_argument(
+        "--expected-world-size",
+        type=int,
+        default=None,
+        help="refuse to train unless the launcher started exactly this many processes "
+        "(default: $PROSPECT_EXPECTED_WORLD_SIZE, else not checked)",
+    )
+    train.add_argument(
+        "--trl-compat",
+        action="store_true",
+        help="TRL KTOTrainer's data order, mismatched pairing and truncation, so the run matches TRL's "
+        "step for step (see INTERFACE.md)",
+    )
 
     evaluate = commands.add_parser("evaluate", help="loss, reward accuracy and mean rewards on a JSONL file")
     evaluate.add_argument("--model", required=True)
@@ -169,28 +209,43 @@ def run(args: argparse.Namespace) -> dict:
     if args.command == "evaluate":
         from .evaluation import evaluate
 
-        return evaluate(args.model, args.data, reference_dir=args.reference, beta=args.beta,
-                        batch_size=args.batch_size, max_length=args.max_length)
+        return evaluate(
+            args.model,
+            args.data,
+            reference_dir=args.reference,
+            beta=args.beta,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+        )
     if args.command == "score":
         from .evaluation import score
 
-        return score(args.model, args.data, args.out, batch_size=args.batch_size, max_length=args.max_length,
-                     max_prompt_length=args.max_prompt_length, trl_compat=args.trl_compat,
-                     progress=not args.no_progress)
+        return score(
+            args.model,
+            args.data,
+            args.out,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            max_prompt_length=args.max_prompt_length,
+            trl_compat=args.trl_compat,
+            progress=not args.no_progress,
+        )
     if args.command == "generate":
         from .generation import generate_completions
 
         if not Path(args.model).is_dir():
             raise TrainingError(f"--model {args.model}: no such directory")
         prompts = [args.prompt] if args.prompt is not None else _read_prompts(args.prompts)
-        completions = generate_completions(args.model, prompts, max_new_tokens=args.max_new_tokens,
-                                           temperature=args.temperature, seed=args.seed)
+        completions = generate_completions(
+            args.model, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed
+        )
         summary = {"model": args.model, "n": len(prompts), "temperature": args.temperature}
         if args.out:
             out = Path(args.out)
             temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-            temporary.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n"
-                                         for p, c in zip(prompts, completions)))
+            temporary.write_text(
+                "".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in zip(prompts, completions))
+            )
             os.replace(temporary, out)
             summary["out"] = str(out)
         else:

@@ -10,18 +10,19 @@ otherwise pairs are formed from KTO rows sharing a prompt (one desirable with on
 
 Tokenization follows TRL 1.16's KTOTrainer (see ``tokenize_example``).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-
 
 # Part of the reference cache key: bump whenever the token ids this module produces for a row change.
 # 1: prompt and completion tokenized separately, EOS always appended, chat completions as plain text.
@@ -73,13 +74,19 @@ def _check_prompt(prompt: Any, where: str) -> None:
         return
     if isinstance(prompt, list) and prompt:
         for index, message in enumerate(prompt):
-            if not (isinstance(message, dict) and isinstance(message.get("role"), str)
-                    and isinstance(message.get("content"), str)):
-                raise DataError(f"{where}: field 'prompt' message {index} must be an object with string "
-                                f"'role' and 'content', got {json.dumps(message)[:80]}")
+            if not (
+                isinstance(message, dict)
+                and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)
+            ):
+                raise DataError(
+                    f"{where}: field 'prompt' message {index} must be an object with string "
+                    f"'role' and 'content', got {json.dumps(message)[:80]}"
+                )
         return
-    raise DataError(f"{where}: field 'prompt' must be a string or a non-empty list of chat messages, "
-                    f"got {type(prompt).__name__}")
+    raise DataError(
+        f"{where}: field 'prompt' must be a string or a non-empty list of chat messages, got {type(prompt).__name__}"
+    )
 
 
 def _completion(value: Any, field: str, where: str, prompt: Any) -> tuple[str, tuple | None]:
@@ -88,20 +95,28 @@ def _completion(value: Any, field: str, where: str, prompt: Any) -> tuple[str, t
     messages = None
     if isinstance(value, list):
         if not isinstance(prompt, list):
-            raise DataError(f"{where}: field '{field}' is a list of messages but 'prompt' is a string; a "
-                            "conversational row has both as messages (TRL's format), a standard row both as strings")
+            raise DataError(
+                f"{where}: field '{field}' is a list of messages but 'prompt' is a string; a "
+                "conversational row has both as messages (TRL's format), a standard row both as strings"
+            )
         if not value:
             raise DataError(f"{where}: field '{field}' is an empty list of messages")
         for index, message in enumerate(value):
-            if not (isinstance(message, dict) and isinstance(message.get("role"), str)
-                    and isinstance(message.get("content"), str)):
-                raise DataError(f"{where}: field '{field}' message {index} must be an object with string "
-                                f"'role' and 'content', got {json.dumps(message)[:80]}")
+            if not (
+                isinstance(message, dict)
+                and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)
+            ):
+                raise DataError(
+                    f"{where}: field '{field}' message {index} must be an object with string "
+                    f"'role' and 'content', got {json.dumps(message)[:80]}"
+                )
         messages = tuple(dict(message) for message in value)
         value = "".join(message["content"] for message in value)
     if not isinstance(value, str):
-        raise DataError(f"{where}: field '{field}' must be a string or a list of chat messages, "
-                        f"got {type(value).__name__}")
+        raise DataError(
+            f"{where}: field '{field}' must be a string or a list of chat messages, got {type(value).__name__}"
+        )
     if not value.strip():
         raise DataError(f"{where}: field '{field}' is empty")
     return value, messages
@@ -135,8 +150,9 @@ def read_kto_jsonl(path: str | Path) -> list[KTOExample]:
         _check_prompt(row["prompt"], where)
         completion, messages = _completion(row["completion"], "completion", where, row["prompt"])
         if not isinstance(row["label"], bool):
-            raise DataError(f"{where}: field 'label' must be a JSON boolean (true/false), "
-                            f"got {json.dumps(row['label'])}")
+            raise DataError(
+                f"{where}: field 'label' must be a JSON boolean (true/false), got {json.dumps(row['label'])}"
+            )
         examples.append(KTOExample(row["prompt"], completion, row["label"], line_number, messages))
     if not examples:
         raise DataError(f"{path}: no examples")
@@ -170,15 +186,17 @@ def read_preference_pairs(path: str | Path) -> list[PreferencePair]:
             _check_prompt(row["prompt"], where)
             chosen, chosen_messages = _completion(row["chosen"], "chosen", where, row["prompt"])
             rejected, rejected_messages = _completion(row["rejected"], "rejected", where, row["prompt"])
-            pairs.append(PreferencePair(row["prompt"], chosen, rejected, line_number, chosen_messages,
-                                        rejected_messages))
+            pairs.append(
+                PreferencePair(row["prompt"], chosen, rejected, line_number, chosen_messages, rejected_messages)
+            )
         if not pairs:
             raise DataError(f"{path}: no preference pairs")
         return pairs
     pairs = pair_by_prompt(read_kto_jsonl(path))
     if not pairs:
-        raise DataError(f"{path}: no prompt has both a desirable and an undesirable completion, so there is "
-                        "nothing to pair for DPO")
+        raise DataError(
+            f"{path}: no prompt has both a desirable and an undesirable completion, so there is nothing to pair for DPO"
+        )
     return pairs
 
 
@@ -192,8 +210,16 @@ def pair_by_prompt(examples: Sequence[KTOExample]) -> list[PreferencePair]:
     pairs = []
     for key, goods in desirable.items():
         for good, bad in zip(goods, undesirable.get(key, [])):
-            pairs.append(PreferencePair(good.prompt, good.completion, bad.completion, good.line,
-                                        good.completion_messages, bad.completion_messages))
+            pairs.append(
+                PreferencePair(
+                    good.prompt,
+                    good.completion,
+                    bad.completion,
+                    good.line,
+                    good.completion_messages,
+                    bad.completion_messages,
+                )
+            )
     return pairs
 
 
@@ -224,8 +250,13 @@ def _transcript(messages: Sequence[dict]) -> str:
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages)
 
 
-def tokenize_example(tokenizer, prompt: Any, completion: str, completion_messages: Sequence[dict] | None = None,
-                     max_prompt_length: int | None = None) -> tuple[list[int], list[int]]:
+def tokenize_example(
+    tokenizer,
+    prompt: Any,
+    completion: str,
+    completion_messages: Sequence[dict] | None = None,
+    max_prompt_length: int | None = None,
+) -> tuple[list[int], list[int]]:
     """(prompt ids, completion ids) exactly as TRL 1.16's KTOTrainer builds them.
 
     Prompt and prompt+completion are tokenized as whole texts and split where they diverge (TRL's
@@ -258,33 +289,39 @@ def tokenize_example(tokenizer, prompt: Any, completion: str, completion_message
     split = common_prefix_length(prompt_ids, full_ids)
     prompt_ids, completion_ids = prompt_ids[:split], full_ids[split:]
     if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
-        prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length:]
+        prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length :]
     return prompt_ids, completion_ids
 
 
 def _chat_ids(tokenizer, messages: list, add_generation_prompt: bool) -> list[int]:
-    encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                            add_generation_prompt=add_generation_prompt)
+    encoded = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, add_generation_prompt=add_generation_prompt
+    )
     return list(encoded["input_ids"])
 
 
-def tokenize_examples(tokenizer, examples: Sequence[KTOExample], max_prompt_length: int | None = None
-                      ) -> list[TokenizedExample]:
+def tokenize_examples(
+    tokenizer, examples: Sequence[KTOExample], max_prompt_length: int | None = None
+) -> list[TokenizedExample]:
     """Tokenize every example (``tokenize_example``); raise DataError naming the line of a row whose
     completion has no tokens (e.g. a chat template that does not render assistant turns)."""
     tokenized = []
     for example in examples:
-        prompt_ids, completion_ids = tokenize_example(tokenizer, example.prompt, example.completion,
-                                                      example.completion_messages, max_prompt_length)
+        prompt_ids, completion_ids = tokenize_example(
+            tokenizer, example.prompt, example.completion, example.completion_messages, max_prompt_length
+        )
         if not completion_ids:
-            raise DataError(f"line {example.line}: the completion has no tokens after tokenization; the tokenizer's "
-                            "chat template may not render assistant messages")
+            raise DataError(
+                f"line {example.line}: the completion has no tokens after tokenization; the tokenizer's "
+                "chat template may not render assistant messages"
+            )
         tokenized.append(TokenizedExample(tuple(prompt_ids), tuple(completion_ids), example.label))
     return tokenized
 
 
-def join_truncated(prompt_ids: Sequence[int], completion_ids: Sequence[int], max_length: int,
-                   truncation: str = "keep_completion") -> tuple[list[int], int]:
+def join_truncated(
+    prompt_ids: Sequence[int], completion_ids: Sequence[int], max_length: int, truncation: str = "keep_completion"
+) -> tuple[list[int], int]:
     """prompt + completion within max_length. Returns (token ids, number of prompt tokens).
 
     truncation="keep_start" is TRL's: the joined sequence cut at max_length (the completion loses
@@ -302,7 +339,7 @@ def join_truncated(prompt_ids: Sequence[int], completion_ids: Sequence[int], max
         raise ValueError(f"truncation must be 'keep_completion' or 'keep_start', got {truncation!r}")
     completion = list(completion_ids[: max_length - 1]) if prompt_ids else list(completion_ids[:max_length])
     room = max_length - len(completion)
-    prompt = list(prompt_ids[len(prompt_ids) - room:]) if room > 0 else []
+    prompt = list(prompt_ids[len(prompt_ids) - room :]) if room > 0 else []
     return prompt + completion, len(prompt)
 
 
@@ -311,8 +348,13 @@ def fits_trl_max_length(example: TokenizedExample, max_length: int) -> bool:
     return len(example.prompt_ids) < max_length
 
 
-def collate(sequences: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: int, pad_token_id: int,
-            width: int | None = None, truncation: str = "keep_completion") -> dict[str, torch.Tensor]:
+def collate(
+    sequences: Sequence[tuple[Sequence[int], Sequence[int]]],
+    max_length: int,
+    pad_token_id: int,
+    width: int | None = None,
+    truncation: str = "keep_completion",
+) -> dict[str, torch.Tensor]:
     """Right-padded input_ids / attention_mask / completion_mask for (prompt_ids, completion_ids) pairs.
     Right padding keeps positions 0..n-1 for every sequence, so no position ids are needed."""
     joined = [join_truncated(p, c, max_length, truncation) for p, c in sequences]
@@ -323,7 +365,7 @@ def collate(sequences: Sequence[tuple[Sequence[int], Sequence[int]]], max_length
     for row, (ids, n_prompt) in enumerate(joined):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         attention_mask[row, : len(ids)] = 1
-        completion_mask[row, n_prompt: len(ids)] = True
+        completion_mask[row, n_prompt : len(ids)] = True
     return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
 
 
@@ -345,8 +387,9 @@ def mismatched_partners(microbatch_size: int) -> list[int]:
     return [(i + 1) % microbatch_size for i in range(microbatch_size)]
 
 
-def plan_epoch(lengths: Sequence[int], microbatch_size: int, seed: int, epoch: int,
-               bucket_microbatches: int = 16) -> list[list[int]]:
+def plan_epoch(
+    lengths: Sequence[int], microbatch_size: int, seed: int, epoch: int, bucket_microbatches: int = 16
+) -> list[list[int]]:
     """Shuffled, length-bucketed microbatches (lists of example indices) for one epoch.
 
     The data is shuffled with a generator seeded by (seed, epoch) — a different order every epoch,
@@ -361,15 +404,19 @@ def plan_epoch(lengths: Sequence[int], microbatch_size: int, seed: int, epoch: i
     window = microbatch_size * bucket_microbatches
     microbatches = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start: start + window], key=lambda index: -lengths[index])
+        chunk = sorted(order[start : start + window], key=lambda index: -lengths[index])
         for offset in range(0, len(chunk) - microbatch_size + 1, microbatch_size):
-            microbatches.append(chunk[offset: offset + microbatch_size])
+            microbatches.append(chunk[offset : offset + microbatch_size])
     # Leftovers of the windows (at most one partial microbatch each) are regrouped so few are lost.
-    leftovers = [index for start in range(0, len(order), window)
-                 for index in sorted(order[start: start + window], key=lambda index: -lengths[index])
-                 [(len(order[start: start + window]) // microbatch_size) * microbatch_size:]]
+    leftovers = [
+        index
+        for start in range(0, len(order), window)
+        for index in sorted(order[start : start + window], key=lambda index: -lengths[index])[
+            (len(order[start : start + window]) // microbatch_size) * microbatch_size :
+        ]
+    ]
     for offset in range(0, len(leftovers) - microbatch_size + 1, microbatch_size):
-        microbatches.append(leftovers[offset: offset + microbatch_size])
+        microbatches.append(leftovers[offset : offset + microbatch_size])
     rng.shuffle(microbatches)
     return microbatches
 
@@ -385,18 +432,27 @@ def trl_mismatched_partners(microbatch_size: int) -> list[int]:
     return [(i - 1) % microbatch_size for i in range(microbatch_size)]
 
 
-def plan_trl_steps(n_examples: int, microbatch_size: int, world_size: int, gradient_accumulation_steps: int,
-                   num_train_epochs: float, max_steps: int = -1) -> list[tuple[int, list[list[int]]]]:
+def plan_trl_steps(
+    n_examples: int,
+    microbatch_size: int,
+    world_size: int,
+    gradient_accumulation_steps: int,
+    num_train_epochs: float,
+    max_steps: int = -1,
+) -> list[tuple[int, list[list[int]]]]:
     """TRL KTOTrainer's order: its sequential sampler, every epoch the same. Microbatches are
     consecutive rows in file order, the last one possibly smaller (transformers keeps it); a step
     takes gradient_accumulation_steps microbatches, the last step of an epoch the remainder; the
     run has ceil(epochs × steps per epoch) steps (or max_steps), as transformers' Trainer counts."""
     if world_size != 1:
         raise ValueError("--trl-compat runs on one process (TRL's multi-process batch dispatch is not reproduced)")
-    microbatches = [list(range(start, min(start + microbatch_size, n_examples)))
-                    for start in range(0, n_examples, microbatch_size)]
-    epoch_steps = [microbatches[start: start + gradient_accumulation_steps]
-                   for start in range(0, len(microbatches), gradient_accumulation_steps)]
+    microbatches = [
+        list(range(start, min(start + microbatch_size, n_examples))) for start in range(0, n_examples, microbatch_size)
+    ]
+    epoch_steps = [
+        microbatches[start : start + gradient_accumulation_steps]
+        for start in range(0, len(microbatches), gradient_accumulation_steps)
+    ]
     if not epoch_steps:
         return []
     total = max_steps if max_steps > 0 else math.ceil(num_train_epochs * len(epoch_steps))

@@ -9,6 +9,7 @@ Two sets on purpose (SPEC §1):
 Everything else in Prospect (the CLI, ``TrainConfig``, the Django settings, the policy model,
 the README's configuration table) reads its defaults from here. Imports nothing.
 """
+
 from __future__ import annotations
 
 # --- The paper's recommendations (shared/paper/kto-paper.txt) --------------------------------

@@ -9,6 +9,7 @@ Two-digit plus one-digit addition ("What is 37+8?" -> "45"). The model is SFT-tr
 deliberately imperfect (roughly 30-60% held-out exact match): alignment has room to help, and
 the simulated annotator can judge every output, so the whole loop runs with no person and no network.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,14 +19,18 @@ import random
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 # Characters the tokenizer knows: enough for the task and for short free text typed in the web app.
-_CHARACTERS = list("0123456789+-*=?.,:;!'\"()/ \n") + [chr(c) for c in range(ord("a"), ord("z") + 1)] \
+_CHARACTERS = (
+    list("0123456789+-*=?.,:;!'\"()/ \n")
+    + [chr(c) for c in range(ord("a"), ord("z") + 1)]
     + [chr(c) for c in range(ord("A"), ord("Z") + 1)]
+)
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHAT_TEMPLATE = (
     # The demo model was trained on bare questions; a chat prompt renders as BOS + its user turns,
@@ -38,8 +43,14 @@ SECOND_OPERANDS = range(10)  # in about a minute of CPU, still with carries to g
 HELDOUT_FRACTION = 0.2
 
 # The recipe. Changing any of it changes the cache key (testing.py hashes this file).
-MODEL_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
-                   num_key_value_heads=4, max_position_embeddings=64)
+MODEL_SHAPE = dict(
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=64,
+)
 SFT_STEPS = 250
 # Why the model is imperfect: its SFT data is systematically noisy, like real SFT data. For a fixed
 # 42% of all questions (chosen by a hash, so unpredictable from the question) the SFT answer
@@ -104,8 +115,9 @@ def build_tokenizer():
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one token per character
     tokenizer.decoder = decoders.Fuse()  # join characters back without spaces
     tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -137,8 +149,12 @@ def _sft_batch(tokenizer, pairs: Sequence[tuple[int, int]]) -> tuple[torch.Tenso
 # conditional numerical reproducibility and ATen's portable kernels (AVX2 and AVX-512 kernels
 # round differently), so every x86-64 machine builds the same bytes. Timing never enters the
 # recipe (a fixed number of steps, no wall-clock schedule).
-REPRODUCIBLE_BUILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MKL_CBWR": "COMPATIBLE",
-                          "ATEN_CPU_CAPABILITY": "default"}
+REPRODUCIBLE_BUILD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "MKL_CBWR": "COMPATIBLE",
+    "ATEN_CPU_CAPABILITY": "default",
+}
 
 
 def build_demo_model(out_dir: str | Path, seed: int = 0) -> str:
@@ -148,8 +164,13 @@ def build_demo_model(out_dir: str | Path, seed: int = 0) -> str:
     """
     out_dir = Path(out_dir)
     env = dict(os.environ, **REPRODUCIBLE_BUILD_ENV)
-    result = subprocess.run([sys.executable, "-m", "training.kto.demo", str(out_dir), str(seed)], env=env,
-                            cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "training.kto.demo", str(out_dir), str(seed)],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"building the demo model failed:\n{result.stderr[-3000:]}")
     return str(out_dir)
@@ -176,23 +197,30 @@ def _build(out_dir: Path, seed: int) -> str:
 
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         tie_word_embeddings=True, **MODEL_SHAPE)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        **MODEL_SHAPE,
+    )
     model = LlamaForCausalLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=SFT_LEARNING_RATE, weight_decay=0.0)
     # Warm up for 50 steps, then decay linearly to 10%: the annealed end makes the final accuracy
     # depend less on exactly where training stops.
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / 50, 1.0 - 0.9 * step / SFT_STEPS))
+        optimizer, lambda step: min((step + 1) / 50, 1.0 - 0.9 * step / SFT_STEPS)
+    )
     train_pairs = _all_pairs("train")
     rng = random.Random(seed)
     model.train()
     for _ in range(SFT_STEPS):
         input_ids, labels = _sft_batch(tokenizer, rng.sample(train_pairs, SFT_BATCH))
         # Right padding: pad positions come after each sequence and are excluded from the loss.
-        loss = model(input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(),
-                     labels=labels).loss
+        loss = model(
+            input_ids=input_ids, attention_mask=(input_ids != tokenizer.pad_token_id).long(), labels=labels
+        ).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -202,8 +230,11 @@ def _build(out_dir: Path, seed: int) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "demo_model.json").write_text(json.dumps({
-        "task": "addition: 'What is A+B?' -> 'A+B', A in 0..99, B in 0..9", "seed": seed, "sft_steps": SFT_STEPS}))
+    (out_dir / "demo_model.json").write_text(
+        json.dumps(
+            {"task": "addition: 'What is A+B?' -> 'A+B', A in 0..99, B in 0..9", "seed": seed, "sft_steps": SFT_STEPS}
+        )
+    )
     return str(out_dir)
 
 

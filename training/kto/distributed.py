@@ -12,6 +12,7 @@ destructor joins worker threads that may need the GIL to free a tensor: the rank
 Freed while the group is still registered, the wrappers drop only their own reference; the
 group then goes last, through `destroy_process_group`, whose destructor releases the GIL.
 """
+
 from __future__ import annotations
 
 import gc
@@ -56,12 +57,16 @@ def world_size_problem(obtained: int, expected: int) -> str | None:
     if expected < 0:
         return f"--expected-world-size must be 0 (not checked) or a number of processes, got {expected}"
     if expected and obtained != expected:
-        return (f"{expected} training processes were asked for (--expected-world-size / {EXPECTED_WORLD_SIZE_ENV}) "
-                f"but the launcher started {obtained}: refusing to train with a different global batch. "
-                f"Fix: {HOW_TO_LAUNCH_N}.")
+        return (
+            f"{expected} training processes were asked for (--expected-world-size / {EXPECTED_WORLD_SIZE_ENV}) "
+            f"but the launcher started {obtained}: refusing to train with a different global batch. "
+            f"Fix: {HOW_TO_LAUNCH_N}."
+        )
     if not expected and obtained == 1 and _launcher_asked_for_several_processes():
-        return ("accelerate launch was asked for more than one process but started only this one (world size 1): "
-                f"refusing to train with a different global batch than asked. Fix: {HOW_TO_LAUNCH_N}.")
+        return (
+            "accelerate launch was asked for more than one process but started only this one (world size 1): "
+            f"refusing to train with a different global batch than asked. Fix: {HOW_TO_LAUNCH_N}."
+        )
     return None
 
 
@@ -71,8 +76,10 @@ def unsupported_backend_problem(accelerator) -> str | None:
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        return ("DeepSpeed is not supported by this engine yet (its engine steps inside backward and accumulates "
-                "gradients itself); use the FSDP configs in training/kto/accelerate/ to shard a large model")
+        return (
+            "DeepSpeed is not supported by this engine yet (its engine steps inside backward and accumulates "
+            "gradients itself); use the FSDP configs in training/kto/accelerate/ to shard a large model"
+        )
     return None
 
 
@@ -95,7 +102,7 @@ def full_state_dict(accelerator, wrapped) -> dict | None:
         return None
     state = accelerator.get_state_dict(wrapped, unwrap=True)
     prefix = "model."
-    return {name[len(prefix):]: tensor for name, tensor in state.items() if name.startswith(prefix)}
+    return {name[len(prefix) :]: tensor for name, tensor in state.items() if name.startswith(prefix)}
 
 
 def live_wrappers() -> list[str]:

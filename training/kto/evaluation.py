@@ -1,4 +1,5 @@
 """Held-out evaluation (KTO loss, reward accuracy, mean rewards) and per-row scoring of a model."""
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,16 @@ def default_reference(model_dir: str | Path) -> str | None:
 
 
 @torch.no_grad()
-def evaluate(model_dir: str, data_path: str, reference_dir: str | None = None, beta: float = 0.1,
-             batch_size: int = 8, max_length: int = 1024, desirable_weight: float | None = None,
-             undesirable_weight: float | None = None) -> dict:
+def evaluate(
+    model_dir: str,
+    data_path: str,
+    reference_dir: str | None = None,
+    beta: float = 0.1,
+    batch_size: int = 8,
+    max_length: int = 1024,
+    desirable_weight: float | None = None,
+    undesirable_weight: float | None = None,
+) -> dict:
     """Metrics over a KTO JSONL file, microbatch by microbatch in file order (z0 per microbatch,
     exactly as in training). Without a reference, only log-probabilities can be reported."""
     if batch_size < 2:
@@ -42,8 +50,14 @@ def evaluate(model_dir: str, data_path: str, reference_dir: str | None = None, b
     # A CSFT model is scored as it generates: after its desirable control token. The reference
     # (which has no control tokens) scores the plain prompts.
     suffix = tuple(prompt_suffix_ids(model_dir, tokenizer))
-    policy_examples = [kto_data.TokenizedExample(example.prompt_ids + suffix, example.completion_ids, example.label)
-                       for example in examples] if suffix else examples
+    policy_examples = (
+        [
+            kto_data.TokenizedExample(example.prompt_ids + suffix, example.completion_ids, example.label)
+            for example in examples
+        ]
+        if suffix
+        else examples
+    )
     if len(examples) < 2:
         raise TrainingError(f"{data_path}: at least 2 examples are needed to evaluate")
     record = Path(model_dir) / "prospect_training.json"
@@ -65,14 +79,31 @@ def evaluate(model_dir: str, data_path: str, reference_dir: str | None = None, b
         reference = Reference(SequenceLogProbs(load_causal_lm(reference_dir).eval()), disable_adapter=False)
 
     # File order, microbatches of batch_size; a lone last example joins the previous microbatch.
-    chunks = [list(range(start, min(start + batch_size, len(examples)))) for start in range(0, len(examples), batch_size)]
+    chunks = [
+        list(range(start, min(start + batch_size, len(examples)))) for start in range(0, len(examples), batch_size)
+    ]
     if len(chunks) > 1 and len(chunks[-1]) == 1:
         chunks[-2].extend(chunks.pop())
-    totals = {"loss": 0.0, "z0": 0.0, "z0_raw": 0.0, "desirable_reward_sum": 0.0, "desirable_count": 0.0,
-              "undesirable_reward_sum": 0.0, "undesirable_count": 0.0, "correct_count": 0.0}
+    totals = {
+        "loss": 0.0,
+        "z0": 0.0,
+        "z0_raw": 0.0,
+        "desirable_reward_sum": 0.0,
+        "desirable_count": 0.0,
+        "undesirable_reward_sum": 0.0,
+        "undesirable_count": 0.0,
+        "correct_count": 0.0,
+    }
     logps_desirable, logps_undesirable = [], []
-    config = TrainConfig(model=str(model_dir), data=str(data_path), out="", beta=beta, max_length=max_length,
-                         per_device_train_batch_size=batch_size, loss="kto")
+    config = TrainConfig(
+        model=str(model_dir),
+        data=str(data_path),
+        out="",
+        beta=beta,
+        max_length=max_length,
+        per_device_train_batch_size=batch_size,
+        loss="kto",
+    )
     for chunk in chunks:
         batch = build_microbatch(policy_examples, chunk, config, tokenizer.pad_token_id, reference_cache=None)
         if reference is not None and suffix:
@@ -80,8 +111,9 @@ def evaluate(model_dir: str, data_path: str, reference_dir: str | None = None, b
             batch["reference_matched"] = reference.logps(plain["matched"])
             batch["reference_mismatched"] = reference.logps(plain["mismatched"])
         if reference is not None:
-            loss, stats = microbatch_loss(policy, policy, reference, batch, config, class_weights,
-                                          tokenizer.pad_token_id)
+            loss, stats = microbatch_loss(
+                policy, policy, reference, batch, config, class_weights, tokenizer.pad_token_id
+            )
             totals["loss"] += float(loss) * len(chunk)
             for name in totals:
                 if name in stats:
@@ -92,32 +124,51 @@ def evaluate(model_dir: str, data_path: str, reference_dir: str | None = None, b
 
     n = len(examples)
     result = {
-        "model": str(model_dir), "data": str(data_path), "n_examples": n,
-        "n_desirable": len(logps_desirable), "n_undesirable": len(logps_undesirable),
+        "model": str(model_dir),
+        "data": str(data_path),
+        "n_examples": n,
+        "n_desirable": len(logps_desirable),
+        "n_undesirable": len(logps_undesirable),
         "logps_desirable": sum(logps_desirable) / len(logps_desirable) if logps_desirable else None,
         "logps_undesirable": sum(logps_undesirable) / len(logps_undesirable) if logps_undesirable else None,
         "reference": (f"{reference_dir} (adapter disabled)" if adapter else reference_dir),
-        "beta": beta, **class_weights,
+        "beta": beta,
+        **class_weights,
     }
     if reference is None:
         result["note"] = "full weights without a known reference: pass --reference BASE_DIR for loss and rewards"
         return result
     reward_desirable = totals["desirable_reward_sum"] / totals["desirable_count"] if totals["desirable_count"] else None
-    reward_undesirable = (totals["undesirable_reward_sum"] / totals["undesirable_count"]
-                          if totals["undesirable_count"] else None)
+    reward_undesirable = (
+        totals["undesirable_reward_sum"] / totals["undesirable_count"] if totals["undesirable_count"] else None
+    )
     result.update(
-        loss=totals["loss"] / n, z0=totals["z0"] / n, z0_raw=totals["z0_raw"] / n,
-        reward_accuracy=totals["correct_count"] / n, reward_desirable=reward_desirable,
+        loss=totals["loss"] / n,
+        z0=totals["z0"] / n,
+        z0_raw=totals["z0_raw"] / n,
+        reward_accuracy=totals["correct_count"] / n,
+        reward_desirable=reward_desirable,
         reward_undesirable=reward_undesirable,
-        reward_margin=(reward_desirable - reward_undesirable
-                       if reward_desirable is not None and reward_undesirable is not None else None),
+        reward_margin=(
+            reward_desirable - reward_undesirable
+            if reward_desirable is not None and reward_undesirable is not None
+            else None
+        ),
     )
     return result
 
 
 @torch.no_grad()
-def score(model_dir: str, data_path: str, out_path: str, batch_size: int = 8, max_length: int = 1024,
-          max_prompt_length: int | None = None, trl_compat: bool = False, progress: bool = False) -> dict:
+def score(
+    model_dir: str,
+    data_path: str,
+    out_path: str,
+    batch_size: int = 8,
+    max_length: int = 1024,
+    max_prompt_length: int | None = None,
+    trl_compat: bool = False,
+    progress: bool = False,
+) -> dict:
     """For every row of ``data_path`` ({prompt, completion}, TRL standard or conversational), in
     order, write ``{"logp", "n_tokens"}`` to ``out_path``: the sum of the completion tokens'
     log-probabilities under the model and their number — the quantity the loss uses for the row
@@ -140,9 +191,13 @@ def score(model_dir: str, data_path: str, out_path: str, batch_size: int = 8, ma
     from tqdm.auto import tqdm
 
     for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc="scoring", unit="batch"):
-        chunk = order[start: start + batch_size]
-        batch = kto_data.collate([(examples[i].prompt_ids, examples[i].completion_ids) for i in chunk], max_length,
-                                 tokenizer.pad_token_id, truncation=truncation)
+        chunk = order[start : start + batch_size]
+        batch = kto_data.collate(
+            [(examples[i].prompt_ids, examples[i].completion_ids) for i in chunk],
+            max_length,
+            tokenizer.pad_token_id,
+            truncation=truncation,
+        )
         logps, token_counts = scorer(**{key: value.to(device) for key, value in batch.items()})
         for index, logp, count in zip(chunk, logps.tolist(), token_counts.tolist()):
             results[index] = {"logp": logp, "n_tokens": count}
@@ -151,6 +206,11 @@ def score(model_dir: str, data_path: str, out_path: str, batch_size: int = 8, ma
     temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     temporary.write_text("".join(json.dumps(result) + "\n" for result in results))
     os.replace(temporary, out)
-    return {"model": str(model_dir), "data": str(data_path), "out": str(out), "n_rows": len(results),
-            "n_tokens": sum(result["n_tokens"] for result in results),
-            "logp": sum(result["logp"] for result in results)}
+    return {
+        "model": str(model_dir),
+        "data": str(data_path),
+        "out": str(out),
+        "n_rows": len(results),
+        "n_tokens": sum(result["n_tokens"] for result in results),
+        "logp": sum(result["logp"] for result in results),
+    }

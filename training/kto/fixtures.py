@@ -14,6 +14,7 @@ Each is a ``PreTrainedTokenizerFast`` saved with ``save_pretrained``, next to a 
 Everything is deterministic: the corpus is generated here, tokenizer training is single-pass and
 tie-broken by the library, and model weights come from a seeded generator.
 """
+
 from __future__ import annotations
 
 import random
@@ -44,9 +45,11 @@ INST_TEMPLATE = (
 _SUBJECTS = ["the cat", "a robot", "my friend", "the teacher", "our team", "the model", "a student", "the river"]
 _VERBS = ["likes", "answers", "reads", "writes", "finds", "says", "asks", "counts"]
 _OBJECTS = ["the answer", "a question", "yes", "no", "the number", "a short story", "the sum", "the truth"]
-_EXTRA = ("Answer: yes. Answer: no. Is it true? Yes, it is. No, it is not. What is the capital of France? "
-          "Paris. Please explain briefly. Sure! Here is a short answer. I don't know. Thanks, that helps. "
-          "The quick brown fox jumps over the lazy dog. Hello, how are you today? I am fine, thank you.")
+_EXTRA = (
+    "Answer: yes. Answer: no. Is it true? Yes, it is. No, it is not. What is the capital of France? "
+    "Paris. Please explain briefly. Sure! Here is a short answer. I don't know. Thanks, that helps. "
+    "The quick brown fox jumps over the lazy dog. Hello, how are you today? I am fine, thank you."
+)
 
 
 def corpus(n_lines: int = 1500, seed: int = 0) -> list[str]:
@@ -55,9 +58,11 @@ def corpus(n_lines: int = 1500, seed: int = 0) -> list[str]:
     lines = [_EXTRA] * 20
     for index in range(n_lines):
         a, b = rng.randrange(100), rng.randrange(10)
-        sentence = (f"{rng.choice(_SUBJECTS).capitalize()} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}. "
-                    f"What is {a}+{b}? Answer: {a + b}. Is {a}+{b}={a + b + rng.choice([0, 1])}? "
-                    f"{rng.choice(['Yes', 'No', 'yes', 'no'])}.")
+        sentence = (
+            f"{rng.choice(_SUBJECTS).capitalize()} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}. "
+            f"What is {a}+{b}? Answer: {a + b}. Is {a}+{b}={a + b + rng.choice([0, 1])}? "
+            f"{rng.choice(['Yes', 'No', 'yes', 'no'])}."
+        )
         # Chat markup as plain text too, so the templates' words are tokens rather than characters.
         if index % 3 == 0:
             sentence = f"system\nBe brief.\nuser\n{sentence}\nassistant\n{rng.choice(['yes', 'no'])}"
@@ -77,12 +82,20 @@ def build_tokenizer(family: str, vocab_size: int = 600):
         tokenizer = Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         tokenizer.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=specials,
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
         tokenizer.train_from_iterator(corpus(), trainer)
         tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-        fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>",
-                                       pad_token="<|endoftext|>", additional_special_tokens=specials[1:])
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tokenizer,
+            eos_token="<|endoftext|>",
+            pad_token="<|endoftext|>",
+            additional_special_tokens=specials[1:],
+        )
         fast.chat_template = CHATML_TEMPLATE
     elif family == "sentencepiece":
         specials = ["<unk>", "<s>", "</s>"]
@@ -92,19 +105,24 @@ def build_tokenizer(family: str, vocab_size: int = 600):
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
         tokenizer.train_from_iterator(corpus(), trainer)
         bos_id = tokenizer.token_to_id("<s>")
-        tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                                 special_tokens=[("<s>", bos_id)])
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
+        )
         # Llama 2 / Mistral ship without a pad token; trainers pad with EOS (masked out everywhere).
-        fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
-                                       unk_token="<unk>")
+        fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
         fast.chat_template = INST_TEMPLATE
     else:
         raise ValueError(f"unknown tokenizer family {family!r}; choose from {TOKENIZER_FAMILIES}")
     return fast
 
 
-def tiny_config(architecture: str, vocab_size: int, bos_token_id: int | None = None,
-                eos_token_id: int | None = None, pad_token_id: int | None = None):
+def tiny_config(
+    architecture: str,
+    vocab_size: int,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+):
     """A tiny config of a real architecture, dropout off, with its logit post-processing made
     large enough to matter (soft-capping at 2, logit scale 4, logits scaling 1/4) so that a log-prob
     computed without it is visibly wrong."""
@@ -114,11 +132,30 @@ def tiny_config(architecture: str, vocab_size: int, bos_token_id: int | None = N
         raise ValueError(f"unknown architecture {architecture!r}; choose from {ARCHITECTURES}")
     tokens = dict(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
     if architecture == "gpt2":
-        return AutoConfig.for_model("gpt2", vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=256,
-                                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.2, **tokens)
-    shape = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2,
-                 attention_dropout=0.0)
+        return AutoConfig.for_model(
+            "gpt2",
+            vocab_size=vocab_size,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=256,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            initializer_range=0.2,
+            **tokens,
+        )
+    shape = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.2,
+        attention_dropout=0.0,
+    )
     extra = {
         "gemma2": dict(head_dim=8, final_logit_softcapping=2.0),
         "gemma3_text": dict(head_dim=8, final_logit_softcapping=2.0),
@@ -142,8 +179,9 @@ def build_tiny_model(architecture: str, tokenizer, seed: int = 0, vocab_rows: in
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
-def build_fixture_model(out_dir: str | Path, family: str, architecture: str, seed: int = 0,
-                        vocab_rows: int | None = None) -> str:
+def build_fixture_model(
+    out_dir: str | Path, family: str, architecture: str, seed: int = 0, vocab_rows: int | None = None
+) -> str:
     """Tokenizer of ``family`` + tiny random ``architecture`` model, saved in ``out_dir``."""
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer(family)

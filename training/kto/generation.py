@@ -1,9 +1,11 @@
 """Sampling completions from a model directory (full weights or a LoRA adapter)."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -65,23 +67,33 @@ def generate_completions(
     completions: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
-            texts_and_flags = [prompt_text(tokenizer, prompt) for prompt in prompts[start: start + batch_size]]
+            texts_and_flags = [prompt_text(tokenizer, prompt) for prompt in prompts[start : start + batch_size]]
             suffix = list(getattr(tokenizer, "prospect_prompt_suffix_ids", []))
-            encoded = [tokenizer(text, add_special_tokens=not templated)["input_ids"] + suffix
-                       for text, templated in texts_and_flags]
+            encoded = [
+                tokenizer(text, add_special_tokens=not templated)["input_ids"] + suffix
+                for text, templated in texts_and_flags
+            ]
             width = max(len(ids) for ids in encoded)
             input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
             attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
             for row, ids in enumerate(encoded):
-                input_ids[row, width - len(ids):] = torch.tensor(ids)
-                attention_mask[row, width - len(ids):] = 1
-            sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} \
-                if temperature > 0 else {"do_sample": False}
+                input_ids[row, width - len(ids) :] = torch.tensor(ids)
+                attention_mask[row, width - len(ids) :] = 1
+            sampling = (
+                {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+                if temperature > 0
+                else {"do_sample": False}
+            )
             if getattr(tokenizer, "prospect_suppressed_ids", None):
                 sampling["suppress_tokens"] = list(tokenizer.prospect_suppressed_ids)
-            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                    max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                    eos_token_id=tokenizer.eos_token_id, **sampling)
+            output = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **sampling,
+            )
             completions.extend(tokenizer.batch_decode(output[:, width:], skip_special_tokens=True))
     finally:
         torch.set_rng_state(generator_state)

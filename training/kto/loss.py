@@ -23,6 +23,7 @@ VARIANTS below is the one list of losses: the trainer, the CLI's choices, the tr
 choices and the docs read it. Adding a loss = a formula here, a row in VARIANTS, and its branch
 in trainer.microbatch_loss.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,21 +47,42 @@ class LossVariant:
         return self.rows == "pairs"
 
 
-VARIANTS: dict[str, LossVariant] = {variant.name: variant for variant in (
-    LossVariant("kto", True, True, "all", False, "λ_y − v(x,y), v = λσ(±β(r − z0)); §4.1, Eq. 6"),
-    LossVariant("no_z0", True, False, "all", False, "KTO with z0 = 0; Table 2 ablation"),
-    LossVariant("concave", True, True, "all", False, "−λ_y log σ(±β(r − z0)) in place of 1 − σ; Table 2 ablation"),
-    LossVariant("risk_neutral", True, True, "all", False, "identity value λ_y·β(±(r − z0)); Table 2 ablation"),
-    LossVariant("reference_free", False, True, "all", False, "π_ref uniform (\"no π_ref\"); Table 2 ablation"),
-    LossVariant("sft", False, False, "desirable", False, "token-mean NLL of the desirable completions; §3.3"),
-    LossVariant("dpo", True, False, "pairs", False, "−log σ(β(r_w − r_l)); Eq. 3, §3.3"),
-    LossVariant("slic", False, False, "pairs", False,
-                "max(0, δ − log π_θ(y_w|x)/π_θ(y_l|x)) − λ_reg log π_θ(y_w|x); §3.3, Appendix C"),
-    LossVariant("ppo_offline", True, False, "all", True,
-                "−min(q A, clip(q, 1±ε) A) per token, q = π_θ/π_ref, A = ±1; §3.3 \"PPO (offline)\""),
-    LossVariant("csft", False, False, "all", False,
-                "NLL after a <|good|>/<|bad|> control token; <|good|> at inference; §3.3, Appendix C"),
-)}
+VARIANTS: dict[str, LossVariant] = {
+    variant.name: variant
+    for variant in (
+        LossVariant("kto", True, True, "all", False, "λ_y − v(x,y), v = λσ(±β(r − z0)); §4.1, Eq. 6"),
+        LossVariant("no_z0", True, False, "all", False, "KTO with z0 = 0; Table 2 ablation"),
+        LossVariant("concave", True, True, "all", False, "−λ_y log σ(±β(r − z0)) in place of 1 − σ; Table 2 ablation"),
+        LossVariant("risk_neutral", True, True, "all", False, "identity value λ_y·β(±(r − z0)); Table 2 ablation"),
+        LossVariant("reference_free", False, True, "all", False, 'π_ref uniform ("no π_ref"); Table 2 ablation'),
+        LossVariant("sft", False, False, "desirable", False, "token-mean NLL of the desirable completions; §3.3"),
+        LossVariant("dpo", True, False, "pairs", False, "−log σ(β(r_w − r_l)); Eq. 3, §3.3"),
+        LossVariant(
+            "slic",
+            False,
+            False,
+            "pairs",
+            False,
+            "max(0, δ − log π_θ(y_w|x)/π_θ(y_l|x)) − λ_reg log π_θ(y_w|x); §3.3, Appendix C",
+        ),
+        LossVariant(
+            "ppo_offline",
+            True,
+            False,
+            "all",
+            True,
+            '−min(q A, clip(q, 1±ε) A) per token, q = π_θ/π_ref, A = ±1; §3.3 "PPO (offline)"',
+        ),
+        LossVariant(
+            "csft",
+            False,
+            False,
+            "all",
+            False,
+            "NLL after a <|good|>/<|bad|> control token; <|good|> at inference; §3.3, Appendix C",
+        ),
+    )
+}
 LOSS_TYPES = tuple(VARIANTS)
 # The losses built on KTO's value function (kto_loss below).
 KTO_VALUES = ("kto", "no_z0", "concave", "risk_neutral", "reference_free")

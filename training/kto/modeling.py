@@ -1,4 +1,5 @@
 """Loading models and computing per-sequence completion log-probabilities efficiently."""
+
 from __future__ import annotations
 
 import hashlib
@@ -81,8 +82,9 @@ class SequenceLogProbs(nn.Module):
         super().__init__()
         self.model = model
 
-    def token_logps(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                    completion_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def token_logps(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, completion_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per completion token: log π(token | prefix) (flat, row-major over the batch), the row each
         belongs to, and the boolean (batch, seq-1) mask of positions t whose next token t+1 is scored."""
         # Position t predicts token t+1; keep the positions whose next token is a completion token.
@@ -91,21 +93,28 @@ class SequenceLogProbs(nn.Module):
         keep[:, :-1] = predicts_completion
         # attention_mask may be None when the batch has no padding (decided on the host by the
         # collator, so no device sync here): attention then takes its fastest path.
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                            logits_to_keep=keep).logits
+        logits = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep
+        ).logits
         targets = input_ids[:, 1:][predicts_completion]
         if logits.dim() != 2 or logits.shape[0] != targets.shape[0]:
             raise UnsupportedModelError(
                 f"{_model_type(self.model)}: its forward() ignores a boolean logits_to_keep mask (logits of shape "
                 f"{tuple(logits.shape)} for {targets.shape[0]} kept positions), so the engine cannot compute "
-                "completion log-probabilities the way the model does; this architecture is not supported")
+                "completion log-probabilities the way the model does; this architecture is not supported"
+            )
         token_logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         rows = rows.unsqueeze(1).expand_as(predicts_completion)[predicts_completion]
         return token_logps, rows, predicts_completion
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, completion_mask: torch.Tensor,
-                per_token: bool = False):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        completion_mask: torch.Tensor,
+        per_token: bool = False,
+    ):
         token_logps, rows, predicts_completion = self.token_logps(input_ids, attention_mask, completion_mask)
         logps = torch.zeros(input_ids.shape[0], device=input_ids.device, dtype=token_logps.dtype)
         logps = logps.index_add(0, rows, token_logps)
@@ -143,4 +152,5 @@ class SequenceLogProbs(nn.Module):
             raise UnsupportedModelError(
                 f"{_model_type(self.model)}: completion log-probabilities computed on kept positions differ from "
                 f"log_softmax of the model's own forward() logits by up to {difference:.3g}; the engine cannot "
-                "reproduce this architecture exactly, so it refuses to train or score it")
+                "reproduce this architecture exactly, so it refuses to train or score it"
+            )

@@ -1,5 +1,6 @@
 """Helpers for test suites: the demo model and the tokenizer-family fixtures (fixtures.py), each built
 once and cached across sessions and processes."""
+
 from __future__ import annotations
 
 import fcntl
@@ -23,16 +24,19 @@ def get_or_build_demo_model() -> str:
     return _get_or_build("demo-model", Path(demo.__file__), demo.build_demo_model)
 
 
-def get_or_build_fixture_model(family: str = "bpe", architecture: str = "llama", vocab_rows: int | None = None,
-                               seed: int = 0) -> str:
+def get_or_build_fixture_model(
+    family: str = "bpe", architecture: str = "llama", vocab_rows: int | None = None, seed: int = 0
+) -> str:
     """Path of a tokenizer-family fixture: ``family`` in TOKENIZER_FAMILIES ("bpe": byte-level BPE
     with a ChatML template; "sentencepiece": Metaspace BPE with BOS and an [INST] template), a tiny
     random ``architecture`` model on it, ``vocab_rows`` embedding rows (default: the tokenizer's
     size; e.g. 32000 for a realistic LM head). Built in seconds, cached like the demo model."""
     name = f"fixture-{family}-{architecture}-v{vocab_rows or 0}-s{seed}"
-    return _get_or_build(name, Path(fixtures.__file__),
-                         lambda out: fixtures.build_fixture_model(out, family, architecture, seed=seed,
-                                                                  vocab_rows=vocab_rows))
+    return _get_or_build(
+        name,
+        Path(fixtures.__file__),
+        lambda out: fixtures.build_fixture_model(out, family, architecture, seed=seed, vocab_rows=vocab_rows),
+    )
 
 
 def _get_or_build(name: str, recipe: Path, build) -> str:

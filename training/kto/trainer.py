@@ -22,6 +22,7 @@ Launch:
 Runs on one process, or on N under `accelerate launch` (each process takes its slice of every
 global microbatch; z0 is all-reduced inside loss.reference_point).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,6 +62,7 @@ class NonFiniteError(TrainingError):
 class TrainConfig:
     """Options named as TRL's KTOConfig fields where one exists, with TRL's defaults (defaults.py).
     The training policy passes the paper's values explicitly."""
+
     model: str
     data: str
     out: str
@@ -102,11 +104,35 @@ class TrainConfig:
     trl_compat: bool = False
 
     # Fields that change the result: a resumed run must match the original on these.
-    RESULT_FIELDS = ("model", "data", "loss", "beta", "learning_rate", "per_device_train_batch_size",
-                     "gradient_accumulation_steps", "num_train_epochs", "max_steps", "max_length", "max_prompt_length",
-                     "desirable_weight", "undesirable_weight", "target_ratio", "balance_mode",
-                     "warmup_ratio", "weight_decay", "max_grad_norm", "seed", "lora", "lora_r",
-                     "lora_alpha", "lora_dropout", "reference", "z0_zero", "keep_dropout", "trl_compat")
+    RESULT_FIELDS = (
+        "model",
+        "data",
+        "loss",
+        "beta",
+        "learning_rate",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "num_train_epochs",
+        "max_steps",
+        "max_length",
+        "max_prompt_length",
+        "desirable_weight",
+        "undesirable_weight",
+        "target_ratio",
+        "balance_mode",
+        "warmup_ratio",
+        "weight_decay",
+        "max_grad_norm",
+        "seed",
+        "lora",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "reference",
+        "z0_zero",
+        "keep_dropout",
+        "trl_compat",
+    )
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -140,8 +166,9 @@ def resolve_class_weights(config: TrainConfig, n_desirable: int, n_undesirable: 
         weights = balance_weights(n_desirable, n_undesirable, manual=(desirable, undesirable))
         return weights.to_dict()
     try:
-        weights = balance_weights(n_desirable, n_undesirable, target_ratio=config.target_ratio,
-                                  mode=config.balance_mode)
+        weights = balance_weights(
+            n_desirable, n_undesirable, target_ratio=config.target_ratio, mode=config.balance_mode
+        )
     except ValueError as error:
         if n_desirable and n_undesirable:
             raise TrainingError(str(error)) from None
@@ -160,18 +187,24 @@ def resolve_class_weights(config: TrainConfig, n_desirable: int, n_undesirable: 
 # Microbatches: built on the host, moved to the device just before use.
 
 
-def _tensors(examples: list[kto_data.TokenizedExample], keys: list[tuple[int, int]], config: TrainConfig,
-             pad_token_id: int) -> dict[str, Any]:
+def _tensors(
+    examples: list[kto_data.TokenizedExample], keys: list[tuple[int, int]], config: TrainConfig, pad_token_id: int
+) -> dict[str, Any]:
     """Collate sequences named by (prompt example, completion example) keys."""
-    batch = kto_data.collate([(examples[i].prompt_ids, examples[j].completion_ids) for i, j in keys],
-                             config.max_length, pad_token_id,
-                             truncation="keep_start" if config.trl_compat else "keep_completion")
+    batch = kto_data.collate(
+        [(examples[i].prompt_ids, examples[j].completion_ids) for i, j in keys],
+        config.max_length,
+        pad_token_id,
+        truncation="keep_start" if config.trl_compat else "keep_completion",
+    )
     if bool(batch["attention_mask"].all()):
         batch["attention_mask"] = None  # no padding: decided here on the host, no device sync later
     return batch
 
 
-def microbatch_keys(local_indices: list[int], config: TrainConfig) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+def microbatch_keys(
+    local_indices: list[int], config: TrainConfig
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """The (prompt, completion) example indices of one microbatch: matched (x_i, y_i) and, for the
     losses with a reference point, mismatched (x_i, y_{(i+1) mod m}). Used both to build the
     microbatch and to plan which reference log-probs to precompute, so the two always agree."""
@@ -180,8 +213,11 @@ def microbatch_keys(local_indices: list[int], config: TrainConfig) -> tuple[list
         return [(2 * k, 2 * k) for k in local_indices] + [(2 * k + 1, 2 * k + 1) for k in local_indices], []
     matched = [(i, i) for i in local_indices]
     if config.uses_mismatched:
-        partners = (kto_data.trl_mismatched_partners(len(local_indices)) if config.trl_compat
-                    else kto_data.mismatched_partners(len(local_indices)))
+        partners = (
+            kto_data.trl_mismatched_partners(len(local_indices))
+            if config.trl_compat
+            else kto_data.mismatched_partners(len(local_indices))
+        )
         return matched, [(local_indices[i], local_indices[j]) for i, j in enumerate(partners)]
     return matched, []
 
@@ -202,8 +238,9 @@ def sequence_keys(batch: dict[str, Any]) -> list[str]:
     return keys
 
 
-def build_microbatch(examples, local_indices: list[int], config: TrainConfig, pad_token_id: int,
-                     reference_cache: dict | None) -> dict[str, Any]:
+def build_microbatch(
+    examples, local_indices: list[int], config: TrainConfig, pad_token_id: int, reference_cache: dict | None
+) -> dict[str, Any]:
     """Everything one microbatch needs. For KTO: the matched sequences (x_i, y_i), the mismatched
     ones (x_i, y_{(i+1) mod m}) built from this very microbatch, and cached reference log-probs."""
     matched_keys, mismatched_keys = microbatch_keys(local_indices, config)
@@ -212,22 +249,27 @@ def build_microbatch(examples, local_indices: list[int], config: TrainConfig, pa
         "mismatched": _tensors(examples, mismatched_keys, config, pad_token_id) if mismatched_keys else None,
         "is_desirable": torch.tensor([examples[i].label for i, _ in matched_keys]),
         "n_examples": len(matched_keys),
-        "n_tokens": sum(min(len(examples[i].prompt_ids) + len(examples[j].completion_ids), config.max_length)
-                        for i, j in matched_keys),
+        "n_tokens": sum(
+            min(len(examples[i].prompt_ids) + len(examples[j].completion_ids), config.max_length)
+            for i, j in matched_keys
+        ),
     }
     if reference_cache is not None:
         batch["reference_matched"] = torch.tensor([reference_cache[key] for key in sequence_keys(batch["matched"])])
         if mismatched_keys:
             batch["reference_mismatched"] = torch.tensor(
-                [reference_cache[key] for key in sequence_keys(batch["mismatched"])])
+                [reference_cache[key] for key in sequence_keys(batch["mismatched"])]
+            )
     return batch
 
 
 def _to_device(tensors: dict | None, device) -> dict | None:
     if tensors is None:
         return None
-    return {key: (value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value)
-            for key, value in tensors.items()}
+    return {
+        key: (value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value)
+        for key, value in tensors.items()
+    }
 
 
 def _concat_sequences(first: dict, second: dict, pad_token_id: int) -> dict:
@@ -304,22 +346,31 @@ def reference_cache_path(data_path: str, identity: dict) -> Path:
     return data_path.parent / f"{data_path.name}.prospect-ref" / f"{name}.pt"
 
 
-def precompute_reference_logps(reference: Reference, examples, keys: list[tuple[int, int]], config: TrainConfig,
-                               pad_token_id: int, device, autocast, batch_size: int) -> dict:
+def precompute_reference_logps(
+    reference: Reference,
+    examples,
+    keys: list[tuple[int, int]],
+    config: TrainConfig,
+    pad_token_id: int,
+    device,
+    autocast,
+    batch_size: int,
+) -> dict:
     """log π_ref for (prompt example, completion example) index keys, in length-sorted batches;
     returned by sequence key (see sequence_keys)."""
     ordered = sorted(keys, key=lambda key: len(examples[key[0]].prompt_ids) + len(examples[key[1]].completion_ids))
     values: dict[str, float] = {}
     for start in range(0, len(ordered), batch_size):
-        host_batch = _tensors(examples, ordered[start: start + batch_size], config, pad_token_id)
+        host_batch = _tensors(examples, ordered[start : start + batch_size], config, pad_token_id)
         with autocast():
             logps = reference.logps(_to_device(host_batch, device)).float().cpu().tolist()
         values.update(zip(sequence_keys(host_batch), logps))
     return values
 
 
-def load_or_precompute_reference(reference, examples, index_keys: set[tuple[int, int]], config, pad_token_id,
-                                 accelerator, batch_size, identity: dict) -> tuple[dict, dict]:
+def load_or_precompute_reference(
+    reference, examples, index_keys: set[tuple[int, int]], config, pad_token_id, accelerator, batch_size, identity: dict
+) -> tuple[dict, dict]:
     """Reference log-probs from the cache next to the data, computing (and adding) what is missing.
     The main process computes and writes; the others read after it."""
     path = reference_cache_path(config.data, identity)
@@ -342,8 +393,18 @@ def load_or_precompute_reference(reference, examples, index_keys: set[tuple[int,
         missing = [index_key for key, index_key in wanted.items() if key not in cached]
         info["hits"] = len(wanted) - len(missing)
         if missing and accelerator.is_main_process:
-            cached.update(precompute_reference_logps(reference, examples, missing, config, pad_token_id,
-                                                     accelerator.device, accelerator.autocast, batch_size))
+            cached.update(
+                precompute_reference_logps(
+                    reference,
+                    examples,
+                    missing,
+                    config,
+                    pad_token_id,
+                    accelerator.device,
+                    accelerator.autocast,
+                    batch_size,
+                )
+            )
             info["computed"] = len(missing)
             path.parent.mkdir(parents=True, exist_ok=True)
             temporary = path.with_suffix(f".tmp-{os.getpid()}")
@@ -356,8 +417,15 @@ def load_or_precompute_reference(reference, examples, index_keys: set[tuple[int,
 # One microbatch: loss and statistics
 
 
-def microbatch_loss(policy, policy_unwrapped: SequenceLogProbs, reference: Reference | None, batch: dict,
-                    config: TrainConfig, class_weights: dict, pad_token_id: int) -> tuple[torch.Tensor, dict]:
+def microbatch_loss(
+    policy,
+    policy_unwrapped: SequenceLogProbs,
+    reference: Reference | None,
+    batch: dict,
+    config: TrainConfig,
+    class_weights: dict,
+    pad_token_id: int,
+) -> tuple[torch.Tensor, dict]:
     """The loss of one microbatch (already on the device) and its detached statistics.
 
     No-grad work comes first and in as few forward calls as possible: the reference scores matched
@@ -376,8 +444,10 @@ def microbatch_loss(policy, policy_unwrapped: SequenceLogProbs, reference: Refer
         advantages = torch.where(is_desirable, 1.0, -1.0).to(policy_tokens).repeat_interleave(token_counts)
         loss = kto_loss.ppo_offline_loss(policy_tokens, reference_tokens, advantages, defaults.PPO_CLIP_EPSILON)
         rewards = torch.zeros_like(policy_logps).index_add(
-            0, torch.arange(n_matched, device=policy_logps.device).repeat_interleave(token_counts),
-            (policy_tokens - reference_tokens).detach().float())
+            0,
+            torch.arange(n_matched, device=policy_logps.device).repeat_interleave(token_counts),
+            (policy_tokens - reference_tokens).detach().float(),
+        )
         stats = kto_loss.reward_statistics(rewards, is_desirable, zero)
         stats.update(z0=zero, z0_raw=zero)
         return loss, stats
@@ -401,14 +471,16 @@ def microbatch_loss(policy, policy_unwrapped: SequenceLogProbs, reference: Refer
         return loss, stats
     if config.loss == "dpo":
         half = n_matched // 2
-        loss, stats = kto_loss.dpo_loss(policy_logps[:half], policy_logps[half:],
-                                        reference_matched[:half], reference_matched[half:], config.beta)
+        loss, stats = kto_loss.dpo_loss(
+            policy_logps[:half], policy_logps[half:], reference_matched[:half], reference_matched[half:], config.beta
+        )
         stats.update(z0=zero, z0_raw=zero)
         return loss, stats
     if config.loss == "slic":
         half = n_matched // 2
-        loss, stats = kto_loss.slic_loss(policy_logps[:half], policy_logps[half:], defaults.SLIC_DELTA,
-                                         defaults.SLIC_REGULARIZATION)
+        loss, stats = kto_loss.slic_loss(
+            policy_logps[:half], policy_logps[half:], defaults.SLIC_DELTA, defaults.SLIC_REGULARIZATION
+        )
         stats.update(z0=zero, z0_raw=zero)
         return loss, stats
 
@@ -421,11 +493,20 @@ def microbatch_loss(policy, policy_unwrapped: SequenceLogProbs, reference: Refer
     if mismatched is None:  # no_z0, or --z0-zero
         z0 = z0_raw = zero
     else:
-        z0, z0_raw = kto_loss.reference_point(mismatched_policy, reference_mismatched,
-                                              clamp=config.loss != "reference_free")
+        z0, z0_raw = kto_loss.reference_point(
+            mismatched_policy, reference_mismatched, clamp=config.loss != "reference_free"
+        )
     value = config.loss if config.loss in ("concave", "risk_neutral") else "kto"
-    loss, stats = kto_loss.kto_loss(policy_logps, reference_matched, is_desirable, z0, config.beta,
-                                    class_weights["desirable_weight"], class_weights["undesirable_weight"], value)
+    loss, stats = kto_loss.kto_loss(
+        policy_logps,
+        reference_matched,
+        is_desirable,
+        z0,
+        config.beta,
+        class_weights["desirable_weight"],
+        class_weights["undesirable_weight"],
+        value,
+    )
     stats.update(z0=z0, z0_raw=z0_raw)
     return loss, stats
 
@@ -449,8 +530,9 @@ def prepare_examples(config: TrainConfig, tokenizer) -> tuple[list[kto_data.Toke
     if variant.rows == "desirable":
         examples = [example for example in examples if example.label]
         if not examples:
-            raise TrainingError(f"{config.data}: the {config.loss} baseline trains on desirable examples and "
-                                "there are none")
+            raise TrainingError(
+                f"{config.data}: the {config.loss} baseline trains on desirable examples and there are none"
+            )
     tokenized = kto_data.tokenize_examples(tokenizer, examples, config.max_prompt_length)
     if config.trl_compat:
         tokenized = [example for example in tokenized if kto_data.fits_trl_max_length(example, config.max_length)]
@@ -458,8 +540,12 @@ def prepare_examples(config: TrainConfig, tokenizer) -> tuple[list[kto_data.Toke
         # Conditional SFT: the label's control token ends the prompt, so the completion is learnt
         # "given <|good|>" or "given <|bad|>"; generation then appends <|good|> (csft_control_ids).
         control_ids = dict(zip((True, False), csft_control_ids(tokenizer)))
-        tokenized = [kto_data.TokenizedExample(example.prompt_ids + (control_ids[example.label],),
-                                               example.completion_ids, example.label) for example in tokenized]
+        tokenized = [
+            kto_data.TokenizedExample(
+                example.prompt_ids + (control_ids[example.label],), example.completion_ids, example.label
+            )
+            for example in tokenized
+        ]
     n_desirable = sum(example.label for example in tokenized)
     return tokenized, n_desirable, len(tokenized) - n_desirable
 
@@ -489,12 +575,22 @@ def plan_steps(examples, config: TrainConfig, world_size: int) -> list[tuple[int
     resumed run replays exactly the same order."""
     micro = config.per_device_train_batch_size * world_size
     if config.trl_compat:
-        return kto_data.plan_trl_steps(len(examples), config.per_device_train_batch_size, world_size,
-                                       config.gradient_accumulation_steps, config.num_train_epochs, config.max_steps)
+        return kto_data.plan_trl_steps(
+            len(examples),
+            config.per_device_train_batch_size,
+            world_size,
+            config.gradient_accumulation_steps,
+            config.num_train_epochs,
+            config.max_steps,
+        )
     if config.variant.paired:
-        lengths = [max(kto_data.sequence_length(examples[2 * k], config.max_length),
-                       kto_data.sequence_length(examples[2 * k + 1], config.max_length))
-                   for k in range(len(examples) // 2)]
+        lengths = [
+            max(
+                kto_data.sequence_length(examples[2 * k], config.max_length),
+                kto_data.sequence_length(examples[2 * k + 1], config.max_length),
+            )
+            for k in range(len(examples) // 2)
+        ]
     else:
         lengths = [kto_data.sequence_length(example, config.max_length) for example in examples]
     steps = []
@@ -503,7 +599,7 @@ def plan_steps(examples, config: TrainConfig, world_size: int) -> list[tuple[int
         if epoch + 1 > config.num_train_epochs:  # a fractional last epoch
             microbatches = microbatches[: int(len(microbatches) * (config.num_train_epochs - epoch))]
         for start in range(0, len(microbatches), config.gradient_accumulation_steps):
-            steps.append((epoch, microbatches[start: start + config.gradient_accumulation_steps]))
+            steps.append((epoch, microbatches[start : start + config.gradient_accumulation_steps]))
     if config.max_steps > 0:
         steps = steps[: config.max_steps]
     return steps
@@ -540,8 +636,9 @@ def _set_rng_state(state: dict) -> None:
         numpy.random.set_state((name, keys.numpy().astype("uint32"), position, has_gauss, cached_gaussian))
 
 
-def save_checkpoint(out: Path, step: int, epoch: int, model, optimizer, scheduler, accelerator, tokenizer,
-                    skipped_steps: int = 0) -> Path:
+def save_checkpoint(
+    out: Path, step: int, epoch: int, model, optimizer, scheduler, accelerator, tokenizer, skipped_steps: int = 0
+) -> Path:
     """OUT/checkpoints/step-N/: weights or adapter, optimizer, scheduler, RNG, step and data position.
     Written under a temporary name and renamed, so a checkpoint directory is always complete."""
     final = out / "checkpoints" / f"step-{step}"
@@ -565,8 +662,9 @@ def save_checkpoint(out: Path, step: int, epoch: int, model, optimizer, schedule
     if accelerator.is_main_process:
         # Data position: steps are planned deterministically from the seed, so the step count
         # (with the epoch, for readers) pins the data order exactly.
-        (temporary / "trainer_state.json").write_text(json.dumps({"step": step, "epoch": epoch,
-                                                                "skipped_steps": skipped_steps}))
+        (temporary / "trainer_state.json").write_text(
+            json.dumps({"step": step, "epoch": epoch, "skipped_steps": skipped_steps})
+        )
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)
     accelerator.wait_for_everyone()
@@ -579,8 +677,9 @@ def load_plain(path: Path):
     try:
         return torch.load(path, weights_only=True)
     except pickle.UnpicklingError as error:
-        raise TrainingError(f"{path}: refused to load, it holds more than tensors and plain values "
-                            f"({str(error).splitlines()[0][:200]})") from None
+        raise TrainingError(
+            f"{path}: refused to load, it holds more than tensors and plain values ({str(error).splitlines()[0][:200]})"
+        ) from None
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -608,8 +707,9 @@ def load_checkpoint_weights(model, checkpoint: Path) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - set(dict(model.named_parameters()))
     if unexpected or [name for name in missing if name not in tied and "lm_head" not in name]:
-        raise TrainingError(f"{checkpoint}: weights do not match the model (missing {missing[:3]}, "
-                            f"unexpected {unexpected[:3]})")
+        raise TrainingError(
+            f"{checkpoint}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -646,8 +746,9 @@ def check_config(config: TrainConfig) -> None:
     if config.loss not in kto_loss.VARIANTS:
         raise TrainingError(f"--loss must be one of {', '.join(kto_loss.LOSS_TYPES)}, got {config.loss!r}")
     if config.trl_compat and config.loss != "kto":
-        raise TrainingError("--trl-compat reproduces TRL's KTOTrainer, which trains --loss kto; "
-                            f"got --loss {config.loss}")
+        raise TrainingError(
+            f"--trl-compat reproduces TRL's KTOTrainer, which trains --loss kto; got --loss {config.loss}"
+        )
     if config.max_prompt_length is not None and config.max_prompt_length < 1:
         raise TrainingError(f"--max-prompt-length must be at least 1, got {config.max_prompt_length}")
     if config.reference not in ("precompute", "copy"):
@@ -658,10 +759,17 @@ def check_config(config: TrainConfig) -> None:
         except ValueError as error:
             raise TrainingError(str(error)) from None
     if config.loss == "csft" and config.lora:
-        raise TrainingError("--loss csft adds two control tokens to the vocabulary, whose embeddings must be "
-                            "trained: use full fine-tuning (no --lora)")
-    for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "logging_steps",
-                 "max_nonfinite_steps"):
+        raise TrainingError(
+            "--loss csft adds two control tokens to the vocabulary, whose embeddings must be "
+            "trained: use full fine-tuning (no --lora)"
+        )
+    for name in (
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "max_length",
+        "logging_steps",
+        "max_nonfinite_steps",
+    ):
         if getattr(config, name) < 1:
             raise TrainingError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     if config.max_length < 2:
@@ -673,8 +781,9 @@ def check_config(config: TrainConfig) -> None:
     if not 0 <= config.warmup_ratio < 1:
         raise TrainingError(f"--warmup-ratio must be in [0, 1), got {config.warmup_ratio}")
     if not Path(config.model).exists():
-        raise TrainingError(f"--model {config.model}: no such directory (no model hub is used; give a local "
-                            "save_pretrained directory)")
+        raise TrainingError(
+            f"--model {config.model}: no such directory (no model hub is used; give a local save_pretrained directory)"
+        )
     if is_peft_dir(config.model):
         raise TrainingError("--model is a LoRA adapter directory; train from a full model (its base)")
     out = Path(config.out)
@@ -692,19 +801,32 @@ def check_config(config: TrainConfig) -> None:
 def run_identity(config: TrainConfig, world_size: int, use_bf16: bool) -> dict:
     """What a resumed run must share with the original, beyond its options: the same processes
     (the data order and z0's batches depend on them), precision, data and model contents."""
-    return {"world_size": world_size, "precision": "bf16" if use_bf16 else "fp32",
-            "data_sha256": kto_data.file_sha256(config.data), "model_fingerprint": model_fingerprint(config.model)}
+    return {
+        "world_size": world_size,
+        "precision": "bf16" if use_bf16 else "fp32",
+        "data_sha256": kto_data.file_sha256(config.data),
+        "model_fingerprint": model_fingerprint(config.model),
+    }
 
 
 def check_resume_identity(out: Path, identity: dict) -> None:
     previous = json.loads((out / "config.json").read_text()).get("run_identity")
     if previous is None:
-        raise TrainingError(f"--resume: {out}/config.json records no world size, precision, data or model hash "
-                            "(written by an older engine); start a new run")
-    what = {"world_size": "number of processes", "precision": "precision", "data_sha256": "data file contents (sha256)",
-            "model_fingerprint": "model weights/config (fingerprint)"}
-    differences = [f"{what[name]}: was {previous.get(name)}, now {value}"
-                   for name, value in identity.items() if previous.get(name) != value]
+        raise TrainingError(
+            f"--resume: {out}/config.json records no world size, precision, data or model hash "
+            "(written by an older engine); start a new run"
+        )
+    what = {
+        "world_size": "number of processes",
+        "precision": "precision",
+        "data_sha256": "data file contents (sha256)",
+        "model_fingerprint": "model weights/config (fingerprint)",
+    }
+    differences = [
+        f"{what[name]}: was {previous.get(name)}, now {value}"
+        for name, value in identity.items()
+        if previous.get(name) != value
+    ]
     if differences:
         raise TrainingError("--resume refused, the run would not continue the same training: " + "; ".join(differences))
 
@@ -741,8 +863,9 @@ def train(config: TrainConfig) -> dict | None:
     # cpu=True without CUDA: under `accelerate launch --num_processes N` this selects gloo
     # multi-CPU data parallelism instead of N independent single processes.
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
-    problem = (kto_distributed.world_size_problem(accelerator.num_processes, config.expected_world_size)
-               or kto_distributed.unsupported_backend_problem(accelerator))
+    problem = kto_distributed.world_size_problem(
+        accelerator.num_processes, config.expected_world_size
+    ) or kto_distributed.unsupported_backend_problem(accelerator)
     if problem:
         accelerator.end_training()
         raise TrainingError(problem)
@@ -752,17 +875,23 @@ def train(config: TrainConfig) -> dict | None:
     set_seed(config.seed)  # CPU kernels are deterministic for a fixed thread count
     steps = plan_steps(examples, config, accelerator.num_processes)
     if not steps:
-        raise TrainingError(f"{config.data}: {len(examples)} examples do not fill one microbatch of "
-                            f"{config.per_device_train_batch_size} × {accelerator.num_processes} processes")
+        raise TrainingError(
+            f"{config.data}: {len(examples)} examples do not fill one microbatch of "
+            f"{config.per_device_train_batch_size} × {accelerator.num_processes} processes"
+        )
     warmup_steps = math.ceil(config.warmup_ratio * len(steps))
     if accelerator.is_main_process:
-        effective_batch = config.per_device_train_batch_size * accelerator.num_processes * \
-            config.gradient_accumulation_steps
-        print(f"training: loss {config.loss}, effective batch {effective_batch} "
-              f"({config.per_device_train_batch_size} per device × {accelerator.num_processes} processes × "
-              f"{config.gradient_accumulation_steps} accumulation), {len(steps)} optimizer steps, "
-              f"{warmup_steps} warmup steps, learning rate {config.learning_rate:g}, β {config.beta:g}",
-              file=sys.stderr, flush=True)
+        effective_batch = (
+            config.per_device_train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps
+        )
+        print(
+            f"training: loss {config.loss}, effective batch {effective_batch} "
+            f"({config.per_device_train_batch_size} per device × {accelerator.num_processes} processes × "
+            f"{config.gradient_accumulation_steps} accumulation), {len(steps)} optimizer steps, "
+            f"{warmup_steps} warmup steps, learning rate {config.learning_rate:g}, β {config.beta:g}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     # 2. Policy, LoRA, reference.
     base_model_path = str(Path(config.model).resolve())
@@ -777,9 +906,16 @@ def train(config: TrainConfig) -> dict | None:
     if config.lora:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
-                                                 lora_dropout=config.lora_dropout, target_modules="all-linear",
-                                                 task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules="all-linear",
+                task_type="CAUSAL_LM",
+            ),
+        )
     policy = SequenceLogProbs(model).to(accelerator.device)
     policy.verify()  # refuses an architecture whose log-probs the engine cannot reproduce exactly
     # Per-token losses need per-token reference log-probs: computed live, not cached.
@@ -801,19 +937,28 @@ def train(config: TrainConfig) -> dict | None:
         for _, microbatches in steps:
             for global_microbatch in microbatches:
                 for rank in range(accelerator.num_processes):
-                    local = global_microbatch[rank * config.per_device_train_batch_size:
-                                              (rank + 1) * config.per_device_train_batch_size]
+                    local = global_microbatch[
+                        rank * config.per_device_train_batch_size : (rank + 1) * config.per_device_train_batch_size
+                    ]
                     matched_keys, mismatched_keys = microbatch_keys(local, config)
                     keys.update(matched_keys + mismatched_keys)
         reference_cache, cache_info = load_or_precompute_reference(
-            reference, examples, keys, config, tokenizer.pad_token_id, accelerator,
-            batch_size=4 * config.per_device_train_batch_size, identity=reference_identity(config, use_bf16))
+            reference,
+            examples,
+            keys,
+            config,
+            tokenizer.pad_token_id,
+            accelerator,
+            batch_size=4 * config.per_device_train_batch_size,
+            identity=reference_identity(config, use_bf16),
+        )
         reference = None  # training reads the cache from here on
 
     # 5. Optimizer, schedule, resume.
     trainable = [parameter for parameter in policy.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                  fused=True if config.trl_compat else None)  # TRL's default optim: fused AdamW
+    optimizer = torch.optim.AdamW(
+        trainable, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True if config.trl_compat else None
+    )  # TRL's default optim: fused AdamW
 
     def learning_rate_factor(step: int) -> float:
         if step < warmup_steps:
@@ -846,20 +991,37 @@ def train(config: TrainConfig) -> dict | None:
         out.mkdir(parents=True, exist_ok=True)
         if config.resume:
             truncate_metrics(metrics_path, start_step)
-        write_json_atomic(out / "config.json", {
-            "config": config.to_dict(), "class_weights": class_weights, "n_examples": len(examples),
-            "n_desirable": n_desirable, "n_undesirable": n_undesirable, "total_steps": len(steps),
-            "warmup_steps": warmup_steps, "world_size": accelerator.num_processes, "bf16": use_bf16,
-            "run_identity": identity, "reference_cache": cache_info,
-            "base_model": base_model_path, "torch": torch.__version__,
-        })
+        write_json_atomic(
+            out / "config.json",
+            {
+                "config": config.to_dict(),
+                "class_weights": class_weights,
+                "n_examples": len(examples),
+                "n_desirable": n_desirable,
+                "n_undesirable": n_undesirable,
+                "total_steps": len(steps),
+                "warmup_steps": warmup_steps,
+                "world_size": accelerator.num_processes,
+                "bf16": use_bf16,
+                "run_identity": identity,
+                "reference_cache": cache_info,
+                "base_model": base_model_path,
+                "torch": torch.__version__,
+            },
+        )
     accelerator.wait_for_everyone()
 
     # 6. The loop.
     from tqdm.auto import tqdm
 
-    progress = tqdm(total=len(steps), initial=start_step, disable=not (config.progress and accelerator.is_main_process),
-                    desc=f"{config.loss} training", unit="step", dynamic_ncols=True)
+    progress = tqdm(
+        total=len(steps),
+        initial=start_step,
+        disable=not (config.progress and accelerator.is_main_process),
+        desc=f"{config.loss} training",
+        unit="step",
+        dynamic_ncols=True,
+    )
     metrics_file = open(metrics_path, "a", encoding="utf-8") if accelerator.is_main_process else None
     policy_ddp.train()
     window = _new_window(accelerator.device)
@@ -873,17 +1035,31 @@ def train(config: TrainConfig) -> dict | None:
         epoch, microbatches = steps[step]
         step_window = _new_window(accelerator.device)
         for index, global_microbatch in enumerate(microbatches):
-            local = global_microbatch[rank * per_device:(rank + 1) * per_device]
+            local = global_microbatch[rank * per_device : (rank + 1) * per_device]
             batch = build_microbatch(examples, local, config, tokenizer.pad_token_id, reference_cache)
-            device_batch = {key: (_to_device(value, accelerator.device) if isinstance(value, dict) or value is None
-                                  else value.to(accelerator.device) if isinstance(value, torch.Tensor) else value)
-                            for key, value in batch.items()}
+            device_batch = {
+                key: (
+                    _to_device(value, accelerator.device)
+                    if isinstance(value, dict) or value is None
+                    else value.to(accelerator.device)
+                    if isinstance(value, torch.Tensor)
+                    else value
+                )
+                for key, value in batch.items()
+            }
             is_last = index == len(microbatches) - 1
             # Gradients are averaged across processes only on the last microbatch of the step.
             sync_context = contextlib.nullcontext() if is_last else accelerator.no_sync(policy_ddp)
             with sync_context, accelerator.autocast():
-                loss, stats = microbatch_loss(policy_ddp, policy_for_no_grad, reference, device_batch, config, class_weights,
-                                              tokenizer.pad_token_id)
+                loss, stats = microbatch_loss(
+                    policy_ddp,
+                    policy_for_no_grad,
+                    reference,
+                    device_batch,
+                    config,
+                    class_weights,
+                    tokenizer.pad_token_id,
+                )
                 accelerator.backward(loss / len(microbatches))
             _accumulate(step_window, loss, stats)
             step_window["examples"] += batch["n_examples"]
@@ -904,31 +1080,42 @@ def train(config: TrainConfig) -> dict | None:
         else:
             skipped_steps += 1
             nonfinite_in_a_row += 1
-            print(f"step {completed}: non-finite loss ({float(step_window['loss_sum']):.4g}) or gradient norm "
-                  f"({float(grad_norm):.4g}): update skipped ({nonfinite_in_a_row} in a row)", file=sys.stderr,
-                  flush=True)
+            print(
+                f"step {completed}: non-finite loss ({float(step_window['loss_sum']):.4g}) or gradient norm "
+                f"({float(grad_norm):.4g}): update skipped ({nonfinite_in_a_row} in a row)",
+                file=sys.stderr,
+                flush=True,
+            )
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         progress.update(1)
         if nonfinite_in_a_row >= config.max_nonfinite_steps:
             if metrics_file is not None:
-                metrics_file.write(json.dumps({"step": completed, "skipped_steps": skipped_steps,
-                                               "aborted": "non-finite"}) + "\n")
+                metrics_file.write(
+                    json.dumps({"step": completed, "skipped_steps": skipped_steps, "aborted": "non-finite"}) + "\n"
+                )
                 metrics_file.close()
             progress.close()
             raise NonFiniteError(
                 f"{nonfinite_in_a_row} optimizer steps in a row (up to step {completed}) had a non-finite loss or "
                 f"gradient norm; stopped without writing a model. Check the data (rows with extreme lengths), "
-                f"lower --learning-rate, or use --bf16 no; --max-nonfinite-steps sets the limit")
+                f"lower --learning-rate, or use --bf16 no; --max-nonfinite-steps sets the limit"
+            )
 
         if completed % config.logging_steps == 0 or completed == len(steps):
             # One host sync per logged step: all statistics travel in one tensor.
             record = _reduce_window(window, accelerator)
             elapsed = time.perf_counter() - window_start
-            record.update(step=completed, epoch=round(epoch + (completed - _first_step_of_epoch(steps, epoch)) /
-                                                      _steps_in_epoch(steps, epoch), 4),
-                          learning_rate=scheduler.get_last_lr()[0], skipped_steps=skipped_steps,
-                          examples_per_s=record.pop("examples") / elapsed, tokens_per_s=record.pop("tokens") / elapsed)
+            record.update(
+                step=completed,
+                epoch=round(
+                    epoch + (completed - _first_step_of_epoch(steps, epoch)) / _steps_in_epoch(steps, epoch), 4
+                ),
+                learning_rate=scheduler.get_last_lr()[0],
+                skipped_steps=skipped_steps,
+                examples_per_s=record.pop("examples") / elapsed,
+                tokens_per_s=record.pop("tokens") / elapsed,
+            )
             trained_examples += window["examples"] * accelerator.num_processes
             trained_tokens += window["tokens"] * accelerator.num_processes
             if metrics_file is not None:
@@ -942,8 +1129,17 @@ def train(config: TrainConfig) -> dict | None:
         if config.save_steps > 0 and completed % config.save_steps == 0 and completed < len(steps):
             if not _all_finite(trainable):
                 raise NonFiniteError(f"step {completed}: non-finite weights; no checkpoint written")
-            save_checkpoint(out, completed, epoch, accelerator.unwrap_model(policy_ddp).model, optimizer, scheduler,
-                            accelerator, tokenizer, skipped_steps)
+            save_checkpoint(
+                out,
+                completed,
+                epoch,
+                accelerator.unwrap_model(policy_ddp).model,
+                optimizer,
+                scheduler,
+                accelerator,
+                tokenizer,
+                skipped_steps,
+            )
     progress.close()
     train_runtime = time.perf_counter() - train_start
     if metrics_file is not None:
@@ -960,23 +1156,37 @@ def train(config: TrainConfig) -> dict | None:
         shutil.rmtree(temporary, ignore_errors=True)
         accelerator.unwrap_model(policy_ddp).model.save_pretrained(temporary, state_dict=state_dict)
         tokenizer.save_pretrained(temporary)
-        record = {"base_model": base_model_path, "loss": config.loss, "lora": config.lora, "steps": len(steps),
-                  "skipped_steps": skipped_steps, "class_weights": class_weights,
-                  "data_sha256": identity["data_sha256"]}
+        record = {
+            "base_model": base_model_path,
+            "loss": config.loss,
+            "lora": config.lora,
+            "steps": len(steps),
+            "skipped_steps": skipped_steps,
+            "class_weights": class_weights,
+            "data_sha256": identity["data_sha256"],
+        }
         if config.loss == "csft":
             # Generation and evaluation append the desirable control token to every prompt.
-            record["control_tokens"] = {"desirable": defaults.CSFT_CONTROL_TOKENS[0],
-                                        "undesirable": defaults.CSFT_CONTROL_TOKENS[1]}
+            record["control_tokens"] = {
+                "desirable": defaults.CSFT_CONTROL_TOKENS[0],
+                "undesirable": defaults.CSFT_CONTROL_TOKENS[1],
+            }
             record["prompt_suffix_token"] = defaults.CSFT_CONTROL_TOKENS[0]
         write_json_atomic(temporary / "prospect_training.json", record)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)
     accelerator.wait_for_everyone()
     summary = {
-        "out": str(out), "final": str(final), "steps": len(steps), "resumed_from_step": start_step,
-        "skipped_steps": skipped_steps, "loss_type": config.loss, "lora": config.lora,
+        "out": str(out),
+        "final": str(final),
+        "steps": len(steps),
+        "resumed_from_step": start_step,
+        "skipped_steps": skipped_steps,
+        "loss_type": config.loss,
+        "lora": config.lora,
         "desirable_weight": class_weights["desirable_weight"],
-        "undesirable_weight": class_weights["undesirable_weight"], "train_runtime_s": round(train_runtime, 3),
+        "undesirable_weight": class_weights["undesirable_weight"],
+        "train_runtime_s": round(train_runtime, 3),
         "examples_per_s": trained_examples / train_runtime if train_runtime > 0 else None,
         "tokens_per_s": trained_tokens / train_runtime if train_runtime > 0 else None,
         "reference": ("none" if not variant.needs_reference else "precompute" if precompute else "copy"),
@@ -999,8 +1209,17 @@ def _steps_in_epoch(steps, epoch) -> int:
     return sum(1 for step_epoch, _ in steps if step_epoch == epoch)
 
 
-_SUMMED = ("loss_sum", "microbatches", "z0_sum", "z0_raw_sum", "desirable_reward_sum", "desirable_count",
-           "undesirable_reward_sum", "undesirable_count", "correct_count")
+_SUMMED = (
+    "loss_sum",
+    "microbatches",
+    "z0_sum",
+    "z0_raw_sum",
+    "desirable_reward_sum",
+    "desirable_count",
+    "undesirable_reward_sum",
+    "undesirable_count",
+    "correct_count",
+)
 
 
 def _new_window(device) -> dict:
@@ -1015,8 +1234,13 @@ def _accumulate(window: dict, loss: torch.Tensor, stats: dict) -> None:
     window["microbatches"] += 1
     window["z0_sum"] += stats["z0"].float()
     window["z0_raw_sum"] += stats["z0_raw"].float()
-    for name in ("desirable_reward_sum", "desirable_count", "undesirable_reward_sum", "undesirable_count",
-                 "correct_count"):
+    for name in (
+        "desirable_reward_sum",
+        "desirable_count",
+        "undesirable_reward_sum",
+        "undesirable_count",
+        "correct_count",
+    ):
         window[name] += stats[name].float()
 
 
@@ -1035,13 +1259,27 @@ def _reduce_window(window: dict, accelerator) -> dict:
     values = dict(zip(_SUMMED + ("grad_norm",), local.tolist()))
     processes = accelerator.num_processes
     if not window["steps"]:  # every step of the window was skipped (non-finite)
-        return {name: None for name in ("loss", "z0", "z0_raw", "reward_desirable", "reward_undesirable",
-                                        "reward_margin", "reward_accuracy", "grad_norm")} | {"examples": 0, "tokens": 0}
+        return {
+            name: None
+            for name in (
+                "loss",
+                "z0",
+                "z0_raw",
+                "reward_desirable",
+                "reward_undesirable",
+                "reward_margin",
+                "reward_accuracy",
+                "grad_norm",
+            )
+        } | {"examples": 0, "tokens": 0}
     n_desirable, n_undesirable = values["desirable_count"], values["undesirable_count"]
     reward_desirable = values["desirable_reward_sum"] / n_desirable if n_desirable else None
     reward_undesirable = values["undesirable_reward_sum"] / n_undesirable if n_undesirable else None
-    margin = (reward_desirable - reward_undesirable
-              if reward_desirable is not None and reward_undesirable is not None else None)
+    margin = (
+        reward_desirable - reward_undesirable
+        if reward_desirable is not None and reward_undesirable is not None
+        else None
+    )
     return {
         "loss": values["loss_sum"] / values["microbatches"],
         "z0": values["z0_sum"] / values["microbatches"],

@@ -7,95 +7,240 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('training', '0001_initial'),
+        ("training", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='modelversion',
-            name='evaluation_state',
-            field=models.CharField(blank=True, choices=[('', 'not required'), ('pending', 'Pending'), ('running', 'Running'), ('done', 'Done'), ('failed', 'Failed')], default='', max_length=20),
+            model_name="modelversion",
+            name="evaluation_state",
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ("", "not required"),
+                    ("pending", "Pending"),
+                    ("running", "Running"),
+                    ("done", "Done"),
+                    ("failed", "Failed"),
+                ],
+                default="",
+                max_length=20,
+            ),
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='previous_active',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='replaced_by', to='training.modelversion'),
+            model_name="modelversion",
+            name="previous_active",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="replaced_by",
+                to="training.modelversion",
+            ),
         ),
         migrations.AddField(
-            model_name='trainingrun',
-            name='current_step',
+            model_name="trainingrun",
+            name="current_step",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='trainingrun',
-            name='enqueued_at',
+            model_name="trainingrun",
+            name="enqueued_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='trainingrun',
-            name='heartbeat_at',
+            model_name="trainingrun",
+            name="heartbeat_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='trainingrun',
-            name='process_group_id',
+            model_name="trainingrun",
+            name="process_group_id",
             field=models.IntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='trainingrun',
-            name='requested_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='training_runs', to=settings.AUTH_USER_MODEL),
+            model_name="trainingrun",
+            name="requested_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="training_runs",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='trainingrun',
-            name='total_steps',
+            model_name="trainingrun",
+            name="total_steps",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='trainingrun',
-            name='worker_hostname',
+            model_name="trainingrun",
+            name="worker_hostname",
             field=models.CharField(blank=True, max_length=255),
         ),
         migrations.AddField(
-            model_name='trainingrun',
-            name='worker_pid',
+            model_name="trainingrun",
+            name="worker_pid",
             field=models.IntegerField(blank=True, null=True),
         ),
         migrations.CreateModel(
-            name='TrainingPolicy',
+            name="TrainingPolicy",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('enabled', models.BooleanField(default=True, help_text='Retrain automatically when enough new votes arrived.')),
-                ('min_new_votes', models.PositiveIntegerField(default=50, help_text='N: new votes since the last snapshot.')),
-                ('cooldown_seconds', models.PositiveIntegerField(default=3600, help_text='Minimum time between the start of two automatic runs.')),
-                ('base_model', models.CharField(blank=True, help_text='Path or hub id; used only when no version is active yet.', max_length=500)),
-                ('lora', models.BooleanField(default=False, help_text='Train a LoRA adapter instead of full weights.')),
-                ('beta', models.FloatField(default=0.1, validators=[django.core.validators.MinValueValidator(1e-06)])),
-                ('learning_rate', models.FloatField(default=5e-06, validators=[django.core.validators.MinValueValidator(1e-12)])),
-                ('num_train_epochs', models.FloatField(default=1.0, validators=[django.core.validators.MinValueValidator(0.001)])),
-                ('max_steps', models.PositiveIntegerField(blank=True, help_text='Empty: train the full epochs.', null=True, validators=[django.core.validators.MinValueValidator(1)])),
-                ('per_device_train_batch_size', models.PositiveIntegerField(default=8, validators=[django.core.validators.MinValueValidator(2)])),
-                ('gradient_accumulation_steps', models.PositiveIntegerField(default=1, validators=[django.core.validators.MinValueValidator(1)])),
-                ('max_length', models.PositiveIntegerField(default=512, validators=[django.core.validators.MinValueValidator(8)])),
-                ('loss', models.CharField(choices=[('kto', 'Kto'), ('no_z0', 'No Z0'), ('concave', 'Concave'), ('risk_neutral', 'Risk Neutral'), ('reference_free', 'Reference Free'), ('sft', 'Sft'), ('dpo', 'Dpo')], default='kto', max_length=20)),
-                ('lambda_mode', models.CharField(choices=[('auto', "automatic (paper's rule)"), ('downside_first', 'automatic, downside first'), ('manual', 'manual weights')], default='auto', max_length=20)),
-                ('target_ratio', models.FloatField(default=1.3333333333333333, help_text='λ_D·n_D / (λ_U·n_U) aimed at by the automatic rule.', validators=[django.core.validators.MinValueValidator(0.001)])),
-                ('desirable_weight', models.FloatField(default=1.0, help_text='λ_D, used in manual mode.', validators=[django.core.validators.MinValueValidator(1e-06)])),
-                ('undesirable_weight', models.FloatField(default=1.0, help_text='λ_U, used in manual mode.', validators=[django.core.validators.MinValueValidator(1e-06)])),
-                ('holdout', models.FloatField(default=0.1, help_text='Fraction of each snapshot held out for the gate.', validators=[django.core.validators.MinValueValidator(0.0), django.core.validators.MaxValueValidator(0.9)])),
-                ('seed', models.IntegerField(default=0)),
-                ('time_limit_seconds', models.PositiveIntegerField(blank=True, help_text='Kill a run after this long. Empty: PROSPECT_MAX_RUN_SECONDS.', null=True)),
-                ('promote_margin', models.FloatField(default=0.01, help_text='Auto-promote only when the candidate beats the active version by this much.')),
-                ('judge', models.CharField(choices=[('none', 'none (holdout metrics only)'), ('demo', "demo task's simulated annotator")], default='demo', max_length=20)),
-                ('judge_prompts', models.PositiveIntegerField(default=64, help_text='Held-out prompts the judge scores.', validators=[django.core.validators.MinValueValidator(1)])),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "enabled",
+                    models.BooleanField(default=True, help_text="Retrain automatically when enough new votes arrived."),
+                ),
+                (
+                    "min_new_votes",
+                    models.PositiveIntegerField(default=50, help_text="N: new votes since the last snapshot."),
+                ),
+                (
+                    "cooldown_seconds",
+                    models.PositiveIntegerField(
+                        default=3600, help_text="Minimum time between the start of two automatic runs."
+                    ),
+                ),
+                (
+                    "base_model",
+                    models.CharField(
+                        blank=True, help_text="Path or hub id; used only when no version is active yet.", max_length=500
+                    ),
+                ),
+                ("lora", models.BooleanField(default=False, help_text="Train a LoRA adapter instead of full weights.")),
+                ("beta", models.FloatField(default=0.1, validators=[django.core.validators.MinValueValidator(1e-06)])),
+                (
+                    "learning_rate",
+                    models.FloatField(default=5e-06, validators=[django.core.validators.MinValueValidator(1e-12)]),
+                ),
+                (
+                    "num_train_epochs",
+                    models.FloatField(default=1.0, validators=[django.core.validators.MinValueValidator(0.001)]),
+                ),
+                (
+                    "max_steps",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="Empty: train the full epochs.",
+                        null=True,
+                        validators=[django.core.validators.MinValueValidator(1)],
+                    ),
+                ),
+                (
+                    "per_device_train_batch_size",
+                    models.PositiveIntegerField(default=8, validators=[django.core.validators.MinValueValidator(2)]),
+                ),
+                (
+                    "gradient_accumulation_steps",
+                    models.PositiveIntegerField(default=1, validators=[django.core.validators.MinValueValidator(1)]),
+                ),
+                (
+                    "max_length",
+                    models.PositiveIntegerField(default=512, validators=[django.core.validators.MinValueValidator(8)]),
+                ),
+                (
+                    "loss",
+                    models.CharField(
+                        choices=[
+                            ("kto", "Kto"),
+                            ("no_z0", "No Z0"),
+                            ("concave", "Concave"),
+                            ("risk_neutral", "Risk Neutral"),
+                            ("reference_free", "Reference Free"),
+                            ("sft", "Sft"),
+                            ("dpo", "Dpo"),
+                        ],
+                        default="kto",
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "lambda_mode",
+                    models.CharField(
+                        choices=[
+                            ("auto", "automatic (paper's rule)"),
+                            ("downside_first", "automatic, downside first"),
+                            ("manual", "manual weights"),
+                        ],
+                        default="auto",
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "target_ratio",
+                    models.FloatField(
+                        default=1.3333333333333333,
+                        help_text="λ_D·n_D / (λ_U·n_U) aimed at by the automatic rule.",
+                        validators=[django.core.validators.MinValueValidator(0.001)],
+                    ),
+                ),
+                (
+                    "desirable_weight",
+                    models.FloatField(
+                        default=1.0,
+                        help_text="λ_D, used in manual mode.",
+                        validators=[django.core.validators.MinValueValidator(1e-06)],
+                    ),
+                ),
+                (
+                    "undesirable_weight",
+                    models.FloatField(
+                        default=1.0,
+                        help_text="λ_U, used in manual mode.",
+                        validators=[django.core.validators.MinValueValidator(1e-06)],
+                    ),
+                ),
+                (
+                    "holdout",
+                    models.FloatField(
+                        default=0.1,
+                        help_text="Fraction of each snapshot held out for the gate.",
+                        validators=[
+                            django.core.validators.MinValueValidator(0.0),
+                            django.core.validators.MaxValueValidator(0.9),
+                        ],
+                    ),
+                ),
+                ("seed", models.IntegerField(default=0)),
+                (
+                    "time_limit_seconds",
+                    models.PositiveIntegerField(
+                        blank=True, help_text="Kill a run after this long. Empty: PROSPECT_MAX_RUN_SECONDS.", null=True
+                    ),
+                ),
+                (
+                    "promote_margin",
+                    models.FloatField(
+                        default=0.01,
+                        help_text="Auto-promote only when the candidate beats the active version by this much.",
+                    ),
+                ),
+                (
+                    "judge",
+                    models.CharField(
+                        choices=[("none", "none (holdout metrics only)"), ("demo", "demo task's simulated annotator")],
+                        default="demo",
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "judge_prompts",
+                    models.PositiveIntegerField(
+                        default=64,
+                        help_text="Held-out prompts the judge scores.",
+                        validators=[django.core.validators.MinValueValidator(1)],
+                    ),
+                ),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'verbose_name_plural': 'training policy',
-                'constraints': [models.CheckConstraint(condition=models.Q(('id', 1)), name='training_policy_singleton')],
+                "verbose_name_plural": "training policy",
+                "constraints": [
+                    models.CheckConstraint(condition=models.Q(("id", 1)), name="training_policy_singleton")
+                ],
             },
         ),
     ]

@@ -7,110 +7,194 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('training', '0002_loop_backend'),
+        ("training", "0002_loop_backend"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='base_model',
-            field=models.CharField(blank=True, default=functools.partial(training.models._setting, *('PROSPECT_BASE_MODEL',), **{}), help_text='Local model directory; used only when no version is active yet.', max_length=500),
+            model_name="trainingpolicy",
+            name="base_model",
+            field=models.CharField(
+                blank=True,
+                default=functools.partial(training.models._setting, *("PROSPECT_BASE_MODEL",), **{}),
+                help_text="Local model directory; used only when no version is active yet.",
+                max_length=500,
+            ),
         ),
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='beta',
-            field=models.FloatField(default=functools.partial(training.models._setting, *('PROSPECT_TRAIN_BETA',), **{}), validators=[django.core.validators.MinValueValidator(1e-06)]),
+            model_name="trainingpolicy",
+            name="beta",
+            field=models.FloatField(
+                default=functools.partial(training.models._setting, *("PROSPECT_TRAIN_BETA",), **{}),
+                validators=[django.core.validators.MinValueValidator(1e-06)],
+            ),
         ),
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='cooldown_seconds',
-            field=models.PositiveIntegerField(default=functools.partial(training.models._setting, *('PROSPECT_RETRAIN_COOLDOWN_SECONDS',), **{}), help_text='Minimum time between the start of two automatic runs.'),
+            model_name="trainingpolicy",
+            name="cooldown_seconds",
+            field=models.PositiveIntegerField(
+                default=functools.partial(training.models._setting, *("PROSPECT_RETRAIN_COOLDOWN_SECONDS",), **{}),
+                help_text="Minimum time between the start of two automatic runs.",
+            ),
         ),
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='enabled',
-            field=models.BooleanField(default=functools.partial(training.models._setting, *('PROSPECT_RETRAIN_ENABLED',), **{}), help_text='Retrain automatically when enough new votes arrived.'),
+            model_name="trainingpolicy",
+            name="enabled",
+            field=models.BooleanField(
+                default=functools.partial(training.models._setting, *("PROSPECT_RETRAIN_ENABLED",), **{}),
+                help_text="Retrain automatically when enough new votes arrived.",
+            ),
         ),
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='gradient_accumulation_steps',
-            field=models.PositiveIntegerField(default=functools.partial(training.models._setting, *('PROSPECT_TRAIN_GRAD_ACCUM',), **{}), validators=[django.core.validators.MinValueValidator(1)]),
+            model_name="trainingpolicy",
+            name="gradient_accumulation_steps",
+            field=models.PositiveIntegerField(
+                default=functools.partial(training.models._setting, *("PROSPECT_TRAIN_GRAD_ACCUM",), **{}),
+                validators=[django.core.validators.MinValueValidator(1)],
+            ),
         ),
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='holdout',
-            field=models.FloatField(default=functools.partial(training.models._setting, *('SNAPSHOT_HOLDOUT',), **{}), help_text='Fraction of each snapshot held out for the gate.', validators=[django.core.validators.MinValueValidator(0.0), django.core.validators.MaxValueValidator(0.9)]),
+            model_name="trainingpolicy",
+            name="holdout",
+            field=models.FloatField(
+                default=functools.partial(training.models._setting, *("SNAPSHOT_HOLDOUT",), **{}),
+                help_text="Fraction of each snapshot held out for the gate.",
+                validators=[
+                    django.core.validators.MinValueValidator(0.0),
+                    django.core.validators.MaxValueValidator(0.9),
+                ],
+            ),
         ),
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='judge',
-            field=models.CharField(choices=[('none', 'none (holdout metrics only)'), ('demo', "demo task's simulated annotator")], default=functools.partial(training.models._setting, *('PROSPECT_GATE_JUDGE',), **{}), max_length=20),
+            model_name="trainingpolicy",
+            name="judge",
+            field=models.CharField(
+                choices=[("none", "none (holdout metrics only)"), ("demo", "demo task's simulated annotator")],
+                default=functools.partial(training.models._setting, *("PROSPECT_GATE_JUDGE",), **{}),
+                max_length=20,
+            ),
         ),
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='judge_prompts',
-            field=models.PositiveIntegerField(default=functools.partial(training.models._setting, *('PROSPECT_GATE_JUDGE_PROMPTS',), **{}), help_text='Held-out prompts the judge scores.', validators=[django.core.validators.MinValueValidator(1)]),
+            model_name="trainingpolicy",
+            name="judge_prompts",
+            field=models.PositiveIntegerField(
+                default=functools.partial(training.models._setting, *("PROSPECT_GATE_JUDGE_PROMPTS",), **{}),
+                help_text="Held-out prompts the judge scores.",
+                validators=[django.core.validators.MinValueValidator(1)],
+            ),
         ),
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='lambda_mode',
-            field=models.CharField(choices=[('auto', "automatic (paper's rule)"), ('downside_first', 'automatic, downside first'), ('manual', 'manual weights')], default=functools.partial(training.models._setting, *('PROSPECT_TRAIN_LAMBDA_MODE',), **{}), max_length=20),
+            model_name="trainingpolicy",
+            name="lambda_mode",
+            field=models.CharField(
+                choices=[
+                    ("auto", "automatic (paper's rule)"),
+                    ("downside_first", "automatic, downside first"),
+                    ("manual", "manual weights"),
+                ],
+                default=functools.partial(training.models._setting, *("PROSPECT_TRAIN_LAMBDA_MODE",), **{}),
+                max_length=20,
+            ),
         ),
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='learning_rate',
-            field=models.FloatField(default=functools.partial(training.models._setting, *('PROSPECT_TRAIN_LEARNING_RATE',), **{}), validators=[django.core.validators.MinValueValidator(1e-12)]),
+            model_name="trainingpolicy",
+            name="learning_rate",
+            field=models.FloatField(
+                default=functools.partial(training.models._setting, *("PROSPECT_TRAIN_LEARNING_RATE",), **{}),
+                validators=[django.core.validators.MinValueValidator(1e-12)],
+            ),
         ),
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='lora',
-            field=models.BooleanField(default=functools.partial(training.models._setting, *('PROSPECT_TRAIN_LORA',), **{}), help_text='Train a LoRA adapter instead of full weights.'),
+            model_name="trainingpolicy",
+            name="lora",
+            field=models.BooleanField(
+                default=functools.partial(training.models._setting, *("PROSPECT_TRAIN_LORA",), **{}),
+                help_text="Train a LoRA adapter instead of full weights.",
+            ),
         ),
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='loss',
-            field=models.CharField(choices=[('kto', 'Kto'), ('no_z0', 'No Z0'), ('concave', 'Concave'), ('risk_neutral', 'Risk Neutral'), ('reference_free', 'Reference Free'), ('sft', 'Sft'), ('dpo', 'Dpo')], default=functools.partial(training.models._setting, *('PROSPECT_TRAIN_LOSS',), **{}), max_length=20),
+            model_name="trainingpolicy",
+            name="loss",
+            field=models.CharField(
+                choices=[
+                    ("kto", "Kto"),
+                    ("no_z0", "No Z0"),
+                    ("concave", "Concave"),
+                    ("risk_neutral", "Risk Neutral"),
+                    ("reference_free", "Reference Free"),
+                    ("sft", "Sft"),
+                    ("dpo", "Dpo"),
+                ],
+                default=functools.partial(training.models._setting, *("PROSPECT_TRAIN_LOSS",), **{}),
+                max_length=20,
+            ),
         ),
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='max_length',
-            field=models.PositiveIntegerField(default=functools.partial(training.models._setting, *('PROSPECT_TRAIN_MAX_LENGTH',), **{}), validators=[django.core.validators.MinValueValidator(8)]),
+            model_name="trainingpolicy",
+            name="max_length",
+            field=models.PositiveIntegerField(
+                default=functools.partial(training.models._setting, *("PROSPECT_TRAIN_MAX_LENGTH",), **{}),
+                validators=[django.core.validators.MinValueValidator(8)],
+            ),
         ),
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='max_steps',
-            field=models.PositiveIntegerField(blank=True, default=training.models._max_steps_setting, help_text='Empty: train the full epochs.', null=True, validators=[django.core.validators.MinValueValidator(1)]),
+            model_name="trainingpolicy",
+            name="max_steps",
+            field=models.PositiveIntegerField(
+                blank=True,
+                default=training.models._max_steps_setting,
+                help_text="Empty: train the full epochs.",
+                null=True,
+                validators=[django.core.validators.MinValueValidator(1)],
+            ),
         ),
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='min_new_votes',
-            field=models.PositiveIntegerField(default=functools.partial(training.models._setting, *('PROSPECT_RETRAIN_MIN_NEW_VOTES',), **{}), help_text='N: new votes since the last snapshot.'),
+            model_name="trainingpolicy",
+            name="min_new_votes",
+            field=models.PositiveIntegerField(
+                default=functools.partial(training.models._setting, *("PROSPECT_RETRAIN_MIN_NEW_VOTES",), **{}),
+                help_text="N: new votes since the last snapshot.",
+            ),
         ),
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='num_train_epochs',
-            field=models.FloatField(default=functools.partial(training.models._setting, *('PROSPECT_TRAIN_EPOCHS',), **{}), validators=[django.core.validators.MinValueValidator(0.001)]),
+            model_name="trainingpolicy",
+            name="num_train_epochs",
+            field=models.FloatField(
+                default=functools.partial(training.models._setting, *("PROSPECT_TRAIN_EPOCHS",), **{}),
+                validators=[django.core.validators.MinValueValidator(0.001)],
+            ),
         ),
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='per_device_train_batch_size',
-            field=models.PositiveIntegerField(default=functools.partial(training.models._setting, *('PROSPECT_TRAIN_BATCH_SIZE',), **{}), validators=[django.core.validators.MinValueValidator(2)]),
+            model_name="trainingpolicy",
+            name="per_device_train_batch_size",
+            field=models.PositiveIntegerField(
+                default=functools.partial(training.models._setting, *("PROSPECT_TRAIN_BATCH_SIZE",), **{}),
+                validators=[django.core.validators.MinValueValidator(2)],
+            ),
         ),
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='promote_margin',
-            field=models.FloatField(default=functools.partial(training.models._setting, *('PROSPECT_PROMOTE_MARGIN',), **{}), help_text='Auto-promote only when the candidate beats the active version by this much.'),
+            model_name="trainingpolicy",
+            name="promote_margin",
+            field=models.FloatField(
+                default=functools.partial(training.models._setting, *("PROSPECT_PROMOTE_MARGIN",), **{}),
+                help_text="Auto-promote only when the candidate beats the active version by this much.",
+            ),
         ),
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='seed',
-            field=models.IntegerField(default=functools.partial(training.models._setting, *('PROSPECT_TRAIN_SEED',), **{})),
+            model_name="trainingpolicy",
+            name="seed",
+            field=models.IntegerField(
+                default=functools.partial(training.models._setting, *("PROSPECT_TRAIN_SEED",), **{})
+            ),
         ),
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='target_ratio',
-            field=models.FloatField(default=functools.partial(training.models._setting, *('KTO_TARGET_RATIO',), **{}), help_text='λ_D·n_D / (λ_U·n_U) aimed at by the automatic rule.', validators=[django.core.validators.MinValueValidator(0.001)]),
+            model_name="trainingpolicy",
+            name="target_ratio",
+            field=models.FloatField(
+                default=functools.partial(training.models._setting, *("KTO_TARGET_RATIO",), **{}),
+                help_text="λ_D·n_D / (λ_U·n_U) aimed at by the automatic rule.",
+                validators=[django.core.validators.MinValueValidator(0.001)],
+            ),
         ),
     ]

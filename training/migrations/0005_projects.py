@@ -5,51 +5,67 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('projects', '0001_initial'),
-        ('training', '0004_run_class_weights'),
+        ("projects", "0001_initial"),
+        ("training", "0004_run_class_weights"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='trainingpolicy',
-            options={'verbose_name_plural': 'training policies'},
+            name="trainingpolicy",
+            options={"verbose_name_plural": "training policies"},
         ),
         migrations.RemoveConstraint(
-            model_name='modelversion',
-            name='one_active_model_version',
+            model_name="modelversion",
+            name="one_active_model_version",
         ),
         migrations.RemoveConstraint(
-            model_name='trainingpolicy',
-            name='training_policy_singleton',
+            model_name="trainingpolicy",
+            name="training_policy_singleton",
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='project',
-            field=models.ForeignKey(null=True, on_delete=django.db.models.deletion.CASCADE, related_name='model_versions', to='projects.project'),
+            model_name="modelversion",
+            name="project",
+            field=models.ForeignKey(
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="model_versions",
+                to="projects.project",
+            ),
         ),
         migrations.AddField(
-            model_name='trainingpolicy',
-            name='project',
-            field=models.OneToOneField(null=True, on_delete=django.db.models.deletion.CASCADE, related_name='training_policy', to='projects.project'),
+            model_name="trainingpolicy",
+            name="project",
+            field=models.OneToOneField(
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="training_policy",
+                to="projects.project",
+            ),
         ),
         migrations.AddField(
-            model_name='trainingrun',
-            name='project',
-            field=models.ForeignKey(null=True, on_delete=django.db.models.deletion.CASCADE, related_name='training_runs', to='projects.project'),
+            model_name="trainingrun",
+            name="project",
+            field=models.ForeignKey(
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="training_runs",
+                to="projects.project",
+            ),
         ),
         migrations.AlterField(
-            model_name='modelversion',
-            name='name',
+            model_name="modelversion",
+            name="name",
             field=models.CharField(max_length=100),
         ),
         migrations.AddConstraint(
-            model_name='modelversion',
-            constraint=models.UniqueConstraint(condition=models.Q(('status', 'active')), fields=('project',), name='one_active_model_version'),
+            model_name="modelversion",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status", "active")), fields=("project",), name="one_active_model_version"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='modelversion',
-            constraint=models.UniqueConstraint(fields=('project', 'name'), name='one_model_version_name_per_project'),
+            model_name="modelversion",
+            constraint=models.UniqueConstraint(fields=("project", "name"), name="one_model_version_name_per_project"),
         ),
     ]

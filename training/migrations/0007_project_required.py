@@ -8,15 +8,24 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.AlterField(
-            model_name="modelversion", name="project",
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="model_versions", to="projects.project"),
+            model_name="modelversion",
+            name="project",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="model_versions", to="projects.project"
+            ),
         ),
         migrations.AlterField(
-            model_name="trainingrun", name="project",
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="training_runs", to="projects.project"),
+            model_name="trainingrun",
+            name="project",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="training_runs", to="projects.project"
+            ),
         ),
         migrations.AlterField(
-            model_name="trainingpolicy", name="project",
-            field=models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name="training_policy", to="projects.project"),
+            model_name="trainingpolicy",
+            name="project",
+            field=models.OneToOneField(
+                on_delete=django.db.models.deletion.CASCADE, related_name="training_policy", to="projects.project"
+            ),
         ),
     ]

@@ -6,15 +6,29 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('training', '0007_project_required'),
+        ("training", "0007_project_required"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='trainingpolicy',
-            name='loss',
-            field=models.CharField(choices=[('kto', 'Kto'), ('no_z0', 'No Z0'), ('concave', 'Concave'), ('risk_neutral', 'Risk Neutral'), ('reference_free', 'Reference Free'), ('sft', 'Sft'), ('dpo', 'Dpo'), ('slic', 'Slic'), ('ppo_offline', 'Ppo Offline'), ('csft', 'Csft')], default=functools.partial(training.models._setting, *('PROSPECT_TRAIN_LOSS',), **{}), max_length=20),
+            model_name="trainingpolicy",
+            name="loss",
+            field=models.CharField(
+                choices=[
+                    ("kto", "Kto"),
+                    ("no_z0", "No Z0"),
+                    ("concave", "Concave"),
+                    ("risk_neutral", "Risk Neutral"),
+                    ("reference_free", "Reference Free"),
+                    ("sft", "Sft"),
+                    ("dpo", "Dpo"),
+                    ("slic", "Slic"),
+                    ("ppo_offline", "Ppo Offline"),
+                    ("csft", "Csft"),
+                ],
+                default=functools.partial(training.models._setting, *("PROSPECT_TRAIN_LOSS",), **{}),
+                max_length=20,
+            ),
         ),
     ]

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('training', '0008_loss_variants'),
+        ("training", "0008_loss_variants"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='trainingrun',
-            name='worker_start_id',
+            model_name="trainingrun",
+            name="worker_start_id",
             field=models.CharField(blank=True, max_length=100),
         ),
     ]

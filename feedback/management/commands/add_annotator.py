@@ -1,4 +1,5 @@
 """python manage.py add_annotator USERNAME [--password P] [--project NAME] [--staff]"""
+
 from __future__ import annotations
 
 import json
@@ -12,14 +13,21 @@ from projects.services import set_membership
 
 
 class Command(BaseCommand):
-    help = ("Create (or update) a user who rates in a project; --staff makes them the project's admin "
-            "(never an installation superuser: use createsuperuser for that).")
+    help = (
+        "Create (or update) a user who rates in a project; --staff makes them the project's admin "
+        "(never an installation superuser: use createsuperuser for that)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("username")
-        parser.add_argument("--password", help="set this password (otherwise the account cannot log in until one is set)")
-        parser.add_argument("--staff", action="store_true",
-                            help="project admin: dashboard, snapshots, runs, models, keys, members (and the Django admin)")
+        parser.add_argument(
+            "--password", help="set this password (otherwise the account cannot log in until one is set)"
+        )
+        parser.add_argument(
+            "--staff",
+            action="store_true",
+            help="project admin: dashboard, snapshots, runs, models, keys, members (and the Django admin)",
+        )
         add_project_argument(parser)
 
     def handle(self, *args, **options):
@@ -37,5 +45,14 @@ class Command(BaseCommand):
         existing = Membership.objects.filter(project=project, user=user).values_list("role", flat=True).first()
         if existing != Membership.Role.ADMIN:  # never demote an admin by adding them as an annotator
             set_membership(project, user, role)
-        self.stdout.write(json.dumps({"username": user.username, "created": created, "staff": user.is_staff,
-                                      "project": project.name, "role": existing if existing == "admin" else role}))
+        self.stdout.write(
+            json.dumps(
+                {
+                    "username": user.username,
+                    "created": created,
+                    "staff": user.is_staff,
+                    "project": project.name,
+                    "role": existing if existing == "admin" else role,
+                }
+            )
+        )

@@ -1,4 +1,5 @@
 """python manage.py export_kto SNAPSHOT_ID --out FILE.jsonl [--split train|holdout|all]"""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,5 @@
-"""python manage.py import_feedback FILE [--format auto|kto|paired|hh|scored] [--threshold T] [--on-invalid fail|skip]
-"""
+"""python manage.py import_feedback FILE [--format auto|kto|paired|hh|scored] [--threshold T] [--on-invalid fail|skip]"""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +20,9 @@ class Command(BaseCommand):
         parser.add_argument("file")
         # Not argparse choices: an unknown format must get the same clear message as from the API.
         parser.add_argument("--format", default="auto", help=f"one of {', '.join(FORMAT_CHOICES)} (default auto)")
-        parser.add_argument("--threshold", type=float, default=None, help="scored format: the score that separates good from bad")
+        parser.add_argument(
+            "--threshold", type=float, default=None, help="scored format: the score that separates good from bad"
+        )
         parser.add_argument(
             "--weight-by-distance", action="store_true", help="scored format: weight each vote by |score - threshold|"
         )
@@ -29,9 +31,11 @@ class Command(BaseCommand):
             "--one-y-per-x", action="store_true", help="paired/hh: keep only one of chosen/rejected, at random (seeded)"
         )
         parser.add_argument(
-            "--on-invalid", default="fail", choices=ON_INVALID_CHOICES,
+            "--on-invalid",
+            default="fail",
+            choices=ON_INVALID_CHOICES,
             help="fail: the first bad line rejects the file, nothing is imported (default); skip: import every "
-                 "valid line (or side of a pair) and list each skipped one with its reason in a report file",
+            "valid line (or side of a pair) and list each skipped one with its reason in a report file",
         )
 
     def handle(self, *args, **options):

@@ -1,4 +1,5 @@
 """python manage.py snapshot_dataset [--holdout 0.1] [--target-ratio 1.333] [--mode ...] [--manual-weights D U]"""
+
 from __future__ import annotations
 
 import json
@@ -16,13 +17,22 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         add_project_argument(parser)
-        parser.add_argument("--holdout", type=float, default=settings.SNAPSHOT_HOLDOUT, help="share of prompts held out")
         parser.add_argument(
-            "--target-ratio", type=float, default=settings.KTO_TARGET_RATIO, help="target λ_D·n_D / (λ_U·n_U), paper: 4/3"
+            "--holdout", type=float, default=settings.SNAPSHOT_HOLDOUT, help="share of prompts held out"
+        )
+        parser.add_argument(
+            "--target-ratio",
+            type=float,
+            default=settings.KTO_TARGET_RATIO,
+            help="target λ_D·n_D / (λ_U·n_U), paper: 4/3",
         )
         parser.add_argument("--mode", choices=["auto", "downside_first"], default="auto")
         parser.add_argument(
-            "--manual-weights", type=float, nargs=2, metavar=("LAMBDA_D", "LAMBDA_U"), help="override the automatic weights"
+            "--manual-weights",
+            type=float,
+            nargs=2,
+            metavar=("LAMBDA_D", "LAMBDA_U"),
+            help="override the automatic weights",
         )
         parser.add_argument("--seed", type=int, default=0, help="seed of the train/holdout split by prompt")
 

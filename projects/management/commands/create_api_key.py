@@ -1,5 +1,6 @@
 """python manage.py create_api_key --project NAME --scopes S1,S2 [--expires-days N] [--rate R] [--name TEXT]
 → {"project", "key", "scopes", ...}; the key is shown only here (it is stored hashed)."""
+
 from __future__ import annotations
 
 import json
@@ -25,11 +26,25 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         project = project_option(options)
         try:
-            client, key = create_api_key(project, scopes=options["scopes"], name=options["name"],
-                                         expires_days=options["expires_days"], rate=options["rate"])
+            client, key = create_api_key(
+                project,
+                scopes=options["scopes"],
+                name=options["name"],
+                expires_days=options["expires_days"],
+                rate=options["rate"],
+            )
         except ValidationError as exc:
-            raise CommandError("; ".join(f"{field}: {', '.join(msgs)}" for field, msgs in exc.message_dict.items())) from None
-        self.stdout.write(json.dumps({
-            "project": project.name, "key": key, "scopes": client.scopes, "prefix": client.prefix,
-            "expires": client.expiry_date.isoformat() if client.expiry_date else None,
-        }))
+            raise CommandError(
+                "; ".join(f"{field}: {', '.join(msgs)}" for field, msgs in exc.message_dict.items())
+            ) from None
+        self.stdout.write(
+            json.dumps(
+                {
+                    "project": project.name,
+                    "key": key,
+                    "scopes": client.scopes,
+                    "prefix": client.prefix,
+                    "expires": client.expiry_date.isoformat() if client.expiry_date else None,
+                }
+            )
+        )

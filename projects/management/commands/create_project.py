@@ -1,4 +1,5 @@
 """python manage.py create_project NAME [--base-model PATH] → {"project", "slug", "id"}"""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("name")
-        parser.add_argument("--base-model", default="", help="the model its first version starts from "
-                                                              "(default: PROSPECT_BASE_MODEL)")
+        parser.add_argument(
+            "--base-model", default="", help="the model its first version starts from (default: PROSPECT_BASE_MODEL)"
+        )
 
     def handle(self, *args, **options):
         try:

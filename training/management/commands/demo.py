@@ -33,7 +33,6 @@ from config.celery import app as celery_app
 from projects.models import Membership
 from projects.selectors import default_project
 from projects.services import set_membership
-
 from training import dispatch, registry
 from training.management.commands._demo_setup import ensure_demo_model
 from training.management.commands.simulate_annotators import DEMO_TRAINING
@@ -153,8 +152,10 @@ class Command(BaseCommand):
                 user.is_staff = user.is_superuser = is_admin
                 user.save()
                 set_membership(self.project, user, role)
-        self.say(f"users: admin / admin (superuser, project admin of {self.project.name}), "
-                 f"annotator / annotator (annotator of {self.project.name})")
+        self.say(
+            f"users: admin / admin (superuser, project admin of {self.project.name}), "
+            f"annotator / annotator (annotator of {self.project.name})"
+        )
 
     def ensure_demo_policy(self, model_dir: Path) -> None:
         """On a fresh database, a retraining policy that makes the tiny demo model move.
@@ -174,12 +175,19 @@ class Command(BaseCommand):
         install_schedule(check_seconds=DEMO_RETRAIN_CHECK_SECONDS)
         every, _ = IntervalSchedule.objects.get_or_create(every=DEMO_REFILL_SECONDS, period=IntervalSchedule.SECONDS)
         # After a promotion, annotators should soon rate outputs of the new version.
-        PeriodicTask.objects.get_or_create(name=REFILL_TASK_NAME, defaults={
-            "task": dispatch.FILL_QUEUE, "interval": every, "queue": "gpu",
-            "kwargs": json.dumps({"n": SEED_QUEUE_SIZE, "top_up": True, "project_id": self.project.pk}),
-        })
-        self.say(f"retraining policy: every {DEMO_MIN_NEW_VOTES} new votes, cool-down {DEMO_COOLDOWN_SECONDS}s "
-                 f"(edit it in the admin)")
+        PeriodicTask.objects.get_or_create(
+            name=REFILL_TASK_NAME,
+            defaults={
+                "task": dispatch.FILL_QUEUE,
+                "interval": every,
+                "queue": "gpu",
+                "kwargs": json.dumps({"n": SEED_QUEUE_SIZE, "top_up": True, "project_id": self.project.pk}),
+            },
+        )
+        self.say(
+            f"retraining policy: every {DEMO_MIN_NEW_VOTES} new votes, cool-down {DEMO_COOLDOWN_SECONDS}s "
+            f"(edit it in the admin)"
+        )
 
     def seed_queue(self) -> None:
         added = top_up_annotation_queue(SEED_QUEUE_SIZE, project=self.project)

@@ -9,6 +9,7 @@ model's exact-match accuracy on held-out demo questions. Ends with one JSON line
 Training runs on a Celery GPU worker when one consumes the `gpu` queue, else in this process
 (`--inline`, the same guarded runner the worker uses, so a run is never trained twice).
 """
+
 from __future__ import annotations
 
 import json
@@ -50,29 +51,49 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--rounds", type=int, default=3)
-        parser.add_argument("--prompts-per-round", type=int, default=96,
-                            help="Training prompts sampled each round (default 96).")
-        parser.add_argument("--samples-per-prompt", type=int, default=4,
-                            help="Completions sampled per prompt (default 4): right and wrong answers to the "
-                                 "same question are what KTO learns most from.")
+        parser.add_argument(
+            "--prompts-per-round", type=int, default=96, help="Training prompts sampled each round (default 96)."
+        )
+        parser.add_argument(
+            "--samples-per-prompt",
+            type=int,
+            default=4,
+            help="Completions sampled per prompt (default 4): right and wrong answers to the "
+            "same question are what KTO learns most from.",
+        )
         parser.add_argument("--temperature", type=float, default=1.0)
-        parser.add_argument("--eval-prompts", type=int, default=200,
-                            help="Held-out demo questions the accuracy is measured on (default 200).")
+        parser.add_argument(
+            "--eval-prompts",
+            type=int,
+            default=200,
+            help="Held-out demo questions the accuracy is measured on (default 200).",
+        )
         parser.add_argument("--beta", type=float, default=None)
         parser.add_argument("--learning-rate", type=float, default=None)
         parser.add_argument("--epochs", type=float, default=None)
         parser.add_argument("--max-steps", type=int, default=None)
         parser.add_argument("--batch-size", type=int, default=None, help="Per-device training batch size.")
         parser.add_argument("--lora", action="store_true", help="Train LoRA adapters instead of full weights.")
-        parser.add_argument("--judge-prompts", type=int, default=None,
-                            help="Held-out prompts the evaluation gate judges each candidate on.")
+        parser.add_argument(
+            "--judge-prompts",
+            type=int,
+            default=None,
+            help="Held-out prompts the evaluation gate judges each candidate on.",
+        )
         parser.add_argument("--seed", type=int, default=0)
         mode = parser.add_mutually_exclusive_group()
-        mode.add_argument("--inline", action="store_true",
-                          help="Train in this process (default when no worker consumes the gpu queue).")
+        mode.add_argument(
+            "--inline",
+            action="store_true",
+            help="Train in this process (default when no worker consumes the gpu queue).",
+        )
         mode.add_argument("--worker", action="store_true", help="Always leave training to the Celery GPU worker.")
-        parser.add_argument("--run-timeout", type=float, default=1800.0,
-                            help="Give up on a round whose run and gate take longer (seconds).")
+        parser.add_argument(
+            "--run-timeout",
+            type=float,
+            default=1800.0,
+            help="Give up on a round whose run and gate take longer (seconds).",
+        )
 
     def handle(self, *args, **options):
         from training.kto.demo import demo_prompts
@@ -101,12 +122,16 @@ class Command(BaseCommand):
                 f"round {round_number}: {votes['desirable']} up / {votes['undesirable']} down votes, "
                 f"run {run.pk} {run.status}: {verdict}; active {active.name}, held-out accuracy {accuracy:.3f}"
             )
-        self.stdout.write(json.dumps({
-            "accuracy_by_round": accuracy_by_round,
-            "baseline_accuracy": round(baseline, 4),
-            "runs": runs,
-            "active_version": selectors.active_version().name,
-        }))
+        self.stdout.write(
+            json.dumps(
+                {
+                    "accuracy_by_round": accuracy_by_round,
+                    "baseline_accuracy": round(baseline, 4),
+                    "runs": runs,
+                    "active_version": selectors.active_version().name,
+                }
+            )
+        )
 
     # ---------------------------------------------------------------------------------------------
 
@@ -119,8 +144,13 @@ class Command(BaseCommand):
 
     def training_config(self, options) -> dict:
         config = dict(DEMO_TRAINING)
-        for option, key in (("beta", "beta"), ("learning_rate", "learning_rate"), ("epochs", "num_train_epochs"),
-                            ("max_steps", "max_steps"), ("batch_size", "per_device_train_batch_size")):
+        for option, key in (
+            ("beta", "beta"),
+            ("learning_rate", "learning_rate"),
+            ("epochs", "num_train_epochs"),
+            ("max_steps", "max_steps"),
+            ("batch_size", "per_device_train_batch_size"),
+        ):
             if options[option] is not None:
                 config[key] = options[option]
         if options["lora"]:
@@ -137,8 +167,12 @@ class Command(BaseCommand):
         prompts = demo_prompts(options["prompts_per_round"], seed=options["seed"] * 1000 + round_number, split="train")
         repeated = [prompt for prompt in prompts for _ in range(options["samples_per_prompt"])]
         generations = generate_for_prompts(
-            repeated, source="simulate_annotators", temperature=options["temperature"],
-            max_new_tokens=8, seed=options["seed"] * 1000 + round_number, skip_empty=True,
+            repeated,
+            source="simulate_annotators",
+            temperature=options["temperature"],
+            max_new_tokens=8,
+            seed=options["seed"] * 1000 + round_number,
+            skip_empty=True,
         )
         tally = {"desirable": 0, "undesirable": 0}
         seen = set()
@@ -147,8 +181,9 @@ class Command(BaseCommand):
                 continue
             seen.add(generation.pk)
             desirable = simulated_annotator(generation.prompt.content, generation.completion)
-            record_vote(generation_id=generation.pk, desirable=desirable,
-                        external_user_id=SIMULATED_VOTER, source="simulated")
+            record_vote(
+                generation_id=generation.pk, desirable=desirable, external_user_id=SIMULATED_VOTER, source="simulated"
+            )
             tally["desirable" if desirable else "undesirable"] += 1
         return tally
 
