@@ -173,6 +173,9 @@ def test_the_matrix_covers_every_url_of_the_pages_and_the_api():
         "accounts/login/",
         "accounts/logout/",
         "healthz",
+        # Operator endpoints with their own access rule (localhost or a metrics token): tests/ops.
+        "readyz",
+        "metrics",
         "favicon.ico",
         "api/schema/",
         "api/docs/",
