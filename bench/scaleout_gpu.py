@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,13 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, save_random_model, write_synthetic_kto  # noqa: E402
 
+from training.kto.distributed import free_port
+
 CONFIG_DIR = REPO_ROOT / "training" / "kto" / "accelerate"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _engine(model: str, data: str, out: Path, per_device: int, steps: int, extra: list[str]) -> list[str]:
@@ -75,7 +70,7 @@ def _launch(config: str | None, processes: int) -> list[str]:
         "--num_processes",
         str(processes),
         "--main_process_port",
-        str(_free_port()),
+        str(free_port()),
     ]
 
 

@@ -4,20 +4,14 @@ the test database, this process's Celery producer."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
+
+from training.kto.distributed import free_port  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 # The tests' own Redis database (flushed by the tests that use it).
 LOOP_REDIS_URL = os.environ.get("PROSPECT_LOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/2")
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (on 127.0.0.1)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.25, on_timeout=None):

@@ -36,6 +36,7 @@ from feedback.services import export_kto
 from training import process_tree
 from training.gate import evaluate_candidate
 from training.kto import defaults
+from training.kto.distributed import free_port
 from training.models import ModelVersion, TrainingRun
 from training.processes import process_start_id, stop_group, tail
 from training.registry import create_candidate_version
@@ -207,15 +208,9 @@ def build_train_command(run: TrainingRun, *, model: str, data: Path, out: Path) 
             # --multi_gpu is what starts N processes through torchrun, on a GPU host (NCCL) and on a
             # CPU-only one (gloo) alike; without it accelerate starts one. A free port: not 29500,
             # which another job on this host may hold.
-            launch += ["--multi_gpu", "--main_process_port", str(_free_port())]
+            launch += ["--multi_gpu", "--main_process_port", str(free_port())]
     launch += ["--num_processes", str(processes)]
     return [*launch, *engine_args]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- Monitoring ----------------------------------------------------------------------------------

@@ -21,18 +21,13 @@ import gc
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
 
+from training.kto.distributed import free_port
+
 WORLD_SIZE = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _rank(rank: int, port: int, model: str, data: str, trial_dir: Path) -> int:
@@ -108,7 +103,7 @@ def main(model: str, data: str, workdir: str, trials: int, timeout: float) -> di
     for trial in range(trials):
         trial_dir = Path(workdir) / f"trial-{trial}"
         trial_dir.mkdir(parents=True)
-        port = _free_port()
+        port = free_port()
         ranks = {}
         for rank in range(WORLD_SIZE):
             pid = os.fork()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,15 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from training.kto.distributed import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = Path(__file__).with_name("distributed_check.py")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch(arguments: list[str]) -> None:

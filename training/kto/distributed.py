@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 
 # Set by the runner (and usable by anyone launching the engine) when the caller knows how many
 # processes it asked for; `--expected-world-size` overrides it.
@@ -30,6 +31,13 @@ HOW_TO_LAUNCH_N = (
     "starts N CPU processes over gloo; `--cpu` and `distributed_type: MULTI_CPU` start only one unless mpirun is "
     "used), or with a config from training/kto/accelerate/ and `--num_processes N`"
 )
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (on 127.0.0.1): for a launcher's rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def expected_world_size_from_env() -> int:
