@@ -86,7 +86,9 @@ def heldout_output_pairs(a: ModelVersion, b: ModelVersion, limit: int = COMPARE_
     """The held-out prompts both versions have gate-generated outputs for, outputs aligned (A's order)."""
     outputs_b = dict(b.heldout_outputs.values_list("prompt_sha256", "completion"))
     pairs = []
-    for sha, prompt, completion in a.heldout_outputs.order_by("id").values_list("prompt_sha256", "prompt", "completion"):
+    for sha, prompt, completion in a.heldout_outputs.order_by("id").values_list(
+        "prompt_sha256", "prompt", "completion"
+    ):
         if sha in outputs_b:
             pairs.append(HeldoutPair(prompt, completion, outputs_b[sha]))
             if len(pairs) == limit:

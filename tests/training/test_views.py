@@ -252,7 +252,9 @@ def test_page_shows_metrics_side_by_side(csrf_checking_staff_client, versions):
 def _heldout_sections(html: str) -> list[tuple[str, str, list[str]]]:
     """(data-differs, prompt text, [A's output, B's output]) of each held-out item on the compare page."""
     block = html[html.index('id="compare-heldout"') : html.index("Outputs on served prompts")]
-    sections = re.findall(r'<section class="card compare-item heldout-item[^"]*" data-differs="(\w+)">(.*?)</section>', block, re.S)
+    sections = re.findall(
+        r'<section class="card compare-item heldout-item[^"]*" data-differs="(\w+)">(.*?)</section>', block, re.S
+    )
     texts = [re.findall(r'<div class="text">(.*?)</div>', body, re.S) for _, body in sections]
     return [(differs, found[0], found[1:]) for (differs, _), found in zip(sections, texts)]
 
@@ -283,7 +285,9 @@ def test_compare_shows_both_versions_on_the_same_heldout_prompts_aligned(csrf_ch
     assert _heldout_sections(html) == [("true", "What is 12+7?", ["29", "19"]), ("false", "What is 3+4?", ["7", "7"])]
     assert html.index("Outputs on the same held-out prompts") < html.index("Outputs on served prompts")
     # Swapping A and B swaps the columns and follows B's order now.
-    html = csrf_checking_staff_client.get(reverse("training:compare") + f"?a={candidate.pk}&b={base.pk}").content.decode()
+    html = csrf_checking_staff_client.get(
+        reverse("training:compare") + f"?a={candidate.pk}&b={base.pk}"
+    ).content.decode()
     assert _heldout_sections(html) == [("false", "What is 3+4?", ["7", "7"]), ("true", "What is 12+7?", ["19", "29"])]
     # No held-out outputs for one of them: the page says so instead of an empty list.
     HeldoutOutput.objects.filter(version=candidate).delete()

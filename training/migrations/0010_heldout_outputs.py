@@ -5,24 +5,34 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('training', '0009_run_worker_start_id'),
+        ("training", "0009_run_worker_start_id"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='HeldoutOutput',
+            name="HeldoutOutput",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('prompt', models.JSONField()),
-                ('prompt_sha256', models.CharField(max_length=64)),
-                ('completion', models.TextField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('version', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='heldout_outputs', to='training.modelversion')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("prompt", models.JSONField()),
+                ("prompt_sha256", models.CharField(max_length=64)),
+                ("completion", models.TextField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="heldout_outputs",
+                        to="training.modelversion",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('version', 'prompt_sha256'), name='one_heldout_output_per_version_prompt')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("version", "prompt_sha256"), name="one_heldout_output_per_version_prompt"
+                    )
+                ],
             },
         ),
     ]
