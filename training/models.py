@@ -64,6 +64,35 @@ class ModelVersion(models.Model):
         return f"{self.name} ({self.status})"
 
 
+class HeldoutOutput(models.Model):
+    """A version's greedy output on one of its project's fixed held-out prompts, stored by the gate.
+
+    Not a feedback.Generation: those are one row per (prompt, completion), so two versions giving
+    the same answer would share a row, and they are what annotators are served. These are only
+    shown side by side on the compare page, never rated and never trained on.
+    """
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="heldout_outputs")
+    # A plain string or a list of chat messages, as feedback.Prompt.content.
+    prompt = models.JSONField()
+    # feedback.content.prompt_sha256 of `prompt`: what aligns two versions' outputs.
+    prompt_sha256 = models.CharField(max_length=64)
+    completion = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["version", "prompt_sha256"], name="one_heldout_output_per_version_prompt"),
+        ]
+
+    @property
+    def is_chat(self) -> bool:
+        return isinstance(self.prompt, list)
+
+    def __str__(self) -> str:
+        return f"held-out output of {self.version_id} on {self.prompt_sha256[:12]}"
+
+
 class TrainingRun(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued"

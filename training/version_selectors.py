@@ -1,4 +1,4 @@
-"""Reads behind the Models page and its compare view (no writes: see training.registry)."""
+"""Reads behind the Models page and its compare view (no writes: see training.registry and training.gate)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,37 @@ def shared_prompt_outputs(a: ModelVersion, b: ModelVersion, limit: int = COMPARE
     shared = sorted(set(outputs_a) & set(outputs_b))[:limit]
     prompts = Prompt.objects.in_bulk(shared)
     return [ComparedPrompt(prompts[pk], outputs_a[pk], outputs_b[pk]) for pk in shared]
+
+
+@dataclass
+class HeldoutPair:
+    """Two versions' greedy outputs on one held-out prompt (stored by the gate)."""
+
+    prompt: object  # a plain string or a list of chat messages
+    a: str
+    b: str
+
+    @property
+    def is_chat(self) -> bool:
+        return isinstance(self.prompt, list)
+
+    @property
+    def differs(self) -> bool:
+        return self.a.strip() != self.b.strip()
+
+
+def heldout_output_pairs(a: ModelVersion, b: ModelVersion, limit: int = COMPARE_MAX_PROMPTS) -> list[HeldoutPair]:
+    """The held-out prompts both versions have gate-generated outputs for, outputs aligned (A's order)."""
+    outputs_b = dict(b.heldout_outputs.values_list("prompt_sha256", "completion"))
+    pairs = []
+    for sha, prompt, completion in a.heldout_outputs.order_by("id").values_list(
+        "prompt_sha256", "prompt", "completion"
+    ):
+        if sha in outputs_b:
+            pairs.append(HeldoutPair(prompt, completion, outputs_b[sha]))
+            if len(pairs) == limit:
+                break
+    return pairs
 
 
 def thumbs_up_share(version: ModelVersion) -> tuple[int, int]:

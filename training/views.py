@@ -299,7 +299,7 @@ def versions(request):
 @require_GET
 @view_models_required
 def compare(request):
-    """Two versions side by side: metric deltas, then their outputs on the prompts both answered."""
+    """Two versions side by side: metric deltas, their outputs on the same held-out prompts, then on served ones."""
     all_versions = list(selectors.version_list(request.project))
     by_id = {str(version.pk): version for version in all_versions}
     active = selectors.active_version(request.project)
@@ -315,6 +315,7 @@ def compare(request):
                 "verdict_a": presentation.gate_verdict(a),
                 "verdict_b": presentation.gate_verdict(b),
                 "thumbs": {"a": (up_a, n_a), "b": (up_b, n_b)},
+                "heldout_pairs": version_selectors.heldout_output_pairs(a, b),
                 "pairs": version_selectors.shared_prompt_outputs(a, b),
             }
         )

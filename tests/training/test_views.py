@@ -18,11 +18,12 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from feedback.content import prompt_sha256
 from feedback.models import DatasetSnapshot
 from projects.selectors import default_project
 from tests.training.helpers import loadable_artifact
 from training import registry
-from training.models import ModelVersion, TrainingRun
+from training.models import HeldoutOutput, ModelVersion, TrainingRun
 from training.policy import get_policy
 
 # --- run pages ----------------------------------------
@@ -246,6 +247,52 @@ def test_page_shows_metrics_side_by_side(csrf_checking_staff_client, versions):
     assert columns == ["Version", "Status", "Accuracy", "Holdout loss", "Reward accuracy", "Gate verdict", "Actions"]
     assert "0.4123" in html and "61.0 %" in html
     assert 'id="active-version">base<' in html
+
+
+def _heldout_sections(html: str) -> list[tuple[str, str, list[str]]]:
+    """(data-differs, prompt text, [A's output, B's output]) of each held-out item on the compare page."""
+    block = html[html.index('id="compare-heldout"') : html.index("Outputs on served prompts")]
+    sections = re.findall(
+        r'<section class="card compare-item heldout-item[^"]*" data-differs="(\w+)">(.*?)</section>', block, re.S
+    )
+    texts = [re.findall(r'<div class="text">(.*?)</div>', body, re.S) for _, body in sections]
+    return [(differs, found[0], found[1:]) for (differs, _), found in zip(sections, texts)]
+
+
+@pytest.mark.django_db
+def test_compare_shows_both_versions_on_the_same_heldout_prompts_aligned(csrf_checking_staff_client, versions):
+    base, candidate = versions
+    for version, answers in (
+        (base, {"What is 12+7?": "29", "What is 3+4?": "7", "What is 1+1?": "2"}),
+        # Stored in another order, and one prompt the base has no output for.
+        (candidate, {"What is 9+9?": "18", "What is 3+4?": "7", "What is 12+7?": "19"}),
+    ):
+        HeldoutOutput.objects.bulk_create(
+            HeldoutOutput(version=version, prompt=prompt, prompt_sha256=prompt_sha256(prompt), completion=answer)
+            for prompt, answer in answers.items()
+        )
+    HeldoutOutput.objects.create(
+        version=base,
+        prompt=[{"role": "user", "content": "Say hi"}],
+        prompt_sha256=prompt_sha256([{"role": "user", "content": "Say hi"}]),
+        completion="hi",
+    )
+
+    url = reverse("training:compare") + f"?a={base.pk}&b={candidate.pk}"
+    html = csrf_checking_staff_client.get(url).content.decode()
+
+    # Only the prompts both have, in A's order, each row A | B; a different answer is flagged.
+    assert _heldout_sections(html) == [("true", "What is 12+7?", ["29", "19"]), ("false", "What is 3+4?", ["7", "7"])]
+    assert html.index("Outputs on the same held-out prompts") < html.index("Outputs on served prompts")
+    # Swapping A and B swaps the columns and follows B's order now.
+    html = csrf_checking_staff_client.get(
+        reverse("training:compare") + f"?a={candidate.pk}&b={base.pk}"
+    ).content.decode()
+    assert _heldout_sections(html) == [("false", "What is 3+4?", ["7", "7"]), ("true", "What is 12+7?", ["19", "29"])]
+    # No held-out outputs for one of them: the page says so instead of an empty list.
+    HeldoutOutput.objects.filter(version=candidate).delete()
+    html = csrf_checking_staff_client.get(url).content.decode()
+    assert 'id="compare-heldout"' not in html and 'id="compare-no-heldout"' in html
 
 
 @pytest.mark.django_db

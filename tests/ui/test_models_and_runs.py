@@ -105,7 +105,18 @@ def test_compare_view_aligns_outputs_and_highlights_deltas(world, live_server, o
     assert verdicts["demo_accuracy"] == "worse" and verdicts["holdout.loss"] == "better"
     assert verdicts["holdout.reward_accuracy"] == "better"
     assert page.locator("#compare-metrics .delta-worse").count() == 1
-    items = page.locator(".compare-item")
+    # First the same held-out prompts (the gate's greedy outputs), a differing answer shaded.
+    heldout = page.locator("#compare-heldout .compare-item")
+    assert heldout.count() == 3
+    assert heldout.nth(0).locator(".compare-row .text").all_inner_texts() == ["56", "46"]  # 41+5
+    assert heldout.evaluate_all("items => items.map(i => i.dataset.differs)") == ["true", "false", "false"]
+    assert page.locator("#compare-heldout .differs .output").first.evaluate(
+        "e => getComputedStyle(e).backgroundColor"
+    ) != page.locator("#compare-heldout .compare-item:not(.differs) .output").first.evaluate(
+        "e => getComputedStyle(e).backgroundColor"
+    )
+    # Then the outputs both served.
+    items = page.locator("#compare-outputs .compare-item")
     assert items.count() == 3
     first = items.nth(0).locator(".compare-row .text").all_inner_texts()
     assert first == ["29", "19"]  # 12+7: base's slip and the candidate's right answer, side by side
@@ -114,7 +125,14 @@ def test_compare_view_aligns_outputs_and_highlights_deltas(world, live_server, o
     page.select_option("#pick-b", str(world["base"].pk))
     with page.expect_navigation():
         page.click("#compare-submit")
-    assert page.locator(".compare-item").nth(0).locator(".compare-row .text").all_inner_texts() == ["19", "29"]
+    assert page.locator("#compare-heldout .compare-item").nth(0).locator(".compare-row .text").all_inner_texts() == [
+        "46",
+        "56",
+    ]
+    assert page.locator("#compare-outputs .compare-item").nth(0).locator(".compare-row .text").all_inner_texts() == [
+        "19",
+        "29",
+    ]
     assert not errors
 
 

@@ -72,9 +72,10 @@ def build_world() -> dict:
     from django.conf import settings
     from django.utils import timezone
 
+    from feedback.content import prompt_sha256
     from feedback.services import create_snapshot
     from tests.training.helpers import loadable_artifact
-    from training.models import ModelVersion, TrainingRun
+    from training.models import HeldoutOutput, ModelVersion, TrainingRun
 
     demo = default_project()
     # Stand-ins that pass the promotion's artifact check (the pages never load them).
@@ -178,6 +179,13 @@ def build_world() -> dict:
         prompt = f"What is {a}+{b}?"
         add_generation(prompt=prompt, completion=str(a + b + 10), model_version_id=base.pk, source="fill_queue")
         add_generation(prompt=prompt, completion=str(a + b), model_version_id=candidate.pk, source="fill_queue")
+    # The gate's greedy outputs of both on the same held-out prompts (the compare view shows these first).
+    for a, b, base_answer in ((41, 5, "56"), (6, 6, "12"), (23, 19, "42")):
+        prompt = f"What is {a}+{b}?"
+        for version, answer in ((base, base_answer), (candidate, str(a + b))):
+            HeldoutOutput.objects.create(
+                version=version, prompt=prompt, prompt_sha256=prompt_sha256(prompt), completion=answer
+            )
     return {
         "snapshot": snapshot,
         "base": base,
