@@ -3,6 +3,7 @@ switcher), and which links their role there opens."""
 
 from __future__ import annotations
 
+from django.contrib.auth.models import AbstractBaseUser
 from django.http import Http404
 
 from projects import roles
@@ -12,7 +13,8 @@ from projects.web import page_project
 
 def project_header(request) -> dict:
     user = getattr(request, "user", None)
-    if user is None or not user.is_authenticated:
+    # An API page rendered for a key (DRF's request.user is then the key's ApiCaller) has no header.
+    if not isinstance(user, AbstractBaseUser) or not user.is_authenticated:
         return {}
     mine = projects_of(user)
     project = getattr(request, "project", None)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
 
+from projects.selectors import default_project
+from projects.services import create_api_key
 from tests.feedback.helpers import make_annotator
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,9 +62,8 @@ def test_check_deploy_is_clean_behind_a_tls_proxy():
 def test_every_api_error_is_json_and_leaks_nothing(client, settings, debug):
     settings.DEBUG = debug
     client.raise_request_exception = False
-    staff = get_user_model().objects.create_user("boss", password="correct horse battery staple", is_staff=True)
-    token = Token.objects.create(user=staff).key
-    headers = {"HTTP_AUTHORIZATION": f"Token {token}"}
+    _, token = create_api_key(default_project(), scopes="votes:write,read")
+    headers = {"HTTP_AUTHORIZATION": f"Api-Key {token}"}
 
     unknown = client.get("/api/v1/no-such-endpoint/", **headers)
     assert unknown.status_code == 404 and unknown.json() == {"detail": "Not Found"}
@@ -94,9 +94,8 @@ def test_a_view_exception_under_the_api_is_a_json_500(client, settings, monkeypa
     monkeypatch.setattr(api.VoteView, "post", explode)
     client.raise_request_exception = False
     settings.DEBUG = True
-    staff = get_user_model().objects.create_user("boss", password="correct horse battery staple", is_staff=True)
-    client.force_login(staff)
-    response = client.post("/api/v1/votes/", {}, content_type="application/json")
+    _, token = create_api_key(default_project(), scopes="votes:write")
+    response = client.post("/api/v1/votes/", {}, content_type="application/json", HTTP_AUTHORIZATION=f"Api-Key {token}")
     assert response.status_code == 500
     assert response.json() == {"detail": "Internal Server Error"}
     assert b"secret detail" not in response.content
@@ -119,6 +118,7 @@ def test_demo_accounts_are_created_only_in_demo_mode(settings):
 
     command = Command(stdout=io.StringIO())
     command._stdout_lock = threading.Lock()
+    command.project = default_project()
     settings.DEBUG = False
     command.ensure_users()
     assert not get_user_model().objects.filter(username__in=["admin", "annotator"]).exists()
@@ -153,8 +153,8 @@ def test_a_broker_outage_inside_an_api_request_is_a_json_503_with_retry_after(cl
 
     monkeypatch.setattr(api.VoteView, "post", send_to_the_dead_broker)
     client.raise_request_exception = False
-    client.force_login(get_user_model().objects.create_user("boss", password="x", is_staff=True))
-    response = client.post("/api/v1/votes/", {}, content_type="application/json")
+    _, token = create_api_key(default_project(), scopes="votes:write")
+    response = client.post("/api/v1/votes/", {}, content_type="application/json", HTTP_AUTHORIZATION=f"Api-Key {token}")
     assert response.status_code == 503
     assert int(response["Retry-After"]) > 0
     assert "unavailable" in response.json()["detail"]

@@ -8,6 +8,7 @@ import pytest
 from django.utils import timezone
 
 from feedback.models import DatasetSnapshot
+from projects.selectors import default_project
 from tests.feedback.helpers import add_generation, make_annotator
 from training.models import ModelVersion, TrainingRun
 
@@ -20,10 +21,11 @@ def test_metrics_count_votes_queue_runs_and_the_active_version(client, settings,
 
     rated, _unrated = add_generation(prompt="a", completion="b"), add_generation(prompt="c", completion="d")
     record_vote(generation_id=rated.pk, desirable=False, annotator_id=make_annotator("alice").pk)
-    snapshot = DatasetSnapshot.objects.create(path="/nonexistent", sha256="0" * 64)
+    snapshot = DatasetSnapshot.objects.create(project=default_project(), path="/nonexistent", sha256="0" * 64)
     start = timezone.now() - timedelta(minutes=10)
     for status, minutes in (("succeeded", 4), ("failed", 1), ("failed", 2)):
         TrainingRun.objects.create(
+            project=default_project(),
             snapshot=snapshot,
             status=status,
             started_at=start,
@@ -31,7 +33,9 @@ def test_metrics_count_votes_queue_runs_and_the_active_version(client, settings,
             desirable_weight=1.0,
             undesirable_weight=1.0,
         )
-    ModelVersion.objects.create(name="v7", status=ModelVersion.Status.ACTIVE, artifact_path=str(tmp_path))
+    ModelVersion.objects.create(
+        project=default_project(), name="v7", status=ModelVersion.Status.ACTIVE, artifact_path=str(tmp_path)
+    )
 
     response = client.get("/metrics")
     assert response.status_code == 200

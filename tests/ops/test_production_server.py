@@ -12,18 +12,18 @@ import pytest
 from tests.ops.production_server import PASSWORD, request, start_production_server, stop
 
 ANNOTATOR_SETUP = f"""
-from django.contrib.auth.models import Group, User
-from tests.feedback.helpers import add_generation
-user = User.objects.create_user("rater", password={PASSWORD!r})
-user.groups.add(Group.objects.get_or_create(name="annotators")[0])
+from tests.feedback.helpers import add_generation, make_annotator
+user = make_annotator("rater")
+user.set_password({PASSWORD!r})
+user.save()
 add_generation()
 """
-STAFF_TOKEN = f"""
-from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
+STAFF_TOKEN = """
+from projects.selectors import default_project
+from projects.services import create_api_key
 from tests.feedback.helpers import add_generation
-boss = User.objects.create_user("boss", password={PASSWORD!r}, is_staff=True)
-print("TOKEN", Token.objects.create(user=boss).key, "GENERATION", add_generation().pk)
+_, key = create_api_key(default_project(), scopes="votes:write")
+print("TOKEN", key, "GENERATION", add_generation().pk)
 """
 
 
@@ -57,7 +57,7 @@ def vote(server, token: str, generation_id: int):
         f"{server.url}/api/v1/votes/",
         data=body,
         method="POST",
-        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+        headers={"Authorization": f"Api-Key {token}", "Content-Type": "application/json"},
     )
 
 

@@ -21,7 +21,7 @@ def test_policy_row_is_created_from_settings(settings):
 
     policy = get_policy()
 
-    assert (policy.pk, policy.min_new_votes, policy.beta) == (1, 7, 0.3)
+    assert (policy.min_new_votes, policy.beta) == (7, 0.3)
     assert default_training_config()["beta"] == 0.3
 
 

@@ -33,7 +33,7 @@ def _marked_processes(run: TrainingRun) -> list[int]:
     return process_tree.run_processes(run.pk, run.artifact_dir)
 
 
-def test_reaper_kills_ranks_that_left_the_launchers_group(transactional_db, tmp_path):
+def test_reaper_kills_ranks_that_left_the_launchers_group(committed_db, tmp_path):
     """A dead worker's run: the reaper SIGKILLs the launcher's group and every rank, wherever it lives."""
     dead_worker = subprocess.Popen([sys.executable, "-c", "pass"])
     dead_worker.wait()

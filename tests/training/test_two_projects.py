@@ -56,7 +56,7 @@ def snapshot_rows(snapshot: DatasetSnapshot) -> list[dict]:
 
 
 def test_two_projects_turn_the_loop_without_touching_each_other(
-    transactional_db, data_dir, demo_model_dir, start_worker, loop_redis
+    committed_db, data_dir, demo_model_dir, start_worker, loop_redis
 ):
     from training.kto.demo import correct_answer, demo_prompts
 

@@ -10,6 +10,7 @@ import pytest
 from django.utils import timezone
 
 from feedback.models import DatasetSnapshot, Vote
+from projects.selectors import default_project
 from tests.training.helpers import cast_demo_votes
 from training.models import TrainingRun
 from training.policy import get_policy, retrain_decision
@@ -22,9 +23,16 @@ pytestmark = pytest.mark.django_db
 
 def run_on_snapshot(status: str, **fields) -> TrainingRun:
     last_vote = Vote.objects.order_by("-pk").first()
-    snapshot = DatasetSnapshot.objects.create(path="/nonexistent", sha256="0" * 64, last_vote_id=last_vote.pk)
+    snapshot = DatasetSnapshot.objects.create(
+        project=default_project(), path="/nonexistent", sha256="0" * 64, last_vote_id=last_vote.pk
+    )
     return TrainingRun.objects.create(
-        snapshot=snapshot, status=status, desirable_weight=1.0, undesirable_weight=1.0, **fields
+        project=default_project(),
+        snapshot=snapshot,
+        status=status,
+        desirable_weight=1.0,
+        undesirable_weight=1.0,
+        **fields,
     )
 
 
