@@ -5,9 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -x /usr/bin/chromium ] && [ "${PROSPECT_SKIP_APT:-0}" != "1" ]; then
+# The emoji font: without it headless Chromium draws the annotate page's thumbs as empty boxes.
+EMOJI_FONT=/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
+if { [ ! -x /usr/bin/chromium ] || [ ! -f "$EMOJI_FONT" ]; } && [ "${PROSPECT_SKIP_APT:-0}" != "1" ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
-    echo "setup: installing Debian's chromium for the browser tests" >&2
+    echo "setup: installing Debian's chromium and emoji font for the browser tests" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null
   else
     echo "setup: /usr/bin/chromium is missing; install Debian's 'chromium' package for the browser tests" >&2
