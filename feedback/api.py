@@ -201,8 +201,12 @@ class GenerationBatchView(APIView):
         )
 
 
+# The largest id the database can hold (a 64-bit primary key): a larger one is a 400, not a 500.
+MAX_DATABASE_ID = 2**63 - 1
+
+
 class VoteInSerializer(serializers.Serializer):
-    generation_id = serializers.IntegerField(min_value=1, required=False)
+    generation_id = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
     generation_external_id = serializers.CharField(max_length=200, required=False)
     desirable = serializers.BooleanField(help_text="true = thumbs up, false = thumbs down.")
     external_user_id = serializers.CharField(
