@@ -27,15 +27,12 @@ from feedback.services.generations import GenerationInput
 from projects.models import Project
 from projects.selectors import resolve_project
 from training.models import ModelVersion
+from training.routing import NoActiveModelVersion  # noqa: F401  (re-exported for callers)
 
 # A prompt as stored on feedback.Prompt: a plain string, or chat messages [{"role", "content"}].
 PromptContent = str | list
 
 DEFAULT_MAX_NEW_TOKENS = 32
-
-
-class NoActiveModelVersion(RuntimeError):
-    """There is nothing to serve yet: no model version has been promoted."""
 
 
 class EmptyCompletion(RuntimeError):
