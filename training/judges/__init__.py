@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     PROMOTE = "promote"  # the evidence says the candidate is better at the configured confidence
     REJECT = "reject"  # the evidence says it is not better (or is worse): do not promote
     WAIT = "wait"  # still collecting evidence (comparisons, canary traffic): ask again later
