@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import Count, F, Q
+from django.db.models import Case, Count, Q, Value, When
 from django.utils import timezone
 
 from feedback.models import Comparison, ComparisonItem, ComparisonVote
@@ -55,10 +55,11 @@ def queue_candidate_ids(user, now, project: Project, exclude_ids=(), limit: int 
     items = waiting_items(user, now, project)
     if exclude_ids:
         items = items.exclude(pk__in=list(exclude_ids))
+    asked_by_admin = Case(When(comparison__requested_by__isnull=True, then=Value(0)), default=Value(1))
     return list(
-        items.order_by(
-            F("comparison__requested_by").asc(nulls_first=True), "comparison__created_at", "comparison_id", "id"
-        ).values_list("id", flat=True)[:limit]
+        items.annotate(asked_by_admin=asked_by_admin)
+        .order_by("asked_by_admin", "comparison__created_at", "comparison_id", "id")
+        .values_list("id", flat=True)[:limit]
     )
 
 

@@ -81,7 +81,8 @@ def start_comparison(version_1, version_2, requested_by=None) -> Comparison:
                     comparison=comparison, prompt_sha256=output_a.prompt_sha256, left_output=left, right_output=right
                 )
             )
-        ComparisonItem.objects.bulk_create(new_items)
+        # A concurrent start of the same pair may have added some first (on SQLite, which has no row locks).
+        ComparisonItem.objects.bulk_create(new_items, ignore_conflicts=True)
         if comparison.n_identical != n_identical:
             comparison.n_identical = n_identical
             changed.append("n_identical")
@@ -181,7 +182,9 @@ def record_comparison_vote(user, item_id: int, choice: str, project: Project) ->
             vote = ComparisonVote.objects.create(item=item, annotator=user, choice=choice)
         created = True
     except IntegrityError:  # this annotator already answered it (a double submit): the first stands
-        vote, created = ComparisonVote.objects.get(item=item, annotator=user), False
+        vote, created = ComparisonVote.objects.filter(item=item, annotator=user).first(), False
+        if vote is None:  # not a repeat: the item was deleted in between
+            raise ComparisonItemNotFound(f"comparison item {item_id} does not exist") from None
     release_comparison_claim(user, item.pk)
     return vote, created
 
