@@ -7,7 +7,16 @@ from django.shortcuts import redirect
 from django.urls import path
 
 from feedback import services
-from feedback.models import DatasetSnapshot, Generation, ImportBatch, Prompt, Vote
+from feedback.models import (
+    Comparison,
+    ComparisonItem,
+    ComparisonVote,
+    DatasetSnapshot,
+    Generation,
+    ImportBatch,
+    Prompt,
+    Vote,
+)
 
 
 @admin.register(Prompt)
@@ -124,3 +133,29 @@ class DatasetSnapshotAdmin(admin.ModelAdmin):
                 f"λ_U = {snapshot.undesirable_weight:.4g} ({snapshot.weight_rule})",
             )
         return redirect("admin:feedback_datasetsnapshot_changelist")
+
+
+@admin.register(Comparison)
+class ComparisonAdmin(admin.ModelAdmin):
+    """Blind comparisons are started from the compare page (admins) or by the gate; here they are read."""
+
+    list_display = ("id", "project", "version_a", "version_b", "requested_by", "n_identical", "created_at", "closed_at")
+    list_filter = ("project",)
+    raw_id_fields = ("version_a", "version_b", "requested_by")
+    readonly_fields = ("created_at",)
+
+
+class ComparisonVoteInline(admin.TabularInline):
+    model = ComparisonVote
+    extra = 0
+    fields = ("annotator", "choice", "created_at")
+    readonly_fields = ("created_at",)
+    raw_id_fields = ("annotator",)
+
+
+@admin.register(ComparisonItem)
+class ComparisonItemAdmin(admin.ModelAdmin):
+    list_display = ("id", "comparison", "prompt_sha256", "created_at")
+    raw_id_fields = ("comparison", "left_output", "right_output", "claimed_by")
+    readonly_fields = ("created_at",)
+    inlines = [ComparisonVoteInline]

@@ -193,3 +193,86 @@ class DatasetSnapshot(models.Model):
 
     def __str__(self) -> str:
         return f"snapshot {self.pk} ({self.n_desirable}D/{self.n_undesirable}U)"
+
+
+class Comparison(models.Model):
+    """A blind pairwise comparison of two model versions on their held-out outputs.
+
+    Started by the evaluation gate (the pairwise judge: candidate vs active, requested_by empty)
+    or by a project admin on the compare page (any two versions). The pair is stored in a fixed
+    order (version_a has the smaller id) so the same two versions always share one comparison,
+    whichever was picked as A; who "wins" is read from the votes for either side.
+    """
+
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="comparisons")
+    version_a = models.ForeignKey("training.ModelVersion", on_delete=models.CASCADE, related_name="+")
+    version_b = models.ForeignKey("training.ModelVersion", on_delete=models.CASCADE, related_name="+")
+    # Empty: the gate started it (a promotion waits on it, so its items are served first).
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Held-out prompts on which both versions answered exactly alike: no item (nothing to choose).
+    n_identical = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Set once the judge decided (or an admin stopped it): its items are no longer served.
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["version_a", "version_b"], name="one_comparison_per_version_pair"),
+            models.CheckConstraint(condition=Q(version_a__lt=models.F("version_b")), name="comparison_pair_in_order"),
+        ]
+
+    def __str__(self) -> str:
+        return f"comparison {self.pk} ({self.version_a_id} vs {self.version_b_id})"
+
+
+class ComparisonItem(models.Model):
+    """One held-out prompt answered by both versions, shown blind with the sides drawn at random.
+
+    The two outputs are the gate's stored greedy outputs (training.HeldoutOutput); which one is
+    on the left was drawn once when the item was created and is stored, so every annotator sees
+    the same item the same way round and the vote can be read back to a version.
+    """
+
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="items")
+    prompt_sha256 = models.CharField(max_length=64)
+    left_output = models.ForeignKey("training.HeldoutOutput", on_delete=models.CASCADE, related_name="+")
+    right_output = models.ForeignKey("training.HeldoutOutput", on_delete=models.CASCADE, related_name="+")
+    # A short lease, as on generations: two annotators working at once are not served the same item.
+    claimed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["comparison", "prompt_sha256"], name="one_comparison_item_per_prompt"),
+        ]
+
+    def __str__(self) -> str:
+        return f"comparison item {self.pk}"
+
+
+class ComparisonVote(models.Model):
+    """An annotator's answer to "which is better?" on one item: the left output, the right one, or a tie."""
+
+    class Choice(models.TextChoices):
+        LEFT = "left", "left is better"
+        RIGHT = "right", "right is better"
+        TIE = "tie", "about the same"
+
+    item = models.ForeignKey(ComparisonItem, on_delete=models.CASCADE, related_name="votes")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="comparison_votes")
+    choice = models.CharField(max_length=5, choices=Choice.choices)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["item", "annotator"], name="one_comparison_vote_per_annotator"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.choice} on comparison item {self.item_id}"

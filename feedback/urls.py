@@ -6,6 +6,7 @@ from feedback import api, views
 pages = [
     path("annotate/", views.annotate, name="annotate"),
     path("annotate/vote/", views.vote, name="vote"),
+    path("annotate/compare/", views.compare_vote, name="compare_vote"),
     path("annotate/skip/", views.skip, name="skip"),
     path("annotate/undo/", views.undo, name="undo"),
     path("dashboard/", views.dashboard, name="dashboard"),

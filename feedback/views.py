@@ -10,8 +10,16 @@ from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from feedback import selectors, services
+from feedback import comparison_selectors, selectors, services
+from feedback.models import ComparisonItem, ComparisonVote
 from feedback.permissions import annotator_required, dashboard_required, snapshot_required
+from feedback.services.comparisons import (
+    ComparisonItemNotFound,
+    next_annotation_item,
+    record_comparison_vote,
+    release_comparison_claim,
+    undo_last_answer,
+)
 from feedback.services.votes import GenerationNotFound
 from projects import roles
 from projects.selectors import has_project_perm, projects_of
@@ -19,11 +27,14 @@ from projects.web import page_project
 
 # Skipped items are remembered per browser session, newest last; older ones fall off the end.
 SESSION_SKIPPED = "feedback_skipped_generation_ids"
+SESSION_SKIPPED_COMPARISONS = "feedback_skipped_comparison_item_ids"
 MAX_REMEMBERED_SKIPS = 200
 # A comment the server refused (too long) comes back into the box instead of being lost.
 SESSION_COMMENT_DRAFT = "feedback_comment_draft"
 COMMENT_MAX_CHARS = 5000
 THUMB = {"up": "👍", "down": "👎"}
+# What the confirmation says after a "which is better?" answer (the page never names the versions).
+CHOSEN = {"left": "left is better", "right": "right is better", "tie": "a tie"}
 
 
 def healthz(request):
@@ -52,30 +63,78 @@ class VoteForm(forms.Form):
 
 
 class SkipForm(forms.Form):
-    generation_id = forms.IntegerField(min_value=1)
+    # One of the two: the output to rate on screen, or the "which is better?" item.
+    generation_id = forms.IntegerField(min_value=1, required=False)
+    comparison_item_id = forms.IntegerField(min_value=1, required=False)
+
+    def clean(self):
+        cleaned = super().clean()
+        if (cleaned.get("generation_id") is None) == (cleaned.get("comparison_item_id") is None):
+            raise forms.ValidationError("send generation_id or comparison_item_id")
+        return cleaned
+
+
+class ComparisonVoteForm(forms.Form):
+    item_id = forms.IntegerField(min_value=1)
+    choice = forms.ChoiceField(choices=ComparisonVote.Choice.choices)
+
+
+def _remember_skip(request, key: str, item_id: int) -> None:
+    skipped = [i for i in request.session.get(key, []) if i != item_id] + [item_id]
+    request.session[key] = skipped[-MAX_REMEMBERED_SKIPS:]
 
 
 @require_GET
 @annotator_required
 def annotate(request):
-    generation = services.claim_next_generation(
-        request.user, request.session.get(SESSION_SKIPPED, []), project=request.project
+    item = next_annotation_item(
+        request.user,
+        request.project,
+        skipped_generation_ids=request.session.get(SESSION_SKIPPED, []),
+        skipped_item_ids=request.session.get(SESSION_SKIPPED_COMPARISONS, []),
     )
+    comparison_item = item if isinstance(item, ComparisonItem) else None
+    generation = None if comparison_item is not None else item
     draft = request.session.pop(SESSION_COMMENT_DRAFT, None)
     progress = selectors.queue_progress(request.user, request.project)
+    comparison_progress = comparison_selectors.comparison_progress(request.user, request.project)
+    done_today = progress.rated_today + comparison_progress.answered_today
     return render(
         request,
         "feedback/annotate.html",
         {
             "generation": generation,
+            "comparison_item": comparison_item,
             "progress": progress,
-            "session_total": progress.rated_today + progress.waiting,
+            "comparison_progress": comparison_progress,
+            "session_done": done_today,
+            "session_total": done_today + progress.waiting + comparison_progress.waiting,
             "comment_draft": draft["comment"]
             if draft and generation and draft["generation_id"] == generation.pk
             else "",
             "comment_max_chars": COMMENT_MAX_CHARS,
         },
     )
+
+
+@require_POST
+@annotator_required
+def compare_vote(request):
+    form = ComparisonVoteForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"Answer not saved: {form.errors.as_text()}")
+        return redirect("feedback:annotate")
+    choice = form.cleaned_data["choice"]
+    try:
+        _, created = record_comparison_vote(request.user, form.cleaned_data["item_id"], choice, request.project)
+    except ComparisonItemNotFound:
+        messages.error(request, "That comparison no longer exists; here is the next item.")
+        return redirect("feedback:annotate")
+    if not created:
+        messages.info(request, "You had already answered that comparison; your first answer stands.")
+    else:
+        messages.success(request, f"Saved: {CHOSEN[choice]}", extra_tags=f"vote-saved comparison-saved choice-{choice}")
+    return redirect("feedback:annotate")
 
 
 @require_POST
@@ -122,10 +181,13 @@ def vote(request):
 def skip(request):
     form = SkipForm(request.POST)
     if form.is_valid():
-        generation_id = form.cleaned_data["generation_id"]
-        skipped = [i for i in request.session.get(SESSION_SKIPPED, []) if i != generation_id] + [generation_id]
-        request.session[SESSION_SKIPPED] = skipped[-MAX_REMEMBERED_SKIPS:]
-        services.release_claim(request.user, generation_id)
+        generation_id, item_id = form.cleaned_data["generation_id"], form.cleaned_data["comparison_item_id"]
+        if item_id is not None:
+            _remember_skip(request, SESSION_SKIPPED_COMPARISONS, item_id)
+            release_comparison_claim(request.user, item_id)
+        else:
+            _remember_skip(request, SESSION_SKIPPED, generation_id)
+            services.release_claim(request.user, generation_id)
         messages.info(
             request,
             'Skipped. The item stays in the queue (so "waiting" does not drop) for another '
@@ -138,9 +200,11 @@ def skip(request):
 @require_POST
 @annotator_required
 def undo(request):
-    generation = services.undo_last_vote(request.user, request.project)
-    if generation is None:
+    item = undo_last_answer(request.user, request.project)
+    if item is None:
         messages.info(request, "Nothing to undo.")
+    elif isinstance(item, ComparisonItem):
+        messages.success(request, "Last answer undone: choose again.")
     else:
         messages.success(request, "Last vote undone: rate the item again.")
     return redirect("feedback:annotate")

@@ -20,6 +20,7 @@ urlpatterns = [
     path("runs/<int:run_id>/cancel/", views.cancel, name="cancel"),
     path("models/", views.versions, name="versions"),
     path("models/compare/", views.compare, name="compare"),
+    path("models/compare/blind/", views.start_blind_comparison, name="start_blind_comparison"),
     path("models/rollback/", views.rollback, name="rollback"),
     path("models/<int:version_id>/promote/", views.promote, name="promote"),
     path("models/<int:version_id>/reject/", views.reject, name="reject"),

@@ -11,14 +11,19 @@ import json
 from django import forms
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import JsonResponse
+from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from feedback import comparison_selectors
 from feedback.models import DatasetSnapshot
+from feedback.services.comparisons import start_comparison
 from projects import roles
+from projects.selectors import has_project_perm
 from projects.web import project_permission_required
 from training import policy, presentation, registry, selectors, version_selectors
+from training.judges import pairwise
 from training.models import ModelVersion, TrainingPolicy, TrainingRun
 from training.runs import cancel_run, start_run
 
@@ -319,7 +324,50 @@ def compare(request):
                 "pairs": version_selectors.shared_prompt_outputs(a, b),
             }
         )
+    if a is not None and b is not None and a != b:
+        comparison = comparison_selectors.comparison_between(a, b)
+        context["blind"] = {
+            "comparison": comparison,
+            # B's win rate over A ("Δ is B − A" on this page), at the project's gate confidence.
+            "rate": pairwise.comparison_win_rate(a, b, pairwise.confidence_of(policy.get_policy(request.project)))
+            if comparison is not None
+            else None,
+            "can_start": has_project_perm(request.user, request.project, roles.CHANGE_MODELS),
+        }
     return render(request, "training/compare.html", context)
+
+
+@require_POST
+@change_models_required
+def start_blind_comparison(request):
+    """Put two versions' held-out outputs in front of annotators as blind "which is better?" items."""
+    a = get_object_or_404(ModelVersion, pk=_int_or_404(request.POST.get("a")), project=request.project)
+    b = get_object_or_404(ModelVersion, pk=_int_or_404(request.POST.get("b")), project=request.project)
+    try:
+        comparison = start_comparison(a, b, requested_by=request.user)
+    except ValueError as exc:
+        messages.error(request, f"Could not start a blind comparison: {exc}")
+    else:
+        n_items = comparison.items.count()
+        alike = f" ({comparison.n_identical} prompts answered alike get no item)" if comparison.n_identical else ""
+        if n_items:
+            messages.success(
+                request, f"Blind comparison of {a.name} and {b.name}: {n_items} items for annotators{alike}."
+            )
+        else:
+            messages.warning(
+                request,
+                f"No blind comparison items for {a.name} and {b.name}{alike}: the evaluation gate stores each "
+                "version's outputs on the held-out prompts when it measures it; try again once both have them.",
+            )
+    return redirect(reverse("training:compare") + f"?a={a.pk}&b={b.pk}")
+
+
+def _int_or_404(value) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise Http404("no such version") from None
 
 
 @require_POST

@@ -4,12 +4,16 @@
   "use strict";
   let submitting = false;  // a held-down key must not send the same vote twice
 
+  // True when the page has that form (a key of the other kind of item does nothing, and leaves
+  // the browser's own use of the key, e.g. arrows scrolling, alone).
   function submit(formId, buttonId) {
     const form = document.getElementById(formId);
-    if (!form || submitting) return;
+    if (!form) return false;
+    if (submitting) return true;
     submitting = true;
     const button = buttonId ? document.getElementById(buttonId) : null;
     form.requestSubmit(button || undefined);
+    return true;
   }
 
   document.addEventListener("keydown", function (event) {
@@ -19,11 +23,17 @@
       if (event.key === "Escape") event.target.blur();
       return;  // letters typed into the comment box are text, not shortcuts
     }
+    let handled;
     switch (event.key) {
-      case "j": case "1": submit("vote-form", "vote-up"); break;
-      case "k": case "2": submit("vote-form", "vote-down"); break;
-      case "s": submit("skip-form"); break;
-      case "u": submit("undo-form"); break;
+      // An output to rate: thumbs.
+      case "j": case "1": handled = submit("vote-form", "vote-up"); break;
+      case "k": case "2": handled = submit("vote-form", "vote-down"); break;
+      // "Which is better?": left / right / tie (keys that do not clash with the ones above).
+      case "a": case "ArrowLeft": handled = submit("compare-form", "pick-left"); break;
+      case "l": case "ArrowRight": handled = submit("compare-form", "pick-right"); break;
+      case "t": case "=": handled = submit("compare-form", "pick-tie"); break;
+      case "s": handled = submit("skip-form"); break;
+      case "u": handled = submit("undo-form"); break;
       case "c": {
         const comment = document.getElementById("comment");
         if (comment) { event.preventDefault(); comment.focus(); }
@@ -31,7 +41,7 @@
       }
       default: return;
     }
-    event.preventDefault();
+    if (handled) event.preventDefault();
   });
   // The live character counter of the comment box, so the limit is visible before it is reached.
   const comment = document.getElementById("comment");

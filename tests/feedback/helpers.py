@@ -56,3 +56,39 @@ def key_client(project=None, scopes: str = PRODUCT_SCOPES, **options):
     client.credentials(HTTP_AUTHORIZATION=f"Api-Key {key}")
     client.api_client, client.key = api_client, key
     return client
+
+
+# --- Blind comparisons ----------------------------------------------------------------------
+
+
+def add_version(name: str, project=None, **fields):
+    """A model version row (never loaded: the comparison pages and judge only read its outputs)."""
+    from training.models import ModelVersion
+
+    return ModelVersion.objects.create(
+        project=resolve_project(project), name=name, base_model="/m", artifact_path=f"/m/{name}", **fields
+    )
+
+
+def add_heldout_outputs(version, outputs: dict) -> None:
+    """The gate's stored greedy outputs of a version: {prompt: completion}."""
+    from feedback.content import prompt_sha256
+    from training.models import HeldoutOutput
+
+    HeldoutOutput.objects.bulk_create(
+        [
+            HeldoutOutput(version=version, prompt=prompt, prompt_sha256=prompt_sha256(prompt), completion=completion)
+            for prompt, completion in outputs.items()
+        ]
+    )
+
+
+def answer(item, annotator, choice_for_version):
+    """A ComparisonVote choosing the side of `choice_for_version` (a version) or "tie"."""
+    from feedback.models import ComparisonVote
+
+    if choice_for_version == "tie":
+        choice = "tie"
+    else:
+        choice = "left" if item.left_output.version_id == choice_for_version.pk else "right"
+    return ComparisonVote.objects.create(item=item, annotator=annotator, choice=choice)

@@ -14,12 +14,14 @@ import io
 import pytest
 from django.contrib.auth import get_user_model
 
+from feedback.content import prompt_sha256
 from feedback.models import Generation
 from feedback.services import create_snapshot
+from feedback.services.comparisons import start_comparison
 from projects.selectors import default_project
 from projects.services import create_api_key, set_membership
 from tests.feedback.helpers import PASSWORD, add_labelled_examples
-from training.models import ModelVersion, TrainingRun
+from training.models import HeldoutOutput, ModelVersion, TrainingRun
 
 pytestmark = pytest.mark.django_db
 
@@ -38,6 +40,7 @@ ACTIONS = [
     ("annotate page", "get", "/annotate/", None, RATE),
     ("vote", "post", "/annotate/vote/", {"generation_id": "{generation}", "label": "up"}, RATE),
     ("skip", "post", "/annotate/skip/", {"generation_id": "{generation}"}, RATE),
+    ("answer comparison", "post", "/annotate/compare/", {"item_id": "{comparison_item}", "choice": "left"}, RATE),
     ("undo", "post", "/annotate/undo/", {}, RATE),
     ("dashboard", "get", "/dashboard/", None, ADMIN),
     ("snapshot", "post", "/dashboard/snapshot/", {"holdout": "0", "target_ratio": "1.33", "mode": "auto"}, ADMIN),
@@ -49,6 +52,7 @@ ACTIONS = [
     ("cancel run", "post", "/runs/{run}/cancel/", {}, ADMIN),
     ("models", "get", "/models/", None, ADMIN),
     ("compare", "get", "/models/compare/", None, ADMIN),
+    ("start blind comparison", "post", "/models/compare/blind/", {"a": "{active}", "b": "{candidate}"}, ADMIN),
     ("promote", "post", "/models/{candidate}/promote/", {}, ADMIN),
     ("reject", "post", "/models/{candidate}/reject/", {"reason": "worse"}, ADMIN),
     ("roll back", "post", "/models/rollback/", {}, ADMIN),
@@ -97,6 +101,11 @@ def world(tmp_path):
         project=project, name="candidate", base_model="/m", artifact_path=str(tmp_path / "missing"), parent=active
     )
     run = TrainingRun.objects.create(project=project, snapshot=snapshot, desirable_weight=1.0, undesirable_weight=1.0)
+    for version, answer in ((active, "3"), (candidate, "2")):
+        HeldoutOutput.objects.create(
+            version=version, prompt="1+1?", prompt_sha256=prompt_sha256("1+1?"), completion=answer
+        )
+    comparison = start_comparison(candidate, active)
     client, _ = create_api_key(project, scopes="read")
     member = get_user_model().objects.create_user("member")
     set_membership(project, member, "annotator")
@@ -106,6 +115,8 @@ def world(tmp_path):
         "generation": generation.pk,
         "run": run.pk,
         "candidate": candidate.pk,
+        "active": active.pk,
+        "comparison_item": comparison.items.get().pk,
         "key_prefix": client.prefix,
         "member": member.pk,
     }
