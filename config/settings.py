@@ -93,6 +93,8 @@ MIDDLEWARE = [
     # Outermost after the metrics: every error under /api/ becomes JSON, whatever raised it.
     "config.middleware.ApiJsonErrorMiddleware",
     "config.middleware.ServiceUnavailableMiddleware",
+    # Before anything reads the body: an API body over its limit is a JSON 413.
+    "config.edge.ApiBodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files from the web process itself (no separate server), DEBUG or not.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -202,6 +204,13 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["projects.permissions.ApiClientRateThrottle"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # JSON refusing NUL, lone surrogates, NaN and deep nesting (config/edge.py); anything else 415.
+    "DEFAULT_PARSER_CLASSES": [
+        "config.edge.SafeJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "EXCEPTION_HANDLER": "config.edge.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Prospect API",
@@ -216,6 +225,14 @@ SPECTACULAR_SETTINGS = {
 VOTES_PER_ITEM = env_int("PROSPECT_VOTES_PER_ITEM", 1, "votes an item needs before it leaves the annotation queue")
 IMPORT_MAX_LINE_BYTES = env_int(
     "PROSPECT_IMPORT_MAX_LINE_BYTES", 1_000_000, "largest accepted line of an imported JSONL file, in bytes"
+)
+# Bodies of API requests: a JSON document (a batch of generations) up to this; an import's file up
+# to the next one, streamed to disk (never held in memory). Larger: 413.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int(
+    "PROSPECT_API_MAX_BODY_BYTES", 10 * 1024 * 1024, "largest JSON or form body of an API request, in bytes"
+)
+PROSPECT_IMPORT_MAX_UPLOAD_BYTES = env_int(
+    "PROSPECT_IMPORT_MAX_UPLOAD_BYTES", 1024 * 1024 * 1024, "largest feedback file an upload may send, in bytes"
 )
 QUEUE_CLAIM_SECONDS = env_int(
     "PROSPECT_QUEUE_CLAIM_SECONDS", 300, "how long an annotator holds an item before another may be served it"
