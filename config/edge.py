@@ -15,12 +15,10 @@ import math
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import JsonResponse
 from rest_framework import serializers, status
 from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import JSONParser
 
-from config.middleware import is_api_path
 from feedback.content import text_problem
 
 # The largest id a 64-bit primary key holds: a larger one is refused at the edge (400 or 404).
@@ -104,27 +102,6 @@ def body_limit(path: str) -> int:
         # The file plus the form's few other fields and the multipart boundaries.
         return settings.PROSPECT_IMPORT_MAX_UPLOAD_BYTES + 64 * 1024
     return settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-
-
-class ApiBodyLimitMiddleware:
-    """413 (JSON) for an API request whose declared body is over the limit, before anything reads it."""
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-
-    def __call__(self, request):
-        if is_api_path(request.path):
-            try:
-                declared = int(request.META.get("CONTENT_LENGTH") or 0)
-            except ValueError:
-                declared = 0
-            limit = body_limit(request.path)
-            if declared > limit:
-                return JsonResponse(
-                    {"detail": f"the request body ({declared} bytes) is larger than the limit of {limit} bytes"},
-                    status=413,
-                )
-        return self.get_response(request)
 
 
 class FiniteFloatField(serializers.FloatField):

@@ -94,7 +94,7 @@ MIDDLEWARE = [
     "config.middleware.ApiJsonErrorMiddleware",
     "config.middleware.ServiceUnavailableMiddleware",
     # Before anything reads the body: an API body over its limit is a JSON 413.
-    "config.edge.ApiBodyLimitMiddleware",
+    "config.middleware.ApiBodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files from the web process itself (no separate server), DEBUG or not.
     "whitenoise.middleware.WhiteNoiseMiddleware",
