@@ -37,6 +37,12 @@ class InputRefused(APIException):
         super().__init__({field or "body": [message]})
 
 
+class ErrorSerializer(serializers.Serializer):
+    """{"detail": "..."}: the body of every API error but a 400's field errors."""
+
+    detail = serializers.CharField()
+
+
 class PayloadTooLarge(APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_code = "too_large"
@@ -117,3 +123,43 @@ class FiniteFloatField(serializers.FloatField):
 def database_id_field(**kwargs) -> serializers.IntegerField:
     """An id: 1 up to the largest the database holds."""
     return serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, **kwargs)
+
+
+# Every API error is JSON (config.middleware.ApiJsonErrorMiddleware, DRF): say so in the schema.
+ERROR_STATUSES = {
+    "400": "Invalid input: {field: [messages]} naming each field (nested: its path), or {detail}",
+    "401": "No API key, or one that is unknown, revoked or expired",
+    "403": "The key lacks the scope (or the session the role) this endpoint needs",
+    "404": "No such item in this project",
+    "413": "The body is larger than the limit",
+    "415": "The body is not in a media type this endpoint reads",
+    "429": "The key's rate limit was reached (Retry-After says when to try again)",
+}
+
+
+def add_error_responses(result, generator, request, public):
+    """drf-spectacular postprocessing hook: the error answers of every /api/ operation."""
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Error"] = {
+        "type": "object",
+        "properties": {"detail": {"type": "string"}},
+        "required": ["detail"],
+    }
+    schemas["ValidationError"] = {
+        "type": "object",
+        "description": "Each invalid field with its messages, or a `detail` for the whole request.",
+        "additionalProperties": True,
+    }
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            for code, description in ERROR_STATUSES.items():
+                name = "ValidationError" if code == "400" else "Error"
+                responses.setdefault(
+                    code,
+                    {
+                        "description": description,
+                        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+                    },
+                )
+    return result

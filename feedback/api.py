@@ -17,7 +17,7 @@ from django.http import HttpResponse
 from django.urls import reverse
 from django.utils.functional import cached_property
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import NotFound
@@ -33,6 +33,7 @@ from feedback import selectors, services
 from feedback.content import ContentError, validate_completion, validate_prompt
 from feedback.importers import FORMAT_CHOICES, ON_INVALID_CHOICES
 from feedback.models import DatasetSnapshot, Generation, Job
+from feedback.schema import PROMPT_SCHEMA
 from feedback.services import jobs
 from feedback.services.generations import GenerationInput
 from feedback.uploads import ImportUploadHandler, SavedUpload
@@ -51,6 +52,7 @@ STEERING_FIELDS = ("votes_wanted", "model_version")
 STEERING_SCOPE = "import"
 
 
+@extend_schema_field(PROMPT_SCHEMA)
 class PromptField(serializers.JSONField):
     """A plain string, or a non-empty list of chat messages {role, content}."""
 
@@ -140,7 +142,13 @@ class GenerationCreateView(APIView):
         summary="Create a generation (a completion for a prompt)",
         description="Idempotent: the same prompt and completion again returns the existing row (200, created=false).",
         request=GenerationInSerializer,
-        responses={201: GenerationOutSerializer, 200: GenerationOutSerializer},
+        responses={
+            201: GenerationOutSerializer,
+            200: GenerationOutSerializer,
+            409: OpenApiResponse(
+                OpenApiTypes.OBJECT, description="external_id already names another generation: {external_id: [...]}"
+            ),
+        },
         examples=[
             OpenApiExample(
                 "chat prompt",
@@ -195,7 +203,10 @@ class GenerationBatchView(APIView):
         summary=f"Create up to {MAX_BATCH} generations at once (all or nothing)",
         description="Errors name the item by its index in `generations` and the field; nothing is saved then.",
         request=GenerationBatchInSerializer,
-        responses={201: GenerationBatchOutSerializer},
+        responses={
+            201: GenerationBatchOutSerializer,
+            409: OpenApiResponse(OpenApiTypes.OBJECT, description="An external_id conflict: {generations: [...]}"),
+        },
         tags=["feedback"],
     )
     def post(self, request):
@@ -286,7 +297,15 @@ class VoteView(APIView):
             "your product app), else the key itself. Needs the `votes:write` scope."
         ),
         request=VoteInSerializer,
-        responses={201: VoteOutSerializer, 200: VoteOutSerializer},
+        responses={
+            201: VoteOutSerializer,
+            200: VoteOutSerializer,
+            404: OpenApiResponse(
+                OpenApiTypes.OBJECT,
+                description="No such generation in this project: {generation_id: [...]} or "
+                "{generation_external_id: [...]}",
+            ),
+        },
         examples=[
             OpenApiExample(
                 "end-user thumbs",
