@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from tests.feedback.helpers import ALL_SCOPES, add_generation, key_client
 
-EXAMPLES_PER_OPERATION = 25
+EXAMPLES_PER_OPERATION = 15
 
 schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application())
 # schema.config.phases.coverage.enabled = False
