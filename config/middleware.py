@@ -176,3 +176,20 @@ class ApiBodyLimitMiddleware:
             if declared > limit:
                 return json_error(413, f"the request body ({declared} bytes) is larger than the limit of {limit} bytes")
         return self.get_response(request)
+
+
+class NulInUrlMiddleware:
+    """400 for a path or query string carrying a NUL character (%00): PostgreSQL refuses NUL in
+    text, so the lookup it reaches (a key prefix, ?project=) would otherwise be a 500."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        query = request.META.get("QUERY_STRING", "")
+        if "\x00" in request.path or "%00" in query or "\x00" in query:
+            detail = "the URL must not contain NUL (%00) characters"
+            if is_api_path(request.path):
+                return json_error(400, detail)
+            return HttpResponse(detail, status=400, content_type="text/plain")
+        return self.get_response(request)

@@ -95,6 +95,7 @@ MIDDLEWARE = [
     "config.middleware.ServiceUnavailableMiddleware",
     # Before anything reads the body: an API body over its limit is a JSON 413.
     "config.middleware.ApiBodyLimitMiddleware",
+    "config.middleware.NulInUrlMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files from the web process itself (no separate server), DEBUG or not.
     "whitenoise.middleware.WhiteNoiseMiddleware",

@@ -164,3 +164,18 @@ def test_a_deeply_nested_imported_line_fails_the_job_naming_the_line(app):
     data = b'{"prompt": "p", "completion": "c", "label": true}\n{"prompt": ' + b"[" * 5000 + b"]" * 5000 + b"}\n"
     job = jobs.run_job(upload(app, data).json()["id"])
     assert job.status == Job.Status.FAILED and job.errors[0]["line"] == 2
+
+
+@pytest.mark.parametrize(
+    "method, url",
+    [
+        ("post", "/keys/ab%00c/revoke/"),
+        ("get", "/dashboard/?project=a%00b"),
+        ("get", "/api/v1/snapshots/?project=a%00b"),
+    ],
+)
+def test_a_nul_in_the_url_is_a_400_not_a_database_error(client, method, url):
+    client.force_login(make_annotator("padmin", role="admin"))
+    response = getattr(client, method)(url)
+    assert response.status_code == 400
+    assert "NUL" in (response.json()["detail"] if url.startswith("/api/") else response.content.decode())

@@ -23,7 +23,8 @@ from tests.feedback.helpers import ALL_SCOPES, add_generation, key_client
 EXAMPLES_PER_OPERATION = 15
 
 schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application())
-# schema.config.phases.coverage.enabled = False
+# Examples (the schema's own), coverage (boundary and out-of-range values of every field: huge ids,
+# wrong types, missing fields) and fuzzing (EXAMPLES_PER_OPERATION generated requests, valid and not).
 schema.config.phases.stateful.enabled = False
 
 
