@@ -187,3 +187,20 @@ def test_pollers_see_an_imports_progress_while_its_transaction_is_open(committed
         poller.close()
     middle = [progress for progress, status, votes in seen if status == "running" and votes == 0]
     assert len(middle) >= 5 and middle == sorted(middle) and 0 < middle[0] < middle[-1] < 1
+
+
+@pytest.mark.django_db
+def test_a_job_accepted_while_the_broker_was_down_is_sent_by_the_dispatcher(app, loop_redis):
+    import redis
+
+    from config.celery import installation_key_prefix
+
+    job = Job.objects.get(pk=upload(app, [GOOD])["id"])  # in a test transaction: never sent on commit
+    assert job.enqueued_at is None
+    assert jobs.dispatch_pending_jobs() == [job.pk]
+    assert jobs.dispatch_pending_jobs() == []  # sent once
+    job.refresh_from_db()
+    assert job.enqueued_at is not None
+    queued = redis.Redis.from_url(loop_redis).lrange(f"{installation_key_prefix()}default", 0, -1)
+    headers = [json.loads(message)["headers"] for message in queued]
+    assert [(h["task"], h["argsrepr"]) for h in headers] == [(jobs.RUN_JOB_TASK, f"[{job.pk}]")]

@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from tests.feedback.helpers import ALL_SCOPES, add_generation, key_client
 
-EXAMPLES_PER_OPERATION = 15
+EXAMPLES_PER_OPERATION = 10
 
 schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application())
 # Examples (the schema's own), coverage (boundary and out-of-range values of every field: huge ids,
