@@ -36,7 +36,7 @@ from feedback.models import DatasetSnapshot, Generation, Job
 from feedback.schema import PROMPT_SCHEMA
 from feedback.services import jobs
 from feedback.services.generations import GenerationInput
-from feedback.uploads import ImportUploadHandler, SavedUpload
+from feedback.uploads import ImportUploadHandler, SavedUpload, claim_upload
 from projects import roles
 from projects.authentication import ApiKeyAuthentication
 from projects.permissions import is_key_caller, request_project, scope_required
@@ -461,10 +461,10 @@ class ImportView(APIView):
                 upload.discard()
             raise serializers.ValidationError(payload.errors)
         data = payload.validated_data
-        upload = data["file"]
         for other in uploads:
-            if other is not upload:
+            if other is not data["file"]:
                 other.discard()
+        upload = claim_upload(data["file"])
         upload.close()
         job = jobs.create_import_job(
             project=request_project(request),

@@ -82,3 +82,22 @@ class ImportUploadHandler(FileUploadHandler):
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+
+
+def claim_upload(upload) -> SavedUpload:
+    """The upload as a file of ours under DATA_DIR/uploads, under the size cap (413 beyond it).
+
+    An import usually arrives through ImportUploadHandler already. A browser session's CSRF check
+    reads the form before the view can install that handler, and Django's own handlers then
+    took the file (into a temporary file, or memory when small): it is copied over a chunk at a time.
+    """
+    if isinstance(upload, SavedUpload):
+        return upload
+    handler = ImportUploadHandler(None)
+    handler.new_file("file", upload.name, upload.content_type, upload.size, upload.charset)
+    size = 0
+    for chunk in upload.chunks():
+        handler.receive_data_chunk(chunk, size)
+        size += len(chunk)
+    upload.close()
+    return handler.file_complete(size)

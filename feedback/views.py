@@ -19,7 +19,7 @@ from feedback.importers import FORMAT_CHOICES
 from feedback.permissions import annotator_required, dashboard_required, import_required, snapshot_required
 from feedback.services import jobs
 from feedback.services.votes import GenerationNotFound
-from feedback.uploads import ImportUploadHandler, SavedUpload
+from feedback.uploads import ImportUploadHandler, SavedUpload, claim_upload
 from projects import roles
 from projects.selectors import has_project_perm, projects_of
 from projects.web import page_project
@@ -279,7 +279,11 @@ def _receive_import(request):
         for upload in uploads:
             upload.discard()
         return render(request, "feedback/import.html", {"form": form}, status=400)
-    upload = form.cleaned_data["file"]
+    try:
+        upload = claim_upload(form.cleaned_data["file"])
+    except PayloadTooLarge as exc:
+        form.add_error("file", str(exc.detail))
+        return render(request, "feedback/import.html", {"form": form}, status=413)
     upload.close()
     job = jobs.create_import_job(
         project=request.project,

@@ -204,3 +204,23 @@ def test_a_job_accepted_while_the_broker_was_down_is_sent_by_the_dispatcher(app,
     queued = redis.Redis.from_url(loop_redis).lrange(f"{installation_key_prefix()}default", 0, -1)
     headers = [json.loads(message)["headers"] for message in queued]
     assert [(h["task"], h["argsrepr"]) for h in headers] == [(jobs.RUN_JOB_TASK, f"[{job.pk}]")]
+
+
+@pytest.mark.django_db
+def test_a_project_admins_session_upload_with_csrf_still_lands_in_the_upload_folder(settings, tmp_path):
+    from django.test import Client
+
+    settings.DATA_DIR = tmp_path / "var"
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(make_annotator("padmin", role="admin"))
+    browser.get("/dashboard/import/")  # sets the CSRF cookie
+    handle = io.BytesIO(json.dumps(GOOD).encode() + b"\n")
+    handle.name = "f.jsonl"
+    # The CSRF check reads the form (and so the file) before the view runs.
+    response = browser.post(
+        "/api/v1/imports/", {"file": handle, "csrfmiddlewaretoken": browser.cookies["csrftoken"].value}
+    )
+    assert response.status_code == 202, response.content
+    job = Job.objects.get()
+    assert job.upload_path.startswith(str((settings.DATA_DIR / "uploads").resolve()))
+    assert jobs.run_job(job.pk).status == Job.Status.SUCCEEDED and Vote.objects.count() == 1
