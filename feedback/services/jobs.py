@@ -143,9 +143,28 @@ def enqueue_job(job_id: int) -> bool:
 
 
 def dispatch_pending_jobs() -> list[int]:
-    """Send the queued jobs whose message never reached the broker (sending twice is harmless)."""
+    """Send the queued jobs whose message never reached the broker (sending twice is harmless),
+    and fail the running ones whose worker is gone. Called periodically (beat's retrain check)."""
+    fail_abandoned_jobs()
     pending = Job.objects.filter(status=Job.Status.QUEUED, enqueued_at__isnull=True).order_by("pk")
     return [job_id for job_id in pending.values_list("pk", flat=True) if enqueue_job(job_id)]
+
+
+def fail_abandoned_jobs() -> list[int]:
+    """Running jobs older than the task's hard time limit: their worker was killed (the limit, a
+    crash) and their transaction rolled back. Failed, so that nobody waits for them forever."""
+    abandoned_before = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
+    failed = []
+    for job in Job.objects.filter(status=Job.Status.RUNNING, started_at__lt=abandoned_before):
+        detail = (
+            "the worker running this job stopped before it finished (killed, or over the task time limit "
+            "PROSPECT_TASK_TIME_LIMIT_SECONDS); nothing was saved"
+        )
+        _fail(job, [{"line": None, "field": None, "detail": detail}])
+        if job.kind == Job.Kind.IMPORT:
+            _remove_upload(job)
+        failed.append(job.pk)
+    return failed
 
 
 # --- Running -----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import io
 import json
 from datetime import timedelta
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -224,3 +225,17 @@ def test_a_project_admins_session_upload_with_csrf_still_lands_in_the_upload_fol
     job = Job.objects.get()
     assert job.upload_path.startswith(str((settings.DATA_DIR / "uploads").resolve()))
     assert jobs.run_job(job.pk).status == Job.Status.SUCCEEDED and Vote.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_job_whose_worker_was_killed_is_failed_by_the_periodic_check(app, settings):
+    stuck = Job.objects.get(pk=upload(app, [GOOD])["id"])
+    long_ago = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 1)
+    Job.objects.filter(pk=stuck.pk).update(status=Job.Status.RUNNING, started_at=long_ago)
+    running = Job.objects.get(pk=upload(app, [GOOD])["id"])
+    Job.objects.filter(pk=running.pk).update(status=Job.Status.RUNNING, started_at=timezone.now())
+    assert jobs.fail_abandoned_jobs() == [stuck.pk]
+    stuck.refresh_from_db()
+    assert stuck.status == Job.Status.FAILED and "stopped before it finished" in stuck.errors[0]["detail"]
+    assert Job.objects.get(pk=running.pk).status == Job.Status.RUNNING
+    assert not Path(stuck.upload_path).exists()
