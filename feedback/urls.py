@@ -21,8 +21,8 @@ api_v1 = [
     path("imports/", api.ImportView.as_view(), name="imports"),
     path("snapshots/", api.SnapshotListCreateView.as_view(), name="snapshots"),
     path("jobs/<int:job_id>/", api.JobView.as_view(), name="job"),
-    path("jobs/<int:job_id>/skipped.jsonl", api.JobSkippedView.as_view(), name="job-skipped"),
-    path("jobs/<int:job_id>/skipped.csv", api.JobSkippedCsvView.as_view(), name="job-skipped-csv"),
+    path("jobs/<int:job_id>/skipped/", api.JobSkippedView.as_view(), name="job-skipped"),
+    path("jobs/<int:job_id>/skipped/csv/", api.JobSkippedCsvView.as_view(), name="job-skipped-csv"),
 ]
 
 urlpatterns = [

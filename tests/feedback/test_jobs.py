@@ -72,7 +72,7 @@ def test_skip_counts_in_the_summary_and_the_skipped_lines_download_as_jsonl_and_
     assert [(row["line"], row["field"]) for row in listed] == [(2, None), (3, "label"), (4, "label")]
     assert "malformed JSON" in listed[0]["reason"]
 
-    as_csv = app.get(job["skipped_url"].replace("skipped.jsonl", "skipped.csv"))
+    as_csv = app.get(job["skipped_url"] + "csv/")
     assert as_csv["Content-Type"].startswith("text/csv")
     assert [row["line"] for row in csv.DictReader(io.StringIO(as_csv.content.decode()))] == ["2", "3", "4"]
 
@@ -94,7 +94,7 @@ def test_another_projects_job_answers_like_a_missing_one(app):
     accepted = upload(app, [GOOD])
     stranger = key_client(project=create_project("other"), scopes=ALL_SCOPES)
     assert stranger.get(accepted["status_url"]).status_code == 404
-    assert stranger.get(f"/api/v1/jobs/{accepted['id']}/skipped.jsonl").status_code == 404
+    assert stranger.get(f"/api/v1/jobs/{accepted['id']}/skipped/").status_code == 404
 
 
 @pytest.mark.django_db
@@ -124,9 +124,9 @@ def test_the_upload_page_takes_on_invalid_and_its_job_page_links_the_skipped_lin
     assert 'id="job-progress"' in queued and f"/api/v1/jobs/{job.pk}/" in queued  # the page polls it
     jobs.run_job(job.pk)
     page = client.get(response["Location"]).content.decode()
-    assert 'id="skipped-download"' in page and f"/api/v1/jobs/{job.pk}/skipped.jsonl" in page
+    assert 'id="skipped-download"' in page and f"/api/v1/jobs/{job.pk}/skipped/" in page
     assert "missing field &#x27;completion&#x27;" in page
-    download = client.get(f"/api/v1/jobs/{job.pk}/skipped.jsonl")  # the admin's session may download
+    download = client.get(f"/api/v1/jobs/{job.pk}/skipped/")  # the admin's session may download
     assert download.status_code == 200 and json.loads(download.content)["line"] == 2
 
 

@@ -67,8 +67,8 @@ ACTIONS = [
     ("api: snapshot", "post", "/api/v1/snapshots/", {}, ADMIN),
     ("api: import", "post", "/api/v1/imports/", "upload", ADMIN),
     ("api: job", "get", "/api/v1/jobs/{job}/", None, ADMIN),
-    ("api: skipped lines", "get", "/api/v1/jobs/{job}/skipped.jsonl", None, ADMIN),
-    ("api: skipped lines (csv)", "get", "/api/v1/jobs/{job}/skipped.csv", None, ADMIN),
+    ("api: skipped lines", "get", "/api/v1/jobs/{job}/skipped/", None, ADMIN),
+    ("api: skipped lines (csv)", "get", "/api/v1/jobs/{job}/skipped/csv/", None, ADMIN),
     ("api: generations", "post", "/api/v1/generations/", {"prompt": "p", "completion": "c", "votes_wanted": 5}, NOBODY),
     (
         "api: generations batch",
