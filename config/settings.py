@@ -143,9 +143,13 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Web, worker and beat share one SQLite file in the demo: wait for the lock instead of failing,
-    # and let pages read while a worker's import or snapshot holds the write lock (write-ahead log).
-    DATABASES["default"].setdefault("OPTIONS", {}).update(timeout=30, init_command="PRAGMA journal_mode=WAL")
+    # Web, worker and beat share one SQLite file in the demo: wait for the lock instead of failing;
+    # let pages read while a worker's import or snapshot holds the write lock (write-ahead log); and
+    # take the write lock when a transaction begins, so that one which read first never finds
+    # another's write in its way later (SQLite would fail it at once instead of waiting).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        timeout=30, init_command="PRAGMA journal_mode=WAL", transaction_mode="IMMEDIATE"
+    )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

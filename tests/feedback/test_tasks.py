@@ -66,7 +66,7 @@ def test_a_big_upload_is_accepted_at_once_and_a_real_worker_imports_it_once(serv
         return job if job["status"] in ("succeeded", "failed") else None
 
     job = wait_for(finished, 180, "the import job to finish", interval=0.5, on_timeout=worker.log)
-    assert job["status"] == "succeeded", job["errors"]
+    assert job["status"] == "succeeded", (job["errors"], worker.log()[-3000:])
     assert (job["progress"], job["result"]["lines"], job["result"]["votes_created"]) == (1.0, ROWS, ROWS)
 
     # The broker delivers the same task again (a worker died before acknowledging it): nothing more happens.
