@@ -10,6 +10,8 @@ from django.core.signals import got_request_exception
 from django.http import HttpResponse, JsonResponse
 from django.urls import reverse
 
+from config.edge import body_limit
+
 logger = logging.getLogger("prospect.requests")
 
 
@@ -154,3 +156,40 @@ class RequestMetricsMiddleware:
         route = match.route if match is not None else "unmatched"
         self.histogram.labels(request.method, route, str(response.status_code)).observe(time.perf_counter() - started)
         return response
+
+
+class ApiBodyLimitMiddleware:
+    """413 (JSON) for an API request whose declared body is over its limit, before anything reads it.
+
+    An upload that declares no length (chunked) is capped as it streams (feedback/uploads.py)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if is_api_path(request.path):
+            try:
+                declared = int(request.META.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                declared = 0
+            limit = body_limit(request.path)
+            if declared > limit:
+                return json_error(413, f"the request body ({declared} bytes) is larger than the limit of {limit} bytes")
+        return self.get_response(request)
+
+
+class NulInUrlMiddleware:
+    """400 for a path or query string carrying a NUL character (%00): PostgreSQL refuses NUL in
+    text, so the lookup it reaches (a key prefix, ?project=) would otherwise be a 500."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        query = request.META.get("QUERY_STRING", "")
+        if "\x00" in request.path or "%00" in query or "\x00" in query:
+            detail = "the URL must not contain NUL (%00) characters"
+            if is_api_path(request.path):
+                return json_error(400, detail)
+            return HttpResponse(detail, status=400, content_type="text/plain")
+        return self.get_response(request)

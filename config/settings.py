@@ -93,6 +93,9 @@ MIDDLEWARE = [
     # Outermost after the metrics: every error under /api/ becomes JSON, whatever raised it.
     "config.middleware.ApiJsonErrorMiddleware",
     "config.middleware.ServiceUnavailableMiddleware",
+    # Before anything reads the body: an API body over its limit is a JSON 413.
+    "config.middleware.ApiBodyLimitMiddleware",
+    "config.middleware.NulInUrlMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files from the web process itself (no separate server), DEBUG or not.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -140,8 +143,13 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Web, worker and beat share one SQLite file in the demo: wait for the lock instead of failing.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+    # Web, worker and beat share one SQLite file in the demo: wait for the lock instead of failing;
+    # let pages read while a worker's import or snapshot holds the write lock (write-ahead log); and
+    # take the write lock when a transaction begins, so that one which read first never finds
+    # another's write in its way later (SQLite would fail it at once instead of waiting).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        timeout=30, init_command="PRAGMA journal_mode=WAL", transaction_mode="IMMEDIATE"
+    )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -202,6 +210,13 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["projects.permissions.ApiClientRateThrottle"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # JSON refusing NUL, lone surrogates, NaN and deep nesting (config/edge.py); anything else 415.
+    "DEFAULT_PARSER_CLASSES": [
+        "config.edge.SafeJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "EXCEPTION_HANDLER": "config.edge.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Prospect API",
@@ -210,12 +225,24 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "config.edge.add_error_responses",
+    ],
 }
 
 # --- Feedback ------------------------------------------------------------------------------
 VOTES_PER_ITEM = env_int("PROSPECT_VOTES_PER_ITEM", 1, "votes an item needs before it leaves the annotation queue")
 IMPORT_MAX_LINE_BYTES = env_int(
     "PROSPECT_IMPORT_MAX_LINE_BYTES", 1_000_000, "largest accepted line of an imported JSONL file, in bytes"
+)
+# Bodies of API requests: a JSON document (a batch of generations) up to this; an import's file up
+# to the next one, streamed to disk (never held in memory). Larger: 413.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int(
+    "PROSPECT_API_MAX_BODY_BYTES", 10 * 1024 * 1024, "largest JSON or form body of an API request, in bytes"
+)
+PROSPECT_IMPORT_MAX_UPLOAD_BYTES = env_int(
+    "PROSPECT_IMPORT_MAX_UPLOAD_BYTES", 1024 * 1024 * 1024, "largest feedback file an upload may send, in bytes"
 )
 QUEUE_CLAIM_SECONDS = env_int(
     "PROSPECT_QUEUE_CLAIM_SECONDS", 300, "how long an annotator holds an item before another may be served it"

@@ -14,6 +14,7 @@ from feedback.models import (
     DatasetSnapshot,
     Generation,
     ImportBatch,
+    Job,
     Prompt,
     Vote,
 )
@@ -84,6 +85,16 @@ class ImportBatchAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False  # imports come in through the command or the API, which validate the file
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ("id", "project", "kind", "status", "progress", "filename", "created_at", "finished_at")
+    list_filter = ("kind", "status")
+    readonly_fields = [field.name for field in Job._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # jobs come from uploads, the snapshot button, the API and the commands
 
 
 @admin.register(DatasetSnapshot)

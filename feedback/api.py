@@ -8,22 +8,35 @@ project admin's browser session (with CSRF). Another project's ids answer exactl
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+
 from django.conf import settings
+from django.http import HttpResponse
+from django.urls import reverse
 from django.utils.functional import cached_property
-from drf_spectacular.utils import OpenApiExample, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.authentication import SessionAuthentication
+from rest_framework.exceptions import NotFound
 from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
+from rest_framework.utils.mediatypes import media_type_matches
 from rest_framework.views import APIView
 
-from feedback import services
+from config.edge import FiniteFloatField, SafeJSONParser, database_id_field
+from feedback import selectors, services
 from feedback.content import ContentError, validate_completion, validate_prompt
-from feedback.importers import FORMAT_CHOICES, ImportRejected
-from feedback.models import DatasetSnapshot, Generation
+from feedback.importers import FORMAT_CHOICES, ON_INVALID_CHOICES
+from feedback.models import DatasetSnapshot, Generation, Job
+from feedback.schema import PROMPT_SCHEMA
+from feedback.services import jobs
 from feedback.services.generations import GenerationInput
+from feedback.uploads import ImportUploadHandler, SavedUpload, claim_upload
 from projects import roles
 from projects.authentication import ApiKeyAuthentication
 from projects.permissions import is_key_caller, request_project, scope_required
@@ -39,6 +52,7 @@ STEERING_FIELDS = ("votes_wanted", "model_version")
 STEERING_SCOPE = "import"
 
 
+@extend_schema_field(PROMPT_SCHEMA)
 class PromptField(serializers.JSONField):
     """A plain string, or a non-empty list of chat messages {role, content}."""
 
@@ -54,10 +68,9 @@ class GenerationInSerializer(serializers.Serializer):
     completion = serializers.CharField(trim_whitespace=False)
     source = serializers.CharField(max_length=200, required=False, default="api")
     external_id = serializers.CharField(max_length=200, required=False, allow_null=True, default=None)
-    model_version = serializers.IntegerField(
+    model_version = database_id_field(
         required=False,
         allow_null=True,
-        min_value=1,
         help_text="Id of the project's model version that produced it. Needs a key with the `import` scope.",
     )
     votes_wanted = serializers.IntegerField(
@@ -129,7 +142,13 @@ class GenerationCreateView(APIView):
         summary="Create a generation (a completion for a prompt)",
         description="Idempotent: the same prompt and completion again returns the existing row (200, created=false).",
         request=GenerationInSerializer,
-        responses={201: GenerationOutSerializer, 200: GenerationOutSerializer},
+        responses={
+            201: GenerationOutSerializer,
+            200: GenerationOutSerializer,
+            409: OpenApiResponse(
+                OpenApiTypes.OBJECT, description="external_id already names another generation: {external_id: [...]}"
+            ),
+        },
         examples=[
             OpenApiExample(
                 "chat prompt",
@@ -184,7 +203,10 @@ class GenerationBatchView(APIView):
         summary=f"Create up to {MAX_BATCH} generations at once (all or nothing)",
         description="Errors name the item by its index in `generations` and the field; nothing is saved then.",
         request=GenerationBatchInSerializer,
-        responses={201: GenerationBatchOutSerializer},
+        responses={
+            201: GenerationBatchOutSerializer,
+            409: OpenApiResponse(OpenApiTypes.OBJECT, description="An external_id conflict: {generations: [...]}"),
+        },
         tags=["feedback"],
     )
     def post(self, request):
@@ -201,12 +223,8 @@ class GenerationBatchView(APIView):
         )
 
 
-# The largest id the database can hold (a 64-bit primary key): a larger one is a 400, not a 500.
-MAX_DATABASE_ID = 2**63 - 1
-
-
 class VoteInSerializer(serializers.Serializer):
-    generation_id = serializers.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
+    generation_id = database_id_field(required=False)
     generation_external_id = serializers.CharField(max_length=200, required=False)
     desirable = serializers.BooleanField(help_text="true = thumbs up, false = thumbs down.")
     external_user_id = serializers.CharField(
@@ -245,7 +263,12 @@ class JSONOnlyNegotiation(BaseContentNegotiation):
     """The endpoint speaks JSON only: no Accept header to parse on every click."""
 
     def select_parser(self, request, parsers):
-        return parsers[0]
+        # A body in another media type (text/plain included) is refused with 415, never parsed.
+        content_type = request.content_type or ""
+        for parser in parsers:
+            if media_type_matches(parser.media_type, content_type):
+                return parser
+        return None
 
     def select_renderer(self, request, renderers, format_suffix=None):
         return renderers[0], renderers[0].media_type
@@ -261,7 +284,7 @@ class VoteView(APIView):
 
     authentication_classes = PRODUCT_AUTHENTICATION
     permission_classes = [scope_required("votes:write")]
-    parser_classes = [JSONParser]
+    parser_classes = [SafeJSONParser]
     renderer_classes = [JSONRenderer]
     content_negotiation_class = JSONOnlyNegotiation
 
@@ -274,7 +297,15 @@ class VoteView(APIView):
             "your product app), else the key itself. Needs the `votes:write` scope."
         ),
         request=VoteInSerializer,
-        responses={201: VoteOutSerializer, 200: VoteOutSerializer},
+        responses={
+            201: VoteOutSerializer,
+            200: VoteOutSerializer,
+            404: OpenApiResponse(
+                OpenApiTypes.OBJECT,
+                description="No such generation in this project: {generation_id: [...]} or "
+                "{generation_external_id: [...]}",
+            ),
+        },
         examples=[
             OpenApiExample(
                 "end-user thumbs",
@@ -326,82 +357,143 @@ class VoteView(APIView):
 
 
 class ImportInSerializer(serializers.Serializer):
-    file = serializers.FileField(help_text="A UTF-8 JSONL file.")
-    format = serializers.CharField(default="auto", help_text=f"One of {', '.join(FORMAT_CHOICES)}.")
-    threshold = serializers.FloatField(required=False, allow_null=True, default=None)
+    file = serializers.FileField(
+        help_text="A UTF-8 JSONL file (streamed to disk; PROSPECT_IMPORT_MAX_UPLOAD_BYTES at most)."
+    )
+    format = serializers.ChoiceField(choices=FORMAT_CHOICES, default="auto")
+    threshold = FiniteFloatField(required=False, allow_null=True, default=None)
     weight_by_distance = serializers.BooleanField(required=False, default=False)
     one_y_per_x = serializers.BooleanField(
         required=False, default=False, help_text="Pairs: keep only one of chosen/rejected, at random (seeded)."
     )
+    on_invalid = serializers.ChoiceField(
+        choices=ON_INVALID_CHOICES,
+        default="fail",
+        help_text="fail: the first bad line rejects the whole file (nothing imported); skip: import every valid "
+        "line (or side of a pair), list each skipped one with its reason (the job's `skipped_url`).",
+    )
 
 
-class ImportOutSerializer(serializers.Serializer):
+class JobErrorSerializer(serializers.Serializer):
+    line = serializers.IntegerField(allow_null=True, help_text="Line of the file (imports), when there is one.")
+    field = serializers.CharField(allow_null=True)
+    detail = serializers.CharField()
+
+
+class JobSerializer(serializers.Serializer):
     id = serializers.IntegerField()
-    sha256 = serializers.CharField()
-    format = serializers.CharField()
-    lines = serializers.IntegerField()
-    prompts_created = serializers.IntegerField()
-    generations_created = serializers.IntegerField()
-    votes_created = serializers.IntegerField()
-    votes_existing = serializers.IntegerField()
-    dropped_at_threshold = serializers.IntegerField()
+    kind = serializers.ChoiceField(choices=Job.Kind.choices)
+    status = serializers.ChoiceField(
+        choices=Job.Status.choices, help_text="queued → running → succeeded or failed (the source of truth)."
+    )
+    progress = serializers.FloatField(help_text="0 to 1: the share of the file read, or of the votes frozen.")
+    result = serializers.DictField(
+        allow_null=True,
+        help_text="Succeeded: the summary (an import's counts with `import_id`, or the snapshot's fields).",
+    )
+    errors = JobErrorSerializer(many=True, help_text="Failed: why, naming the line and the field.")
+    status_url = serializers.CharField(help_text="GET it until `status` is succeeded or failed.")
+    skipped_url = serializers.CharField(
+        allow_null=True, help_text="Imports with on_invalid=skip that skipped lines: the list as JSONL (or .csv)."
+    )
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+def job_body(request, job: Job) -> dict:
+    status_url = request.build_absolute_uri(reverse("feedback-api:job", args=[job.pk]))
+    skipped = job.status == Job.Status.SUCCEEDED and (job.result or {}).get("skipped")
+    return {
+        "id": job.pk,
+        "kind": job.kind,
+        "status": job.status,
+        "progress": job.progress,
+        "result": job.result,
+        "errors": job.errors,
+        "status_url": status_url,
+        "skipped_url": request.build_absolute_uri(reverse("feedback-api:job-skipped", args=[job.pk]))
+        if skipped
+        else None,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+    }
+
+
+def accepted(request, job: Job) -> Response:
+    """202 with the job and where to follow it (also in Location)."""
+    body = job_body(request, job)
+    return Response(JobSerializer(body).data, status=status.HTTP_202_ACCEPTED, headers={"Location": body["status_url"]})
+
+
+JOB_DESCRIPTION = (
+    "The work runs in a worker, not in this request: the answer is `202 Accepted` with the job, whose "
+    "`status_url` (also the `Location` header) tells its status, progress, result and errors."
+)
 
 
 class ImportView(APIView):
     authentication_classes = ADMIN_AUTHENTICATION
     permission_classes = [scope_required("import", or_project_perm=roles.IMPORT)]
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [MultiPartParser]
 
     @extend_schema(
         operation_id="import_feedback",
-        summary="Bulk import a JSONL feedback file (all or nothing)",
+        summary="Bulk import a JSONL feedback file (a job: all or nothing, or skipping bad lines)",
         description=(
             "Formats: kto {prompt, completion, label}, paired {prompt, chosen, rejected}, "
             "hh {chosen, rejected} (Anthropic HH transcripts), scored {prompt, completion, score} with a threshold. "
-            "A bad line rejects the whole file (400 naming the line and the field) and saves nothing. "
-            "A key with the `import` scope, or a project admin's session."
+            "With on_invalid=fail (the default) a bad line fails the job (its errors name the line and the field) "
+            "and nothing is saved. " + JOB_DESCRIPTION + " A key with the `import` scope, or a project admin's session."
         ),
         request={"multipart/form-data": ImportInSerializer},
-        responses={201: ImportOutSerializer},
+        responses={202: JobSerializer},
         tags=["feedback"],
     )
     def post(self, request):
+        # Files go to disk chunk by chunk under the size cap (feedback/uploads.py).
+        request.upload_handlers = [ImportUploadHandler(request)]
         payload = ImportInSerializer(data=request.data)
-        payload.is_valid(raise_exception=True)
+        uploads = [upload for upload in request.FILES.values() if isinstance(upload, SavedUpload)]
+        if not payload.is_valid():
+            for upload in uploads:
+                upload.discard()
+            raise serializers.ValidationError(payload.errors)
         data = payload.validated_data
-        upload = data["file"]
-        try:
-            batch = services.import_feedback(
-                upload,
-                filename=upload.name,
-                fmt=data["format"],
-                threshold=data["threshold"],
-                weight_by_distance=data["weight_by_distance"],
-                one_y_per_x=data["one_y_per_x"],
-                user=None if is_key_caller(request) else request.user,
-                project=request_project(request),
-                api_client_id=request.user.client_id if is_key_caller(request) else None,
-            )
-        except ImportRejected as exc:
-            return Response(
-                {"detail": f"{exc}; nothing was imported", "line": exc.line, "field": exc.field},
-                status=status.HTTP_400_BAD_REQUEST,
-            )
-        return Response({"id": batch.pk, **batch.summary()}, status=status.HTTP_201_CREATED)
+        for other in uploads:
+            if other is not data["file"]:
+                other.discard()
+        upload = claim_upload(data["file"])
+        upload.close()
+        job = jobs.create_import_job(
+            project=request_project(request),
+            upload_path=upload.saved_path,
+            filename=upload.name,
+            upload_bytes=upload.size,
+            fmt=data["format"],
+            threshold=data["threshold"],
+            weight_by_distance=data["weight_by_distance"],
+            one_y_per_x=data["one_y_per_x"],
+            on_invalid=data["on_invalid"],
+            user=None if is_key_caller(request) else request.user,
+            api_client_id=request.user.client_id if is_key_caller(request) else None,
+        )
+        return accepted(request, job)
 
 
 class SnapshotInSerializer(serializers.Serializer):
-    holdout = serializers.FloatField(min_value=0, max_value=0.9, required=False)
-    target_ratio = serializers.FloatField(min_value=0.01, required=False)
+    holdout = FiniteFloatField(min_value=0, max_value=0.9, required=False)
+    target_ratio = FiniteFloatField(min_value=0.01, max_value=100, required=False)
     mode = serializers.ChoiceField(choices=["auto", "downside_first"], default="auto")
     manual_weights = serializers.ListField(
-        child=serializers.FloatField(),
+        child=FiniteFloatField(min_value=0.001, max_value=1000),
         min_length=2,
         max_length=2,
         required=False,
         help_text="[λ_D, λ_U] to override the automatic weights.",
     )
-    seed = serializers.IntegerField(default=0)
+    seed = serializers.IntegerField(default=0, min_value=0, max_value=2**32 - 1)
 
 
 class SnapshotSerializer(serializers.ModelSerializer):
@@ -446,25 +538,100 @@ class SnapshotListCreateView(APIView):
 
     @extend_schema(
         operation_id="create_snapshot",
-        summary="Freeze the current votes into a balanced KTO dataset snapshot",
-        description="400 with the reason when the data cannot be trained on (no votes, a single class).",
+        summary="Freeze the current votes into a balanced KTO dataset snapshot (a job)",
+        description=JOB_DESCRIPTION
+        + " A job that cannot make a trainable dataset (no votes, a single class) fails with the reason.",
         request=SnapshotInSerializer,
-        responses={201: SnapshotSerializer},
+        responses={202: JobSerializer},
         tags=["snapshots"],
     )
     def post(self, request):
         payload = SnapshotInSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
-        try:
-            snapshot = services.create_snapshot(
-                holdout=data.get("holdout", settings.SNAPSHOT_HOLDOUT),
-                target_ratio=data.get("target_ratio", settings.KTO_TARGET_RATIO),
-                mode=data["mode"],
-                manual_weights=tuple(data["manual_weights"]) if data.get("manual_weights") else None,
-                seed=data["seed"],
-                project=request_project(request),
-            )
-        except services.SnapshotRefused as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-        return Response(SnapshotSerializer(snapshot).data, status=status.HTTP_201_CREATED)
+        job = jobs.create_snapshot_job(
+            project=request_project(request),
+            holdout=data.get("holdout", settings.SNAPSHOT_HOLDOUT),
+            target_ratio=data.get("target_ratio", settings.KTO_TARGET_RATIO),
+            mode=data["mode"],
+            manual_weights=tuple(data["manual_weights"]) if data.get("manual_weights") else None,
+            seed=data["seed"],
+            user=None if is_key_caller(request) else request.user,
+            api_client_id=request.user.client_id if is_key_caller(request) else None,
+        )
+        return accepted(request, job)
+
+
+def _project_job(request, job_id: int) -> Job:
+    """The caller's project's job, or 404 (another project's job answers like a missing one)."""
+    job = selectors.project_job(request_project(request), job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id} in this project")
+    return job
+
+
+class JobView(APIView):
+    authentication_classes = ADMIN_AUTHENTICATION
+    permission_classes = [scope_required("import", or_project_perm=roles.VIEW_DASHBOARD)]
+
+    @extend_schema(
+        operation_id="get_job",
+        summary="Status, progress, result and errors of an import or snapshot job",
+        responses={200: JobSerializer},
+        tags=["jobs"],
+    )
+    def get(self, request, job_id: int):
+        return Response(JobSerializer(job_body(request, _project_job(request, job_id))).data)
+
+
+class AnyAcceptNegotiation(JSONOnlyNegotiation):
+    """The download answers its own media type whatever Accept says; errors are JSON."""
+
+
+class JobSkippedView(APIView):
+    """GET the lines an import with on_invalid=skip left out, as JSONL (this view) or CSV (below)."""
+
+    authentication_classes = ADMIN_AUTHENTICATION
+    permission_classes = [scope_required("import", or_project_perm=roles.VIEW_DASHBOARD)]
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = AnyAcceptNegotiation
+    extension = "jsonl"
+
+    @extend_schema(
+        operation_id="get_job_skipped_lines",
+        summary="The lines an import with on_invalid=skip left out, one {line, field, reason} object a line",
+        responses={(200, "application/x-ndjson"): OpenApiTypes.STR},
+        tags=["jobs"],
+    )
+    def get(self, request, job_id: int):
+        job = _project_job(request, job_id)
+        batch = job.import_batch
+        if batch is None or not batch.skipped_report:
+            raise NotFound(f"job {job.pk} skipped no lines")
+        rows = selectors.skipped_lines(batch)
+        if self.extension == "csv":
+            out = io.StringIO()
+            writer = csv.DictWriter(out, fieldnames=["line", "field", "reason"])
+            writer.writeheader()
+            writer.writerows(rows)
+            body, content_type = out.getvalue(), "text/csv; charset=utf-8"
+        else:
+            body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            content_type = "application/x-ndjson; charset=utf-8"
+        name = f"import-{batch.pk}-skipped.{self.extension}"
+        return HttpResponse(
+            body, content_type=content_type, headers={"Content-Disposition": f'attachment; filename="{name}"'}
+        )
+
+
+class JobSkippedCsvView(JobSkippedView):
+    extension = "csv"
+
+    @extend_schema(
+        operation_id="get_job_skipped_lines_csv",
+        summary="The lines an import with on_invalid=skip left out, as CSV (line, field, reason)",
+        responses={(200, "text/csv"): OpenApiTypes.STR},
+        tags=["jobs"],
+    )
+    def get(self, request, job_id: int):
+        return super().get(request, job_id)

@@ -36,12 +36,31 @@ def prompt_sha256(prompt: str | list[dict]) -> str:
     return sha256_text(canonical_json(prompt))
 
 
+def text_problem(text: str) -> str | None:
+    """Why this text cannot be stored (None: it can). PostgreSQL refuses NUL in text and JSON; a
+    lone surrogate (half a UTF-16 pair, which JSON's \\u escapes can carry) is not UTF-8 at all."""
+    if "\x00" in text:
+        return "must not contain NUL (\\u0000) characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must not contain lone surrogates (an unpaired \\ud800-\\udfff escape)"
+    return None
+
+
+def _check_text(text: str, field: str) -> str:
+    problem = text_problem(text)
+    if problem:
+        raise ContentError(field, problem)
+    return text
+
+
 def validate_prompt(value: Any, field: str = "prompt") -> str | list[dict]:
     """Return the prompt normalised (chat messages reduced to role and content) or raise."""
     if isinstance(value, str):
         if not value.strip():
             raise ContentError(field, "must not be empty")
-        return value
+        return _check_text(value, field)
     if isinstance(value, list):
         if not value:
             raise ContentError(field, "must not be an empty list of messages")
@@ -56,6 +75,7 @@ def validate_prompt(value: Any, field: str = "prompt") -> str | list[dict]:
             content = message.get("content")
             if not isinstance(content, str):
                 raise ContentError(f"{where}.content", f"must be a string (got {type(content).__name__})")
+            _check_text(content, f"{where}.content")
             messages.append({"role": role, "content": content})
         return messages
     raise ContentError(field, f"must be a string or a list of chat messages (got {type(value).__name__})")
@@ -66,7 +86,7 @@ def validate_completion(value: Any, field: str = "completion") -> str:
         raise ContentError(field, f"must be a string (got {type(value).__name__})")
     if not value.strip():
         raise ContentError(field, "must not be empty")
-    return value
+    return _check_text(value, field)
 
 
 # Anthropic HH transcripts: "\n\nHuman: ...\n\nAssistant: ...", turns separated by these markers.
@@ -79,6 +99,7 @@ def split_hh_transcript(transcript: Any, field: str) -> tuple[list[dict], str]:
     """Split an HH transcript into (dialogue before the last Assistant turn, that turn's text)."""
     if not isinstance(transcript, str):
         raise ContentError(field, f"must be a string transcript (got {type(transcript).__name__})")
+    _check_text(transcript, field)
     cut = transcript.rfind(_HH_LAST_ASSISTANT)
     if cut < 0:
         raise ContentError(field, 'has no "\\n\\nAssistant:" turn')

@@ -130,6 +130,8 @@ def _parse_line(raw: bytes, line_no: int, max_line_bytes: int, too_long: bool) -
         row = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ImportRejected(f"malformed JSON ({exc.msg} at column {exc.colno})", line=line_no) from None
+    except RecursionError:
+        raise ImportRejected("nested too deeply to be a feedback row", line=line_no) from None
     if not isinstance(row, dict):
         raise ImportRejected(f"each line must be a JSON object (got {type(row).__name__})", line=line_no)
     return row

@@ -276,3 +276,60 @@ class ComparisonVote(models.Model):
 
     def __str__(self) -> str:
         return f"{self.choice} on comparison item {self.item_id}"
+
+
+class Job(models.Model):
+    """Long work done by a Celery worker, not inside a web request: an import or a snapshot.
+
+    `status` is the source of truth: a task delivered twice finds the job no longer queued and
+    does nothing. The worker writes `progress` as it goes; on success `result` holds the summary
+    (what the API answered before jobs), on failure `errors` holds the line-numbered errors.
+    """
+
+    class Kind(models.TextChoices):
+        IMPORT = "import", "Import a feedback file"
+        SNAPSHOT = "snapshot", "Snapshot the votes"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="jobs")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    # The arguments of the service call (format, threshold, on_invalid; holdout, mode, seed ...).
+    params = models.JSONField(default=dict, blank=True)
+    # Imports: the uploaded file, streamed to disk by the web process, read by the worker.
+    upload_path = models.CharField(max_length=1000, blank=True)
+    filename = models.CharField(max_length=500, blank=True)
+    upload_bytes = models.BigIntegerField(default=0)
+    # 0..1; the share of the file read (imports) or of the work done (snapshots).
+    progress = models.FloatField(default=0.0)
+    result = models.JSONField(null=True, blank=True)
+    # [{"line": N or null, "field": name or null, "detail": text}, ...]
+    errors = models.JSONField(default=list, blank=True)
+    import_batch = models.ForeignKey(ImportBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    snapshot = models.ForeignKey(DatasetSnapshot, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    api_client = models.ForeignKey(
+        "projects.ApiClient", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    # When the message reached the broker (empty: not yet, the dispatcher sends it again).
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} job {self.pk} ({self.status})"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED)

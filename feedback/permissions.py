@@ -9,3 +9,4 @@ from projects.web import project_permission_required
 annotator_required = project_permission_required(roles.RATE, "annotators of this project only")
 dashboard_required = project_permission_required(roles.VIEW_DASHBOARD, "project admins only")
 snapshot_required = project_permission_required(roles.SNAPSHOT, "project admins only")
+import_required = project_permission_required(roles.IMPORT, "project admins only")

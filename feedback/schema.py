@@ -16,3 +16,23 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
             "description": "A project API key: `Api-Key <key>` (also accepted: `Bearer <key>`). "
             "Create one with `manage.py create_api_key` or on the project's Keys page.",
         }
+
+
+# A prompt in the OpenAPI schema: what feedback.content.validate_prompt accepts.
+PROMPT_SCHEMA = {
+    "oneOf": [
+        {"type": "string", "minLength": 1, "example": "What is 12+7?"},
+        {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["role", "content"],
+                "properties": {
+                    "role": {"type": "string", "enum": ["system", "user", "assistant"]},
+                    "content": {"type": "string"},
+                },
+            },
+        },
+    ]
+}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -12,7 +13,8 @@ from django.db.models import Count, Exists, F, OuterRef, Q, Value
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from feedback.models import DatasetSnapshot, Generation, Prompt, Vote
+from config.edge import MAX_DATABASE_ID
+from feedback.models import DatasetSnapshot, Generation, ImportBatch, Job, Prompt, Vote
 from projects.models import Project
 from projects.roles import ANNOTATORS_GROUP, RATE
 from projects.selectors import has_project_perm, resolve_project
@@ -221,3 +223,22 @@ def dashboard_stats(project: Project | None = None, days: int = 14) -> Dashboard
 
 def recent_snapshots(project: Project | None = None, limit: int = 10) -> list[DatasetSnapshot]:
     return list(DatasetSnapshot.objects.filter(project=resolve_project(project)).order_by("-id")[:limit])
+
+
+def skipped_lines(batch: ImportBatch) -> list[dict]:
+    """The lines an import with on_invalid=skip left out: [{line, field, reason}], in file order."""
+    if not batch.skipped_report:
+        return []
+    with open(batch.skipped_report, encoding="utf-8") as report:
+        return [json.loads(line) for line in report if line.strip()]
+
+
+def recent_jobs(project: Project, limit: int = 10) -> list[Job]:
+    return list(Job.objects.filter(project=project).select_related("created_by").order_by("-id")[:limit])
+
+
+def project_job(project: Project, job_id: int) -> Job | None:
+    """The project's job of this id (None: none, or another project's)."""
+    if not 1 <= job_id <= MAX_DATABASE_ID:
+        return None
+    return Job.objects.filter(pk=job_id, project=project).first()

@@ -11,6 +11,8 @@ pages = [
     path("annotate/undo/", views.undo, name="undo"),
     path("dashboard/", views.dashboard, name="dashboard"),
     path("dashboard/snapshot/", views.create_snapshot, name="create_snapshot"),
+    path("dashboard/import/", views.import_page, name="import"),
+    path("dashboard/jobs/<int:job_id>/", views.job_page, name="job"),
 ]
 
 api_v1 = [
@@ -19,6 +21,9 @@ api_v1 = [
     path("votes/", api.VoteView.as_view(), name="votes"),
     path("imports/", api.ImportView.as_view(), name="imports"),
     path("snapshots/", api.SnapshotListCreateView.as_view(), name="snapshots"),
+    path("jobs/<int:job_id>/", api.JobView.as_view(), name="job"),
+    path("jobs/<int:job_id>/skipped/", api.JobSkippedView.as_view(), name="job-skipped"),
+    path("jobs/<int:job_id>/skipped/csv/", api.JobSkippedCsvView.as_view(), name="job-skipped-csv"),
 ]
 
 urlpatterns = [

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import math
+
 from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_POST
 
+from config.edge import MAX_DATABASE_ID, PayloadTooLarge
 from feedback import comparison_selectors, selectors, services
+from feedback.importers import FORMAT_CHOICES
 from feedback.models import ComparisonItem, ComparisonVote
-from feedback.permissions import annotator_required, dashboard_required, snapshot_required
+from feedback.permissions import annotator_required, dashboard_required, import_required, snapshot_required
+from feedback.services import jobs
 from feedback.services.comparisons import (
     ComparisonItemNotFound,
     next_annotation_item,
@@ -21,6 +27,7 @@ from feedback.services.comparisons import (
     undo_last_answer,
 )
 from feedback.services.votes import GenerationNotFound
+from feedback.uploads import ImportUploadHandler, SavedUpload, claim_upload
 from projects import roles
 from projects.selectors import has_project_perm, projects_of
 from projects.web import page_project
@@ -35,6 +42,8 @@ COMMENT_MAX_CHARS = 5000
 THUMB = {"up": "👍", "down": "👎"}
 # What the confirmation says after a "which is better?" answer (the page never names the versions).
 CHOSEN = {"left": "left is better", "right": "right is better", "tie": "a tie"}
+# The job page lists this many skipped lines; the download has them all.
+SKIPPED_SHOWN = 50
 
 
 def healthz(request):
@@ -57,15 +66,15 @@ def home(request):
 
 
 class VoteForm(forms.Form):
-    generation_id = forms.IntegerField(min_value=1)
+    generation_id = forms.IntegerField(min_value=1, max_value=MAX_DATABASE_ID)
     label = forms.ChoiceField(choices=[("up", "desirable"), ("down", "undesirable")])
     comment = forms.CharField(required=False, max_length=COMMENT_MAX_CHARS)
 
 
 class SkipForm(forms.Form):
     # One of the two: the output to rate on screen, or the "which is better?" item.
-    generation_id = forms.IntegerField(min_value=1, required=False)
-    comparison_item_id = forms.IntegerField(min_value=1, required=False)
+    generation_id = forms.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
+    comparison_item_id = forms.IntegerField(min_value=1, max_value=MAX_DATABASE_ID, required=False)
 
     def clean(self):
         cleaned = super().clean()
@@ -75,7 +84,7 @@ class SkipForm(forms.Form):
 
 
 class ComparisonVoteForm(forms.Form):
-    item_id = forms.IntegerField(min_value=1)
+    item_id = forms.IntegerField(min_value=1, max_value=MAX_DATABASE_ID)
     choice = forms.ChoiceField(choices=ComparisonVote.Choice.choices)
 
 
@@ -264,6 +273,7 @@ def dashboard(request):
             },
             "balance": _balance_in_words(stats.n_desirable, stats.n_undesirable),
             "snapshots": selectors.recent_snapshots(request.project),
+            "jobs": selectors.recent_jobs(request.project),
             "snapshot_form": snapshot_form,
         },
     )
@@ -276,19 +286,95 @@ def create_snapshot(request):
     if not form.is_valid():
         messages.error(request, f"Snapshot not created: {form.errors.as_text()}")
         return redirect("feedback:dashboard")
-    try:
-        snapshot = services.create_snapshot(
-            holdout=form.cleaned_data["holdout"],
-            target_ratio=form.cleaned_data["target_ratio"],
-            mode=form.cleaned_data["mode"],
-            project=request.project,
-        )
-    except services.SnapshotRefused as exc:
-        messages.error(request, f"Snapshot refused: {exc}")
-        return redirect("feedback:dashboard")
-    messages.success(
-        request,
-        f"Snapshot {snapshot.pk}: {snapshot.n_desirable} desirable / {snapshot.n_undesirable} undesirable for training, "
-        f"λ_D = {snapshot.desirable_weight:.4g}, λ_U = {snapshot.undesirable_weight:.4g} ({snapshot.weight_rule}).",
+    # A worker cuts it (50k votes take seconds): the job page follows it.
+    job = jobs.create_snapshot_job(
+        project=request.project,
+        holdout=form.cleaned_data["holdout"],
+        target_ratio=form.cleaned_data["target_ratio"],
+        mode=form.cleaned_data["mode"],
+        user=request.user,
     )
-    return redirect("feedback:dashboard")
+    messages.info(request, f"Snapshot job {job.pk} queued.")
+    return redirect("feedback:job", job_id=job.pk)
+
+
+class ImportForm(forms.Form):
+    file = forms.FileField(help_text="A UTF-8 JSONL file.")
+    format = forms.ChoiceField(choices=[(name, name) for name in FORMAT_CHOICES], initial="auto")
+    threshold = forms.FloatField(required=False, help_text="scored format: the score separating good from bad")
+    on_invalid = forms.ChoiceField(
+        choices=[
+            ("fail", "fail: a bad line rejects the whole file, nothing is imported"),
+            ("skip", "skip: import every valid line, list the skipped ones with their reasons"),
+        ],
+        initial="fail",
+        widget=forms.RadioSelect,
+        label="On a bad line",
+    )
+
+    def clean_threshold(self):
+        value = self.cleaned_data["threshold"]
+        if value is not None and not math.isfinite(value):
+            raise forms.ValidationError("must be a finite number")
+        return value
+
+
+@csrf_exempt  # checked below, once the upload handler is in place (CSRF's check reads the body)
+@import_required
+def import_page(request):
+    if request.method != "POST":
+        return render(request, "feedback/import.html", {"form": ImportForm()})
+    # The file goes to disk chunk by chunk under PROSPECT_IMPORT_MAX_UPLOAD_BYTES, never into memory.
+    request.upload_handlers = [ImportUploadHandler(request)]
+    return _receive_import(request)
+
+
+@csrf_protect
+def _receive_import(request):
+    try:
+        form = ImportForm(request.POST, request.FILES)
+        valid = form.is_valid()
+    except PayloadTooLarge as exc:
+        form = ImportForm()
+        form.add_error(None, str(exc.detail))
+        return render(request, "feedback/import.html", {"form": form}, status=413)
+    uploads = [upload for upload in request.FILES.values() if isinstance(upload, SavedUpload)]
+    if not valid:
+        for upload in uploads:
+            upload.discard()
+        return render(request, "feedback/import.html", {"form": form}, status=400)
+    try:
+        upload = claim_upload(form.cleaned_data["file"])
+    except PayloadTooLarge as exc:
+        form.add_error("file", str(exc.detail))
+        return render(request, "feedback/import.html", {"form": form}, status=413)
+    upload.close()
+    job = jobs.create_import_job(
+        project=request.project,
+        upload_path=upload.saved_path,
+        filename=upload.name,
+        upload_bytes=upload.size,
+        fmt=form.cleaned_data["format"],
+        threshold=form.cleaned_data["threshold"],
+        on_invalid=form.cleaned_data["on_invalid"],
+        user=request.user,
+    )
+    messages.info(request, f"Import job {job.pk} queued: {upload.name}.")
+    return redirect("feedback:job", job_id=job.pk)
+
+
+@require_GET
+@dashboard_required
+def job_page(request, job_id: int):
+    job = selectors.project_job(request.project, job_id)
+    if job is None:
+        raise Http404("no such job in this project")
+    return render(
+        request,
+        "feedback/job.html",
+        {
+            "job": job,
+            "skipped": selectors.skipped_lines(job.import_batch)[:SKIPPED_SHOWN] if job.import_batch_id else [],
+            "skipped_shown": SKIPPED_SHOWN,
+        },
+    )

@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.edge import ErrorSerializer, FiniteFloatField
 from feedback.content import ContentError, validate_prompt
+from feedback.schema import PROMPT_SCHEMA
 from projects.authentication import ApiKeyAuthentication
 from projects.permissions import request_project, scope_required
 from training.serving import DEFAULT_MAX_NEW_TOKENS, EmptyCompletion, NoActiveModelVersion, generate_for_prompt
 
 
-@extend_schema_field(
-    {
-        "oneOf": [
-            {"type": "string", "example": "What is 12+7?"},
-            {
-                "type": "array",
-                "minItems": 1,
-                "items": {
-                    "type": "object",
-                    "required": ["role", "content"],
-                    "properties": {
-                        "role": {"type": "string", "enum": ["system", "user", "assistant"]},
-                        "content": {"type": "string"},
-                    },
-                },
-            },
-        ]
-    }
-)
+@extend_schema_field(PROMPT_SCHEMA)
 class PromptField(serializers.JSONField):
     """A plain string, or a non-empty list of chat messages {role, content}."""
 
@@ -48,7 +32,7 @@ class GenerateRequestSerializer(serializers.Serializer):
     max_new_tokens = serializers.IntegerField(
         required=False, default=DEFAULT_MAX_NEW_TOKENS, min_value=1, max_value=1024
     )
-    temperature = serializers.FloatField(
+    temperature = FiniteFloatField(
         required=False, default=0.0, min_value=0.0, max_value=5.0, help_text="0 = greedy decoding."
     )
 
@@ -74,7 +58,11 @@ class GenerateView(APIView):
             "Answers 503 while no version is active, 502 when the model produced an empty completion."
         ),
         request=GenerateRequestSerializer,
-        responses={200: GenerateResponseSerializer},
+        responses={
+            200: GenerateResponseSerializer,
+            502: OpenApiResponse(ErrorSerializer, description="The model produced an empty completion."),
+            503: OpenApiResponse(ErrorSerializer, description="No model version of the project is active."),
+        },
         examples=[
             OpenApiExample("plain prompt", request_only=True, value={"prompt": "What is 12+7?", "max_new_tokens": 16}),
             OpenApiExample(

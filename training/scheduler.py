@@ -18,6 +18,7 @@ from django.db import transaction
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from feedback.services import SnapshotRefused
+from feedback.services.jobs import dispatch_pending_jobs
 from projects.models import Project
 from training import dispatch
 from training.models import TrainingPolicy, TrainingRun
@@ -38,8 +39,9 @@ def maybe_retrain(now=None) -> list[TrainingRun]:
     Each project's policy row is locked for its decision so two concurrent checks (two beats, a
     slow worker) cannot both start a run for it.
     """
-    # Runs requested while the broker was down reach it now.
+    # Runs (and import or snapshot jobs) requested while the broker was down reach it now.
     dispatch_pending_runs()
+    dispatch_pending_jobs()
     started = []
     for project in Project.objects.order_by("pk"):
         run = maybe_retrain_project(project, now)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
@@ -49,6 +49,7 @@ def import_feedback(
     user=None,
     project: Project | str | None = None,
     api_client_id: str | None = None,
+    on_progress: Callable[[], None] | None = None,
 ) -> ImportBatch:
     """Parse and save a feedback file; raise feedback.importers.ImportRejected on the first bad line.
 
@@ -60,7 +61,7 @@ def import_feedback(
     re-importing the same file finds its votes already there and adds nothing, while two lines
     rating the same (prompt, completion) stay two votes for the majority rule of snapshots.
     Everything lands in `project` (None: the default project); `api_client_id` is the key that sent
-    the file, recorded on each vote.
+    the file, recorded on each vote. `on_progress()` is called after each chunk of rows is saved.
     """
     project = resolve_project(project)
     file_sha = _file_sha256(stream)
@@ -81,6 +82,8 @@ def import_feedback(
     with transaction.atomic():
         for chunk in _chunks(examples, CHUNK_SIZE):
             _save_chunk(chunk, source, voter_prefix, counts, project, api_client_id)
+            if on_progress is not None:
+                on_progress()
         batch = ImportBatch.objects.create(
             project=project,
             filename=filename[:500],

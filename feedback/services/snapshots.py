@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,13 +62,16 @@ class _Tally:
     n_ties: int = 0
 
 
-def _write_examples(out, project: Project, last_vote_id: int, holdout: float, seed: int) -> tuple[str, _Tally]:
+def _write_examples(
+    out, project: Project, last_vote_id: int, holdout: float, seed: int, on_progress=None
+) -> tuple[str, _Tally]:
     """Stream one JSON line per voted (prompt, completion) into `out`; return (sha256, counts)."""
     digest = hashlib.sha256()
     tally = _Tally()
+    voted = Generation.objects.filter(project=project, votes__id__lte=last_vote_id)
+    total = voted.values("id").distinct().count() if on_progress is not None else 0
     rows = (
-        Generation.objects.filter(project=project, votes__id__lte=last_vote_id)
-        .annotate(
+        voted.annotate(
             desirable_votes=Sum("votes__weight", filter=Q(votes__desirable=True)),
             undesirable_votes=Sum("votes__weight", filter=Q(votes__desirable=False)),
             n_votes=Count("votes"),
@@ -86,7 +90,18 @@ def _write_examples(out, project: Project, last_vote_id: int, holdout: float, se
         .iterator(chunk_size=STREAM_CHUNK_ROWS)
     )
     current_prompt_id, split = None, SPLIT_TRAIN
-    for generation_id, prompt_id, prompt_sha, prompt, completion, desirable_votes, undesirable_votes, n_votes in rows:
+    for done, (
+        generation_id,
+        prompt_id,
+        prompt_sha,
+        prompt,
+        completion,
+        desirable_votes,
+        undesirable_votes,
+        n_votes,
+    ) in enumerate(rows, 1):
+        if on_progress is not None and done % STREAM_CHUNK_ROWS == 0:
+            on_progress(done / max(total, 1))
         tally.n_votes += n_votes
         desirable_votes, undesirable_votes = desirable_votes or 0.0, undesirable_votes or 0.0
         if desirable_votes == undesirable_votes:
@@ -125,8 +140,11 @@ def create_snapshot(
     manual_weights: tuple[float, float] | None = None,
     seed: int = 0,
     project: Project | str | None = None,
+    on_progress: Callable[[float], None] | None = None,
 ) -> DatasetSnapshot:
-    """Freeze the project's votes cast so far; raise SnapshotRefused (having written nothing) if untrainable."""
+    """Freeze the project's votes cast so far; raise SnapshotRefused (having written nothing) if untrainable.
+
+    `on_progress(fraction)` is called now and then while the votes are read (the long part)."""
     project = resolve_project(project)
     holdout = settings.SNAPSHOT_HOLDOUT if holdout is None else holdout
     target_ratio = settings.KTO_TARGET_RATIO if target_ratio is None else target_ratio
@@ -140,7 +158,7 @@ def create_snapshot(
     handle, tmp_path = tempfile.mkstemp(dir=directory, prefix=".snapshot-", suffix=".jsonl.tmp")
     try:
         with os.fdopen(handle, "wb") as out:
-            sha256, tally = _write_examples(out, project, last_vote_id, holdout, seed)
+            sha256, tally = _write_examples(out, project, last_vote_id, holdout, seed, on_progress)
         n_desirable, n_undesirable = tally.n_examples[(SPLIT_TRAIN, True)], tally.n_examples[(SPLIT_TRAIN, False)]
         if n_desirable + n_undesirable == 0:
             raise SnapshotRefused(

@@ -23,6 +23,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from feedback.models import Generation, ImportBatch, Prompt, Vote
+from feedback.services import jobs
 from projects.models import ApiClient
 from projects.services import revoke_api_key
 from tests.feedback.helpers import add_generation, key_client
@@ -256,7 +257,7 @@ def test_a_batch_with_a_conflict_saves_nothing(api_client):
     assert not Prompt.objects.filter(content="new").exists()
 
 
-# --- api import ----------------------------------------
+# --- api import (a job: 202, then the worker's run, then the status URL) ----------------------
 
 
 def upload(client, lines: list, name="feedback.jsonl", **fields):
@@ -266,36 +267,57 @@ def upload(client, lines: list, name="feedback.jsonl", **fields):
     return client.post("/api/v1/imports/", {"file": handle, **fields}, format="multipart")
 
 
+def worker_runs(client, accepted) -> dict:
+    """What the worker does with the queued job, then what its status URL answers."""
+    assert accepted.status_code == 202, accepted.content
+    job = accepted.json()
+    assert job["status"] == "queued" and accepted["Location"] == job["status_url"]
+    jobs.run_job(job["id"])
+    status = client.get(job["status_url"])
+    assert status.status_code == 200
+    return status.json()
+
+
 @pytest.mark.django_db
 def test_staff_import_a_paired_file(staff_api_client):
-    response = upload(staff_api_client, [{"prompt": "p", "chosen": "good", "rejected": "bad"}], format="paired")
-    assert response.status_code == 201
-    body = response.json()
+    job = worker_runs(
+        staff_api_client,
+        upload(staff_api_client, [{"prompt": "p", "chosen": "good", "rejected": "bad"}], format="paired"),
+    )
+    assert (job["status"], job["progress"], job["errors"]) == ("succeeded", 1.0, [])
+    body = job["result"]
     assert (body["format"], body["votes_created"], body["generations_created"]) == ("paired", 2, 2)
     assert ImportBatch.objects.get().filename == "feedback.jsonl"
+    assert body["import_id"] == ImportBatch.objects.get().pk
 
 
 @pytest.mark.django_db
-def test_a_bad_line_is_a_400_naming_line_and_field(staff_api_client):
-    response = upload(
+def test_a_bad_line_fails_the_job_naming_line_and_field(staff_api_client):
+    job = worker_runs(
         staff_api_client,
-        [{"prompt": "p", "completion": "a", "label": True}, {"prompt": "p", "completion": "b", "label": 1}],
+        upload(
+            staff_api_client,
+            [{"prompt": "p", "completion": "a", "label": True}, {"prompt": "p", "completion": "b", "label": 1}],
+        ),
     )
-    assert response.status_code == 400
-    body = response.json()
-    assert (body["line"], body["field"]) == (2, "label")
-    assert "line 2: field 'label'" in body["detail"]
+    assert job["status"] == "failed" and job["result"] is None
+    [error] = job["errors"]
+    assert (error["line"], error["field"]) == (2, "label")
+    assert "line 2: field 'label'" in error["detail"] and "nothing was imported" in error["detail"]
     assert (Generation.objects.count(), Vote.objects.count(), ImportBatch.objects.count()) == (0, 0, 0)
 
 
 @pytest.mark.django_db
 def test_scored_import_takes_the_threshold(staff_api_client):
-    response = upload(
+    job = worker_runs(
         staff_api_client,
-        [{"prompt": "p", "completion": "a", "score": 0.9}, {"prompt": "p", "completion": "b", "score": 0.1}],
-        threshold=0.5,
+        upload(
+            staff_api_client,
+            [{"prompt": "p", "completion": "a", "score": 0.9}, {"prompt": "p", "completion": "b", "score": 0.1}],
+            threshold=0.5,
+        ),
     )
-    assert response.status_code == 201
+    assert job["status"] == "succeeded"
     assert sorted(Vote.objects.values_list("generation__completion", "desirable")) == [("a", True), ("b", False)]
 
 
@@ -388,7 +410,9 @@ def test_the_schema_still_documents_the_vote_endpoint(client):
     assert set(schema["paths"]["/api/v1/votes/"]) == {"post"}
     assert operation["operationId"] == "record_vote"
     assert operation["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/VoteIn"}
-    assert set(operation["responses"]) == {"200", "201"}
+    assert {"200", "201"} <= set(operation["responses"])
+    # Its errors are documented too: a 400 naming the fields, a 404 for an unknown generation.
+    assert {"400", "401", "403", "404", "413", "415", "429"} <= set(operation["responses"])
     # The product API takes API keys only: no cookie (session) scheme on it.
     assert {name for requirement in operation["security"] for name in requirement} == {"projectApiKey"}
     scheme = schema["components"]["securitySchemes"]["projectApiKey"]
@@ -557,7 +581,7 @@ def test_drf_endpoints_refuse_a_revoked_key_at_once(api_client):
 
 @pytest.mark.django_db
 def test_a_scope_taken_away_is_refused_at_once(staff_api_client):
-    assert staff_api_client.post("/api/v1/snapshots/", {}, format="json").status_code == 400  # allowed; no votes
+    assert staff_api_client.post("/api/v1/snapshots/", {}, format="json").status_code == 202  # allowed
     ApiClient.objects.filter(pk=staff_api_client.api_client.pk).update(scopes=["read"])
     assert staff_api_client.post("/api/v1/snapshots/", {}, format="json").status_code == 403
     assert staff_api_client.get("/api/v1/snapshots/").status_code == 200

@@ -16,8 +16,8 @@ import pytest
 from django.test import Client
 
 from feedback import selectors
-from feedback.models import DatasetSnapshot, Vote
-from feedback.services import record_annotator_vote
+from feedback.models import DatasetSnapshot, Job, Vote
+from feedback.services import jobs, record_annotator_vote
 from tests.feedback.helpers import PASSWORD, add_generation, add_labelled_examples, make_annotator
 
 # --- annotate pages ----------------------------------------
@@ -124,26 +124,29 @@ def test_the_page_renders_the_figures_and_a_chart(client, staff_user):
 
 
 @pytest.mark.django_db
-def test_the_snapshot_button_creates_a_snapshot_and_reports_the_weights(client, staff_user):
+def test_the_snapshot_button_queues_a_job_whose_page_reports_the_weights(client, staff_user):
     add_labelled_examples(1, 10)
     client.force_login(staff_user)
-    response = client.post(
-        "/dashboard/snapshot/", {"holdout": "0", "target_ratio": "1.3333333", "mode": "auto"}, follow=True
-    )
+    response = client.post("/dashboard/snapshot/", {"holdout": "0", "target_ratio": "1.3333333", "mode": "auto"})
+    job = Job.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/dashboard/jobs/{job.pk}/"
+    assert (job.kind, job.status, DatasetSnapshot.objects.count()) == ("snapshot", "queued", 0)
+    jobs.run_job(job.pk)  # what the worker does
     snapshot = DatasetSnapshot.objects.get()
     assert snapshot.desirable_weight == pytest.approx(13.333, abs=1e-3)
-    assert "λ_D = 13.33" in response.content.decode()
+    page = client.get(response["Location"]).content.decode()
+    assert 'id="job-result"' in page and "13.33" in page
+    assert f'<a href="/dashboard/jobs/{job.pk}/">' in client.get("/dashboard/").content.decode()
 
 
 @pytest.mark.django_db
-def test_a_refused_snapshot_is_reported_not_raised(client, staff_user):
+def test_a_refused_snapshot_is_reported_on_its_job_page(client, staff_user):
     add_labelled_examples(3, 0)
     client.force_login(staff_user)
-    response = client.post(
-        "/dashboard/snapshot/", {"holdout": "0", "target_ratio": "1.33", "mode": "auto"}, follow=True
-    )
-    assert response.status_code == 200
-    assert "Snapshot refused" in response.content.decode()
+    response = client.post("/dashboard/snapshot/", {"holdout": "0", "target_ratio": "1.33", "mode": "auto"})
+    jobs.run_job(Job.objects.get().pk)
+    page = client.get(response["Location"]).content.decode()
+    assert 'id="job-errors"' in page and "single-class dataset" in page
     assert not DatasetSnapshot.objects.exists()
 
 

@@ -47,7 +47,7 @@ def request(url: str, data: bytes | None = None, headers: dict | None = None, me
         return error.code, dict(error.headers), error.read()
 
 
-def start_production_server(tmp_path: Path, workers: int = 1, **extra_env: str) -> Server:
+def start_production_server(tmp_path: Path, workers: int = 1, timeout: int = 60, **extra_env: str) -> Server:
     data_dir = tmp_path / "prod-data"
     data_dir.mkdir()
     database = data_dir / "db.sqlite3"
@@ -78,7 +78,7 @@ def start_production_server(tmp_path: Path, workers: int = 1, **extra_env: str) 
             "--workers",
             str(workers),
             "--timeout",
-            "60",
+            str(timeout),
         ],
         cwd=REPO,
         env=env,

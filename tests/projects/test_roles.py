@@ -15,7 +15,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from feedback.content import prompt_sha256
-from feedback.models import Generation
+from feedback.models import Generation, ImportBatch, Job
 from feedback.services import create_snapshot
 from feedback.services.comparisons import start_comparison
 from projects.selectors import default_project
@@ -44,6 +44,9 @@ ACTIONS = [
     ("undo", "post", "/annotate/undo/", {}, RATE),
     ("dashboard", "get", "/dashboard/", None, ADMIN),
     ("snapshot", "post", "/dashboard/snapshot/", {"holdout": "0", "target_ratio": "1.33", "mode": "auto"}, ADMIN),
+    ("import page", "get", "/dashboard/import/", None, ADMIN),
+    ("import", "post", "/dashboard/import/", "upload", ADMIN),
+    ("job page", "get", "/dashboard/jobs/{job}/", None, ADMIN),
     ("runs", "get", "/runs/", None, ADMIN),
     ("run page", "get", "/runs/{run}/", None, ADMIN),
     ("run progress", "get", "/runs/{run}/progress.json", None, ADMIN),
@@ -67,6 +70,9 @@ ACTIONS = [
     ("api: list snapshots", "get", "/api/v1/snapshots/", None, ADMIN),
     ("api: snapshot", "post", "/api/v1/snapshots/", {}, ADMIN),
     ("api: import", "post", "/api/v1/imports/", "upload", ADMIN),
+    ("api: job", "get", "/api/v1/jobs/{job}/", None, ADMIN),
+    ("api: skipped lines", "get", "/api/v1/jobs/{job}/skipped/", None, ADMIN),
+    ("api: skipped lines (csv)", "get", "/api/v1/jobs/{job}/skipped/csv/", None, ADMIN),
     ("api: generations", "post", "/api/v1/generations/", {"prompt": "p", "completion": "c", "votes_wanted": 5}, NOBODY),
     (
         "api: generations batch",
@@ -110,7 +116,12 @@ def world(tmp_path):
     member = get_user_model().objects.create_user("member")
     set_membership(project, member, "annotator")
     get_user_model().objects.create_user("newcomer")
+    report = tmp_path / "skipped.jsonl"
+    report.write_text('{"line": 2, "field": null, "reason": "malformed JSON"}\n')
+    batch = ImportBatch.objects.create(project=project, filename="f.jsonl", sha256="0" * 64, skipped_report=report)
+    job = Job.objects.create(project=project, kind=Job.Kind.IMPORT, status=Job.Status.SUCCEEDED, import_batch=batch)
     return {
+        "job": job.pk,
         "project": project,
         "generation": generation.pk,
         "run": run.pk,
@@ -198,5 +209,5 @@ def test_the_matrix_covers_every_url_of_the_pages_and_the_api():
             continue
         as_url = "/" + route.replace("<int:run_id>", "{run}").replace("<int:version_id>", "{candidate}").replace(
             "<str:prefix>", "{key_prefix}"
-        ).replace("<int:user_id>", "{member}")
+        ).replace("<int:user_id>", "{member}").replace("<int:job_id>", "{job}")
         assert as_url in covered, f"{as_url} has no row in the role × action matrix"

@@ -11,6 +11,8 @@ from django.test import Client
 from django.urls import resolve
 from ui_helpers import PHONE, add_votes, build_world, log_in, make_user
 
+from feedback.models import DatasetSnapshot, Job
+from feedback.services import jobs
 from projects.selectors import default_project
 from training.models import ModelVersion, TrainingRun
 
@@ -19,7 +21,7 @@ README = Path(settings.BASE_DIR) / "README.md"
 
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
-def test_dashboard_chart_has_axes_and_the_balance_is_explained_on_a_phone(live_server, open_page):
+def test_dashboard_chart_has_axes_and_the_balance_is_explained_on_a_phone(live_server, open_page, loop_redis):
     world = build_world()
     page, errors = open_page(PHONE)
     log_in(page, live_server.url, "boss", "/dashboard/")
@@ -35,8 +37,13 @@ def test_dashboard_chart_has_axes_and_the_balance_is_explained_on_a_phone(live_s
     page.fill("#id_holdout", "0")
     with page.expect_navigation():
         page.press("#id_holdout", "Enter")
-    # Ids depend on the order the suite runs in: the one after the world's snapshot.
-    assert f"Snapshot {world['snapshot'].pk + 1}: 6 desirable / 2 undesirable" in page.inner_text("#messages")
+    # A job cuts it; its page follows it and shows the result once the worker is done.
+    job = Job.objects.filter(kind=Job.Kind.SNAPSHOT).latest("pk")
+    assert f"Snapshot job {job.pk} queued." in page.inner_text("#messages")
+    jobs.run_job(job.pk)  # the worker's part
+    page.wait_for_selector("#job-result")
+    assert "n_desirable\t6" in page.inner_text("#job-result") and "n_undesirable\t2" in page.inner_text("#job-result")
+    assert DatasetSnapshot.objects.latest("pk").pk == world["snapshot"].pk + 1
     assert not errors
 
 

@@ -22,6 +22,8 @@ def pages_for(world) -> dict[str, list[tuple[str, int, str]]]:
     staff_pages = [
         ("/dashboard/", 200, "#votes-chart"),
         ("/runs/", 200, "#runs-table"),
+        ("/dashboard/import/", 200, "#import-form"),
+        (f"/dashboard/jobs/{world['job'].pk}/", 200, "#job-progress"),
         ("/runs/new/", 200, "#retrain-form"),
         *[(f"/runs/{run.pk}/", 200, "#run-phase") for run in runs.values()],
         ("/models/", 200, "#versions-table"),

@@ -186,7 +186,12 @@ def build_world() -> dict:
             HeldoutOutput.objects.create(
                 version=version, prompt=prompt, prompt_sha256=prompt_sha256(prompt), completion=answer
             )
+    from feedback.models import Job
+
+    # A snapshot job a worker has not picked up yet: its page polls the status URL.
+    queued_job = Job.objects.create(project=demo, kind=Job.Kind.SNAPSHOT)
     return {
+        "job": queued_job,
         "snapshot": snapshot,
         "base": base,
         "candidate": candidate,

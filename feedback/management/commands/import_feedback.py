@@ -7,8 +7,9 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from feedback.importers import FORMAT_CHOICES, ON_INVALID_CHOICES, ImportRejected
-from feedback.services import import_feedback
+from feedback.importers import FORMAT_CHOICES, ON_INVALID_CHOICES
+from feedback.models import Job
+from feedback.services import jobs
 from projects.commands import add_project_argument, project_option
 
 
@@ -43,18 +44,21 @@ class Command(BaseCommand):
         path = Path(options["file"])
         if not path.is_file():
             raise CommandError(f"{path}: no such file")
-        try:
-            with path.open("rb") as stream:
-                batch = import_feedback(
-                    stream,
-                    filename=path.name,
-                    fmt=options["format"],
-                    threshold=options["threshold"],
-                    weight_by_distance=options["weight_by_distance"],
-                    one_y_per_x=options["one_y_per_x"],
-                    on_invalid=options["on_invalid"],
-                    project=project,
-                )
-        except ImportRejected as exc:
-            raise CommandError(f"{path}: {exc}; nothing was imported") from None
-        self.stdout.write(json.dumps({"import_id": batch.pk, "file": str(path), **batch.summary()}))
+        # The same job as an upload's, run here rather than by a worker: its row records the
+        # outcome for the dashboard, and the output stays the one JSON line it always was.
+        job = jobs.create_import_job(
+            project=project,
+            upload_path=str(path.resolve()),
+            filename=path.name,
+            upload_bytes=path.stat().st_size,
+            fmt=options["format"],
+            threshold=options["threshold"],
+            weight_by_distance=options["weight_by_distance"],
+            one_y_per_x=options["one_y_per_x"],
+            on_invalid=options["on_invalid"],
+            send=False,
+        )
+        job = jobs.run_job(job.pk)
+        if job.status != Job.Status.SUCCEEDED:
+            raise CommandError(f"{path}: {job.errors[0]['detail']}")
+        self.stdout.write(json.dumps({**job.result, "file": str(path), "job_id": job.pk}))

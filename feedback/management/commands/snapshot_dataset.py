@@ -7,8 +7,8 @@ import json
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from feedback.services import SnapshotRefused, create_snapshot
-from feedback.services.snapshots import snapshot_summary
+from feedback.models import Job
+from feedback.services import jobs
 from projects.commands import add_project_argument, project_option
 
 
@@ -38,15 +38,17 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         project = project_option(options)
-        try:
-            snapshot = create_snapshot(
-                holdout=options["holdout"],
-                target_ratio=options["target_ratio"],
-                mode=options["mode"],
-                manual_weights=tuple(options["manual_weights"]) if options["manual_weights"] else None,
-                seed=options["seed"],
-                project=project,
-            )
-        except SnapshotRefused as exc:
-            raise CommandError(str(exc)) from None
-        self.stdout.write(json.dumps(snapshot_summary(snapshot)))
+        # The job a dashboard or API request would queue, run here: same row, same outcome.
+        job = jobs.create_snapshot_job(
+            project=project,
+            holdout=options["holdout"],
+            target_ratio=options["target_ratio"],
+            mode=options["mode"],
+            manual_weights=tuple(options["manual_weights"]) if options["manual_weights"] else None,
+            seed=options["seed"],
+            send=False,
+        )
+        job = jobs.run_job(job.pk)
+        if job.status != Job.Status.SUCCEEDED:
+            raise CommandError(job.errors[0]["detail"])
+        self.stdout.write(json.dumps({**job.result, "job_id": job.pk}))
