@@ -24,7 +24,15 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from tests.helpers import LOOP_REDIS_URL, REPO, database_url_for_workers, free_port, point_celery_at, wait_for
+from tests.helpers import (
+    LOOP_REDIS_URL,
+    REPO,
+    InProcessServing,
+    database_url_for_workers,
+    free_port,
+    point_celery_at,
+    wait_for,
+)
 
 # Playwright's sync API runs an event loop in the test thread; Django's ORM would otherwise refuse
 # to run next to it. The tests are single-threaded, so this is safe here.
@@ -50,56 +58,12 @@ def committed_db(transactional_db, django_db_serialized_rollback):
     made (the annotators group), which breaks the next test that restores the serialized copy."""
 
 
-class InProcessServing:
-    """An httpx transport that hands the web app's serving calls to the serving process's own WSGI
-    application (training.serving_http) in this test process: the real serving code, without a
-    socket or a second process. The live tests (tests/training/test_openai_api_live.py) use a
-    real serving process; this keeps the many in-process API tests fast and inside their test
-    transaction, as Django's test client does (it, too, keeps close_old_connections from closing the
-    connection mid-transaction)."""
-
-    def __init__(self):
-        import httpx
-
-        from training.serving_http import application
-
-        self._wsgi = httpx.WSGITransport(app=application())
-
-    def handle_request(self, request):
-        import httpx
-        from django.core.signals import request_finished, request_started
-        from django.db import close_old_connections
-
-        request_started.disconnect(close_old_connections)
-        request_finished.disconnect(close_old_connections)
-        try:
-            response = self._wsgi.handle_request(request)
-            # Read and close here: closing the WSGI response sends request_finished.
-            content = response.read()
-            response.close()
-            return httpx.Response(response.status_code, headers=response.headers, content=content)
-        finally:
-            request_started.connect(close_old_connections)
-            request_finished.connect(close_old_connections)
-
-    def close(self):
-        self._wsgi.close()
-
-
 @pytest.fixture(autouse=True, scope="session")
 def serving_in_process():
     """The web app's calls to the serving process go to its WSGI app in this process (see above)."""
-    import httpx
-
     from training import serving_client
 
-    class Transport(httpx.BaseTransport):
-        inner = InProcessServing()
-
-        def handle_request(self, request):
-            return self.inner.handle_request(request)
-
-    serving_client.set_transport(Transport())
+    serving_client.set_transport(InProcessServing())
     yield
     serving_client.set_transport(None)
 
