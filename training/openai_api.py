@@ -40,6 +40,7 @@ from training.models import ModelVersion
 from training.routing import NoActiveModelVersion, version_for_request
 from training.serving import (
     DEFAULT_MAX_NEW_TOKENS,
+    BackendUnavailable,
     EmptyCompletion,
     generate_for_prompt,
     get_backend,
@@ -97,6 +98,8 @@ def openai_errors(view):
             return view(request, *args, **kwargs)
         except ApiError as exc:
             return exc.response()
+        except BackendUnavailable as exc:
+            return ApiError(503, str(exc), type="server_error", code="backend_unavailable").response()
 
     wrapped.__name__ = wrapped.__qualname__ = view.__name__
     wrapped.__doc__ = view.__doc__
@@ -462,7 +465,7 @@ def internal_generate(request):
         return JsonResponse({"detail": f"bad internal request: {exc}"}, status=400)
     try:
         generation = generate_for_prompt(prompt, project=project, **options)
-    except NoActiveModelVersion as exc:
+    except (NoActiveModelVersion, BackendUnavailable) as exc:
         return JsonResponse({"detail": str(exc)}, status=503)
     except EmptyCompletion as exc:
         return JsonResponse({"detail": str(exc)}, status=502)

@@ -50,6 +50,10 @@ class EmptyCompletion(RuntimeError):
     """The model stopped at once; an empty completion cannot be stored or rated."""
 
 
+class BackendUnavailable(RuntimeError):
+    """The backend cannot serve now (its inference server is down, or needs a restart); a 503."""
+
+
 class InferenceBackend(ABC):
     """What Prospect needs from something that serves a project's model versions."""
 
