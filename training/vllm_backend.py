@@ -46,6 +46,8 @@ from training.models import ModelVersion
 from training.serving import SERVABLE_STATUSES, BackendUnavailable, InferenceBackend, PromptContent
 from training.serving_client import DEFAULT_MAX_NEW_TOKENS
 
+# How long what vLLM serves (its /v1/models) is trusted before asking again: not once per request.
+BASE_MODEL_TTL_SECONDS = 10.0
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 RELOAD_WAIT_SECONDS = 900
 
@@ -87,6 +89,10 @@ class NeedsReload(BackendUnavailable):
     """vLLM serves other full weights than the version asks for, and no reload command is set."""
 
 
+class AdapterMissing(BackendUnavailable):
+    """vLLM does not know an adapter Prospect loaded (it was restarted meanwhile)."""
+
+
 class VLLMServer:
     """One vLLM OpenAI server: which adapters it holds, and requests to it."""
 
@@ -108,6 +114,7 @@ class VLLMServer:
         # version id -> adapter name loaded in vLLM, least recently used first.
         self.adapters: OrderedDict[int, str] = OrderedDict()
         self.events: list[tuple[str, str]] = []  # ("load" | "unload" | "reload", name or path): for tests and benches
+        self._base: tuple[float, dict] | None = None  # (when asked, the base model's entry)
         self._lock = threading.RLock()
 
     # --- what vLLM serves ---------------------------------------------------------------------
@@ -125,11 +132,14 @@ class VLLMServer:
         response.raise_for_status()
         return response.json()["data"]
 
-    def base_model(self) -> dict:
+    def base_model(self, fresh: bool = False) -> dict:
         """The served base model's entry: {"id": its served name, "root": what `vllm serve` was given}."""
+        if not fresh and self._base is not None and time.monotonic() - self._base[0] < BASE_MODEL_TTL_SECONDS:
+            return self._base[1]
         bases = [entry for entry in self.served_models() if not entry.get("parent")]
         if not bases:
             raise BackendUnavailable(f"the vLLM server at {self.url} serves no base model")
+        self._base = (time.monotonic(), bases[0])
         return bases[0]
 
     @staticmethod
@@ -193,13 +203,24 @@ class VLLMServer:
         deadline = time.monotonic() + RELOAD_WAIT_SECONDS
         while time.monotonic() < deadline:
             try:
-                base = self.base_model()
+                base = self.base_model(fresh=True)
                 if _same_model(target, base.get("root") or base["id"]):
                     return self.model_for(weights) if weights.is_adapter else base["id"]
             except (BackendUnavailable, httpx.HTTPError):
                 pass
             time.sleep(1.0)
         raise BackendUnavailable(f"vLLM did not come back serving {target} within {RELOAD_WAIT_SECONDS}s")
+
+    def forget(self, name: str) -> None:
+        """Drop what we believed about an adapter (and the base) after vLLM lost it."""
+        with self._lock:
+            for version_id in [v for v, loaded in self.adapters.items() if loaded == name]:
+                del self.adapters[version_id]
+            self._base = None
+
+    def _check_model_known(self, model: str, response: httpx.Response) -> None:
+        if response.status_code == 404 and model in self.adapters.values():
+            raise AdapterMissing(f"vLLM no longer holds adapter {model}")
 
     # --- requests ---------------------------------------------------------------------------------
     @staticmethod
@@ -220,6 +241,7 @@ class VLLMServer:
         for prompt in prompts:
             path, body = self._request(model, prompt, max_tokens, temperature, seed, stream=False)
             response = self._post(path, body)
+            self._check_model_known(model, response)
             if response.status_code != 200:
                 raise BackendUnavailable(f"vLLM answered {response.status_code}: {response.text[:500]}")
             completions.append(self._text(response.json()["choices"][0]))
@@ -231,6 +253,7 @@ class VLLMServer:
             with self.http.stream("POST", path, json=body) as response:
                 if response.status_code != 200:
                     response.read()
+                    self._check_model_known(model, response)
                     raise BackendUnavailable(f"vLLM answered {response.status_code}: {response.text[:500]}")
                 for line in response.iter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
@@ -299,8 +322,18 @@ class VLLMBackend(InferenceBackend):
         temperature: float = 0.0,
         seed: int | None = None,
     ) -> list[str]:
-        model = self._model(version or self.version)
-        return self.server.complete(model, list(prompts), max_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        version = version or self.version
+        for attempt in (1, 2):
+            model = self._model(version)
+            try:
+                return self.server.complete(
+                    model, list(prompts), max_tokens=max_new_tokens, temperature=temperature, seed=seed
+                )
+            except AdapterMissing:
+                if attempt == 2:
+                    raise
+                self.server.forget(model)  # vLLM restarted: load it again, once
+        raise AssertionError("unreachable")
 
     def stream(
         self,

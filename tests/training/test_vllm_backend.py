@@ -85,6 +85,11 @@ def test_each_lora_version_gets_its_own_name_and_retired_ones_are_unloaded(stand
     assert len(loaded) == len(set(loaded)) == 5  # a, b, c, d, d-again: no name ever loaded twice
     assert text.split("|")[0] == loaded[-1] and loaded[-1] != loaded[-2] and loaded[-2] not in stand_in.adapters
 
+    # vLLM restarted behind Prospect's back (its adapters gone): loaded again, same weights, same name.
+    stand_in.adapters.clear()
+    (text,) = backend.generate(["x"], version=d, max_new_tokens=4)
+    assert text.split("|")[0] == loaded[-1] and loaded[-1] in stand_in.adapters
+
     # Streaming relays vLLM's events as pieces.
     pieces = list(backend.stream("What is 3+3?", version=d, max_new_tokens=4))
     assert len(pieces) > 1 and "".join(pieces) == f"{loaded[-1]}|What is 3+3?"
