@@ -5,7 +5,7 @@ PROSPECT_SERVING_URL for `/api/v1/generate/` (its internal endpoint, authenticat
 PROSPECT_SERVING_TOKEN) and forward the OpenAI-compatible `/v1/` API to it unchanged (the caller's
 API key travels with the request and the serving process checks it).
 
-`tests/architecture` checks that nothing the web process imports reaches torch or transformers.
+`tests/test_architecture.py` checks that nothing the web process imports reaches torch or transformers.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-from django.urls import path, re_path
+from django.urls import path
 from drf_spectacular.utils import extend_schema
 
 from training import api, openai_proxy, views
@@ -28,5 +28,5 @@ urlpatterns = [
     # The old path without the trailing slash keeps working for clients written against it.
     path("api/v1/generate", LegacyGenerateView.as_view(), name="api-generate-legacy"),
     # The OpenAI-compatible API of the serving process, forwarded (streaming too).
-    re_path(r"^v1/(?P<path>.*)$", openai_proxy.forward, name="openai-forward"),
+    path("v1/<path:path>", openai_proxy.forward, name="openai-forward"),
 ]
