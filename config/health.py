@@ -54,10 +54,18 @@ def check_serving() -> str | None:
     return None
 
 
+def check_serving_process() -> str | None:
+    """The serving process (PROSPECT_SERVING_URL) answers: generate and /v1/ need it."""
+    from training import serving_client
+
+    return serving_client.check()
+
+
 @require_GET
 def readyz(request):
     checks = {"database": check_database(), "broker": check_broker()}
     checks["serving"] = check_serving() if checks["database"] is None else "not checked: the database is down"
+    checks["serving_process"] = check_serving_process()
     failed = {name: error for name, error in checks.items() if error is not None}
     body = {"ready": not failed, "checks": {name: error or "ok" for name, error in checks.items()}}
     return JsonResponse(body, status=503 if failed else 200)

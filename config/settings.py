@@ -340,10 +340,45 @@ PROSPECT_ACCELERATE_CONFIG = env_str(
     "PROSPECT_ACCELERATE_CONFIG", "", "an accelerate config file (multi-GPU, FSDP, DeepSpeed)"
 )
 PROSPECT_NUM_PROCESSES = env_int("PROSPECT_NUM_PROCESSES", 1, "training processes per run")
+# --- Serving ---------------------------------------------------------------------------------
+# Models run in the serving process (`manage.py serve_models`), never in a web worker: the web app
+# reaches it at PROSPECT_SERVING_URL (its /api/v1/generate/ and the forwarded /v1/ API).
+PROSPECT_SERVING = env_str(
+    "PROSPECT_SERVING", "transformers", "transformers: models in the serving process; vllm: drive a vLLM server"
+)
+if PROSPECT_SERVING not in ("transformers", "vllm"):
+    raise ImproperlyConfigured(f"PROSPECT_SERVING={PROSPECT_SERVING!r}: use 'transformers' or 'vllm'")
 PROSPECT_INFERENCE_BACKEND = env_str(
     "PROSPECT_INFERENCE_BACKEND",
-    "training.serving.TransformersBackend",
-    "dotted path of the class that serves the active version",
+    {"transformers": "training.serving.TransformersBackend", "vllm": "training.vllm_backend.VLLMBackend"}[
+        PROSPECT_SERVING
+    ],
+    "dotted path of the class that serves model versions (overrides PROSPECT_SERVING)",
+    shown="chosen by `PROSPECT_SERVING`",
+)
+PROSPECT_SERVING_URL = env_str(
+    "PROSPECT_SERVING_URL", "http://127.0.0.1:8001", "where the web app and workers reach the serving process"
+).rstrip("/")
+PROSPECT_SERVING_TOKEN = env_str(
+    "PROSPECT_SERVING_TOKEN",
+    "",
+    "shared secret of the web app and the serving process for internal calls",
+    shown="derived from `SECRET_KEY`",
+)
+PROSPECT_SERVING_TIMEOUT_SECONDS = env_float(
+    "PROSPECT_SERVING_TIMEOUT_SECONDS", 300.0, "how long the web app waits for the serving process"
+)
+PROSPECT_SERVING_MAX_VERSIONS = env_int(
+    "PROSPECT_SERVING_MAX_VERSIONS", 2, "model versions held per project at once (active + a canary candidate)"
+)
+PROSPECT_VLLM_URL = env_str(
+    "PROSPECT_VLLM_URL", "http://127.0.0.1:8100", "the vLLM OpenAI server driven with PROSPECT_SERVING=vllm"
+).rstrip("/")
+PROSPECT_VLLM_API_KEY = env_str("PROSPECT_VLLM_API_KEY", "", "the vLLM server's --api-key, if it has one")
+PROSPECT_VLLM_RELOAD_COMMAND = env_str(
+    "PROSPECT_VLLM_RELOAD_COMMAND",
+    "",
+    "a command that restarts vLLM on a full-weight version's directory ({path}); empty: refuse with instructions",
 )
 
 # --- Celery ----------------------------------------------------------------------------------

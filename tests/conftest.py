@@ -24,7 +24,15 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from tests.helpers import LOOP_REDIS_URL, REPO, database_url_for_workers, free_port, point_celery_at, wait_for
+from tests.helpers import (
+    LOOP_REDIS_URL,
+    REPO,
+    InProcessServing,
+    database_url_for_workers,
+    free_port,
+    point_celery_at,
+    wait_for,
+)
 
 # Playwright's sync API runs an event loop in the test thread; Django's ORM would otherwise refuse
 # to run next to it. The tests are single-threaded, so this is safe here.
@@ -48,6 +56,16 @@ def committed_db(transactional_db, django_db_serialized_rollback):
     them. Like every transactional test of the suite it restores the serialized database afterwards:
     a plain flush would re-create content types under new ids and drop the rows data migrations
     made (the annotators group), which breaks the next test that restores the serialized copy."""
+
+
+@pytest.fixture(autouse=True, scope="session")
+def serving_in_process():
+    """The web app's calls to the serving process go to its WSGI app in this process (see above)."""
+    from training import serving_client
+
+    serving_client.set_transport(InProcessServing())
+    yield
+    serving_client.set_transport(None)
 
 
 @pytest.fixture(scope="session")

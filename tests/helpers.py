@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+import httpx
+
 from training.kto.distributed import free_port  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,3 +59,36 @@ def point_celery_at(broker_url: str) -> None:
     app._pool = None
     app.amqp._producer_pool = None
     pools.reset()
+
+
+class InProcessServing(httpx.BaseTransport):
+    """An httpx transport that hands the web app's serving calls to the serving process's own WSGI
+    application (training.serving_http) in this test process: the real serving code, without a
+    socket or a second process. The live tests (tests/training/test_openai_api_live.py) use a
+    real serving process; this keeps the many in-process API tests fast and inside their test
+    transaction, as Django's test client does (it, too, keeps close_old_connections from closing the
+    connection mid-transaction)."""
+
+    def __init__(self):
+        from training.serving_http import application
+
+        self._wsgi = httpx.WSGITransport(app=application())
+
+    def handle_request(self, request):
+        from django.core.signals import request_finished, request_started
+        from django.db import close_old_connections
+
+        request_started.disconnect(close_old_connections)
+        request_finished.disconnect(close_old_connections)
+        try:
+            response = self._wsgi.handle_request(request)
+            # Read and close here: closing the WSGI response sends request_finished.
+            content = response.read()
+            response.close()
+            return httpx.Response(response.status_code, headers=response.headers, content=content)
+        finally:
+            request_started.connect(close_old_connections)
+            request_finished.connect(close_old_connections)
+
+    def close(self):
+        self._wsgi.close()

@@ -108,3 +108,81 @@ def test_the_engine_imports_nothing_from_django_or_the_apps():
                 assert not imported.startswith("training.") or imported.startswith("training.kto"), (
                     f"{name} imports {imported}"
                 )
+
+
+# --- web workers never import torch ------------------------------------------------------------
+MODEL_LIBRARIES = ("torch", "transformers", "peft", "accelerate", "vllm")
+# Settings whose dotted paths the web process never imports: Celery's task names (sent by name)
+# and the inference backend (imported by the serving process only).
+NOT_IMPORTED_BY_THE_WEB = ("CELERY_", "PROSPECT_INFERENCE_BACKEND")
+
+
+def _third_party_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def _named_modules(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Project modules named in string constants (settings' dotted paths, include("app.urls")),
+    except in the settings that only Celery or the serving process read (task routes, the backend)."""
+    named = set()
+    for statement in ast.parse(path.read_text()).body:
+        targets = [
+            t.id
+            for t in getattr(statement, "targets", [getattr(statement, "target", None)])
+            if t is not None and isinstance(t, ast.Name)
+        ]
+        if any(target.startswith(NOT_IMPORTED_BY_THE_WEB) for target in targets):
+            continue
+        for node in ast.walk(statement):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value:
+                name = node.value
+                while name and name not in modules:
+                    name = name.rpartition(".")[0]
+                if name and name.split(".")[0] in PACKAGES:
+                    named.add(name)
+    return named
+
+
+def web_modules() -> tuple[set[str], dict[str, str]]:
+    """Every project module a web worker may import: from the WSGI entry point, the settings (their
+    dotted paths: middleware, apps, the URLconf) and the URL modules they include, following imports
+    anywhere in a module (function-local too). Returns (modules, how each was reached)."""
+    modules = project_modules()
+    graph = import_graph(modules)
+    roots = ["config.wsgi", "config.settings", "config.urls"]
+    for app in PACKAGES:
+        roots += [name for name in (f"{app}.apps", f"{app}.models", f"{app}.admin") if name in modules]
+    reached: dict[str, str] = {root: "root" for root in roots}
+    stack = list(roots)
+    while stack:
+        module = stack.pop()
+        targets = set(graph[module])
+        if module == "config.settings" or module.endswith(".urls"):
+            # Celery task names are strings the web process sends, never imports: only settings
+            # and URL modules name modules that Django itself imports.
+            targets |= _named_modules(modules[module], modules)
+        for target in targets:
+            if target not in reached:
+                reached[target] = module
+                stack.append(target)
+    return set(reached), reached
+
+
+def test_the_web_process_never_imports_torch():
+    modules = project_modules()
+    reached, parent = web_modules()
+    assert "training.api" in reached and "training.openai_proxy" in reached  # the graph sees the web views
+    for name in sorted(reached):
+        heavy = _third_party_imports(modules[name]) & set(MODEL_LIBRARIES)
+        chain = [name]
+        while parent.get(chain[-1], "root") != "root":
+            chain.append(parent[chain[-1]])
+        assert not heavy, f"{name} imports {sorted(heavy)}; a web worker reaches it via {' <- '.join(chain)}"
+    # The serving side does, and is not reachable from the web.
+    assert "training.serving" not in reached and "training.serving_http" not in reached

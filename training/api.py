@@ -1,4 +1,8 @@
-"""JSON API of the training app: call the deployed (active) model version."""
+"""JSON API of the training app: call the deployed (active) model version.
+
+The model runs in the serving process, not here: this view checks the caller's key and input, then
+asks the serving process over HTTP (training.serving_client), so a web worker never loads torch.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ from feedback.content import ContentError, validate_prompt
 from feedback.schema import PROMPT_SCHEMA
 from projects.authentication import ApiKeyAuthentication
 from projects.permissions import request_project, scope_required
-from training.serving import DEFAULT_MAX_NEW_TOKENS, EmptyCompletion, NoActiveModelVersion, generate_for_prompt
+from training import serving_client
+from training.serving_client import DEFAULT_MAX_NEW_TOKENS
 
 
 @extend_schema_field(PROMPT_SCHEMA)
@@ -78,25 +83,20 @@ class GenerateView(APIView):
         payload = GenerateRequestSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         try:
-            generation = generate_for_prompt(
-                payload.validated_data["prompt"],
+            generated = serving_client.generate(
+                project_id=request_project(request).pk,
+                prompt=payload.validated_data["prompt"],
                 source="api",
                 max_new_tokens=payload.validated_data["max_new_tokens"],
                 temperature=payload.validated_data["temperature"],
-                project=request_project(request),
             )
-        except NoActiveModelVersion as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
-        except EmptyCompletion as exc:
-            # Nothing to store or rate; the caller may retry with sampling (temperature > 0).
-            return Response({"detail": str(exc)}, status=status.HTTP_502_BAD_GATEWAY)
-        version = generation.served_by
-        body = GenerateResponseSerializer(
-            {
-                "generation_id": generation.pk,
-                "completion": generation.completion,
-                "model_version": version.name,
-                "model_version_id": version.pk,
-            }
-        ).data
-        return Response(body)
+        except serving_client.ServingUnavailable as exc:
+            return Response(
+                {"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "5"}
+            )
+        except serving_client.ServingError as exc:
+            # 503: no version is active; 502: the model produced an empty completion (nothing to
+            # store or rate; the caller may retry with sampling, temperature > 0).
+            code = exc.status if exc.status in (502, 503) else status.HTTP_502_BAD_GATEWAY
+            return Response({"detail": exc.detail}, status=code)
+        return Response(GenerateResponseSerializer(generated).data)

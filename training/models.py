@@ -10,7 +10,6 @@ from django.db import models
 from django.db.models import Q
 
 from training.kto import defaults
-from training.kto.loss import LOSS_TYPES
 
 
 class ModelVersion(models.Model):
@@ -186,7 +185,7 @@ class TrainingPolicy(models.Model):
         MANUAL = "manual", "manual weights"
 
     # One choice per row of the engine's variant table (training/kto/loss.py).
-    Loss = models.TextChoices("Loss", [(name.upper(), name) for name in LOSS_TYPES])
+    Loss = models.TextChoices("Loss", [(name.upper(), name) for name in defaults.LOSS_TYPES])
 
     class Judge(models.TextChoices):
         NONE = "none", "none (holdout metrics only)"

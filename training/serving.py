@@ -1,19 +1,26 @@
-"""Serving the active model version: a small backend interface and the default transformers backend.
+"""Serving model versions: a small backend interface and the default transformers backend.
 
-The interface is deliberately narrow (a list of prompts in, a list of completions out, plus the
-version being served) so that a backend talking to a vLLM server with one LoRA adapter per model
-version can implement it later without touching the callers.
+The serving process (`manage.py serve_models`, training/serving_http.py) calls this module; web
+workers never do (they reach the serving process over HTTP, training/serving_client.py), so torch
+and the weights live in one process. Celery's queue filling and `manage.py demo`'s first batch call
+it too.
 
-There is one backend per project (get_backend(project)): each follows its own project's active
-version. The default backend keeps its project's model in process memory and checks, on every call,
-which version is active (one indexed query). When an admin promotes or rolls back, the next call loads the new
-version: no restart of the web server or the worker is needed.
+The interface is narrow: prompts and the version to serve in, completions out (plus a streamed
+variant). Which version answers a request is decided by training.routing.version_for_request (the
+active one; a canary sends a share to a candidate), so a backend holds up to
+PROSPECT_SERVING_MAX_VERSIONS versions per project. Promotions and rollbacks need no restart: the
+routing rule reads the database on every request and the backend loads what it is asked for.
+
+There is one backend per project (get_backend(project)). TransformersBackend keeps the weights in
+process memory; training/vllm_backend.py drives a vLLM server with one LoRA adapter per version.
 """
 
 from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,36 +34,72 @@ from feedback.services.generations import GenerationInput
 from projects.models import Project
 from projects.selectors import resolve_project
 from training.models import ModelVersion
-from training.routing import NoActiveModelVersion  # noqa: F401  (re-exported for callers)
+from training.routing import NoActiveModelVersion, version_for_request
+from training.serving_client import DEFAULT_MAX_NEW_TOKENS
 
 # A prompt as stored on feedback.Prompt: a plain string, or chat messages [{"role", "content"}].
 PromptContent = str | list
 
-DEFAULT_MAX_NEW_TOKENS = 32
+# Versions worth keeping loaded: the one serving and a candidate that may take a share (canary).
+SERVABLE_STATUSES = (ModelVersion.Status.ACTIVE, ModelVersion.Status.CANDIDATE)
+
+__all__ = ["DEFAULT_MAX_NEW_TOKENS", "NoActiveModelVersion", "InferenceBackend", "TransformersBackend", "get_backend"]
 
 
 class EmptyCompletion(RuntimeError):
     """The model stopped at once; an empty completion cannot be stored or rated."""
 
 
+class BackendUnavailable(RuntimeError):
+    """The backend cannot serve now (its inference server is down, or needs a restart); a 503."""
+
+
 class InferenceBackend(ABC):
-    """What Prospect needs from something that serves the active model version."""
+    """What Prospect needs from something that serves a project's model versions."""
+
+    def __init__(self, project_id: int | None = None) -> None:
+        self.project_id = project_id if project_id is not None else resolve_project(None).pk
 
     @property
-    @abstractmethod
     def version(self) -> ModelVersion:
-        """The model version the next `generate` call will use (reloading first if it changed)."""
+        """The version a request without a routing key gets now (the project's active one)."""
+        return version_for_request(Project.objects.get(pk=self.project_id))
 
     @abstractmethod
     def generate(
         self,
         prompts: list[PromptContent],
         *,
+        version: ModelVersion | None = None,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         temperature: float = 0.0,
         seed: int | None = None,
     ) -> list[str]:
-        """One completion per prompt from `self.version`; temperature 0 means greedy decoding."""
+        """One completion per prompt from `version` (None: `self.version`); temperature 0 = greedy."""
+
+    def stream(
+        self,
+        prompt: PromptContent,
+        *,
+        version: ModelVersion,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> Iterator[str]:
+        """One prompt's completion in pieces as they are generated; joined, they are the completion.
+
+        The default yields the whole completion at once; backends that can stream override it."""
+        yield from self.generate(
+            [prompt], version=version, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+        )
+
+    def held_version_ids(self) -> list[int]:
+        """The versions loaded now, most recently used last (for status pages and tests)."""
+        return []
+
+    def count_tokens(self, version: ModelVersion, text: str) -> int | None:
+        """Tokens of `text` in `version`'s tokenizer (None: unknown), for finish_reason "length"."""
+        return None
 
 
 @dataclass
@@ -73,33 +116,44 @@ def _cache_key(version: ModelVersion) -> tuple:
 
 
 class TransformersBackend(InferenceBackend):
-    """Loads a project's active version with transformers (+ peft for adapters) and follows promotions."""
+    """Holds a project's versions in memory with transformers (+ peft for adapters), up to
+    PROSPECT_SERVING_MAX_VERSIONS at once; the least recently used one makes room for a new one,
+    and versions that can no longer be served (retired, rejected) are dropped when one is loaded."""
 
-    def __init__(self, project_id: int | None = None) -> None:
-        self.project_id = project_id if project_id is not None else resolve_project(None).pk
-        self._loaded: _LoadedModel | None = None
-        # gunicorn threads or a threaded runserver may call us concurrently; one model at a time.
+    def __init__(self, project_id: int | None = None, max_versions: int | None = None) -> None:
+        super().__init__(project_id)
+        self.max_versions = max(1, max_versions or settings.PROSPECT_SERVING_MAX_VERSIONS)
+        self._loaded: OrderedDict[tuple, _LoadedModel] = OrderedDict()
+        # Threads of the serving process call us concurrently; one generation at a time per model
+        # set (torch on CPU gains nothing from interleaving, and the seeded RNG is process-global).
         self._lock = threading.RLock()
 
     @property
-    def version(self) -> ModelVersion:
-        return self._current().version
-
-    @property
     def loaded_version_id(self) -> int | None:
-        """The version currently held in memory (None before the first call); for tests and status."""
-        return self._loaded.version.pk if self._loaded else None
+        """The version used last (None before the first call)."""
+        with self._lock:
+            return next(reversed(self._loaded.values())).version.pk if self._loaded else None
+
+    def held_version_ids(self) -> list[int]:
+        with self._lock:
+            return [loaded.version.pk for loaded in self._loaded.values()]
+
+    def count_tokens(self, version: ModelVersion, text: str) -> int | None:
+        with self._lock:
+            tokenizer = self._load(version).tokenizer
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate(
         self,
         prompts: list[PromptContent],
         *,
+        version: ModelVersion | None = None,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         temperature: float = 0.0,
         seed: int | None = None,
     ) -> list[str]:
         with self._lock:
-            loaded = self._current()
+            loaded = self._load(version or self.version)
             return _generate_with_model(
                 loaded.model,
                 loaded.tokenizer,
@@ -109,18 +163,54 @@ class TransformersBackend(InferenceBackend):
                 seed=seed,
             )
 
-    def _current(self) -> _LoadedModel:
-        """The in-memory model for the active version, (re)loading it when the active version changed."""
-        active = ModelVersion.objects.filter(project_id=self.project_id, status=ModelVersion.Status.ACTIVE).first()
-        if active is None:
-            raise NoActiveModelVersion("no model version is active: promote one on the Models page first")
+    def stream(
+        self,
+        prompt: PromptContent,
+        *,
+        version: ModelVersion,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> Iterator[str]:
+        from training.kto.generation import stream_completion
+
         with self._lock:
-            if self._loaded is None or self._loaded.key != _cache_key(active):
-                # Drop the old model before loading the new one so two never sit in memory at once.
-                self._loaded = None
-                model, tokenizer = load_model_version(active)
-                self._loaded = _LoadedModel(_cache_key(active), active, model, tokenizer)
-            return self._loaded
+            loaded = self._load(version)
+        # The generation thread takes the lock itself, so a slow reader does not hold it.
+        yield from stream_completion(
+            (loaded.model, loaded.tokenizer),
+            prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=0 if seed is None else seed,
+            lock=self._lock,
+        )
+
+    def _load(self, version: ModelVersion) -> _LoadedModel:
+        """The in-memory model of `version`, loading it (and making room) if it is not held."""
+        key = _cache_key(version)
+        with self._lock:
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
+            self._drop_unservable()
+            # Drop before loading, so no more than max_versions models ever sit in memory.
+            while len(self._loaded) >= self.max_versions:
+                self._loaded.popitem(last=False)
+            model, tokenizer = load_model_version(version)
+            self._loaded[key] = _LoadedModel(key, version, model, tokenizer)
+            return self._loaded[key]
+
+    def _drop_unservable(self) -> None:
+        if not self._loaded:
+            return
+        servable = set(
+            ModelVersion.objects.filter(
+                pk__in=[loaded.version.pk for loaded in self._loaded.values()], status__in=SERVABLE_STATUSES
+            ).values_list("pk", flat=True)
+        )
+        for key in [key for key, loaded in self._loaded.items() if loaded.version.pk not in servable]:
+            del self._loaded[key]
 
 
 def load_model_version(version: ModelVersion):
@@ -162,17 +252,6 @@ def get_backend(project: Project | str | None = None) -> InferenceBackend:
         return _backends[project.pk]
 
 
-def _generate_stable(backend: InferenceBackend, prompts, **options) -> tuple[ModelVersion, list[str]]:
-    """Completions and the version that produced them, even if a promotion lands meanwhile."""
-    for _ in range(3):
-        version = backend.version
-        completions = backend.generate(prompts, **options)
-        # A promotion between the two calls would mislabel the outputs: generate again then.
-        if backend.version.pk == version.pk:
-            return version, completions
-    raise RuntimeError("the active model version kept changing while generating; try again")
-
-
 def generate_for_prompt(
     prompt_content: PromptContent,
     *,
@@ -182,8 +261,10 @@ def generate_for_prompt(
     seed: int | None = None,
     backend: InferenceBackend | None = None,
     project: Project | str | None = None,
+    routing_key: str | None = None,
 ) -> Generation:
-    """Generate one completion from the project's active version and store it as a Generation to be rated."""
+    """Generate one completion from the version routed to (the active one, or a canary's candidate)
+    and store it as a Generation to be rated."""
     return generate_for_prompts(
         [prompt_content],
         source=source,
@@ -192,6 +273,7 @@ def generate_for_prompt(
         seed=seed,
         backend=backend,
         project=project,
+        routing_key=routing_key,
     )[0]
 
 
@@ -205,6 +287,7 @@ def generate_for_prompts(
     backend: InferenceBackend | None = None,
     skip_empty: bool = False,
     project: Project | str | None = None,
+    routing_key: str | None = None,
 ) -> list[Generation]:
     """Batched `generate_for_prompt`: one forward pass for all prompts, one row per prompt.
 
@@ -220,9 +303,25 @@ def generate_for_prompts(
     ]
     project = resolve_project(project)
     backend = backend or get_backend(project)
-    version, completions = _generate_stable(
-        backend, prompt_contents, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+    # Chosen once, then passed down: the label is right even if a promotion lands meanwhile.
+    version = version_for_request(project, routing_key=routing_key)
+    completions = backend.generate(
+        prompt_contents, version=version, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
     )
+    return store_completions(project, version, prompt_contents, completions, source=source, skip_empty=skip_empty)
+
+
+def store_completions(
+    project: Project,
+    version: ModelVersion,
+    prompt_contents: list[PromptContent],
+    completions: list[str],
+    *,
+    source: str,
+    skip_empty: bool = False,
+) -> list[Generation]:
+    """Store what `version` answered as Generations (see generate_for_prompts for reuse and
+    `served_by`); an empty completion raises EmptyCompletion, or is left out with skip_empty."""
     items = []
     for content, completion in zip(prompt_contents, completions):
         if not completion.strip():

@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.utils import extend_schema
 
-from training import api, views
+from training import api, openai_proxy, views
 
 
 @extend_schema(exclude=True)  # the same operation as /api/v1/generate/: documented once
@@ -28,4 +28,6 @@ urlpatterns = [
     path("api/v1/generate/", api.GenerateView.as_view(), name="api-generate"),
     # The old path without the trailing slash keeps working for clients written against it.
     path("api/v1/generate", LegacyGenerateView.as_view(), name="api-generate-legacy"),
+    # The OpenAI-compatible API of the serving process, forwarded (streaming too).
+    path("v1/<path:path>", openai_proxy.forward, name="openai-forward"),
 ]

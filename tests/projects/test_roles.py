@@ -83,7 +83,16 @@ ACTIONS = [
     ),
     ("api: votes", "post", "/api/v1/votes/", {"generation_id": "{generation}", "desirable": True}, NOBODY),
     ("api: generate", "post", "/api/v1/generate/", {"prompt": "What is 1+1?"}, NOBODY),
+    # The OpenAI-compatible API, forwarded to the serving process: keys only, as the product API.
+    (
+        "openai: chat completions",
+        "post",
+        "/v1/chat/completions",
+        {"model": "demo", "messages": [{"role": "user", "content": "What is 1+1?"}]},
+        NOBODY,
+    ),
 ]
+API_PREFIXES = ("/api/", "/v1/")
 
 MAY = {
     "annotator": {RATE},
@@ -158,7 +167,7 @@ def test_role_by_action(client, world, role, name, method, url, data, needs):
         response = client.get(url)
     elif data == "upload":
         response = client.post(url, {"file": _jsonl()})
-    elif url.startswith("/api/"):
+    elif url.startswith(API_PREFIXES):
         response = client.post(
             url, {key: fill(value, world) for key, value in data.items()}, content_type="application/json"
         )
@@ -170,8 +179,8 @@ def test_role_by_action(client, world, role, name, method, url, data, needs):
     if needs in MAY[role]:
         assert status not in (401, 403) and not sent_to_login, f"{role} may {name}: got {status}"
     elif role == "anonymous":
-        expected = "401" if url.startswith("/api/") else "the login page"
-        assert (status == 401) if url.startswith("/api/") else sent_to_login, f"{name}: {expected}, got {status}"
+        expected = "401" if url.startswith(API_PREFIXES) else "the login page"
+        assert (status == 401) if url.startswith(API_PREFIXES) else sent_to_login, f"{name}: {expected}, got {status}"
     elif needs == NOBODY:
         # The product API: a browser session is no API key.
         assert status == 401, f"{role} via a session on {name}: got {status}"
@@ -209,5 +218,7 @@ def test_the_matrix_covers_every_url_of_the_pages_and_the_api():
             continue
         as_url = "/" + route.replace("<int:run_id>", "{run}").replace("<int:version_id>", "{candidate}").replace(
             "<str:prefix>", "{key_prefix}"
-        ).replace("<int:user_id>", "{member}").replace("<int:job_id>", "{job}")
+        ).replace("<int:user_id>", "{member}").replace("<int:job_id>", "{job}").replace(
+            "<path:path>", "chat/completions"
+        )
         assert as_url in covered, f"{as_url} has no row in the role × action matrix"

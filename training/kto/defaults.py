@@ -60,3 +60,7 @@ MAX_NONFINITE_STEPS = 5  # consecutive skipped (non-finite) steps before a run a
 
 # --- Data --------------------------------------------------------------------------------------
 SNAPSHOT_HOLDOUT = 0.1  # share of prompts held out of training (split by prompt)
+
+# The loss names, in the order of training/kto/loss.py's VARIANTS (which checks it matches). Kept
+# here, torch-free, so the web process can offer them as choices without importing torch.
+LOSS_TYPES = ("kto", "no_z0", "concave", "risk_neutral", "reference_free", "sft", "dpo", "slic", "ppo_offline", "csft")

@@ -32,6 +32,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from . import defaults
+
 
 @dataclass(frozen=True)
 class LossVariant:
@@ -83,7 +85,9 @@ VARIANTS: dict[str, LossVariant] = {
         ),
     )
 }
-LOSS_TYPES = tuple(VARIANTS)
+LOSS_TYPES = defaults.LOSS_TYPES
+if tuple(VARIANTS) != LOSS_TYPES:  # the torch-free copy (for the web process) must name the same losses
+    raise ImportError(f"training/kto/defaults.py LOSS_TYPES {LOSS_TYPES} != VARIANTS {tuple(VARIANTS)}")
 # The losses built on KTO's value function (kto_loss below).
 KTO_VALUES = ("kto", "no_z0", "concave", "risk_neutral", "reference_free")
 

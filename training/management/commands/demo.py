@@ -1,8 +1,9 @@
 """`python manage.py demo`: the whole Prospect loop on one machine, until Ctrl-C.
 
 Sets up what the loop needs (database, the one project `demo`, the offline demo model, two users,
-an active model version, a first batch of outputs to rate), then runs the web server, a CPU worker, a GPU worker
-and beat as child processes and supervises them. Embedded defaults: SQLite under DATA_DIR, Redis
+an active model version, a first batch of outputs to rate), then runs the web server, the serving
+process (models; the OpenAI-compatible API the web server forwards at /v1/), a CPU worker, a GPU
+worker and beat as child processes and supervises them. Embedded defaults: SQLite under DATA_DIR, Redis
 when one answers at REDIS_URL, else kombu's filesystem broker under DATA_DIR/broker (see
 config/celery.py). `--simulate` adds the simulated annotators, so the loop turns with no person.
 """
@@ -77,6 +78,12 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1", help="Address of the web server (default 127.0.0.1).")
         parser.add_argument("--port", type=int, default=8000, help="Port of the web server (default 8000).")
         parser.add_argument(
+            "--serving-port",
+            type=int,
+            default=8001,
+            help="Port of the serving process, on the web server's address (default 8001).",
+        )
+        parser.add_argument(
             "--simulate",
             action="store_true",
             help="Also run the simulated annotators, so the loop turns with no person.",
@@ -118,7 +125,7 @@ class Command(BaseCommand):
         self.say(f"broker: {celery_app.conf.broker_url} ({celery_app.conf.prospect_broker_kind})")
 
         children = self.children(options)
-        env = self.child_env()
+        env = self.child_env(options)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._request_stop)
         failed = False
@@ -126,8 +133,10 @@ class Command(BaseCommand):
             for child in children:
                 self.start(child, env)
             base_url = f"http://{options['host']}:{options['port']}"
-            if self.wait_for_web(base_url, children[0]):
+            serving = next(child for child in children if child.name == "serving")
+            if self.wait_for_web(base_url, children[0]) and self.wait_for_web(env["PROSPECT_SERVING_URL"], serving):
                 self.say(f"ready: {base_url}/  (admin/admin, annotator/annotator); Ctrl-C stops everything")
+                self.say(f'OpenAI-compatible API: {base_url}/v1/  (model "{self.project.name}", a project API key)')
             failed = self.supervise(children, options["exit_after"])
         finally:
             self.stop_all(children)
@@ -204,6 +213,11 @@ class Command(BaseCommand):
             Child(
                 "web", [python, manage, "runserver", f"{options['host']}:{options['port']}", "--noreload", "--insecure"]
             ),
+            # The models: the web app forwards generate calls and /v1/ to it (PROSPECT_SERVING_URL).
+            Child(
+                "serving",
+                [python, manage, "serve_models", "--host", options["host"], "--port", str(options["serving_port"])],
+            ),
             Child(
                 "worker-default",
                 celery + ["worker", "-Q", "default", "-P", "solo", "-c", "1", "-n", "default@%h", "--loglevel", "INFO"],
@@ -244,8 +258,10 @@ class Command(BaseCommand):
             )
         return children
 
-    def child_env(self) -> dict[str, str]:
+    def child_env(self, options) -> dict[str, str]:
         env = dict(os.environ)
+        host = options["host"] if ":" not in options["host"] else f"[{options['host']}]"
+        env["PROSPECT_SERVING_URL"] = f"http://{host}:{options['serving_port']}"
         env["PROSPECT_DATA_DIR"] = str(settings.DATA_DIR)
         env["PROSPECT_INSTALLATION_ID"] = settings.PROSPECT_INSTALLATION_ID
         # Every child must use the broker chosen here, even if Redis comes or goes meanwhile.
@@ -276,10 +292,12 @@ class Command(BaseCommand):
             self.say(f"[{child.name}] {line.rstrip()}")
 
     def wait_for_web(self, base_url: str, web: Child, timeout: float = 60.0) -> bool:
+        """Until the child answers HTTP at base_url (the web's login page, the serving's /healthz)."""
+        path = resolve_url(settings.LOGIN_URL) if web.name == "web" else "/healthz"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self._stop_requested and web.process.poll() is None:
             try:
-                with urllib.request.urlopen(base_url + resolve_url(settings.LOGIN_URL), timeout=2):
+                with urllib.request.urlopen(base_url + path, timeout=2):
                     return True
             except urllib.error.HTTPError:
                 return True  # it answered, whatever the status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -19,9 +21,14 @@ from tests.helpers import LOOP_REDIS_URL, free_port
 
 pytestmark = pytest.mark.slow
 
-CHILDREN = ("web", "worker-default", "worker-gpu", "beat")
+CHILDREN = ("web", "serving", "worker-default", "worker-gpu", "beat")
 # Lines that show each child really came up (not just forked).
-UP_PATTERNS = (r"^\[worker-gpu\] .*ready\.", r"^\[worker-default\] .*ready\.", r"^\[beat\] .*beat: Starting")
+UP_PATTERNS = (
+    r"^\[worker-gpu\] .*ready\.",
+    r"^\[worker-default\] .*ready\.",
+    r"^\[beat\] .*beat: Starting",
+    r"^\[serving\] serving models",
+)
 EXIT_AFTER_S = 25
 DEMO_TIMEOUT_S = 240
 
@@ -46,7 +53,17 @@ def test_demo_starts_everything_serves_and_stops_cleanly(demo_model_dir, tmp_pat
     # Ctrl-C: stopped by SIGINT once everything is up (--exit-after is then only a safety net).
     exit_after = EXIT_AFTER_S if stop_by == "exit-after" else DEMO_TIMEOUT_S
     demo = subprocess.Popen(
-        [sys.executable, "manage.py", "demo", "--port", str(port), "--exit-after", str(exit_after)],
+        [
+            sys.executable,
+            "manage.py",
+            "demo",
+            "--port",
+            str(port),
+            "--serving-port",
+            str(free_port()),
+            "--exit-after",
+            str(exit_after),
+        ],  # fmt: skip
         cwd=settings.BASE_DIR,
         env=env,
         stdout=subprocess.PIPE,
@@ -65,6 +82,11 @@ def test_demo_starts_everything_serves_and_stops_cleanly(demo_model_dir, tmp_pat
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/accounts/login/", timeout=10) as response:
             assert response.status == 200
             assert b"Log in" in response.read()
+        # /v1/ reaches the serving process through the web app: an OpenAI-shaped refusal without a key.
+        v1 = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(v1, timeout=30)
+        assert refused.value.code == 401 and json.loads(refused.value.read())["error"]["code"] == "invalid_api_key"
         if stop_by == "ctrl-c":
             while not all(re.search(pattern, "".join(lines), re.M) for pattern in UP_PATTERNS):
                 assert demo.poll() is None, "demo exited early:\n" + "".join(lines[-80:])
