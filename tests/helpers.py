@@ -78,8 +78,10 @@ class InProcessServing(httpx.BaseTransport):
         from django.core.signals import request_finished, request_started
         from django.db import close_old_connections
 
-        request_started.disconnect(close_old_connections)
-        request_finished.disconnect(close_old_connections)
+        # Reconnect only what was connected: a caller (e.g. the schema fuzz test) may have
+        # disconnected them itself for the whole test.
+        was_started = request_started.disconnect(close_old_connections)
+        was_finished = request_finished.disconnect(close_old_connections)
         try:
             response = self._wsgi.handle_request(request)
             # Read and close here: closing the WSGI response sends request_finished.
@@ -87,8 +89,10 @@ class InProcessServing(httpx.BaseTransport):
             response.close()
             return httpx.Response(response.status_code, headers=response.headers, content=content)
         finally:
-            request_started.connect(close_old_connections)
-            request_finished.connect(close_old_connections)
+            if was_started:
+                request_started.connect(close_old_connections)
+            if was_finished:
+                request_finished.connect(close_old_connections)
 
     def close(self):
         self._wsgi.close()
