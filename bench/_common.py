@@ -27,11 +27,34 @@ def save_random_model(out_dir: Path, kind: str, seed: int = 0) -> str:
     from training.kto.demo import build_tokenizer
 
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer()
+    if kind.startswith("bpe-"):
+        from training.kto.fixtures import build_tokenizer as build_family_tokenizer
+
+        # The byte-level BPE family of the real-tokenizer fixtures (GPT-2 / Qwen style, no BOS).
+        tokenizer = build_family_tokenizer("bpe")
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    else:
+        tokenizer = build_tokenizer()
     special = dict(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
-    if kind == "cpu-small":
+    if kind == "bpe-llama":
+        # What a new user tries first on a CPU: a 4-layer d256 Llama, a 32k-row embedding (real
+        # vocabularies are 32k-150k), the BPE fixture tokenizer (ids beyond its 600 are never produced).
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=32000,
+                hidden_size=256,
+                intermediate_size=688,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                num_key_value_heads=4,
+                max_position_embeddings=2048,
+                **special,
+            )
+        )
+    elif kind == "cpu-small":
         # Small enough for a 2-core CPU, with a realistic vocabulary so the LM head matters.
         model = LlamaForCausalLM(
             LlamaConfig(
@@ -118,6 +141,35 @@ def write_synthetic_kto(
     return str(path)
 
 
+def write_synthetic_kto_words(
+    path: Path, model_dir: str, n: int, prompt_tokens: tuple[int, int], completion_tokens: tuple[int, int], seed: int = 0
+) -> str:
+    """Rows of English-like words from the fixture corpus, each prompt / completion drawn to a
+    random length in tokens of the model's tokenizer (so BPE merges behave as on real text)."""
+    from training.kto.fixtures import corpus
+    from training.kto.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    words = sorted({word for line in corpus() for word in line.split()})
+    cost = {word: len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) for word in words}
+    rng = random.Random(seed)
+
+    def text(bounds: tuple[int, int]) -> str:
+        target, picked, used = rng.randint(*bounds), [], 0
+        while used < target:
+            word = rng.choice(words)
+            picked.append(word)
+            used += cost[word]
+        return " ".join(picked)
+
+    rows = [
+        {"prompt": text(prompt_tokens), "completion": " " + text(completion_tokens), "label": rng.random() < 0.5}
+        for _ in range(n)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
 def count_tokens(model_dir: str, data_path: str, max_length: int) -> int:
     """Prompt + completion (+EOS) tokens of the dataset, the same numerator for both trainers."""
     from training.kto import data as kto_data
@@ -167,8 +219,10 @@ def run_prospect(spec: dict) -> dict:
             lora_alpha=32,
             reference=spec["reference"],
             gradient_checkpointing=spec.get("gradient_checkpointing", False),
+            bf16=spec.get("bf16", "auto"),
             progress=False,
             logging_steps=1,
+            **spec.get("engine_options", {}),
         )
     )
     elapsed = time.perf_counter() - started

@@ -55,6 +55,12 @@ SLIC_REGULARIZATION = 0.1  # λ_reg
 PPO_CLIP_EPSILON = 0.5  # "clipping less conservatively than we traditionally would"
 CSFT_CONTROL_TOKENS = ("<|good|>", "<|bad|>")  # (desirable, undesirable), Appendix C
 
+# --- Engine speed (trainer.TrainConfig; none changes the numbers) ------------------------------
+AUTO = -1  # "choose for the device" for the options below
+TOKEN_BUDGET_CPU = 8192  # tokens per forward call with gradient (no-grad calls take twice as many)
+TOKEN_BUDGET_CUDA = 32768
+LOGITS_CHUNK_ELEMENTS = 1 << 25  # LM-head chunk: positions × vocabulary rows (128 MiB of fp32 logits)
+
 # --- Engine safety -----------------------------------------------------------------------------
 MAX_NONFINITE_STEPS = 5  # consecutive skipped (non-finite) steps before a run aborts
 

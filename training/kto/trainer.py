@@ -102,6 +102,13 @@ class TrainConfig:
     # no length buckets, last partial microbatch kept), mismatched pairs (x_i, y_(i-1) mod m), its
     # truncation (keep the start; drop rows whose prompt fills max_length), warmup and fused AdamW.
     trl_compat: bool = False
+    # Speed (none of these changes the numbers beyond float rounding; tests/kto/test_speed_levers.py):
+    # tokens per forward call; the logical microbatches (z0's groups, the loss's means) stay as
+    # planned, a call just holds several of them. 0: one call per microbatch; -1: auto (defaults.py).
+    token_budget: int = defaults.AUTO
+    packing: bool = True  # padding-free rows (data.pack) instead of right-padded ones
+    logits_chunk_size: int = defaults.AUTO  # positions per LM-head chunk (0: whole head at once; -1: auto)
+    optimizer_impl: str = "fused"  # AdamW implementation: fused | foreach | for-loop (same maths)
 
     # Fields that change the result: a resumed run must match the original on these.
     RESULT_FIELDS = (
