@@ -142,7 +142,12 @@ def write_synthetic_kto(
 
 
 def write_synthetic_kto_words(
-    path: Path, model_dir: str, n: int, prompt_tokens: tuple[int, int], completion_tokens: tuple[int, int], seed: int = 0
+    path: Path,
+    model_dir: str,
+    n: int,
+    prompt_tokens: tuple[int, int],
+    completion_tokens: tuple[int, int],
+    seed: int = 0,
 ) -> str:
     """Rows of English-like words from the fixture corpus, each prompt / completion drawn to a
     random length in tokens of the model's tokenizer (so BPE merges behave as on real text)."""

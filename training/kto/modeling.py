@@ -176,9 +176,7 @@ class SequenceLogProbs(nn.Module):
                 if torch.is_autocast_enabled(hidden.device.type)
                 else hidden.dtype
             )
-            return ChunkedTargetLogProbs.apply(
-                hidden, head.weight, head.bias, targets, self.logits_chunk_size, dtype
-            )
+            return ChunkedTargetLogProbs.apply(hidden, head.weight, head.bias, targets, self.logits_chunk_size, dtype)
         logits = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
