@@ -106,6 +106,29 @@ def save_random_model(out_dir: Path, kind: str, seed: int = 0) -> str:
                 **special,
             )
         )
+    elif kind == "qwen2.5-7b":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        # Qwen2.5-7B's published shape, random weights, built on the GPU in bf16 when there is one
+        # (a 7B fp32 init on the host takes minutes) and saved in bf16 (15 GB).
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        with torch.device(device):
+            model = Qwen2ForCausalLM(
+                Qwen2Config(
+                    vocab_size=152064,
+                    hidden_size=3584,
+                    intermediate_size=18944,
+                    num_hidden_layers=28,
+                    num_attention_heads=28,
+                    num_key_value_heads=4,
+                    max_position_embeddings=32768,
+                    rope_theta=1000000.0,
+                    rms_norm_eps=1e-6,
+                    tie_word_embeddings=False,
+                    dtype=torch.bfloat16,
+                    **special,
+                )
+            ).to(torch.bfloat16)
     elif kind == "tiny":
         model = LlamaForCausalLM(
             LlamaConfig(
@@ -264,7 +287,8 @@ def run_trl(spec: dict) -> dict:
     rows = [json.loads(line) for line in Path(spec["data"]).read_text().splitlines() if line.strip()]
     dataset = Dataset.from_list(rows)
     tokenizer = load_tokenizer(spec["model"])
-    model = AutoModelForCausalLM.from_pretrained(spec["model"])
+    # fp32 weights, as the engine loads them (load_causal_lm), whatever dtype the files hold.
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     on_gpu = torch.cuda.is_available()
     args = KTOConfig(
         output_dir=spec["out"],
