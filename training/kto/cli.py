@@ -125,9 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="positions per LM-head + log-softmax chunk, so positions × vocabulary logits never exist at once "
         "(Llama, Mistral, Qwen2/3, Phi-3 heads); 0: whole head at once; -1 (default): 2^25 / vocabulary rows",
     )
-    speed.add_argument(
-        "--optimizer-impl", choices=("fused", "foreach", "for-loop"), default=defaults.optimizer_impl
-    )
+    speed.add_argument("--optimizer-impl", choices=("fused", "foreach", "for-loop"), default=defaults.optimizer_impl)
     train.add_argument("--logging-steps", type=int, default=defaults.logging_steps)
     train.add_argument(
         "--save-steps", type=int, default=defaults.save_steps, help="checkpoint every N steps (0: never)"
