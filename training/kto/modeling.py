@@ -177,12 +177,10 @@ class SequenceLogProbs(nn.Module):
                 else hidden.dtype
             )
             return ChunkedTargetLogProbs.apply(hidden, head.weight, head.bias, targets, self.logits_chunk_size, dtype)
+        # position_ids only when packed: a model's forward need not take them otherwise.
+        extra = {"position_ids": position_ids} if position_ids is not None else {}
         logits = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-            logits_to_keep=keep,
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep, **extra
         ).logits
         if logits.dim() != 2 or logits.shape[0] != targets.shape[0]:
             raise UnsupportedModelError(
