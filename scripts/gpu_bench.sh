@@ -11,7 +11,7 @@ mkdir -p "$out"
 python=".venv/bin/python"
 [ -x "$python" ] || python="python3"
 if ! "$python" -c "import torch, trl, peft; assert torch.cuda.is_available()" 2>/dev/null; then
-    "$python" -m pip install -q -r requirements.txt
+    "$python" -m pip install -q -r requirements.txt -r requirements-dev.txt
 fi
 "$python" -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" >&2
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
