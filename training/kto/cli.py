@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=defaults.token_budget,
         help="tokens per forward call with gradient: consecutive microbatches share a call while they fit "
-        "(no-grad calls take twice as many); 0: one call per microbatch; -1 (default): 8192 on CPU, 16384 on CUDA",
+        "(no-grad calls take twice as many); 0: one call per microbatch; -1 (default): 0 on CPU, 16384 on CUDA",
     )
     speed.add_argument(
         "--packing",

@@ -57,7 +57,8 @@ CSFT_CONTROL_TOKENS = ("<|good|>", "<|bad|>")  # (desirable, undesirable), Appen
 
 # --- Engine speed (trainer.TrainConfig; none changes the numbers) ------------------------------
 AUTO = -1  # "choose for the device" for the options below
-TOKEN_BUDGET_CPU = 8192  # tokens per forward call with gradient (no-grad calls take twice as many)
+# Tokens per forward call with gradient (no-grad calls take twice as many).
+TOKEN_BUDGET_CPU = 0  # one call per microbatch: bigger calls gained no time on CPU and cost memory (BENCHMARKS.md)
 TOKEN_BUDGET_CUDA = 16384  # about 4 microbatches of 8 × 450 tokens: one launch-heavy step in one call
 LOGITS_CHUNK_ELEMENTS = 1 << 25  # LM-head chunk: positions × vocabulary rows (128 MiB of fp32 logits)
 
