@@ -27,11 +27,34 @@ def save_random_model(out_dir: Path, kind: str, seed: int = 0) -> str:
     from training.kto.demo import build_tokenizer
 
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer()
+    if kind.startswith("bpe-"):
+        from training.kto.fixtures import build_tokenizer as build_family_tokenizer
+
+        # The byte-level BPE family of the real-tokenizer fixtures (GPT-2 / Qwen style, no BOS).
+        tokenizer = build_family_tokenizer("bpe")
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    else:
+        tokenizer = build_tokenizer()
     special = dict(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
-    if kind == "cpu-small":
+    if kind == "bpe-llama":
+        # What a new user tries first on a CPU: a 4-layer d256 Llama, a 32k-row embedding (real
+        # vocabularies are 32k-150k), the BPE fixture tokenizer (ids beyond its 600 are never produced).
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=32000,
+                hidden_size=256,
+                intermediate_size=688,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                num_key_value_heads=4,
+                max_position_embeddings=2048,
+                **special,
+            )
+        )
+    elif kind == "cpu-small":
         # Small enough for a 2-core CPU, with a realistic vocabulary so the LM head matters.
         model = LlamaForCausalLM(
             LlamaConfig(
@@ -83,6 +106,29 @@ def save_random_model(out_dir: Path, kind: str, seed: int = 0) -> str:
                 **special,
             )
         )
+    elif kind == "qwen2.5-7b":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        # Qwen2.5-7B's published shape, random weights, built on the GPU in bf16 when there is one
+        # (a 7B fp32 init on the host takes minutes) and saved in bf16 (15 GB).
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        with torch.device(device):
+            model = Qwen2ForCausalLM(
+                Qwen2Config(
+                    vocab_size=152064,
+                    hidden_size=3584,
+                    intermediate_size=18944,
+                    num_hidden_layers=28,
+                    num_attention_heads=28,
+                    num_key_value_heads=4,
+                    max_position_embeddings=32768,
+                    rope_theta=1000000.0,
+                    rms_norm_eps=1e-6,
+                    tie_word_embeddings=False,
+                    dtype=torch.bfloat16,
+                    **special,
+                )
+            ).to(torch.bfloat16)
     elif kind == "tiny":
         model = LlamaForCausalLM(
             LlamaConfig(
@@ -114,6 +160,40 @@ def write_synthetic_kto(
         prompt = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(*prompt_chars)))
         completion = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(*completion_chars))).strip() or "x"
         rows.append({"prompt": prompt, "completion": completion, "label": rng.random() < 0.5})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def write_synthetic_kto_words(
+    path: Path,
+    model_dir: str,
+    n: int,
+    prompt_tokens: tuple[int, int],
+    completion_tokens: tuple[int, int],
+    seed: int = 0,
+) -> str:
+    """Rows of English-like words from the fixture corpus, each prompt / completion drawn to a
+    random length in tokens of the model's tokenizer (so BPE merges behave as on real text)."""
+    from training.kto.fixtures import corpus
+    from training.kto.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    words = sorted({word for line in corpus() for word in line.split()})
+    cost = {word: len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) for word in words}
+    rng = random.Random(seed)
+
+    def text(bounds: tuple[int, int]) -> str:
+        target, picked, used = rng.randint(*bounds), [], 0
+        while used < target:
+            word = rng.choice(words)
+            picked.append(word)
+            used += cost[word]
+        return " ".join(picked)
+
+    rows = [
+        {"prompt": text(prompt_tokens), "completion": " " + text(completion_tokens), "label": rng.random() < 0.5}
+        for _ in range(n)
+    ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return str(path)
 
@@ -167,8 +247,10 @@ def run_prospect(spec: dict) -> dict:
             lora_alpha=32,
             reference=spec["reference"],
             gradient_checkpointing=spec.get("gradient_checkpointing", False),
+            bf16=spec.get("bf16", "auto"),
             progress=False,
             logging_steps=1,
+            **spec.get("engine_options", {}),
         )
     )
     elapsed = time.perf_counter() - started
@@ -205,7 +287,8 @@ def run_trl(spec: dict) -> dict:
     rows = [json.loads(line) for line in Path(spec["data"]).read_text().splitlines() if line.strip()]
     dataset = Dataset.from_list(rows)
     tokenizer = load_tokenizer(spec["model"])
-    model = AutoModelForCausalLM.from_pretrained(spec["model"])
+    # fp32 weights, as the engine loads them (load_causal_lm), whatever dtype the files hold.
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     on_gpu = torch.cuda.is_available()
     args = KTOConfig(
         output_dir=spec["out"],

@@ -65,6 +65,8 @@ def test_truncation_keeps_the_completion_and_trims_the_prompt_from_the_left():
     prompt, completion = list(range(100, 120)), [1, 2, 3, 4]
     ids, n_prompt = kto_data.join_truncated(prompt, completion, max_length=10)
     assert ids == list(range(114, 120)) + completion and n_prompt == 6
+    # A prompt that fits stays whole, also when it is longer than the room left over after it.
+    assert kto_data.join_truncated(list(range(100, 106)), [1], max_length=10) == ([*range(100, 106), 1], 6)
     batch = kto_data.collate([(prompt, completion), ([7], [8])], max_length=10, pad_token_id=0)
     assert batch["input_ids"].shape == (2, 10)
     assert batch["completion_mask"][0].tolist() == [False] * 6 + [True] * 4  # completion-only mask

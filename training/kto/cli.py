@@ -103,6 +103,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="on by default, as in TRL's KTOConfig",
     )
     train.add_argument("--bf16", choices=("auto", "yes", "no"), default=defaults.bf16)
+    speed = train.add_argument_group("speed (none of these changes the numbers)")
+    speed.add_argument(
+        "--token-budget",
+        type=int,
+        default=defaults.token_budget,
+        help="tokens per forward call with gradient: consecutive microbatches share a call while they fit "
+        "(no-grad calls take twice as many); 0: one call per microbatch; -1 (default): 0 on CPU, 16384 on CUDA",
+    )
+    speed.add_argument(
+        "--packing",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.packing,
+        help="padding-free rows: several sequences per row, block-diagonal attention (default on; off "
+        "automatically for a model whose packed log-probs differ from padded ones)",
+    )
+    speed.add_argument(
+        "--logits-chunk-size",
+        type=int,
+        default=defaults.logits_chunk_size,
+        help="positions per LM-head + log-softmax chunk, so positions × vocabulary logits never exist at once "
+        "(Llama, Mistral, Qwen2/3, Phi-3 heads); 0: whole head at once; -1 (default): 2^25 / vocabulary rows",
+    )
+    speed.add_argument("--optimizer-impl", choices=("fused", "foreach", "for-loop"), default=defaults.optimizer_impl)
     train.add_argument("--logging-steps", type=int, default=defaults.logging_steps)
     train.add_argument(
         "--save-steps", type=int, default=defaults.save_steps, help="checkpoint every N steps (0: never)"

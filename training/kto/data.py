@@ -339,7 +339,8 @@ def join_truncated(
         raise ValueError(f"truncation must be 'keep_completion' or 'keep_start', got {truncation!r}")
     completion = list(completion_ids[: max_length - 1]) if prompt_ids else list(completion_ids[:max_length])
     room = max_length - len(completion)
-    prompt = list(prompt_ids[len(prompt_ids) - room :]) if room > 0 else []
+    # max(0, ...): a prompt that fits is kept whole (a negative start would slice from the end).
+    prompt = list(prompt_ids[max(0, len(prompt_ids) - room) :]) if room > 0 else []
     return prompt + completion, len(prompt)
 
 
@@ -367,6 +368,55 @@ def collate(
         attention_mask[row, : len(ids)] = 1
         completion_mask[row, n_prompt : len(ids)] = True
     return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+
+
+def pack(joined: Sequence[tuple[Sequence[int], int]], pad_token_id: int) -> dict[str, Any]:
+    """Padding-free rows for already joined (token ids, number of prompt tokens) sequences.
+
+    Sequences are placed first-fit-decreasing into rows as wide as the longest one, so a row never
+    attends over more positions than a padded batch of the same sequences would, and almost no
+    position is padding. Each sequence restarts its ``position_ids`` at 0: transformers reads the
+    restarts as sequence boundaries and builds a block-diagonal causal mask (``attention_mask`` must
+    then be None). ``sequence_ids`` names each position's sequence (index into ``joined``; -1 for the
+    few padding positions at a row's end), so scores are summed per sequence, never across a
+    boundary.
+    """
+    width = max(len(ids) for ids, _ in joined)
+    rows: list[list[int]] = []  # sequence indices per row
+    room: list[int] = []
+    for index in sorted(range(len(joined)), key=lambda i: -len(joined[i][0])):
+        length = len(joined[index][0])
+        row = next((r for r, free in enumerate(room) if free >= length), None)
+        if row is None:
+            rows.append([])
+            room.append(width)
+            row = len(rows) - 1
+        rows[row].append(index)
+        room[row] -= length
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    completion_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    sequence_ids = torch.full((len(rows), width), -1, dtype=torch.long)
+    for row, members in enumerate(rows):
+        start = 0
+        for index in members:
+            ids, n_prompt = joined[index]
+            end = start + len(ids)
+            input_ids[row, start:end] = torch.tensor(ids)
+            position_ids[row, start:end] = torch.arange(len(ids))
+            completion_mask[row, start + n_prompt : end] = True
+            sequence_ids[row, start:end] = index
+            start = end
+        # Padding at the row's end counts as one more sequence (positions restart), so no real
+        # token attends to it and it attends to nothing real.
+        position_ids[row, start:] = torch.arange(width - start)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": None,
+        "completion_mask": completion_mask,
+        "position_ids": position_ids,
+        "sequence_ids": sequence_ids,
+    }
 
 
 def sequence_length(example: TokenizedExample, max_length: int) -> int:

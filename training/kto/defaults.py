@@ -55,6 +55,13 @@ SLIC_REGULARIZATION = 0.1  # λ_reg
 PPO_CLIP_EPSILON = 0.5  # "clipping less conservatively than we traditionally would"
 CSFT_CONTROL_TOKENS = ("<|good|>", "<|bad|>")  # (desirable, undesirable), Appendix C
 
+# --- Engine speed (trainer.TrainConfig; none changes the numbers) ------------------------------
+AUTO = -1  # "choose for the device" for the options below
+# Tokens per forward call with gradient (no-grad calls take twice as many).
+TOKEN_BUDGET_CPU = 0  # one call per microbatch: bigger calls gained no time on CPU and cost memory (BENCHMARKS.md)
+TOKEN_BUDGET_CUDA = 16384  # about 4 microbatches of 8 × 450 tokens: one launch-heavy step in one call
+LOGITS_CHUNK_ELEMENTS = 1 << 25  # LM-head chunk: positions × vocabulary rows (128 MiB of fp32 logits)
+
 # --- Engine safety -----------------------------------------------------------------------------
 MAX_NONFINITE_STEPS = 5  # consecutive skipped (non-finite) steps before a run aborts
 

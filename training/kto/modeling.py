@@ -64,6 +64,77 @@ def _model_type(model: nn.Module) -> str:
     return f"{type(base).__name__} (model_type {getattr(config, 'model_type', '?')!r})"
 
 
+# Architectures whose forward() ends with a plain ``logits = lm_head(hidden)`` (no soft-capping,
+# logit scale or scaling after the head): the chunked head may compute their log-probs from the
+# decoder's hidden states directly. verify() still checks it against the model's own forward().
+PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
+
+
+class ChunkedTargetLogProbs(torch.autograd.Function):
+    """log_softmax(hidden @ weightᵀ + bias)[target] for K positions, computed ``chunk`` positions at
+    a time, so the K × vocabulary logits never exist at once (forward or backward).
+
+    Forward keeps only the hidden states and each position's log-sum-exp; backward recomputes one
+    chunk's logits, turns them into d log p / d logits = onehot(target) − softmax, and accumulates
+    the hidden-state and weight gradients chunk by chunk (Liger Kernel's fused linear losses are the
+    design reference). Exact: the same matmul and fp32 log-sum-exp as log_softmax on the full
+    logits, in the autocast dtype when one is active (as the model's own head would run)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk, dtype):
+        count = hidden.shape[0]
+        logps = torch.empty(count, device=hidden.device, dtype=torch.float32)
+        log_normalisers = torch.empty(count, device=hidden.device, dtype=torch.float32)
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            w = weight.to(dtype)
+            b = bias.to(dtype) if bias is not None else None
+            for start in range(0, count, chunk):
+                end = min(start + chunk, count)
+                logits = torch.nn.functional.linear(hidden[start:end].to(dtype), w, b).float()
+                normaliser = torch.logsumexp(logits, dim=-1)
+                log_normalisers[start:end] = normaliser
+                logps[start:end] = logits.gather(-1, targets[start:end, None]).squeeze(-1) - normaliser
+        ctx.save_for_backward(hidden, weight, bias, targets, log_normalisers)
+        ctx.chunk, ctx.dtype = chunk, dtype
+        return logps
+
+    @staticmethod
+    def backward(ctx, grad_logps):
+        hidden, weight, bias, targets, log_normalisers = ctx.saved_tensors
+        chunk, dtype = ctx.chunk, ctx.dtype
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_bias = bias is not None and ctx.needs_input_grad[2]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if need_weight else None
+        grad_bias = torch.zeros(bias.shape, device=bias.device, dtype=torch.float32) if need_bias else None
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            w = weight.to(dtype)
+            b = bias.to(dtype) if bias is not None else None
+            for start in range(0, hidden.shape[0], chunk):
+                end = min(start + chunk, hidden.shape[0])
+                h = hidden[start:end].to(dtype)
+                logits = torch.nn.functional.linear(h, w, b).float()
+                upstream = grad_logps[start:end, None].float()
+                # d log p(target) / d logits = onehot(target) - softmax(logits)
+                grad_logits = torch.exp(logits - log_normalisers[start:end, None]).mul_(-upstream)
+                grad_logits.scatter_add_(-1, targets[start:end, None], upstream)
+                grad_logits = grad_logits.to(dtype)
+                if need_hidden:
+                    grad_hidden[start:end] = (grad_logits @ w).to(hidden.dtype)
+                if need_weight:
+                    grad_weight.addmm_(grad_logits.t().float(), h.float())
+                if need_bias:
+                    grad_bias += grad_logits.float().sum(0)
+        return (
+            grad_hidden,
+            grad_weight.to(weight.dtype) if grad_weight is not None else None,
+            grad_bias.to(bias.dtype) if grad_bias is not None else None,
+            None,
+            None,
+            None,
+        )
+
+
 class SequenceLogProbs(nn.Module):
     """Wraps a causal LM; forward returns, per sequence, the sum of log π(token) over completion
     tokens and the number of completion tokens.
@@ -75,37 +146,77 @@ class SequenceLogProbs(nn.Module):
     head's time and memory for long prompts), and whatever the architecture does after its head
     (Gemma 2/3 final-logit soft-capping, Cohere's logit_scale, Granite's logits_scaling, ...) is
     applied by the architecture's own code. ``verify()`` checks this against a plain forward at start.
+
+    Two exact speed-ups, each checked by ``verify()`` and switched off for a model that fails it:
+    - packed inputs (``position_ids`` + ``sequence_ids`` from data.pack): several sequences per row,
+      block-diagonal attention built by transformers from the position restarts, no padding;
+    - ``logits_chunk_size`` > 0 on a plain-head architecture (PLAIN_HEAD_MODEL_TYPES): the LM head and
+      log-softmax run through ChunkedTargetLogProbs on the decoder's hidden states, so kept
+      positions × vocabulary logits are never materialised at once.
     This is an nn.Module so that DistributedDataParallel wraps it and gradient sync works.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, logits_chunk_size: int = 0):
         super().__init__()
         self.model = model
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        model_type = getattr(getattr(base, "config", None), "model_type", None)
+        self.logits_chunk_size = logits_chunk_size if model_type in PLAIN_HEAD_MODEL_TYPES else 0
+        self.packing_supported = True
 
-    def token_logps(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, completion_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per completion token: log π(token | prefix) (flat, row-major over the batch), the row each
-        belongs to, and the boolean (batch, seq-1) mask of positions t whose next token t+1 is scored."""
-        # Position t predicts token t+1; keep the positions whose next token is a completion token.
-        predicts_completion = completion_mask[:, 1:].bool()
-        keep = torch.zeros_like(completion_mask, dtype=torch.bool)
-        keep[:, :-1] = predicts_completion
-        # attention_mask may be None when the batch has no padding (decided on the host by the
-        # collator, so no device sync here): attention then takes its fastest path.
+    def _kept_logps(self, input_ids, attention_mask, position_ids, keep, targets) -> torch.Tensor:
+        if self.logits_chunk_size > 0:
+            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            hidden = base.get_decoder()(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state[keep]
+            head = base.get_output_embeddings()
+            dtype = (
+                torch.get_autocast_dtype(hidden.device.type)
+                if torch.is_autocast_enabled(hidden.device.type)
+                else hidden.dtype
+            )
+            return ChunkedTargetLogProbs.apply(hidden, head.weight, head.bias, targets, self.logits_chunk_size, dtype)
+        # position_ids only when packed: a model's forward need not take them otherwise.
+        extra = {"position_ids": position_ids} if position_ids is not None else {}
         logits = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep, **extra
         ).logits
-        targets = input_ids[:, 1:][predicts_completion]
         if logits.dim() != 2 or logits.shape[0] != targets.shape[0]:
             raise UnsupportedModelError(
                 f"{_model_type(self.model)}: its forward() ignores a boolean logits_to_keep mask (logits of shape "
                 f"{tuple(logits.shape)} for {targets.shape[0]} kept positions), so the engine cannot compute "
                 "completion log-probabilities the way the model does; this architecture is not supported"
             )
-        token_logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        rows = rows.unsqueeze(1).expand_as(predicts_completion)[predicts_completion]
+        return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+    def token_logps(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        completion_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        sequence_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per completion token: log π(token | prefix) (flat, row-major), the sequence each belongs
+        to, and the boolean (rows, width-1) mask of positions t whose next token t+1 is scored.
+        Padded rows (sequence_ids None): one sequence per row. Packed rows: sequence_ids per position."""
+        # Position t predicts token t+1; keep the positions whose next token is a completion token
+        # of the same sequence.
+        predicts_completion = completion_mask[:, 1:].bool()
+        if sequence_ids is not None:
+            predicts_completion = predicts_completion & (sequence_ids[:, 1:] == sequence_ids[:, :-1])
+        keep = torch.zeros_like(completion_mask, dtype=torch.bool)
+        keep[:, :-1] = predicts_completion
+        targets = input_ids[:, 1:][predicts_completion]
+        # attention_mask may be None when the batch has no padding (decided on the host by the
+        # collator, so no device sync here): attention then takes its fastest path.
+        token_logps = self._kept_logps(input_ids, attention_mask, position_ids, keep, targets)
+        if sequence_ids is None:
+            rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+            rows = rows.unsqueeze(1).expand_as(predicts_completion)[predicts_completion]
+        else:
+            rows = sequence_ids[:, :-1][predicts_completion]
         return token_logps, rows, predicts_completion
 
     def forward(
@@ -114,11 +225,19 @@ class SequenceLogProbs(nn.Module):
         attention_mask: torch.Tensor | None,
         completion_mask: torch.Tensor,
         per_token: bool = False,
+        position_ids: torch.Tensor | None = None,
+        sequence_ids: torch.Tensor | None = None,
+        n_sequences: int | None = None,
     ):
-        token_logps, rows, predicts_completion = self.token_logps(input_ids, attention_mask, completion_mask)
-        logps = torch.zeros(input_ids.shape[0], device=input_ids.device, dtype=token_logps.dtype)
-        logps = logps.index_add(0, rows, token_logps)
-        token_counts = predicts_completion.sum(-1)
+        token_logps, rows, predicts_completion = self.token_logps(
+            input_ids, attention_mask, completion_mask, position_ids, sequence_ids
+        )
+        n = input_ids.shape[0] if sequence_ids is None else n_sequences
+        logps = torch.zeros(n, device=input_ids.device, dtype=token_logps.dtype).index_add(0, rows, token_logps)
+        if sequence_ids is None:
+            token_counts = predicts_completion.sum(-1)
+        else:
+            token_counts = torch.bincount(rows, minlength=n)
         if per_token:  # also every completion token's log-prob, sequence after sequence (offline PPO)
             return logps, token_counts, token_logps
         return logps, token_counts
@@ -127,7 +246,8 @@ class SequenceLogProbs(nn.Module):
     def verify(self, tolerance: float = 1e-4) -> None:
         """Refuse, with a clear message, a model whose engine log-probs differ from log_softmax of its
         own forward() logits. Two short probe sequences (one right-padded), fp32, eval mode (no
-        dropout); a few milliseconds, run once at start."""
+        dropout); a few milliseconds, run once at start. The chunked head is switched off (not
+        refused) if it alone disagrees, and packing if packed rows disagree with padded ones."""
         config = (self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model).config
         vocab_size = getattr(config.get_text_config(), "vocab_size", None) or 2
         device = next(self.model.parameters()).device
@@ -142,15 +262,41 @@ class SequenceLogProbs(nn.Module):
         self.model.eval()
         try:
             with torch.autocast(device_type=device.type, enabled=False):
-                engine, _, predicts = self.token_logps(input_ids, attention_mask, completion_mask)
                 logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+                reference = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None])
+                reference = reference.squeeze(-1)
+
+                def difference_of_engine() -> tuple[float, torch.Tensor]:
+                    engine, _, predicts = self.token_logps(input_ids, attention_mask, completion_mask)
+                    return (engine - reference[predicts]).abs().max().item(), reference[predicts]
+
+                difference, expected = difference_of_engine()
+                allowed = tolerance * (1 + expected.abs().max().item())
+                if not difference <= allowed and self.logits_chunk_size > 0:
+                    self.logits_chunk_size = 0  # the decoder/head split is not this model's forward
+                    difference, expected = difference_of_engine()
+                if not difference <= allowed:
+                    raise UnsupportedModelError(
+                        f"{_model_type(self.model)}: completion log-probabilities computed on kept positions "
+                        f"differ from log_softmax of the model's own forward() logits by up to {difference:.3g}; "
+                        "the engine cannot reproduce this architecture exactly, so it refuses to train or score it"
+                    )
+                # Packed: three sequences, two sharing a row (positions restart), against padded rows.
+                from .data import collate, pack
+
+                probe_list = probe.tolist()
+                joined = [(probe_list, 4), (probe_list[::-1][:9], 6), (probe_list[3:10], 2)]
+                padded = collate([(ids[:n], ids[n:]) for ids, n in joined], 16, pad_token_id=0)
+                packed = pack(joined, pad_token_id=0)
+                try:
+                    padded_logps, _ = self.forward(**{k: v.to(device) for k, v in padded.items()})
+                    packed_logps, _ = self.forward(
+                        **{k: (v.to(device) if v is not None else None) for k, v in packed.items()}, n_sequences=3
+                    )
+                    self.packing_supported = (packed_logps - padded_logps).abs().max().item() <= tolerance * (
+                        1 + padded_logps.abs().max().item()
+                    )
+                except (TypeError, ValueError, RuntimeError):
+                    self.packing_supported = False
         finally:
             self.model.train(was_training)
-        reference = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-        difference = (engine - reference[predicts]).abs().max().item()
-        if not difference <= tolerance * (1 + reference[predicts].abs().max().item()):
-            raise UnsupportedModelError(
-                f"{_model_type(self.model)}: completion log-probabilities computed on kept positions differ from "
-                f"log_softmax of the model's own forward() logits by up to {difference:.3g}; the engine cannot "
-                "reproduce this architecture exactly, so it refuses to train or score it"
-            )

@@ -102,6 +102,13 @@ class TrainConfig:
     # no length buckets, last partial microbatch kept), mismatched pairs (x_i, y_(i-1) mod m), its
     # truncation (keep the start; drop rows whose prompt fills max_length), warmup and fused AdamW.
     trl_compat: bool = False
+    # Speed (none of these changes the numbers beyond float rounding; tests/kto/test_speed_levers.py):
+    # tokens per forward call; the logical microbatches (z0's groups, the loss's means) stay as
+    # planned, a call just holds several of them. 0: one call per microbatch; -1: auto (defaults.py).
+    token_budget: int = defaults.AUTO
+    packing: bool = True  # padding-free rows (data.pack) instead of right-padded ones
+    logits_chunk_size: int = defaults.AUTO  # positions per LM-head chunk (0: whole head at once; -1: auto)
+    optimizer_impl: str = "fused"  # AdamW implementation: fused | foreach | for-loop (same maths)
 
     # Fields that change the result: a resumed run must match the original on these.
     RESULT_FIELDS = (
@@ -354,22 +361,38 @@ def precompute_reference_logps(
     pad_token_id: int,
     device,
     autocast,
-    batch_size: int,
+    token_budget: int,
+    packing: bool,
 ) -> dict:
-    """log π_ref for (prompt example, completion example) index keys, in length-sorted batches;
-    returned by sequence key (see sequence_keys)."""
-    ordered = sorted(keys, key=lambda key: len(examples[key[0]].prompt_ids) + len(examples[key[1]].completion_ids))
-    values: dict[str, float] = {}
-    for start in range(0, len(ordered), batch_size):
-        host_batch = _tensors(examples, ordered[start : start + batch_size], config, pad_token_id)
-        with autocast():
-            logps = reference.logps(_to_device(host_batch, device)).float().cpu().tolist()
-        values.update(zip(sequence_keys(host_batch), logps))
-    return values
+    """log π_ref for (prompt example, completion example) index keys, in length-sorted calls of up
+    to ``token_budget`` tokens (packed when ``packing``); returned by sequence key (see joined_key)."""
+    joined = joined_sequences(examples, keys, config)
+    if token_budget > 0:
+        chunks = [joined]
+    else:  # no budget: length-sorted calls of 4 microbatches' worth of sequences
+        joined.sort(key=lambda sequence: len(sequence[0]))
+        size = 4 * config.per_device_train_batch_size
+        chunks = [joined[start : start + size] for start in range(0, len(joined), size)]
+    logps = []
+    with autocast():
+        for chunk in chunks:
+            logps += score_no_grad(
+                reference.module, chunk, token_budget, pad_token_id, packing, device, reference._context
+            ).tolist()
+    joined = [sequence for chunk in chunks for sequence in chunk]
+    return {joined_key(*sequence): value for sequence, value in zip(joined, logps)}
 
 
 def load_or_precompute_reference(
-    reference, examples, index_keys: set[tuple[int, int]], config, pad_token_id, accelerator, batch_size, identity: dict
+    reference,
+    examples,
+    index_keys: set[tuple[int, int]],
+    config,
+    pad_token_id,
+    accelerator,
+    token_budget: int,
+    packing: bool,
+    identity: dict,
 ) -> tuple[dict, dict]:
     """Reference log-probs from the cache next to the data, computing (and adding) what is missing.
     The main process computes and writes; the others read after it."""
@@ -387,8 +410,8 @@ def load_or_precompute_reference(
                 cached = stored["logps"]
         # Sequence keys of every planned (prompt, completion) pair; one representative per key.
         wanted: dict[str, tuple[int, int]] = {}
-        for index_key in index_keys:
-            key = sequence_keys(_tensors(examples, [index_key], config, pad_token_id))[0]
+        for index_key in sorted(index_keys):
+            key = joined_key(*joined_sequences(examples, [index_key], config)[0])
             wanted.setdefault(key, index_key)
         missing = [index_key for key, index_key in wanted.items() if key not in cached]
         info["hits"] = len(wanted) - len(missing)
@@ -402,7 +425,8 @@ def load_or_precompute_reference(
                     pad_token_id,
                     accelerator.device,
                     accelerator.autocast,
-                    batch_size,
+                    token_budget,
+                    packing,
                 )
             )
             info["computed"] = len(missing)
@@ -463,7 +487,38 @@ def microbatch_loss(
         mismatched_policy = policy_unwrapped(**mismatched)[0] if mismatched is not None else None
 
     policy_logps, token_counts = policy(**matched)
+    z0, z0_raw = z0_of(config, mismatched_policy, reference_mismatched, zero)
+    return loss_from_logps(
+        policy_logps, token_counts, is_desirable, reference_matched, z0, z0_raw, config, class_weights
+    )
 
+
+def z0_of(config: TrainConfig, mismatched_policy, reference_mismatched, zero) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z0, z0_raw) of one microbatch from its mismatched log-probs (all-reduced across processes)."""
+    if mismatched_policy is None:  # no_z0, --z0-zero, or a loss without a reference point
+        return zero, zero
+    if config.loss == "reference_free":
+        # π_ref uniform: its log-probs are a constant that cancels between r and z0 (Table 2,
+        # "no π_ref"), so z0 = mean log π_θ(y_j|x_i), unclamped (without the dropped constant it
+        # is no longer a KL, so its sign means nothing).
+        return kto_loss.reference_point(mismatched_policy, torch.zeros_like(mismatched_policy), clamp=False)
+    return kto_loss.reference_point(mismatched_policy, reference_mismatched)
+
+
+def loss_from_logps(
+    policy_logps: torch.Tensor,
+    token_counts: torch.Tensor,
+    is_desirable: torch.Tensor,
+    reference_matched: torch.Tensor | None,
+    z0: torch.Tensor,
+    z0_raw: torch.Tensor,
+    config: TrainConfig,
+    class_weights: dict,
+) -> tuple[torch.Tensor, dict]:
+    """One microbatch's loss and statistics from its matched sequences' log-probs (with grad),
+    its reference log-probs and its z0 (both without grad)."""
+    zero = torch.zeros((), device=policy_logps.device)
+    n_matched = policy_logps.shape[0]
     if config.loss in ("sft", "csft"):  # csft's control tokens are already in the prompts
         loss = kto_loss.sft_loss(policy_logps, token_counts)
         stats = {"z0": zero, "z0_raw": zero}
@@ -483,19 +538,8 @@ def microbatch_loss(
         )
         stats.update(z0=zero, z0_raw=zero)
         return loss, stats
-
     if config.loss == "reference_free":
-        # π_ref uniform: its log-probs are a constant that cancels between r and z0 (Table 2,
-        # "no π_ref"), so r = log π_θ(y|x) and z0 = mean log π_θ(y_j|x_i), unclamped (without the
-        # dropped constant it is no longer a KL, so its sign means nothing).
-        reference_matched = torch.zeros_like(policy_logps)
-        reference_mismatched = torch.zeros_like(mismatched_policy) if mismatched_policy is not None else None
-    if mismatched is None:  # no_z0, or --z0-zero
-        z0 = z0_raw = zero
-    else:
-        z0, z0_raw = kto_loss.reference_point(
-            mismatched_policy, reference_mismatched, clamp=config.loss != "reference_free"
-        )
+        reference_matched = torch.zeros_like(policy_logps)  # see z0_of
     value = config.loss if config.loss in ("concave", "risk_neutral") else "kto"
     loss, stats = kto_loss.kto_loss(
         policy_logps,
@@ -509,6 +553,281 @@ def microbatch_loss(
     )
     stats.update(z0=z0, z0_raw=z0_raw)
     return loss, stats
+
+
+# ----------------------------------------------------------------------------------------------
+# One optimizer step in as few forward calls as the token budget allows
+#
+# The plan's logical microbatches stay what they were (z0 is estimated within each, the loss is
+# each one's mean, and the step's gradient is their average), so the numbers do not change; only
+# how sequences are grouped into forward calls does:
+#   - every no-grad score of the step (the policy on the mismatched pairs, a live reference on
+#     matched and mismatched) first, length-sorted into calls of up to 2 × token_budget tokens;
+#   - then the matched sequences with gradient, consecutive microbatches in one call while they fit
+#     token_budget, one backward per call;
+#   - each call packed without padding (data.pack) when the model supports it, else right-padded.
+
+
+@dataclass
+class HostMicrobatch:
+    """One logical microbatch on the host: sequences as joined (token ids, number of prompt tokens)."""
+
+    matched: list[tuple[list[int], int]]
+    mismatched: list[tuple[list[int], int]]
+    is_desirable: torch.Tensor
+    reference_matched: torch.Tensor | None
+    reference_mismatched: torch.Tensor | None
+    n_tokens: int
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.matched)
+
+
+def joined_sequences(examples, keys: list[tuple[int, int]], config: TrainConfig) -> list[tuple[list[int], int]]:
+    truncation = "keep_start" if config.trl_compat else "keep_completion"
+    return [
+        kto_data.join_truncated(examples[i].prompt_ids, examples[j].completion_ids, config.max_length, truncation)
+        for i, j in keys
+    ]
+
+
+def joined_key(ids: list[int], n_prompt: int) -> str:
+    """sequence_keys' digest for one joined sequence (the same key as its collated row)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(torch.tensor(ids, dtype=torch.long).numpy().astype("<i8").tobytes())
+    digest.update(bytes(n_prompt) + b"\x01" * (len(ids) - n_prompt))
+    return digest.hexdigest()
+
+
+def host_microbatch(examples, local_indices: list[int], config: TrainConfig, reference_cache) -> HostMicrobatch:
+    matched_keys, mismatched_keys = microbatch_keys(local_indices, config)
+    matched = joined_sequences(examples, matched_keys, config)
+    mismatched = joined_sequences(examples, mismatched_keys, config)
+    reference_matched = reference_mismatched = None
+    if reference_cache is not None:
+        reference_matched = torch.tensor([reference_cache[joined_key(*sequence)] for sequence in matched])
+        if mismatched:
+            reference_mismatched = torch.tensor([reference_cache[joined_key(*sequence)] for sequence in mismatched])
+    return HostMicrobatch(
+        matched,
+        mismatched,
+        torch.tensor([examples[i].label for i, _ in matched_keys]),
+        reference_matched,
+        reference_mismatched,
+        sum(len(ids) for ids, _ in matched),
+    )
+
+
+def forward_inputs(joined: list[tuple[list[int], int]], pad_token_id: int, packing: bool) -> dict[str, Any]:
+    """Model inputs for one call: packed rows (SequenceLogProbs reads sequence_ids) or padded rows."""
+    if packing:
+        return dict(kto_data.pack(joined, pad_token_id), n_sequences=len(joined))
+    width = max(len(ids) for ids, _ in joined)
+    batch = kto_data.collate([(ids[:n], ids[n:]) for ids, n in joined], width, pad_token_id)
+    if bool(batch["attention_mask"].all()):
+        batch["attention_mask"] = None  # no padding: decided here on the host, no device sync later
+    return batch
+
+
+def call_groups(lengths: list[int], budget: int, packing: bool) -> list[list[int]]:
+    """Indices of sequences grouped (longest first) into calls of at most ``budget`` tokens
+    (padded: rows × the longest; packed: the tokens themselves); a longer sequence goes alone."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    longest = used = 0
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        length = lengths[index]
+        cost = used + length if packing else (len(current) + 1) * max(longest, length)
+        if current and cost > budget:
+            groups.append(current)
+            current, longest, used = [], 0, 0
+        current.append(index)
+        longest, used = max(longest, length), used + length
+    if current:
+        groups.append(current)
+    return groups
+
+
+def score_no_grad(
+    module, joined: list[tuple[list[int], int]], budget: int, pad_token_id: int, packing: bool, device, context=None
+) -> torch.Tensor:
+    """log π of every sequence (no gradient) in budgeted calls; in the input order, on the device."""
+    result = torch.empty(len(joined), device=device)
+    lengths = [len(ids) for ids, _ in joined]
+    groups = call_groups(lengths, budget, packing) if budget > 0 else [list(range(len(joined)))]
+    with torch.no_grad(), context() if context is not None else contextlib.nullcontext():
+        for group in groups:
+            inputs = _to_device(forward_inputs([joined[i] for i in group], pad_token_id, packing), device)
+            logps = module(**inputs)[0]
+            result[torch.tensor(group, device=device)] = logps.float()
+    return result
+
+
+def grad_units(microbatches: list[HostMicrobatch], budget: int, packing: bool) -> list[list[int]]:
+    """Consecutive microbatches (indices) per forward call with gradient, within the token budget."""
+    if budget <= 0:
+        return [[index] for index in range(len(microbatches))]
+    units: list[list[int]] = []
+    current: list[int] = []
+    for index in range(len(microbatches)):
+        candidate = current + [index]
+        sequences = [sequence for i in candidate for sequence in microbatches[i].matched]
+        lengths = [len(ids) for ids, _ in sequences]
+        cost = sum(lengths) if packing else len(lengths) * max(lengths)
+        if current and cost > budget:
+            units.append(current)
+            candidate = [index]
+        current = candidate
+    units.append(current)
+    return units
+
+
+def train_step(
+    policy_ddp,
+    policy_for_no_grad: SequenceLogProbs,
+    reference: Reference | None,
+    microbatches: list[HostMicrobatch],
+    config: TrainConfig,
+    class_weights: dict,
+    pad_token_id: int,
+    accelerator,
+    step_window: dict,
+    token_budget: int,
+    packing: bool,
+) -> None:
+    """Losses and gradients of one optimizer step (backward done; the caller clips and steps)."""
+    device = accelerator.device
+    zero = torch.zeros((), device=device)
+    no_grad_budget = 2 * token_budget
+    # 1. Everything without gradient, for the whole step: the weights do not change within it.
+    mismatched_policy: list = [None] * len(microbatches)
+    reference_matched = [mb.reference_matched for mb in microbatches]
+    reference_mismatched = [mb.reference_mismatched for mb in microbatches]
+    with accelerator.autocast():
+        if config.variant.needs_reference and reference_matched[0] is None:
+            joined = [s for mb in microbatches for s in mb.matched + mb.mismatched]
+            if token_budget > 0:
+                scores = score_no_grad(
+                    reference.module, joined, no_grad_budget, pad_token_id, packing, device, reference._context
+                )
+            else:
+                scores = torch.cat(
+                    [
+                        score_no_grad(
+                            reference.module,
+                            mb.matched + mb.mismatched,
+                            0,
+                            pad_token_id,
+                            packing,
+                            device,
+                            reference._context,
+                        )
+                        for mb in microbatches
+                    ]
+                )
+            offset = 0
+            for index, mb in enumerate(microbatches):
+                reference_matched[index] = scores[offset : offset + len(mb.matched)]
+                offset += len(mb.matched)
+                if mb.mismatched:
+                    reference_mismatched[index] = scores[offset : offset + len(mb.mismatched)]
+                    offset += len(mb.mismatched)
+        if microbatches[0].mismatched:
+            if token_budget > 0:
+                joined = [s for mb in microbatches for s in mb.mismatched]
+                scores = score_no_grad(policy_for_no_grad, joined, no_grad_budget, pad_token_id, packing, device)
+                offset = 0
+                for index, mb in enumerate(microbatches):
+                    mismatched_policy[index] = scores[offset : offset + len(mb.mismatched)]
+                    offset += len(mb.mismatched)
+            else:
+                for index, mb in enumerate(microbatches):
+                    mismatched_policy[index] = score_no_grad(
+                        policy_for_no_grad, mb.mismatched, 0, pad_token_id, packing, device
+                    )
+    # z0 of every microbatch now (its all-reduce runs in the same order on every process).
+    z0s = []
+    for index in range(len(microbatches)):
+        reference_mm = reference_mismatched[index]
+        z0s.append(
+            z0_of(
+                config,
+                mismatched_policy[index],
+                reference_mm.to(device) if reference_mm is not None else None,
+                zero,
+            )
+        )
+    # 2. The matched sequences with gradient, a unit of microbatches per call.
+    units = grad_units(microbatches, token_budget, packing)
+    for unit_index, unit in enumerate(units):
+        joined = [s for i in unit for s in microbatches[i].matched]
+        inputs = _to_device(forward_inputs(joined, pad_token_id, packing), device)
+        is_last = unit_index == len(units) - 1
+        # Gradients are averaged across processes only on the last call of the step.
+        sync_context = contextlib.nullcontext() if is_last else accelerator.no_sync(policy_ddp)
+        with sync_context, accelerator.autocast():
+            logps, token_counts = policy_ddp(**inputs)
+            total = zero
+            offset = 0
+            for index in unit:
+                mb = microbatches[index]
+                n = mb.n_examples
+                reference_m = reference_matched[index]
+                loss, stats = loss_from_logps(
+                    logps[offset : offset + n],
+                    token_counts[offset : offset + n],
+                    mb.is_desirable.to(device),
+                    reference_m.to(device) if reference_m is not None else None,
+                    *z0s[index],
+                    config,
+                    class_weights,
+                )
+                offset += n
+                total = total + loss
+                _accumulate(step_window, loss, stats)
+                step_window["examples"] += mb.n_examples
+                step_window["tokens"] += mb.n_tokens
+            accelerator.backward(total / len(microbatches))
+
+
+def _train_step_per_microbatch(
+    policy_ddp,
+    policy_for_no_grad,
+    reference,
+    local_microbatches: list[list[int]],
+    examples,
+    config: TrainConfig,
+    class_weights: dict,
+    pad_token_id: int,
+    reference_cache,
+    accelerator,
+    step_window: dict,
+) -> None:
+    """One optimizer step, one padded forward call per microbatch (offline PPO's per-token path)."""
+    for index, local in enumerate(local_microbatches):
+        batch = build_microbatch(examples, local, config, pad_token_id, reference_cache)
+        device_batch = {
+            key: (
+                _to_device(value, accelerator.device)
+                if isinstance(value, dict) or value is None
+                else value.to(accelerator.device)
+                if isinstance(value, torch.Tensor)
+                else value
+            )
+            for key, value in batch.items()
+        }
+        is_last = index == len(local_microbatches) - 1
+        # Gradients are averaged across processes only on the last microbatch of the step.
+        sync_context = contextlib.nullcontext() if is_last else accelerator.no_sync(policy_ddp)
+        with sync_context, accelerator.autocast():
+            loss, stats = microbatch_loss(
+                policy_ddp, policy_for_no_grad, reference, device_batch, config, class_weights, pad_token_id
+            )
+            accelerator.backward(loss / len(local_microbatches))
+        _accumulate(step_window, loss, stats)
+        step_window["examples"] += batch["n_examples"]
+        step_window["tokens"] += batch["n_tokens"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -869,6 +1188,9 @@ def train(config: TrainConfig) -> dict | None:
     if problem:
         accelerator.end_training()
         raise TrainingError(problem)
+    token_budget = config.token_budget
+    if token_budget == defaults.AUTO:
+        token_budget = defaults.TOKEN_BUDGET_CUDA if torch.cuda.is_available() else defaults.TOKEN_BUDGET_CPU
     identity = run_identity(config, accelerator.num_processes, use_bf16)
     if config.resume:
         check_resume_identity(out, identity)
@@ -916,8 +1238,16 @@ def train(config: TrainConfig) -> dict | None:
                 task_type="CAUSAL_LM",
             ),
         )
-    policy = SequenceLogProbs(model).to(accelerator.device)
+    chunk = config.logits_chunk_size
+    if chunk == defaults.AUTO:
+        chunk = max(1, defaults.LOGITS_CHUNK_ELEMENTS // model.get_output_embeddings().weight.shape[0])
+    if kto_distributed.is_sharded(accelerator):
+        chunk = 0  # the chunked head reads the head's weight outside its (sharded) module's forward
+    policy = SequenceLogProbs(model, logits_chunk_size=chunk).to(accelerator.device)
     policy.verify()  # refuses an architecture whose log-probs the engine cannot reproduce exactly
+    packing = config.packing and policy.packing_supported
+    if config.packing and not packing and accelerator.is_main_process:
+        print("note: packed rows disagree with padded ones for this model; packing is off", file=sys.stderr)
     # Per-token losses need per-token reference log-probs: computed live, not cached.
     precompute = variant.needs_reference and config.reference == "precompute" and not variant.token_level
     reference = None
@@ -949,16 +1279,24 @@ def train(config: TrainConfig) -> dict | None:
             config,
             tokenizer.pad_token_id,
             accelerator,
-            batch_size=4 * config.per_device_train_batch_size,
+            token_budget=2 * token_budget,
+            packing=packing,
             identity=reference_identity(config, use_bf16),
         )
         reference = None  # training reads the cache from here on
 
     # 5. Optimizer, schedule, resume.
     trainable = [parameter for parameter in policy.parameters() if parameter.requires_grad]
+    implementation = "fused" if config.trl_compat else config.optimizer_impl  # TRL's default optim: fused AdamW
+    if implementation == "fused" and not all(p.dtype.is_floating_point for p in trainable):
+        implementation = "foreach"
     optimizer = torch.optim.AdamW(
-        trainable, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True if config.trl_compat else None
-    )  # TRL's default optim: fused AdamW
+        trainable,
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+        fused=implementation == "fused",
+        foreach=implementation == "foreach",
+    )
 
     def learning_rate_factor(step: int) -> float:
         if step < warmup_steps:
@@ -1034,36 +1372,36 @@ def train(config: TrainConfig) -> dict | None:
     for step in range(start_step, len(steps)):
         epoch, microbatches = steps[step]
         step_window = _new_window(accelerator.device)
-        for index, global_microbatch in enumerate(microbatches):
-            local = global_microbatch[rank * per_device : (rank + 1) * per_device]
-            batch = build_microbatch(examples, local, config, tokenizer.pad_token_id, reference_cache)
-            device_batch = {
-                key: (
-                    _to_device(value, accelerator.device)
-                    if isinstance(value, dict) or value is None
-                    else value.to(accelerator.device)
-                    if isinstance(value, torch.Tensor)
-                    else value
-                )
-                for key, value in batch.items()
-            }
-            is_last = index == len(microbatches) - 1
-            # Gradients are averaged across processes only on the last microbatch of the step.
-            sync_context = contextlib.nullcontext() if is_last else accelerator.no_sync(policy_ddp)
-            with sync_context, accelerator.autocast():
-                loss, stats = microbatch_loss(
-                    policy_ddp,
-                    policy_for_no_grad,
-                    reference,
-                    device_batch,
-                    config,
-                    class_weights,
-                    tokenizer.pad_token_id,
-                )
-                accelerator.backward(loss / len(microbatches))
-            _accumulate(step_window, loss, stats)
-            step_window["examples"] += batch["n_examples"]
-            step_window["tokens"] += batch["n_tokens"]
+        locals_ = [global_microbatch[rank * per_device : (rank + 1) * per_device] for global_microbatch in microbatches]
+        if variant.token_level:  # offline PPO: per-token reference, one microbatch per call
+            _train_step_per_microbatch(
+                policy_ddp,
+                policy_for_no_grad,
+                reference,
+                locals_,
+                examples,
+                config,
+                class_weights,
+                tokenizer.pad_token_id,
+                reference_cache,
+                accelerator,
+                step_window,
+            )
+        else:
+            train_step(
+                policy_ddp,
+                policy_for_no_grad,
+                reference,
+                [host_microbatch(examples, local, config, reference_cache) for local in locals_],
+                config,
+                class_weights,
+                tokenizer.pad_token_id,
+                accelerator,
+                step_window,
+                # Several calls' units must match on every process (DDP/FSDP forwards are collective).
+                token_budget if accelerator.num_processes == 1 else 0,
+                packing,
+            )
         grad_norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
         # One host sync per optimizer step: a non-finite loss (on any process) or gradient norm
         # skips the update, so one bad batch cannot turn every weight into NaN.
