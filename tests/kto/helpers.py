@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 # Small, fast settings (the demo model learns quickly at this rate), every schedule flag explicit.
@@ -45,3 +46,19 @@ def private_copy(path: str, directory: Path) -> str:
     target = directory / Path(path).name
     shutil.copyfile(path, target)
     return str(target)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A finished `train` run: its one-line summary, its metrics.jsonl records, its output folder."""
+
+    summary: dict
+    metrics: list[dict]
+    out: Path
+
+
+def train(run_cli, model: str, data: str, out: Path, *options: str, fast: bool = True) -> Trained:
+    """`python -m training.kto train --model MODEL --data DATA --out OUT [FAST] OPTIONS...` (the
+    run_cli fixture), then what it wrote: the summary line and every metrics record."""
+    result = run_cli("train", "--model", model, "--data", data, "--out", str(out), *(FAST if fast else ()), *options)
+    return Trained(summary_of(result), metrics_of(out), Path(out))
