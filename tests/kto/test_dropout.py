@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.kto.helpers import train
+from tests.kto.helpers import train_here
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +36,12 @@ def dropout_model_dir(demo_model_dir, tmp_path_factory) -> str:
 
 
 @pytest.mark.parametrize("reference", ["precompute", "copy"])
-def test_rewards_are_zero_at_step_one_with_a_dropout_model(
-    dropout_model_dir, feedback_jsonl, tmp_path, run_cli, reference
-):
+def test_rewards_are_zero_at_step_one_with_a_dropout_model(dropout_model_dir, feedback_jsonl, tmp_path, reference):
     common = ["--max-steps", "1", "--reference", reference]
-    first = train(run_cli, dropout_model_dir, feedback_jsonl, tmp_path / "default", *common).metrics[0]
+    first = train_here(dropout_model_dir, feedback_jsonl, tmp_path / "default", *common).metrics[0]
     assert first["reward_desirable"] == pytest.approx(0.0, abs=1e-5)
     assert first["reward_undesirable"] == pytest.approx(0.0, abs=1e-5)
     assert first["z0_raw"] == pytest.approx(0.0, abs=1e-5)
     # The opt-out keeps it, and then the rewards carry dropout noise: the check above can fail.
-    noisy = train(run_cli, dropout_model_dir, feedback_jsonl, tmp_path / "kept", *common, "--keep-dropout").metrics[0]
+    noisy = train_here(dropout_model_dir, feedback_jsonl, tmp_path / "kept", *common, "--keep-dropout").metrics[0]
     assert abs(noisy["reward_desirable"]) + abs(noisy["reward_undesirable"]) > 1e-2

@@ -8,17 +8,17 @@ import math
 import pytest
 import torch
 
-from tests.kto.helpers import FAST, private_copy, train
+from tests.kto.helpers import FAST, private_copy, train, train_here
 from training.kto import data as kto_data
 from training.kto.trainer import sequence_keys
 
 
-def test_kto_then_dpo_on_the_same_file_starts_dpo_at_log_2(demo_model_dir, feedback_jsonl, tmp_path, run_cli):
+def test_kto_then_dpo_on_the_same_file_starts_dpo_at_log_2(demo_model_dir, feedback_jsonl, tmp_path):
     """Issue 7 problem 1: the cache was keyed by example indices, which name different rows for
     KTO and DPO, so DPO after KTO trained against wrong reference log-probs."""
     data = private_copy(feedback_jsonl, tmp_path / "data")
-    kto = train(run_cli, demo_model_dir, data, tmp_path / "kto", "--max-steps", "3").summary
-    dpo = train(run_cli, demo_model_dir, data, tmp_path / "dpo", "--max-steps", "1", "--loss", "dpo")
+    kto = train_here(demo_model_dir, data, tmp_path / "kto", "--max-steps", "3").summary
+    dpo = train_here(demo_model_dir, data, tmp_path / "dpo", "--max-steps", "1", "--loss", "dpo")
     assert kto["reference_cache"]["path"] == dpo.summary["reference_cache"]["path"]  # the same reference, one file
     assert dpo.summary["reference_cache"]["computed"] > 0  # DPO's sequences were not taken for KTO's rows
     first = dpo.metrics[0]
