@@ -70,13 +70,17 @@ class _Verified:
 # the map holds at most one entry per live key (unknown keys always go to the database).
 _verified: dict[bytes, _Verified] = {}
 _verified_lock = threading.Lock()
+# Bumped by every forget: a row read before a forget (a request racing a revoke) is not cached after it.
+_forgets = 0
 # The cache's clock; tests move it forward instead of sleeping.
 _clock = time.monotonic
 
 
 def forget_key(client_id: str) -> None:
     """Drop CLIENT_ID's verified key from this process: its next request asks the database."""
+    global _forgets
     with _verified_lock:
+        _forgets += 1
         for digest in [d for d, entry in _verified.items() if entry.caller.client_id == client_id]:
             del _verified[digest]
 
@@ -95,7 +99,9 @@ def forget_changed_key(sender, instance, **_signal_kwargs) -> None:
 
 
 def forget_verified_keys() -> None:
+    global _forgets
     with _verified_lock:
+        _forgets += 1
         _verified.clear()
 
 
@@ -140,11 +146,13 @@ def caller_for_key(key: str) -> ApiCaller:
         _check_expiry(entry.expiry)
         _note_use(entry.caller.client_id)
         return entry.caller
+    forgets_before = _forgets
     caller, expiry = _caller_from_database(key)
     ttl = settings.PROSPECT_API_KEY_CACHE_SECONDS
     if ttl > 0:
         with _verified_lock:
-            _verified[digest] = _Verified(caller, expiry, _clock() + ttl)
+            if _forgets == forgets_before:
+                _verified[digest] = _Verified(caller, expiry, _clock() + ttl)
     return caller
 
 

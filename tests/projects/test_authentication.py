@@ -123,3 +123,21 @@ def test_the_cache_holds_only_keys_that_passed_and_never_the_key_itself(clock, c
     assert vote(client, generation, "u1").status_code == 201
     assert len(authentication._verified) == 1
     assert all(client.key.encode() not in digest for digest in authentication._verified)
+
+
+@pytest.mark.django_db
+def test_a_request_racing_a_revoke_does_not_cache_what_it_read_before(clock, cache_seconds, monkeypatch):
+    # The request reads the row (still valid), the key is revoked meanwhile in this process, and
+    # only then does the request get to store what it read: it must not be kept.
+    client, generation = key_client(), add_generation()
+    read_row = authentication._caller_from_database
+
+    def read_then_revoke(key):
+        found = read_row(key)
+        revoke_api_key(ApiClient.objects.get(pk=client.api_client.pk))
+        return found
+
+    monkeypatch.setattr(authentication, "_caller_from_database", read_then_revoke)
+    assert vote(client, generation, "u1").status_code == 201  # it was valid when read
+    monkeypatch.setattr(authentication, "_caller_from_database", read_row)
+    assert vote(client, generation, "u2").status_code == 401
