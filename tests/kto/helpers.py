@@ -76,11 +76,18 @@ def train_here(model: str, data: str, out: Path, *options: str, fast: bool = Tru
     imports (about 4 CPU seconds a run). For tests of what training computes and writes, not of the
     process (exit codes, stderr, signals) and not mixing precisions (accelerate's state is shared
     within a process)."""
+    import torch
+
     from training.kto import cli
 
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = cli.main(_train_arguments(model, data, out, options, fast))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as run_cli's OMP_NUM_THREADS=1: tiny matrices gain nothing from more
+    try:
+        with contextlib.redirect_stdout(printed):
+            code = cli.main(_train_arguments(model, data, out, options, fast))
+    finally:
+        torch.set_num_threads(threads)
     assert code == 0, f"exit {code}: {printed.getvalue()[-3000:]}"
     lines = printed.getvalue().strip().splitlines()
     assert len(lines) == 1, printed.getvalue()  # exactly one JSON line on stdout
