@@ -4,8 +4,8 @@ exporting a million votes.
 What it does (bounded in count and time; nothing here is a test):
 1. Creates a fresh Postgres database (`prospect_bench` unless BENCH_DATABASE_URL says otherwise),
    migrates it, and seeds a project API key (scope votes:write) and some generations.
-2. Starts the app under gunicorn (gthread: one worker per core, 4 threads each) on loopback; both
-   endpoints are measured against this one server.
+2. Starts the app under gunicorn with the shipped config/gunicorn.conf.py (gthread: one worker
+   per core, 8 threads each) on loopback; both endpoints are measured against this one server.
 3. Drives `GET /healthz` (a view that does nothing: the ceiling) and `POST /api/v1/votes/`
    in alternating slices (--rounds), with C concurrent keep-alive clients (asyncio, raw HTTP/1.1)
    for a fixed total time each, recording
@@ -93,23 +93,21 @@ print(key, min(Generation.objects.values_list("id", flat=True)), max(Generation.
 
 
 def start_gunicorn(env: dict, port: int, workers: int, threads: int) -> subprocess.Popen:
+    # The shipped configuration (config/gunicorn.conf.py: gthread, keep-alive, backlog), with the
+    # process and thread counts of this run.
     command = [
         PYTHON,
         "-m",
         "gunicorn",
+        "-c",
+        "config/gunicorn.conf.py",
         "config.wsgi:application",
         "--bind",
         f"127.0.0.1:{port}",
-        "--worker-class",
-        "gthread",
         "--workers",
         str(workers),
         "--threads",
         str(threads),
-        "--keep-alive",
-        "30",
-        "--backlog",
-        "2048",
         "--log-level",
         "warning",
     ]
@@ -387,12 +385,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0, help="load time per endpoint, over all rounds")
     parser.add_argument("--rounds", type=int, default=5, help="alternating no-op/vote slices per endpoint")
-    # One worker process per core, a few threads each to overlap the vote's database round trip.
-    # Measured on the 2-core box (same code, 64 clients): 2x4 gave the best vote/no-op ratio and
-    # p99; 4x8 (the former default) and 2x16 lost to GIL hand-offs between many threads and to
-    # 32 Postgres backends contending for the WAL; 4x2 starved the votes of threads.
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--threads", type=int, default=4)
+    # Defaults: those of config/gunicorn.conf.py (one worker per core, 8 threads each; the
+    # measurements behind them are noted there).
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 1)))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("GUNICORN_THREADS", "8")))
     parser.add_argument("--max-votes-per-client", type=int, default=20_000)
     parser.add_argument("--export-votes", type=int, default=1_000_000, help="0 skips the export part")
     args = parser.parse_args()

@@ -7,6 +7,18 @@ of the web container) makes /metrics add them all up, whichever worker answers t
 import os
 import shutil
 
+# Threads, because a request spends most of its time waiting for the database (a vote waits for its
+# commit to reach the disk) and a waiting thread leaves the GIL to the others. One worker process per
+# core (WEB_CONCURRENCY, gunicorn's own variable, or --workers), GUNICORN_THREADS threads each.
+# Measured with bench/web_load.py on 2 cores (README): 2 workers x 8 threads beat 2 x 4 and 4 x 4 in
+# votes per CPU second and in the vote/no-op throughput ratio; 2 x 16 was no better than 2 x 8.
+worker_class = "gthread"
+workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 1))
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+# Product apps keep their connection open between clicks; a burst of them queues, not fails.
+keepalive = 30
+backlog = 2048
+
 
 def on_starting(server):
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")

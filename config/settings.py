@@ -251,6 +251,12 @@ QUEUE_CLAIM_SECONDS = env_int(
 PROSPECT_DEFAULT_PROJECT = env_str(
     "PROSPECT_DEFAULT_PROJECT", "demo", "the project a fresh installation gets, and that commands use without --project"
 )
+PROSPECT_API_KEY_CACHE_SECONDS = env_float(
+    "PROSPECT_API_KEY_CACHE_SECONDS",
+    2.0,
+    "how long a web process reuses a verified API key without asking the database (0: never); a key "
+    "revoked or changed in another process is refused there within this time, in its own process at once",
+)
 PROSPECT_API_DEFAULT_RATE = env_str(
     "PROSPECT_API_DEFAULT_RATE",
     "",

@@ -2,21 +2,27 @@
 OpenAI-style header, and `Token <key>`, the header of the earlier user tokens).
 
 The check is one indexed query (the key's prefix, djangorestframework-api-key's lookup column)
-plus a SHA-512 of the key in Python; a revoked, expired or unknown key is refused on the very next
-request. `last_used_at` is written at most once a minute per key and process, so a busy key does
-not turn every request into a write.
+plus a SHA-512 of the key in Python. A key that passed is remembered by this process for
+PROSPECT_API_KEY_CACHE_SECONDS (keyed by a SHA-256 of the presented key, never the key itself), so
+a busy product app costs one query a few seconds instead of one per click. Revoking or changing a
+key through the app (service, keys page, admin) forgets it in that process at once; other web
+processes refuse it when their entry runs out, within that time. Expiry is checked on every
+request, cached or not. `last_used_at` is written at most once a minute per key and process, so a
+busy key does not turn every request into a write.
 """
 
 from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
 import json
 import threading
 import time
 from dataclasses import dataclass
 
-from django.db import connection
+from django.conf import settings
+from django.db import connection, transaction
 from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
@@ -53,6 +59,52 @@ class ApiCaller:
         return scope in self.scopes
 
 
+@dataclass(frozen=True)
+class _Verified:
+    caller: ApiCaller
+    expiry: datetime.datetime | None
+    until: float  # _clock() after which the database is asked again
+
+
+# SHA-256 of a presented key → what the database said of it. Only keys that passed are kept, so
+# the map holds at most one entry per live key (unknown keys always go to the database).
+_verified: dict[bytes, _Verified] = {}
+_verified_lock = threading.Lock()
+# Bumped by every forget: a row read before a forget (a request racing a revoke) is not cached after it.
+_forgets = 0
+# The cache's clock; tests move it forward instead of sleeping.
+_clock = time.monotonic
+
+
+def forget_key(client_id: str) -> None:
+    """Drop CLIENT_ID's verified key from this process: its next request asks the database."""
+    global _forgets
+    with _verified_lock:
+        _forgets += 1
+        for digest in [d for d, entry in _verified.items() if entry.caller.client_id == client_id]:
+            del _verified[digest]
+
+
+def forget_key_when_committed(client_id: str) -> None:
+    """After a change to CLIENT_ID's row: forget it now and again once the change is committed, so
+    that a request verifying the key meanwhile (still reading the old row) is not kept either."""
+    forget_key(client_id)
+    transaction.on_commit(functools.partial(forget_key, client_id))
+
+
+def forget_changed_key(sender, instance, **_signal_kwargs) -> None:
+    # Saves through a form or the admin (scopes, rate, expiry, revoked); QuerySet.update sends no
+    # signal, so services.revoke_api_key calls forget_key_when_committed itself.
+    forget_key_when_committed(instance.pk)
+
+
+def forget_verified_keys() -> None:
+    global _forgets
+    with _verified_lock:
+        _forgets += 1
+        _verified.clear()
+
+
 def _note_use(client_id: str) -> None:
     now = time.monotonic()
     with _last_used_lock:
@@ -82,7 +134,29 @@ def _lookup_sql() -> str:
     return f"SELECT {columns} FROM {quote(ApiClient._meta.db_table)} WHERE {quote(_field('prefix').column)} = %s"
 
 
+def _check_expiry(expiry: datetime.datetime | None) -> None:
+    if expiry is not None and expiry < timezone.now():
+        raise exceptions.AuthenticationFailed("This API key has expired.")
+
+
 def caller_for_key(key: str) -> ApiCaller:
+    digest = hashlib.sha256(key.encode()).digest()
+    entry = _verified.get(digest)
+    if entry is not None and _clock() < entry.until:
+        _check_expiry(entry.expiry)
+        _note_use(entry.caller.client_id)
+        return entry.caller
+    forgets_before = _forgets
+    caller, expiry = _caller_from_database(key)
+    ttl = settings.PROSPECT_API_KEY_CACHE_SECONDS
+    if ttl > 0:
+        with _verified_lock:
+            if _forgets == forgets_before:
+                _verified[digest] = _Verified(caller, expiry, _clock() + ttl)
+    return caller
+
+
+def _caller_from_database(key: str) -> tuple[ApiCaller, datetime.datetime | None]:
     prefix, _, secret = key.partition(".")
     if not prefix or not secret:
         raise exceptions.AuthenticationFailed(INVALID_KEY)
@@ -97,10 +171,10 @@ def caller_for_key(key: str) -> ApiCaller:
         expiry = timezone.make_aware(expiry, datetime.UTC)
     if revoked:
         raise exceptions.AuthenticationFailed("This API key has been revoked.")
-    if expiry is not None and expiry < timezone.now():
-        raise exceptions.AuthenticationFailed("This API key has expired.")
+    _check_expiry(expiry)
     _note_use(client_id)
-    return ApiCaller(client_id=client_id, project_id=project_id, scopes=frozenset(scopes or ()), rate=rate or "")
+    caller = ApiCaller(client_id=client_id, project_id=project_id, scopes=frozenset(scopes or ()), rate=rate or "")
+    return caller, expiry
 
 
 class ApiKeyAuthentication(BaseAuthentication):

@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
+from projects.authentication import forget_key_when_committed
 from projects.models import SCOPES, ApiClient, Membership, Project
 from projects.roles import GROUP_PERMISSIONS
 
@@ -69,6 +70,8 @@ def validate_rate(rate: str) -> None:
 
 def revoke_api_key(client: ApiClient) -> None:
     ApiClient.objects.filter(pk=client.pk).update(revoked=True)
+    # This process refuses the key from its next request on; others within the cache's time.
+    forget_key_when_committed(client.pk)
 
 
 def set_membership(project: Project, user, role: str) -> Membership:

@@ -59,52 +59,20 @@ def process_alive(pid: int) -> bool:
         return True
 
 
-def _group_members(pgid: int, run_id: int) -> list[int] | None:
-    """Pids in process group `pgid` started for this run (marked by PROSPECT_RUN_ID in their
-    environment), or None when /proc cannot tell (not Linux)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return None
-    marker = f"PROSPECT_RUN_ID={run_id}".encode()
-    members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.getpgid(int(entry.name)) != pgid:
-                continue
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                members.append(int(entry.name))
-        except (OSError, ProcessLookupError):
-            continue
-    return members
-
-
 def kill_run_processes(pgid: int, run_id: int, sig: int = signal.SIGKILL, run_dir: str | None = None) -> None:
     """Signal the training process tree of a run whose monitor is gone (the reaper's case).
 
     The group id could in principle have been reused by an unrelated process since the worker
-    died, so on Linux only processes carrying the run's environment marker are signalled: with
-    run_dir, every such process in any session (torchrun's ranks), and SIGKILL waits until none is left.
+    died, so only processes carrying the run's environment marker are signalled (process_tree
+    finds them): with run_dir, every such process in any session (torchrun's ranks); then the
+    group's members marked with the run id alone, and their descendants (a tree started before
+    runs carried PROSPECT_RUN_DIR). SIGKILL waits until none is left.
     """
-    if Path("/proc").is_dir() and run_dir:
+    for marked_with_dir in ([run_dir] if run_dir else []) + [None]:
         if sig == signal.SIGKILL:
-            process_tree.kill_run(run_id, run_dir, pgid)
+            process_tree.kill_run(run_id, marked_with_dir, pgid)
         else:
-            process_tree.signal_run(run_id, run_dir, pgid, sig)
-        # Then the group's marked members too (a tree started before runs carried PROSPECT_RUN_DIR).
-    members = _group_members(pgid, run_id)
-    if members is None:
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-        return
-    for pid in members:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+            process_tree.signal_run(run_id, marked_with_dir, pgid, sig)
 
 
 def stop_group(proc: subprocess.Popen, run_id: int, run_dir: Path) -> int:

@@ -18,11 +18,11 @@ def data_dir(settings, tmp_path):
 
 @pytest.fixture(autouse=True)
 def forget_last_used():
-    from projects.authentication import forget_last_used
+    from projects.authentication import forget_last_used, forget_verified_keys
 
-    forget_last_used()
+    forget_last_used(), forget_verified_keys()
     yield
-    forget_last_used()
+    forget_last_used(), forget_verified_keys()
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 
 - votes: one vote per voter per generation, from the key itself or one of its end users; the key
   header's messages, errors naming fields, the first vote standing, the schema; a browser session
-  cannot use the product API at all; a revoked or expired key (or one whose scopes were taken away)
-  is refused on the very next request and writes nothing;
+  cannot use the product API at all; a key revoked, expired or stripped of a scope in this process
+  is refused on the very next request and writes nothing (other processes: tests/projects/test_authentication.py);
 - access: writes need a key with the right scope, admin endpoints refuse other keys, the schema is served;
 - generations: idempotent, all-or-nothing batches;
 - imports: staff upload a JSONL file; a bad file is a 400 naming line and field.
@@ -565,7 +565,10 @@ def test_a_revoked_key_cannot_repeat_a_vote_either(api_client):
 def test_an_expired_key_is_refused_at_once(api_client):
     generation = add_generation()
     assert vote(api_client, generation, "u1").status_code == 201
-    ApiClient.objects.filter(pk=api_client.api_client.pk).update(expiry_date=timezone.now() - timedelta(seconds=1))
+    # As the admin does it: a save, which also makes every request of this process ask the database.
+    stored = ApiClient.objects.get(pk=api_client.api_client.pk)
+    stored.expiry_date = timezone.now() - timedelta(seconds=1)
+    stored.save(update_fields=["expiry_date"])
     refused = vote(api_client, generation, "u2")
     assert refused.status_code == 401 and refused.json() == {"detail": "This API key has expired."}
     assert Vote.objects.count() == 1
@@ -582,7 +585,9 @@ def test_drf_endpoints_refuse_a_revoked_key_at_once(api_client):
 @pytest.mark.django_db
 def test_a_scope_taken_away_is_refused_at_once(staff_api_client):
     assert staff_api_client.post("/api/v1/snapshots/", {}, format="json").status_code == 202  # allowed
-    ApiClient.objects.filter(pk=staff_api_client.api_client.pk).update(scopes=["read"])
+    stored = ApiClient.objects.get(pk=staff_api_client.api_client.pk)
+    stored.scopes = ["read"]
+    stored.save(update_fields=["scopes"])
     assert staff_api_client.post("/api/v1/snapshots/", {}, format="json").status_code == 403
     assert staff_api_client.get("/api/v1/snapshots/").status_code == 200
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.kto.helpers import FAST, metrics_of
+from tests.kto.helpers import train_here
 
 
 @pytest.fixture(scope="module")
@@ -36,26 +36,12 @@ def dropout_model_dir(demo_model_dir, tmp_path_factory) -> str:
 
 
 @pytest.mark.parametrize("reference", ["precompute", "copy"])
-def test_rewards_are_zero_at_step_one_with_a_dropout_model(
-    dropout_model_dir, feedback_jsonl, tmp_path, run_cli, reference
-):
-    common = [
-        "--data",
-        feedback_jsonl,
-        "--model",
-        dropout_model_dir,
-        *FAST,
-        "--max-steps",
-        "1",
-        "--reference",
-        reference,
-    ]
-    run_cli("train", *common, "--out", str(tmp_path / "default"))
-    first = metrics_of(tmp_path / "default")[0]
+def test_rewards_are_zero_at_step_one_with_a_dropout_model(dropout_model_dir, feedback_jsonl, tmp_path, reference):
+    common = ["--max-steps", "1", "--reference", reference]
+    first = train_here(dropout_model_dir, feedback_jsonl, tmp_path / "default", *common).metrics[0]
     assert first["reward_desirable"] == pytest.approx(0.0, abs=1e-5)
     assert first["reward_undesirable"] == pytest.approx(0.0, abs=1e-5)
     assert first["z0_raw"] == pytest.approx(0.0, abs=1e-5)
     # The opt-out keeps it, and then the rewards carry dropout noise: the check above can fail.
-    run_cli("train", *common, "--keep-dropout", "--out", str(tmp_path / "kept"))
-    noisy = metrics_of(tmp_path / "kept")[0]
+    noisy = train_here(dropout_model_dir, feedback_jsonl, tmp_path / "kept", *common, "--keep-dropout").metrics[0]
     assert abs(noisy["reward_desirable"]) + abs(noisy["reward_undesirable"]) > 1e-2

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from tests.kto.helpers import FAST, metrics_of, private_copy, summary_of
+from tests.kto.helpers import FAST, metrics_of, private_copy, summary_of, train_here
 
 
 def poison_reference_cache(path: str, how_many: int | None) -> None:
@@ -27,7 +27,7 @@ def poison_reference_cache(path: str, how_many: int | None) -> None:
 def test_a_nan_batch_is_skipped_and_the_run_ends_with_finite_weights(demo_model_dir, feedback_jsonl, tmp_path, run_cli):
     data = private_copy(feedback_jsonl, tmp_path / "data")
     options = ["--model", demo_model_dir, "--data", data, *FAST, "--max-steps", "6"]
-    clean = summary_of(run_cli("train", *options, "--out", str(tmp_path / "clean")))
+    clean = train_here(demo_model_dir, data, tmp_path / "clean", "--max-steps", "6").summary
     poison_reference_cache(clean["reference_cache"]["path"], how_many=1)
 
     result = run_cli("train", *options, "--out", str(tmp_path / "poisoned"))
@@ -45,7 +45,7 @@ def test_a_nan_batch_is_skipped_and_the_run_ends_with_finite_weights(demo_model_
 def test_k_nonfinite_steps_in_a_row_abort_without_writing_a_model(demo_model_dir, feedback_jsonl, tmp_path, run_cli):
     data = private_copy(feedback_jsonl, tmp_path / "data")
     options = ["--model", demo_model_dir, "--data", data, *FAST, "--max-steps", "8"]
-    clean = summary_of(run_cli("train", *options, "--out", str(tmp_path / "clean")))
+    clean = train_here(demo_model_dir, data, tmp_path / "clean", "--max-steps", "8").summary
     poison_reference_cache(clean["reference_cache"]["path"], how_many=None)
 
     out = tmp_path / "poisoned"

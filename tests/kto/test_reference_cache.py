@@ -8,48 +8,20 @@ import math
 import pytest
 import torch
 
-from tests.kto.helpers import FAST, metrics_of, private_copy, summary_of
+from tests.kto.helpers import FAST, private_copy, train, train_here
 from training.kto import data as kto_data
 from training.kto.trainer import sequence_keys
 
 
-def test_kto_then_dpo_on_the_same_file_starts_dpo_at_log_2(demo_model_dir, feedback_jsonl, tmp_path, run_cli):
+def test_kto_then_dpo_on_the_same_file_starts_dpo_at_log_2(demo_model_dir, feedback_jsonl, tmp_path):
     """Issue 7 problem 1: the cache was keyed by example indices, which name different rows for
     KTO and DPO, so DPO after KTO trained against wrong reference log-probs."""
     data = private_copy(feedback_jsonl, tmp_path / "data")
-    kto = summary_of(
-        run_cli(
-            "train",
-            "--model",
-            demo_model_dir,
-            "--data",
-            data,
-            "--out",
-            str(tmp_path / "kto"),
-            *FAST,
-            "--max-steps",
-            "3",
-        )
-    )
-    dpo = summary_of(
-        run_cli(
-            "train",
-            "--model",
-            demo_model_dir,
-            "--data",
-            data,
-            "--out",
-            str(tmp_path / "dpo"),
-            *FAST,
-            "--max-steps",
-            "1",
-            "--loss",
-            "dpo",
-        )
-    )
-    assert kto["reference_cache"]["path"] == dpo["reference_cache"]["path"]  # the same reference, one file
-    assert dpo["reference_cache"]["computed"] > 0  # DPO's sequences were not taken for KTO's rows
-    first = metrics_of(tmp_path / "dpo")[0]
+    kto = train_here(demo_model_dir, data, tmp_path / "kto", "--max-steps", "3").summary
+    dpo = train_here(demo_model_dir, data, tmp_path / "dpo", "--max-steps", "1", "--loss", "dpo")
+    assert kto["reference_cache"]["path"] == dpo.summary["reference_cache"]["path"]  # the same reference, one file
+    assert dpo.summary["reference_cache"]["computed"] > 0  # DPO's sequences were not taken for KTO's rows
+    first = dpo.metrics[0]
     # At step 1 the policy is the reference: every margin is 0 and the DPO loss is −log σ(0) = log 2.
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert first["reward_margin"] == pytest.approx(0.0, abs=1e-4)
@@ -57,60 +29,16 @@ def test_kto_then_dpo_on_the_same_file_starts_dpo_at_log_2(demo_model_dir, feedb
 
 def test_an_fp32_run_after_a_bf16_run_recomputes(demo_model_dir, feedback_jsonl, tmp_path, run_cli):
     data = private_copy(feedback_jsonl, tmp_path / "data")
-    bf16 = summary_of(
-        run_cli(
-            "train",
-            "--model",
-            demo_model_dir,
-            "--data",
-            data,
-            "--out",
-            str(tmp_path / "bf16"),
-            *FAST,
-            "--max-steps",
-            "1",
-            "--bf16",
-            "yes",
-        )
-    )
-    fp32 = summary_of(
-        run_cli(
-            "train",
-            "--model",
-            demo_model_dir,
-            "--data",
-            data,
-            "--out",
-            str(tmp_path / "fp32"),
-            *FAST,
-            "--max-steps",
-            "1",
-            "--bf16",
-            "no",
-        )
-    )
+    bf16 = train(run_cli, demo_model_dir, data, tmp_path / "bf16", "--max-steps", "1", "--bf16", "yes").summary
+    fp32_run = train(run_cli, demo_model_dir, data, tmp_path / "fp32", "--max-steps", "1", "--bf16", "no")
+    fp32 = fp32_run.summary
     assert fp32["reference_cache"]["path"] != bf16["reference_cache"]["path"]
     assert fp32["reference_cache"]["hits"] == 0 and fp32["reference_cache"]["computed"] > 0
-    first = metrics_of(tmp_path / "fp32")[0]
+    first = fp32_run.metrics[0]
     # fp32 policy against an fp32 reference: r = 0 at step 1 (a bf16 reference gave r ≈ 0.004).
     assert first["reward_desirable"] == pytest.approx(0.0, abs=1e-5)
     assert first["reward_undesirable"] == pytest.approx(0.0, abs=1e-5)
-    again = summary_of(
-        run_cli(
-            "train",
-            "--model",
-            demo_model_dir,
-            "--data",
-            data,
-            "--out",
-            str(tmp_path / "again"),
-            *FAST,
-            "--max-steps",
-            "1",
-            "--bf16",
-            "no",
-        )
-    )
+    again = train(run_cli, demo_model_dir, data, tmp_path / "again", "--max-steps", "1", "--bf16", "no").summary
     assert again["reference_cache"]["computed"] == 0 and again["reference_cache"]["hits"] > 0
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kto.helpers import FAST, private_copy
+from tests.kto.helpers import FAST, private_copy, train_here
 
 SHORT = [*FAST, "--max-steps", "2"]
 
@@ -19,14 +19,15 @@ def tree_state(directory: Path) -> dict:
 
 
 @pytest.fixture
-def finished_run(demo_model_dir, feedback_jsonl, tmp_path, run_cli):
-    """A completed 2-step run on private copies of the model and the data (so they can be changed)."""
+def finished_run(demo_model_dir, feedback_jsonl, tmp_path):
+    """A completed 2-step run on private copies of the model and the data (so they can be changed).
+    Trained in this process (the same command line); the resumes under test run as their own processes."""
     model = tmp_path / "model"
     shutil.copytree(demo_model_dir, model)
     data = private_copy(feedback_jsonl, tmp_path / "data")
     out = tmp_path / "run"
     options = ["--model", str(model), "--data", data, "--out", str(out), *SHORT]
-    run_cli("train", *options, "--bf16", "no")
+    train_here(str(model), data, out, *SHORT, "--bf16", "no", fast=False)
     identity = json.loads((out / "config.json").read_text())["run_identity"]
     assert identity["world_size"] == 1 and identity["precision"] == "fp32"
     return model, data, out, options

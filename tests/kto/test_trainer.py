@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.kto.helpers import FAST, summary_of
+from tests.kto.helpers import FAST, summary_of, train_here
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,7 +113,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(demo_model_dir, feedback_
 
 def test_resume_refuses_changed_options(demo_model_dir, feedback_jsonl, tmp_path, run_cli):
     out = tmp_path / "run"
-    run_cli("train", "--model", demo_model_dir, "--data", feedback_jsonl, "--out", str(out), *FAST, "--max-steps", "2")
+    train_here(demo_model_dir, feedback_jsonl, out, "--max-steps", "2")
     result = run_cli(
         "train",
         "--model",
@@ -139,25 +139,18 @@ def test_lora_leaves_base_weights_untouched_and_saves_an_adapter(demo_model_dir,
 
     base_digest = tree_digest(Path(demo_model_dir))
     out = tmp_path / "lora"
-    summary = summary_of(
-        run_cli(
-            "train",
-            "--model",
-            demo_model_dir,
-            "--data",
-            feedback_jsonl,
-            "--out",
-            str(out),
-            *FAST,
-            "--learning-rate",
-            "1e-3",
-            "--max-steps",
-            "6",
-            "--lora",
-            "--reference",
-            "copy",
-        )
-    )
+    summary = train_here(
+        demo_model_dir,
+        feedback_jsonl,
+        out,
+        "--learning-rate",
+        "1e-3",
+        "--max-steps",
+        "6",
+        "--lora",
+        "--reference",
+        "copy",
+    ).summary
     assert summary["lora"] is True
     assert tree_digest(Path(demo_model_dir)) == base_digest
     assert (out / "final" / "adapter_config.json").is_file()
@@ -180,61 +173,16 @@ def test_lora_leaves_base_weights_untouched_and_saves_an_adapter(demo_model_dir,
     assert "adapter disabled" in evaluation["reference"] and evaluation["loss"] > 0
 
 
-def test_reference_logprobs_are_cached_and_reused(demo_model_dir, feedback_jsonl, tmp_path, run_cli):
-    first = summary_of(
-        run_cli(
-            "train",
-            "--model",
-            demo_model_dir,
-            "--data",
-            feedback_jsonl,
-            "--out",
-            str(tmp_path / "a"),
-            *FAST,
-            "--max-steps",
-            "3",
-            "--seed",
-            "5",
-        )
-    )
-    second = summary_of(
-        run_cli(
-            "train",
-            "--model",
-            demo_model_dir,
-            "--data",
-            feedback_jsonl,
-            "--out",
-            str(tmp_path / "b"),
-            *FAST,
-            "--max-steps",
-            "3",
-            "--seed",
-            "5",
-        )
-    )
+def test_reference_logprobs_are_cached_and_reused(demo_model_dir, feedback_jsonl, tmp_path):
+    first = train_here(demo_model_dir, feedback_jsonl, tmp_path / "a", "--max-steps", "3", "--seed", "5").summary
+    second = train_here(demo_model_dir, feedback_jsonl, tmp_path / "b", "--max-steps", "3", "--seed", "5").summary
     assert Path(first["reference_cache"]["path"]).is_file()
     assert second["reference_cache"]["path"] == first["reference_cache"]["path"]
     assert second["reference_cache"]["computed"] == 0 and second["reference_cache"]["hits"] > 0
     # The cached run and a run with a live frozen reference copy train identically.
-    live = summary_of(
-        run_cli(
-            "train",
-            "--model",
-            demo_model_dir,
-            "--data",
-            feedback_jsonl,
-            "--out",
-            str(tmp_path / "c"),
-            *FAST,
-            "--max-steps",
-            "3",
-            "--seed",
-            "5",
-            "--reference",
-            "copy",
-        )
-    )
+    live = train_here(
+        demo_model_dir, feedback_jsonl, tmp_path / "c", "--max-steps", "3", "--seed", "5", "--reference", "copy"
+    ).summary
     assert live["loss"] == pytest.approx(second["loss"], abs=1e-5)
     cached_weights = load_file(tmp_path / "b" / "final" / "model.safetensors")
     live_weights = load_file(tmp_path / "c" / "final" / "model.safetensors")
@@ -244,22 +192,7 @@ def test_reference_logprobs_are_cached_and_reused(demo_model_dir, feedback_jsonl
 
 def test_outputs_follow_the_contract(demo_model_dir, feedback_jsonl, tmp_path, run_cli):
     out = tmp_path / "run"
-    summary = summary_of(
-        run_cli(
-            "train",
-            "--model",
-            demo_model_dir,
-            "--data",
-            feedback_jsonl,
-            "--out",
-            str(out),
-            *FAST,
-            "--max-steps",
-            "4",
-            "--logging-steps",
-            "2",
-        )
-    )
+    summary = train_here(demo_model_dir, feedback_jsonl, out, "--max-steps", "4", "--logging-steps", "2").summary
     assert summary["skipped_steps"] == 0
     assert summary["final"] == str(out / "final")
     config = json.loads((out / "config.json").read_text())

@@ -15,10 +15,10 @@ def data_dir(settings, tmp_path):
 def forget_throttles_and_last_used():
     from django.core.cache import cache
 
-    from projects.authentication import forget_last_used
+    from projects.authentication import forget_last_used, forget_verified_keys
 
     cache.clear()
-    forget_last_used()
+    forget_last_used(), forget_verified_keys()
     yield
-    forget_last_used()
+    forget_last_used(), forget_verified_keys()
     cache.clear()

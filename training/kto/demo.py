@@ -157,15 +157,16 @@ REPRODUCIBLE_BUILD_ENV = {
 }
 
 
-def build_demo_model(out_dir: str | Path, seed: int = 0) -> str:
+def build_demo_model(out_dir: str | Path, seed: int = 0, sft_steps: int = SFT_STEPS) -> str:
     """Train the demo model and save it (weights + tokenizer) to out_dir; returns the path.
 
     Bit-identical for a given seed on every machine and thread count; needs no network.
+    `sft_steps` shortens the recipe (same code, fewer steps) for tests of the build itself.
     """
     out_dir = Path(out_dir)
     env = dict(os.environ, **REPRODUCIBLE_BUILD_ENV)
     result = subprocess.run(
-        [sys.executable, "-m", "training.kto.demo", str(out_dir), str(seed)],
+        [sys.executable, "-m", "training.kto.demo", str(out_dir), str(seed), str(sft_steps)],
         env=env,
         cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
@@ -176,7 +177,7 @@ def build_demo_model(out_dir: str | Path, seed: int = 0) -> str:
     return str(out_dir)
 
 
-def _build_in_this_process(out_dir: Path, seed: int) -> str:
+def _build_in_this_process(out_dir: Path, seed: int, sft_steps: int = SFT_STEPS) -> str:
     """The build itself, with deterministic kernels and one thread (restored afterwards)."""
     previous_threads = torch.get_num_threads()
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -185,14 +186,14 @@ def _build_in_this_process(out_dir: Path, seed: int) -> str:
     torch.use_deterministic_algorithms(True)
     torch.backends.mkldnn.enabled = False  # oneDNN picks kernels by CPU too
     try:
-        return _build(out_dir, seed)
+        return _build(out_dir, seed, sft_steps)
     finally:
         torch.set_num_threads(previous_threads)
         torch.use_deterministic_algorithms(previous_deterministic)
         torch.backends.mkldnn.enabled = previous_mkldnn
 
 
-def _build(out_dir: Path, seed: int) -> str:
+def _build(out_dir: Path, seed: int, sft_steps: int) -> str:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer()
@@ -210,12 +211,12 @@ def _build(out_dir: Path, seed: int) -> str:
     # Warm up for 50 steps, then decay linearly to 10%: the annealed end makes the final accuracy
     # depend less on exactly where training stops.
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / 50, 1.0 - 0.9 * step / SFT_STEPS)
+        optimizer, lambda step: min((step + 1) / 50, 1.0 - 0.9 * step / sft_steps)
     )
     train_pairs = _all_pairs("train")
     rng = random.Random(seed)
     model.train()
-    for _ in range(SFT_STEPS):
+    for _ in range(sft_steps):
         input_ids, labels = _sft_batch(tokenizer, rng.sample(train_pairs, SFT_BATCH))
         # Right padding: pad positions come after each sequence and are excluded from the loss.
         loss = model(
@@ -232,7 +233,7 @@ def _build(out_dir: Path, seed: int) -> str:
     tokenizer.save_pretrained(out_dir)
     (out_dir / "demo_model.json").write_text(
         json.dumps(
-            {"task": "addition: 'What is A+B?' -> 'A+B', A in 0..99, B in 0..9", "seed": seed, "sft_steps": SFT_STEPS}
+            {"task": "addition: 'What is A+B?' -> 'A+B', A in 0..99, B in 0..9", "seed": seed, "sft_steps": sft_steps}
         )
     )
     return str(out_dir)
@@ -248,4 +249,4 @@ def demo_accuracy(model_dir: str | Path | tuple, prompts: Sequence[Any], batch_s
 
 
 if __name__ == "__main__":  # the reproducible build's own process (see build_demo_model)
-    _build_in_this_process(Path(sys.argv[1]), int(sys.argv[2]))
+    _build_in_this_process(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
