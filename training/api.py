@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 from feedback.content import ContentError, validate_prompt
 from projects.authentication import ApiKeyAuthentication
 from projects.permissions import request_project, scope_required
-from training.serving import DEFAULT_MAX_NEW_TOKENS, EmptyCompletion, NoActiveModelVersion, generate_for_prompt
+from training.serving import DEFAULT_MAX_NEW_TOKENS, EmptyCompletion, NoActiveModelVersion, serve_product_request
 
 
 @extend_schema_field(
@@ -51,12 +51,20 @@ class GenerateRequestSerializer(serializers.Serializer):
     temperature = serializers.FloatField(
         required=False, default=0.0, min_value=0.0, max_value=5.0, help_text="0 = greedy decoding."
     )
+    user = serializers.CharField(
+        required=False,
+        max_length=200,
+        help_text="Your end user's id, the same you send as external_user_id with their thumbs: during a "
+        "canary one end user always gets the same model version, and their thumbs count for it.",
+    )
 
 
 class GenerateResponseSerializer(serializers.Serializer):
     generation_id = serializers.IntegerField(help_text="Send the end user's thumbs for this id to the vote endpoint.")
     completion = serializers.CharField()
-    model_version = serializers.CharField(help_text="Name of the model version that produced the completion.")
+    model_version = serializers.CharField(
+        help_text="Name of the model version that produced the completion (a candidate during its canary)."
+    )
     model_version_id = serializers.IntegerField()
 
 
@@ -90,9 +98,9 @@ class GenerateView(APIView):
         payload = GenerateRequestSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         try:
-            generation = generate_for_prompt(
+            generation = serve_product_request(
                 payload.validated_data["prompt"],
-                source="api",
+                routing_key=payload.validated_data.get("user"),
                 max_new_tokens=payload.validated_data["max_new_tokens"],
                 temperature=payload.validated_data["temperature"],
                 project=request_project(request),

@@ -26,8 +26,8 @@ from feedback.services import create_generations
 from feedback.services.generations import GenerationInput
 from projects.models import Project
 from projects.selectors import resolve_project
-from training.models import ModelVersion
-from training.routing import NoActiveModelVersion  # noqa: F401  (re-exported for callers)
+from training.models import ModelVersion, ServedCompletion
+from training.routing import NoActiveModelVersion, version_for_request
 
 # A prompt as stored on feedback.Prompt: a plain string, or chat messages [{"role", "content"}].
 PromptContent = str | list
@@ -55,8 +55,10 @@ class InferenceBackend(ABC):
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         temperature: float = 0.0,
         seed: int | None = None,
+        version: ModelVersion | None = None,
     ) -> list[str]:
-        """One completion per prompt from `self.version`; temperature 0 means greedy decoding."""
+        """One completion per prompt from `version` (default `self.version`, the active one: a
+        canary's candidate is passed explicitly); temperature 0 means greedy decoding."""
 
 
 @dataclass
@@ -78,6 +80,9 @@ class TransformersBackend(InferenceBackend):
     def __init__(self, project_id: int | None = None) -> None:
         self.project_id = project_id if project_id is not None else resolve_project(None).pk
         self._loaded: _LoadedModel | None = None
+        # A second slot for a candidate answering a canary's share of requests, so alternating
+        # requests do not reload the active model each time.
+        self._other: _LoadedModel | None = None
         # gunicorn threads or a threaded runserver may call us concurrently; one model at a time.
         self._lock = threading.RLock()
 
@@ -97,9 +102,10 @@ class TransformersBackend(InferenceBackend):
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         temperature: float = 0.0,
         seed: int | None = None,
+        version: ModelVersion | None = None,
     ) -> list[str]:
         with self._lock:
-            loaded = self._current()
+            loaded = self._current(version)
             return _generate_with_model(
                 loaded.model,
                 loaded.tokenizer,
@@ -109,11 +115,18 @@ class TransformersBackend(InferenceBackend):
                 seed=seed,
             )
 
-    def _current(self) -> _LoadedModel:
-        """The in-memory model for the active version, (re)loading it when the active version changed."""
+    def _current(self, version: ModelVersion | None = None) -> _LoadedModel:
+        """The in-memory model for the active version (or `version`), (re)loading it when it changed."""
         active = ModelVersion.objects.filter(project_id=self.project_id, status=ModelVersion.Status.ACTIVE).first()
         if active is None:
             raise NoActiveModelVersion("no model version is active: promote one on the Models page first")
+        if version is not None and version.pk != active.pk:
+            with self._lock:
+                if self._other is None or self._other.key != _cache_key(version):
+                    self._other = None
+                    model, tokenizer = load_model_version(version)
+                    self._other = _LoadedModel(_cache_key(version), version, model, tokenizer)
+                return self._other
         with self._lock:
             if self._loaded is None or self._loaded.key != _cache_key(active):
                 # Drop the old model before loading the new one so two never sit in memory at once.
@@ -162,8 +175,12 @@ def get_backend(project: Project | str | None = None) -> InferenceBackend:
         return _backends[project.pk]
 
 
-def _generate_stable(backend: InferenceBackend, prompts, **options) -> tuple[ModelVersion, list[str]]:
+def _generate_stable(
+    backend: InferenceBackend, prompts, version: ModelVersion | None = None, **options
+) -> tuple[ModelVersion, list[str]]:
     """Completions and the version that produced them, even if a promotion lands meanwhile."""
+    if version is not None:
+        return version, backend.generate(prompts, version=version, **options)
     for _ in range(3):
         version = backend.version
         completions = backend.generate(prompts, **options)
@@ -205,6 +222,7 @@ def generate_for_prompts(
     backend: InferenceBackend | None = None,
     skip_empty: bool = False,
     project: Project | str | None = None,
+    version: ModelVersion | None = None,
 ) -> list[Generation]:
     """Batched `generate_for_prompt`: one forward pass for all prompts, one row per prompt.
 
@@ -213,6 +231,7 @@ def generate_for_prompts(
     `model_version` then still names the version that first produced it, and `served_by` (set on
     every returned instance, not stored) names the version that produced it this time.
     An empty completion cannot be rated: it raises EmptyCompletion, or is left out with skip_empty.
+    `version`: the version to generate with (default: the active one).
     """
     # Validate every prompt before spending any compute; the error names the offending item.
     prompt_contents = [
@@ -221,7 +240,7 @@ def generate_for_prompts(
     project = resolve_project(project)
     backend = backend or get_backend(project)
     version, completions = _generate_stable(
-        backend, prompt_contents, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+        backend, prompt_contents, version, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
     )
     items = []
     for content, completion in zip(prompt_contents, completions):
@@ -235,6 +254,36 @@ def generate_for_prompts(
         generation.served_by = version
         generations.append(generation)
     return generations
+
+
+def serve_product_request(
+    prompt_content: PromptContent,
+    *,
+    project: Project | str | None = None,
+    routing_key: str | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    temperature: float = 0.0,
+    backend: InferenceBackend | None = None,
+) -> Generation:
+    """Answer one product request: the version training.routing picks for this end user (the
+    active one, or a candidate during its canary) generates; the generation is stored with that
+    version, and a ServedCompletion records who was served what, so the end user's thumbs count
+    for the version they saw."""
+    project = resolve_project(project)
+    version = version_for_request(project, routing_key=routing_key)
+    generation = generate_for_prompts(
+        [prompt_content],
+        source="api",
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        backend=backend,
+        project=project,
+        version=version,
+    )[0]
+    ServedCompletion.objects.create(
+        project=project, generation=generation, version=version, routing_key=routing_key or ""
+    )
+    return generation
 
 
 def unrated_generation_count(project: Project | str | None = None) -> int:

@@ -15,7 +15,7 @@ TINY_TRAINING = {
     "max_length": 32,
     "learning_rate": 1e-4,
     "holdout": 0.0,
-    "judge": "none",
+    "judges": "heldout",
     "judge_prompts": 16,
 }
 

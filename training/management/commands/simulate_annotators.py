@@ -40,7 +40,7 @@ DEMO_TRAINING = {
     "gradient_accumulation_steps": 1,
     "max_length": 32,
     "lambda_mode": "auto",
-    "judge": "demo",
+    "judges": "demo",
     "judge_prompts": 100,
     "promote_margin": 0.0,
 }
