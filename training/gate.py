@@ -195,7 +195,7 @@ def evaluate_candidate(version: ModelVersion) -> ModelVersion:
             judge_module(name).start(version, active, policy)
             started.append(name)
         verdicts = _ask(at_once, version, active, policy)
-        if combine(verdicts) in (Outcome.PROMOTE, Outcome.WAIT) and over_time:
+        if over_time and (not verdicts or combine(verdicts) in (Outcome.PROMOTE, Outcome.WAIT)):
             for name in over_time:
                 judge_module(name).start(version, active, policy)
                 started.append(name)
