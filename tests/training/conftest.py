@@ -73,10 +73,9 @@ def gated_candidate(db, data_dir, active_demo_version):
     import json
 
     from feedback.models import DatasetSnapshot
+    from tests.training.helpers import demo_holdout_rows
     from training.models import ModelVersion, TrainingRun
     from training.policy import resolve_training_config
-
-    from tests.training.helpers import demo_holdout_rows
 
     def make(artifact_dir: str, *, holdout_prompts: int = 40, **config) -> ModelVersion:
         snapshot = DatasetSnapshot.objects.create(

@@ -35,12 +35,12 @@ def _verdict(outcome: Outcome, name: str = "x") -> Verdict:
 
 
 def test_all_judges_must_promote_and_a_negative_verdict_is_final():
-    P, R, W, I = Outcome.PROMOTE, Outcome.REJECT, Outcome.WAIT, Outcome.INCONCLUSIVE
-    assert combine([_verdict(P), _verdict(P)]) == P
-    assert combine([_verdict(P), _verdict(W)]) == W
-    assert combine([_verdict(W), _verdict(I)]) == I  # no point waiting: it cannot be promoted
-    assert combine([_verdict(I), _verdict(R), _verdict(W)]) == R
-    assert combine([]) == I
+    promote, reject, wait, inconclusive = Outcome.PROMOTE, Outcome.REJECT, Outcome.WAIT, Outcome.INCONCLUSIVE
+    assert combine([_verdict(promote), _verdict(promote)]) == promote
+    assert combine([_verdict(promote), _verdict(wait)]) == wait
+    assert combine([_verdict(wait), _verdict(inconclusive)]) == inconclusive  # no point waiting: never promoted
+    assert combine([_verdict(inconclusive), _verdict(reject), _verdict(wait)]) == reject
+    assert combine([]) == inconclusive
 
 
 def test_the_heldout_judge_refuses_a_holdout_below_the_minimum(gated_candidate, demo_model_dir, active_demo_version):
