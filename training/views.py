@@ -149,7 +149,7 @@ def run_detail(request, run_id: int):
         project=request.project,
     )
     progress = _progress_with_phase(run)
-    version = ModelVersion.objects.filter(created_by_run=run).first()
+    version_metrics = (progress.get("version") or {}).get("metrics") or {}
     return render(
         request,
         "training/run_detail.html",
@@ -158,8 +158,8 @@ def run_detail(request, run_id: int):
             "progress": progress,
             "phases": presentation.PHASES,
             "config_rows": _config_rows(run.config),
-            "judge_verdicts": presentation.judge_verdicts(version.metrics) if version else [],
-            "canary": presentation.canary_numbers(version.metrics) if version else None,
+            "judge_verdicts": presentation.judge_verdicts(version_metrics),
+            "canary": presentation.canary_numbers(version_metrics),
         },
     )
 

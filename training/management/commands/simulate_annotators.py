@@ -41,7 +41,7 @@ DEMO_TRAINING = {
     "max_length": 32,
     "lambda_mode": "auto",
     "judges": "demo",
-    "judge_prompts": 100,
+    "judge_prompts": 200,  # every held-out demo question: the sign test needs the prompts
     "promote_margin": 0.0,
 }
 
