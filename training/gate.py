@@ -223,7 +223,7 @@ def recheck_candidate(version: ModelVersion) -> ModelVersion:
     """
     with transaction.atomic():
         locked = (
-            ModelVersion.objects.select_for_update(skip_locked=True)
+            ModelVersion.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(pk=version.pk, evaluation_state=State.COLLECTING)
             .select_related("created_by_run", "project")
             .first()

@@ -152,14 +152,14 @@ def test_the_canary_promotes_a_better_candidate_on_live_thumbs_and_rolls_back_a_
     assert better.evaluation_state == State.COLLECTING and better.status == ModelVersion.Status.CANDIDATE
     assert ServedCompletion.objects.filter(version=better).count() == served[better.pk]
 
-    _end_users(product, 20, 30, prompt_seed=2)
+    _end_users(product, 20, 40, prompt_seed=2)
     gate.check_waiting_gates()
     better.refresh_from_db()
     evidence = better.metrics["gate"]["verdicts"]["canary"]["evidence"]
     assert better.status == ModelVersion.Status.ACTIVE, better.status_reason
     assert better.evaluation_state == State.DONE and better.canary_share == 0.0
     assert evidence["candidate_votes"] >= 15 and evidence["active_votes"] >= 15
-    assert evidence["candidate_votes"] + evidence["active_votes"] == 50
+    assert evidence["candidate_votes"] + evidence["active_votes"] == 60
     assert evidence["candidate_rate"] > evidence["active_rate"] and evidence["p_better"] < 0.025
     assert "canary: candidate" in better.status_reason and better.status_reason.endswith(": promoted")
     assert gate.check_waiting_gates() == []  # decided once; nothing left to ask

@@ -32,13 +32,13 @@ def test_without_a_canary_the_active_version_answers_everyone(versions):
 def test_a_canary_takes_its_share_of_end_users_each_always_on_one_side(versions):
     project, active, candidate = versions
     ModelVersion.objects.filter(pk=candidate.pk).update(canary_share=0.2)
-    users = [f"user-{i}" for i in range(2000)]
+    users = [f"user-{i}" for i in range(1000)]
     first = {user: version_for_request(project, routing_key=user).pk for user in users}
     assert {user: version_for_request(project, routing_key=user).pk for user in users} == first  # sticky
     share = sum(pk == candidate.pk for pk in first.values()) / len(users)
-    assert 0.17 < share < 0.23
+    assert 0.16 < share < 0.24
     # Requests without a routing key are spread too (at random).
-    assert {version_for_request(project).pk for _ in range(200)} == {active.pk, candidate.pk}
+    assert {version_for_request(project).pk for _ in range(100)} == {active.pk, candidate.pk}
 
     # The canary ends (share 0) or the candidate is no longer a candidate: everyone on the active version.
     ModelVersion.objects.filter(pk=candidate.pk).update(status=ModelVersion.Status.REJECTED)
