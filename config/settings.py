@@ -369,9 +369,11 @@ if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", PROSPECT_INSTALLATION_ID):
     )
 
 # Time limits. The longest a run's task can take: training (PROSPECT_MAX_RUN_SECONDS), then an
-# adapter merge and four gate measurements, each bounded by PROSPECT_EVAL_TIMEOUT_SECONDS; plus
-# slack for the bookkeeping around them. The broker's visibility timeout is derived from it.
-RUN_STEPS_AFTER_TRAINING = 5
+# adapter merge and the gate's measurements — at most eight with every judge that measures at once
+# (held-out outputs and the LLM judge's extra ones for both versions, heldout evaluate and demo
+# accuracy for both) — each bounded by PROSPECT_EVAL_TIMEOUT_SECONDS; plus slack for the
+# bookkeeping around them. The broker's visibility timeout is derived from it.
+RUN_STEPS_AFTER_TRAINING = 9
 TASK_SLACK_SECONDS = 600
 RUN_TASK_SOFT_TIME_LIMIT = (
     PROSPECT_MAX_RUN_SECONDS + RUN_STEPS_AFTER_TRAINING * PROSPECT_EVAL_TIMEOUT_SECONDS + TASK_SLACK_SECONDS

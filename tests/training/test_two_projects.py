@@ -68,7 +68,7 @@ def test_two_projects_turn_the_loop_without_touching_each_other(
             setattr(policy, name, value)
         # Promote whatever the gate measures: the gate's verdicts have their own tests; here the
         # wiring of two projects through one worker is under test.
-        policy.base_model, policy.holdout, policy.judge, policy.judge_prompts = demo_model_dir, 0.25, "demo", 8
+        policy.base_model, policy.holdout, policy.judges, policy.judge_prompts = demo_model_dir, 0.25, "demo", 8
         policy.promote_margin, policy.min_new_votes = -1.0, 10_000
         policy.save()
     bases = {project.pk: active_version(project) for project in (alpha, beta)}
