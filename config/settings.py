@@ -319,10 +319,32 @@ PROSPECT_TRAIN_SEED = env_int(
 PROSPECT_PROMOTE_MARGIN = env_float(
     "PROSPECT_PROMOTE_MARGIN", 0.01, "how much better a candidate must be to be auto-promoted"
 )
-PROSPECT_GATE_JUDGE = env_str(
-    "PROSPECT_GATE_JUDGE", "demo", "demo: judge generated outputs with the demo task's annotator; none: holdout only"
+PROSPECT_GATE_JUDGES = env_str(
+    "PROSPECT_GATE_JUDGES",
+    "demo",
+    "the gate's judges, comma-separated, all must agree: demo, heldout, pairwise, canary, llm",
 )
-PROSPECT_GATE_JUDGE_PROMPTS = env_int("PROSPECT_GATE_JUDGE_PROMPTS", 64, "held-out prompts the judge scores")
+PROSPECT_GATE_JUDGE_PROMPTS = env_int(
+    "PROSPECT_GATE_JUDGE_PROMPTS", 64, "held-out prompts the demo and LLM judges score"
+)
+PROSPECT_GATE_CONFIDENCE = env_float(
+    "PROSPECT_GATE_CONFIDENCE", 0.95, "confidence at which a judge must find the candidate better"
+)
+PROSPECT_GATE_MIN_HOLDOUT_EXAMPLES = env_int(
+    "PROSPECT_GATE_MIN_HOLDOUT_EXAMPLES", 30, "the heldout judge refuses to decide on fewer held-out examples"
+)
+PROSPECT_GATE_CANARY_SHARE = env_float(
+    "PROSPECT_GATE_CANARY_SHARE", 0.1, "share of product traffic a candidate answers during its canary"
+)
+PROSPECT_GATE_CANARY_MIN_VOTES = env_int(
+    "PROSPECT_GATE_CANARY_MIN_VOTES", 50, "end-user votes each side of a canary needs before it decides"
+)
+PROSPECT_GATE_CANARY_MAX_VOTES = env_int(
+    "PROSPECT_GATE_CANARY_MAX_VOTES", 1000, "votes per side after which a canary with no clear difference stops"
+)
+PROSPECT_GATE_CHECK_SECONDS = env_int(
+    "PROSPECT_GATE_CHECK_SECONDS", 60, "how often beat asks the judges still collecting evidence again"
+)
 
 # --- Runs ------------------------------------------------------------------------------------
 PROSPECT_MAX_RUN_SECONDS = env_int(
@@ -415,9 +437,11 @@ if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", PROSPECT_INSTALLATION_ID):
     )
 
 # Time limits. The longest a run's task can take: training (PROSPECT_MAX_RUN_SECONDS), then an
-# adapter merge and four gate measurements, each bounded by PROSPECT_EVAL_TIMEOUT_SECONDS; plus
-# slack for the bookkeeping around them. The broker's visibility timeout is derived from it.
-RUN_STEPS_AFTER_TRAINING = 5
+# adapter merge and the gate's measurements — at most eight with every judge that measures at once
+# (held-out outputs and the LLM judge's extra ones for both versions, heldout evaluate and demo
+# accuracy for both) — each bounded by PROSPECT_EVAL_TIMEOUT_SECONDS; plus slack for the
+# bookkeeping around them. The broker's visibility timeout is derived from it.
+RUN_STEPS_AFTER_TRAINING = 9
 TASK_SLACK_SECONDS = 600
 RUN_TASK_SOFT_TIME_LIMIT = (
     PROSPECT_MAX_RUN_SECONDS + RUN_STEPS_AFTER_TRAINING * PROSPECT_EVAL_TIMEOUT_SECONDS + TASK_SLACK_SECONDS
@@ -442,6 +466,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "training.tasks.run_training": {"queue": "gpu"},
     "training.tasks.evaluate_candidate": {"queue": "gpu"},
+    "training.tasks.check_waiting_gates": {"queue": "default"},
     "training.fill_queue": {"queue": "gpu"},
 }
 # Late ack + reject on worker loss: a message is only removed once its task returned, so a worker

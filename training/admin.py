@@ -4,11 +4,35 @@ so the admin cannot break the one-active-version rule or the run state machine."
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 
 from training import policy, registry, runs
+from training.judges import JUDGES
 from training.models import ModelVersion, TrainingPolicy, TrainingRun
+
+
+class TrainingPolicyForm(forms.ModelForm):
+    """The policy with its judges as checkboxes (stored comma-separated, in JUDGES order)."""
+
+    judges = forms.MultipleChoiceField(
+        choices=[(name, name) for name in JUDGES],
+        widget=forms.CheckboxSelectMultiple,
+        help_text=TrainingPolicy._meta.get_field("judges").help_text,
+    )
+
+    class Meta:
+        model = TrainingPolicy
+        fields = "__all__"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.initial["judges"] = self.instance.judge_names
+
+    def clean_judges(self) -> str:
+        return ",".join(self.cleaned_data["judges"])
 
 
 @admin.register(TrainingPolicy)
@@ -35,8 +59,27 @@ class TrainingPolicyAdmin(admin.ModelAdmin):
             },
         ),
         ("Class weights (λ)", {"fields": ("lambda_mode", "target_ratio", "desirable_weight", "undesirable_weight")}),
-        ("Evaluation gate", {"fields": ("holdout", "promote_margin", "judge", "judge_prompts")}),
+        (
+            "Evaluation gate",
+            {
+                "fields": (
+                    "judges",
+                    "confidence",
+                    "holdout",
+                    "min_holdout_examples",
+                    "promote_margin",
+                    "judge_prompts",
+                ),
+                "description": "Every chosen judge must say the candidate is better for it to be promoted.",
+            },
+        ),
+        ("Canary on live traffic", {"fields": ("canary_share", "canary_min_votes", "canary_max_votes")}),
+        (
+            "LLM judge",
+            {"fields": ("llm_judge_url", "llm_judge_model", "llm_judge_api_key_env", "llm_judge_prompt")},
+        ),
     )
+    form = TrainingPolicyForm
 
     def has_add_permission(self, request) -> bool:
         # One row only; it is created from settings on first use.
@@ -72,7 +115,16 @@ class TrainingRunAdmin(admin.ModelAdmin):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ("name", "status", "evaluation_state", "is_adapter", "parent", "created_at", "activated_at")
+    list_display = (
+        "name",
+        "status",
+        "evaluation_state",
+        "canary_share",
+        "is_adapter",
+        "parent",
+        "created_at",
+        "activated_at",
+    )
     list_filter = ("status", "is_adapter")
     actions = ("promote_selected", "rollback_active", "reject_selected")
     readonly_fields = [f.name for f in ModelVersion._meta.fields]

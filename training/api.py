@@ -40,12 +40,20 @@ class GenerateRequestSerializer(serializers.Serializer):
     temperature = FiniteFloatField(
         required=False, default=0.0, min_value=0.0, max_value=5.0, help_text="0 = greedy decoding."
     )
+    user = serializers.CharField(
+        required=False,
+        max_length=200,
+        help_text="Your end user's id, the same you send as external_user_id with their thumbs: during a "
+        "canary one end user always gets the same model version, and their thumbs count for it.",
+    )
 
 
 class GenerateResponseSerializer(serializers.Serializer):
     generation_id = serializers.IntegerField(help_text="Send the end user's thumbs for this id to the vote endpoint.")
     completion = serializers.CharField()
-    model_version = serializers.CharField(help_text="Name of the model version that produced the completion.")
+    model_version = serializers.CharField(
+        help_text="Name of the model version that produced the completion (a candidate during its canary)."
+    )
     model_version_id = serializers.IntegerField()
 
 
@@ -87,6 +95,7 @@ class GenerateView(APIView):
                 project_id=request_project(request).pk,
                 prompt=payload.validated_data["prompt"],
                 source="api",
+                routing_key=payload.validated_data.get("user") or None,
                 max_new_tokens=payload.validated_data["max_new_tokens"],
                 temperature=payload.validated_data["temperature"],
             )

@@ -13,6 +13,7 @@ RUN_TRAINING = "training.tasks.run_training"
 EVALUATE_CANDIDATE = "training.tasks.evaluate_candidate"
 MAYBE_RETRAIN = "training.tasks.maybe_retrain"
 REAP_ORPHANED_RUNS = "training.tasks.reap_orphaned_runs"
+CHECK_WAITING_GATES = "training.tasks.check_waiting_gates"
 FILL_QUEUE = "training.fill_queue"
 
 

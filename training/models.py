@@ -5,10 +5,12 @@ from __future__ import annotations
 from functools import partial
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from training.judges import JUDGES
 from training.kto import defaults
 
 
@@ -23,6 +25,8 @@ class ModelVersion(models.Model):
         NOT_REQUIRED = "", "not required"
         PENDING = "pending"
         RUNNING = "running"
+        # A judge (blind comparisons, a canary) is still gathering evidence; beat asks it again.
+        COLLECTING = "collecting", "collecting evidence"
         DONE = "done"
         FAILED = "failed"
 
@@ -50,6 +54,10 @@ class ModelVersion(models.Model):
     evaluation_state = models.CharField(
         max_length=20, choices=EvaluationState.choices, default=EvaluationState.NOT_REQUIRED, blank=True
     )
+    # The canary: while > 0 (and the version is a candidate), this share of its project's product
+    # traffic is answered by it (training.routing). Set by the canary judge, back to 0 when the gate decides.
+    canary_share = models.FloatField(default=0.0)
+    canary_started_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -90,6 +98,29 @@ class HeldoutOutput(models.Model):
 
     def __str__(self) -> str:
         return f"held-out output of {self.version_id} on {self.prompt_sha256[:12]}"
+
+
+class ServedCompletion(models.Model):
+    """One answer the product API served: which version produced it, for which end user.
+
+    The generation row is shared by every request that got the same completion for the same prompt
+    (and names the version that first produced it), so this is what says which version a given
+    end user was shown: the canary credits that user's thumbs to it.
+    """
+
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="served_completions")
+    generation = models.ForeignKey("feedback.Generation", on_delete=models.CASCADE, related_name="servings")
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="servings")
+    # The caller's end user (the API's `user`; the same id they send as external_user_id with the
+    # thumbs); "" when the request named none.
+    routing_key = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["generation", "routing_key"], name="served_generation_user")]
+
+    def __str__(self) -> str:
+        return f"generation {self.generation_id} served by {self.version_id}"
 
 
 class TrainingRun(models.Model):
@@ -172,6 +203,38 @@ def setting_default(name: str):
     return partial(_setting, name)
 
 
+DEFAULT_LLM_JUDGE_PROMPT = """You compare two answers to the same request.
+
+Request:
+{prompt}
+
+Answer A:
+{answer_a}
+
+Answer B:
+{answer_b}
+
+Which answer is better? Reply with one word: A, B, or tie."""
+LLM_JUDGE_PLACEHOLDERS = ("{prompt}", "{answer_a}", "{answer_b}")
+
+
+def validate_judge_names(value: str) -> None:
+    names = [name.strip() for name in (value or "").split(",") if name.strip()]
+    if not names:
+        raise ValidationError("choose at least one judge")
+    unknown = [name for name in names if name not in JUDGES]
+    if unknown:
+        raise ValidationError(f"unknown judge {unknown[0]!r}; known judges: {', '.join(JUDGES)}")
+    if len(set(names)) != len(names):
+        raise ValidationError("a judge is named twice")
+
+
+def validate_llm_judge_prompt(value: str) -> None:
+    missing = [name for name in LLM_JUDGE_PLACEHOLDERS if name not in (value or "")]
+    if missing:
+        raise ValidationError(f"the prompt template lacks {', '.join(missing)}")
+
+
 class TrainingPolicy(models.Model):
     """The admin-editable retraining policy and default training config (one row per project).
 
@@ -186,10 +249,6 @@ class TrainingPolicy(models.Model):
 
     # One choice per row of the engine's variant table (training/kto/loss.py).
     Loss = models.TextChoices("Loss", [(name.upper(), name) for name in defaults.LOSS_TYPES])
-
-    class Judge(models.TextChoices):
-        NONE = "none", "none (holdout metrics only)"
-        DEMO = "demo", "demo task's simulated annotator"
 
     project = models.OneToOneField("projects.Project", on_delete=models.CASCADE, related_name="training_policy")
     # --- scheduling ---
@@ -271,11 +330,62 @@ class TrainingPolicy(models.Model):
         default=setting_default("PROSPECT_PROMOTE_MARGIN"),
         help_text="Auto-promote only when the candidate beats the active version by this much.",
     )
-    judge = models.CharField(max_length=20, choices=Judge.choices, default=setting_default("PROSPECT_GATE_JUDGE"))
+    judges = models.CharField(
+        max_length=200,
+        default=setting_default("PROSPECT_GATE_JUDGES"),
+        validators=[validate_judge_names],
+        help_text="Comma-separated, all must agree to promote: "
+        "demo (the demo task's program judge), heldout (held-out metrics, paired test), "
+        "pairwise (blind comparisons by annotators), canary (live traffic), llm (an LLM judge).",
+    )
     judge_prompts = models.PositiveIntegerField(
         default=setting_default("PROSPECT_GATE_JUDGE_PROMPTS"),
         validators=[MinValueValidator(1)],
-        help_text="Held-out prompts the judge scores.",
+        help_text="Held-out prompts the demo and LLM judges score.",
+    )
+    confidence = models.FloatField(
+        default=setting_default("PROSPECT_GATE_CONFIDENCE"),
+        validators=[MinValueValidator(0.5), MaxValueValidator(0.999)],
+        help_text="Promote only when the candidate is better at this confidence (the interval of its advantage lies above none).",
+    )
+    min_holdout_examples = models.PositiveIntegerField(
+        default=setting_default("PROSPECT_GATE_MIN_HOLDOUT_EXAMPLES"),
+        validators=[MinValueValidator(2)],
+        help_text="The heldout judge refuses (inconclusive) on fewer held-out examples.",
+    )
+    canary_share = models.FloatField(
+        default=setting_default("PROSPECT_GATE_CANARY_SHARE"),
+        validators=[MinValueValidator(0.001), MaxValueValidator(0.5)],
+        help_text="Share of product traffic the candidate answers during its canary.",
+    )
+    canary_min_votes = models.PositiveIntegerField(
+        default=setting_default("PROSPECT_GATE_CANARY_MIN_VOTES"),
+        validators=[MinValueValidator(1)],
+        help_text="End-user votes each side needs before the canary decides.",
+    )
+    canary_max_votes = models.PositiveIntegerField(
+        default=setting_default("PROSPECT_GATE_CANARY_MAX_VOTES"),
+        validators=[MinValueValidator(1)],
+        help_text="Stop the canary (inconclusive, not promoted) when each side has this many votes and no difference shows.",
+    )
+    llm_judge_url = models.CharField(
+        max_length=500,
+        blank=True,
+        default="",
+        help_text="Base URL of an OpenAI-compatible API, e.g. http://host:8000/v1.",
+    )
+    llm_judge_model = models.CharField(max_length=200, blank=True, default="", help_text="The judge model's name.")
+    llm_judge_prompt = models.TextField(
+        default=DEFAULT_LLM_JUDGE_PROMPT,
+        validators=[validate_llm_judge_prompt],
+        help_text="Sent as the user message; {prompt}, {answer_a} and {answer_b} are filled in. "
+        "The judge must answer A, B or tie.",
+    )
+    llm_judge_api_key_env = models.CharField(
+        max_length=100,
+        blank=True,
+        default="",
+        help_text="Name of the environment variable holding the judge API's key (the key is never stored).",
     )
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -284,3 +394,8 @@ class TrainingPolicy(models.Model):
 
     def __str__(self) -> str:
         return f"training policy of {self.project}"
+
+    @property
+    def judge_names(self) -> list[str]:
+        """The chosen judges, in the order written."""
+        return [name.strip() for name in (self.judges or "").split(",") if name.strip()]

@@ -42,8 +42,8 @@ from training.serving import (
     DEFAULT_MAX_NEW_TOKENS,
     BackendUnavailable,
     EmptyCompletion,
-    generate_for_prompt,
     get_backend,
+    serve_product_request,
     store_completions,
 )
 from training.serving_client import TOKEN_HEADER, serving_token
@@ -247,12 +247,21 @@ def _finish_reason(backend, version: ModelVersion, completion: str, max_tokens: 
     return "length" if count is not None and count >= max_tokens else "stop"
 
 
-def _stored(project, version, prompts, completions) -> list[int | None]:
-    """Each completion's generation id (None for an empty one, which cannot be rated)."""
+def _stored(project, version, prompts, completions, routing_key: str | None) -> list[int | None]:
+    """Each completion's generation id (None for an empty one, which cannot be rated), recorded as
+    served to `routing_key`'s end user (a canary credits their thumbs to the version they saw)."""
     ids = []
     for prompt, completion in zip(prompts, completions):
         try:
-            (generation,) = store_completions(project, version, [prompt], [completion], source="openai")
+            (generation,) = store_completions(
+                project,
+                version,
+                [prompt],
+                [completion],
+                source="openai",
+                routing_key=routing_key,
+                record_served=True,
+            )
             ids.append(generation.pk)
         except EmptyCompletion:
             ids.append(None)
@@ -304,7 +313,7 @@ def _streamed(project, version, prompt, options, make_chunk) -> Iterator[dict]:
         pieces.append(piece)
         yield make_chunk(piece, None)
     completion = "".join(pieces)
-    (generation_id,) = _stored(project, version, [prompt], [completion])
+    (generation_id,) = _stored(project, version, [prompt], [completion], options.routing_key)
     final = make_chunk(None, _finish_reason(backend, version, completion, options.max_tokens))
     final.update(_prospect_fields(version, generation_id))
     yield final
@@ -348,7 +357,7 @@ def chat_completions(request):
     (completion,) = backend.generate(
         [prompt], version=version, max_new_tokens=options.max_tokens, temperature=options.temperature, seed=options.seed
     )
-    (generation_id,) = _stored(project, version, [prompt], [completion])
+    (generation_id,) = _stored(project, version, [prompt], [completion], options.routing_key)
     body = {
         "id": completion_id,
         "object": "chat.completion",
@@ -402,7 +411,7 @@ def completions(request):
     texts = backend.generate(
         prompts, version=version, max_new_tokens=options.max_tokens, temperature=options.temperature, seed=options.seed
     )
-    generation_ids = _stored(project, version, prompts, texts)
+    generation_ids = _stored(project, version, prompts, texts, options.routing_key)
     body = {
         "id": completion_id,
         "object": "text_completion",
@@ -464,7 +473,7 @@ def internal_generate(request):
     except (ValueError, KeyError, TypeError, Project.DoesNotExist) as exc:
         return JsonResponse({"detail": f"bad internal request: {exc}"}, status=400)
     try:
-        generation = generate_for_prompt(prompt, project=project, **options)
+        generation = serve_product_request(prompt, project=project, **options)
     except (NoActiveModelVersion, BackendUnavailable) as exc:
         return JsonResponse({"detail": str(exc)}, status=503)
     except EmptyCompletion as exc:

@@ -14,6 +14,7 @@ project: a Project, its name, or None for the default project.
 
 from __future__ import annotations
 
+import copy
 from datetime import timedelta
 
 from django.conf import settings
@@ -44,10 +45,21 @@ CONFIG_FIELDS = (
     "holdout",
     "seed",
     "promote_margin",
-    "judge",
+    "judges",
     "judge_prompts",
+    "confidence",
+    "min_holdout_examples",
+    "canary_share",
+    "canary_min_votes",
+    "canary_max_votes",
+    "llm_judge_url",
+    "llm_judge_model",
+    "llm_judge_prompt",
+    "llm_judge_api_key_env",
     "time_limit_seconds",
 )
+# The CONFIG_FIELDS the evaluation gate reads (a run records them, so its gate is the one it was started with).
+GATE_FIELDS = CONFIG_FIELDS[CONFIG_FIELDS.index("promote_margin") : CONFIG_FIELDS.index("time_limit_seconds")]
 
 
 def get_policy(project=None) -> TrainingPolicy:
@@ -80,15 +92,28 @@ def default_training_config(project=None) -> dict:
     gradient_accumulation_steps, max_length (int), loss ("kto", "no_z0", "concave",
     "risk_neutral", "reference_free", "sft", "dpo"), lambda_mode ("auto", "downside_first",
     "manual"), target_ratio, desirable_weight, undesirable_weight (floats; the weights are used in
-    manual mode), holdout (float in [0, 1)), seed (int), promote_margin (float), judge ("demo" |
-    "none"), judge_prompts (int), time_limit_seconds (int; PROSPECT_MAX_RUN_SECONDS when the
-    policy leaves it empty).
+    manual mode), holdout (float in [0, 1)), seed (int), time_limit_seconds (int;
+    PROSPECT_MAX_RUN_SECONDS when the policy leaves it empty), and the gate's (GATE_FIELDS):
+    promote_margin (float), judges (comma-separated names of training.judges.JUDGES),
+    judge_prompts (int), confidence (float), min_holdout_examples, canary_share,
+    canary_min_votes, canary_max_votes, llm_judge_url, llm_judge_model, llm_judge_prompt,
+    llm_judge_api_key_env.
     """
     policy = get_policy(project)
     config = {name: getattr(policy, name) for name in CONFIG_FIELDS}
     if not config["time_limit_seconds"]:
         config["time_limit_seconds"] = settings.PROSPECT_MAX_RUN_SECONDS
     return config
+
+
+def gate_policy(version_config: dict | None, project=None) -> TrainingPolicy:
+    """The policy the gate judges a candidate by: the project's row with the gate options its run
+    recorded (a run's config wins over later edits of the policy). An unsaved copy: never save it."""
+    policy = copy.copy(get_policy(project))
+    for name in GATE_FIELDS:
+        if name in (version_config or {}):
+            setattr(policy, name, version_config[name])
+    return policy
 
 
 def resolve_training_config(overrides: dict | None = None, project=None) -> dict:
@@ -111,6 +136,8 @@ def resolve_training_config(overrides: dict | None = None, project=None) -> dict
             continue
         if name == "lora" and isinstance(raw, str):
             raw = raw.strip().lower() in ("1", "true", "yes", "on")
+        if name == "judges" and isinstance(raw, (list, tuple)):
+            raw = ",".join(raw)
         try:
             config[name] = field.clean(raw, None)
         except ValidationError as exc:

@@ -92,6 +92,42 @@ def gate_verdict(version) -> str:
     return version.status_reason or ""
 
 
+@dataclass
+class JudgeVerdict:
+    judge: str
+    outcome: str  # "promote" | "reject" | "wait" | "inconclusive"
+    sentence: str
+
+
+def judge_verdicts(metrics: dict) -> list[JudgeVerdict]:
+    """Each judge's verdict the gate stored on a version, in the policy's order."""
+    gate = (metrics or {}).get("gate") or {}
+    verdicts = gate.get("verdicts") or {}
+    order = [name for name in gate.get("judges") or [] if name in verdicts] + [
+        name for name in verdicts if name not in (gate.get("judges") or [])
+    ]
+    return [JudgeVerdict(name, verdicts[name].get("outcome", ""), verdicts[name].get("sentence", "")) for name in order]
+
+
+def canary_numbers(metrics: dict) -> dict | None:
+    """The canary's counts for the run page: {"share", "rows": [(side, up, votes, rate)], "unattributed"}."""
+    verdict = (((metrics or {}).get("gate") or {}).get("verdicts") or {}).get("canary")
+    if not verdict:
+        return None
+    evidence = verdict.get("evidence") or {}
+    rows = []
+    for side, label in (("candidate", "Candidate"), ("active", "Active version")):
+        up, votes = evidence.get(f"{side}_up", 0), evidence.get(f"{side}_votes", 0)
+        rows.append((label, up, votes, f"{100 * up / votes:.1f} %" if votes else "—"))
+    return {
+        "share": f"{100 * float(evidence.get('share') or 0):g} %",
+        "rows": rows,
+        "min_votes": evidence.get("min_votes"),
+        "unattributed": evidence.get("unattributed_votes", 0),
+        "outcome": verdict.get("outcome", ""),
+    }
+
+
 # --- Run phases ----------------------------------------------------------------------------
 
 PHASES = (
@@ -137,6 +173,8 @@ def run_phase(progress: dict, config: dict) -> dict:
     if status == "succeeded":
         if version.get("evaluation_state") in ("pending", "running"):
             return _phase("evaluating", "the gate is comparing the new version with the active one", 1.0)
+        if version.get("evaluation_state") == "collecting":
+            return _phase("evaluating", "the gate's judges are collecting evidence (comparisons, live traffic)", 1.0)
         return _phase("done", "finished", 1.0)
     return _phase(status, status, progress.get("progress") or 0.0)
 

@@ -1,8 +1,10 @@
 """The scheduler: beat's periodic check that starts a run when the policy says so, and the schedule.
 
 Beat (django-celery-beat's DatabaseScheduler, so the schedule is editable in the admin under
-"Periodic tasks") sends `training.tasks.maybe_retrain` every PROSPECT_RETRAIN_CHECK_SECONDS and
-`training.tasks.reap_orphaned_runs` every minute; install_schedule() creates both, idempotently.
+"Periodic tasks") sends `training.tasks.maybe_retrain` every PROSPECT_RETRAIN_CHECK_SECONDS,
+`training.tasks.check_waiting_gates` (candidates whose judges collect evidence) every
+PROSPECT_GATE_CHECK_SECONDS and `training.tasks.reap_orphaned_runs` every minute;
+install_schedule() creates them, idempotently.
 Beat calls it when it starts (config/celery.py, beat_init), so a fresh database gets the
 schedule without a manual step, and an admin's later edits are kept.
 
@@ -29,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 RETRAIN_TASK_NAME = "prospect: retrain when enough new votes"
 REAPER_TASK_NAME = "prospect: fail runs whose worker died"
+GATE_CHECK_TASK_NAME = "prospect: ask the gate's waiting judges again"
 REAPER_INTERVAL_SECONDS = 60
 
 
@@ -91,6 +94,14 @@ def install_schedule(check_seconds: int | None = None) -> None:
             retrain.interval = interval(check_seconds)
             retrain.enabled = True
             retrain.save()
+        PeriodicTask.objects.get_or_create(
+            name=GATE_CHECK_TASK_NAME,
+            defaults={
+                "task": dispatch.CHECK_WAITING_GATES,
+                "interval": interval(settings.PROSPECT_GATE_CHECK_SECONDS),
+                "queue": "default",
+            },
+        )
         PeriodicTask.objects.get_or_create(
             name=REAPER_TASK_NAME,
             defaults={

@@ -33,7 +33,7 @@ from feedback.services import create_generations
 from feedback.services.generations import GenerationInput
 from projects.models import Project
 from projects.selectors import resolve_project
-from training.models import ModelVersion
+from training.models import ModelVersion, ServedCompletion
 from training.routing import NoActiveModelVersion, version_for_request
 from training.serving_client import DEFAULT_MAX_NEW_TOKENS
 
@@ -288,6 +288,8 @@ def generate_for_prompts(
     skip_empty: bool = False,
     project: Project | str | None = None,
     routing_key: str | None = None,
+    version: ModelVersion | None = None,
+    record_served: bool = False,
 ) -> list[Generation]:
     """Batched `generate_for_prompt`: one forward pass for all prompts, one row per prompt.
 
@@ -296,6 +298,9 @@ def generate_for_prompts(
     `model_version` then still names the version that first produced it, and `served_by` (set on
     every returned instance, not stored) names the version that produced it this time.
     An empty completion cannot be rated: it raises EmptyCompletion, or is left out with skip_empty.
+    `version`: the version to generate with (default: the one training.routing picks for
+    `routing_key`). `record_served`: also record who was served what (a product request; see
+    serve_product_request).
     """
     # Validate every prompt before spending any compute; the error names the offending item.
     prompt_contents = [
@@ -304,11 +309,20 @@ def generate_for_prompts(
     project = resolve_project(project)
     backend = backend or get_backend(project)
     # Chosen once, then passed down: the label is right even if a promotion lands meanwhile.
-    version = version_for_request(project, routing_key=routing_key)
+    version = version or version_for_request(project, routing_key=routing_key)
     completions = backend.generate(
         prompt_contents, version=version, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
     )
-    return store_completions(project, version, prompt_contents, completions, source=source, skip_empty=skip_empty)
+    return store_completions(
+        project,
+        version,
+        prompt_contents,
+        completions,
+        source=source,
+        skip_empty=skip_empty,
+        routing_key=routing_key,
+        record_served=record_served,
+    )
 
 
 def store_completions(
@@ -319,9 +333,14 @@ def store_completions(
     *,
     source: str,
     skip_empty: bool = False,
+    routing_key: str | None = None,
+    record_served: bool = False,
 ) -> list[Generation]:
     """Store what `version` answered as Generations (see generate_for_prompts for reuse and
-    `served_by`); an empty completion raises EmptyCompletion, or is left out with skip_empty."""
+    `served_by`); an empty completion raises EmptyCompletion, or is left out with skip_empty.
+    With record_served, a ServedCompletion per generation says which version served it to which
+    end user (`routing_key`): a generation row is shared by identical completions, so only this
+    record lets a canary credit the end user's thumbs to the version they saw."""
     items = []
     for content, completion in zip(prompt_contents, completions):
         if not completion.strip():
@@ -333,7 +352,38 @@ def store_completions(
     for generation, _created in create_generations(items, project):
         generation.served_by = version
         generations.append(generation)
+    if record_served:
+        ServedCompletion.objects.bulk_create(
+            ServedCompletion(project=project, generation=generation, version=version, routing_key=routing_key or "")
+            for generation in generations
+        )
     return generations
+
+
+def serve_product_request(
+    prompt_content: PromptContent,
+    *,
+    project: Project | str | None = None,
+    routing_key: str | None = None,
+    source: str = "api",
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    temperature: float = 0.0,
+    backend: InferenceBackend | None = None,
+) -> Generation:
+    """Answer one product request: the version training.routing picks for this end user (the
+    active one, or a candidate during its canary) generates; the generation is stored with that
+    version, and a ServedCompletion records who was served what, so the end user's thumbs count
+    for the version they saw."""
+    return generate_for_prompts(
+        [prompt_content],
+        source=source,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        backend=backend,
+        project=project,
+        routing_key=routing_key,
+        record_served=True,
+    )[0]
 
 
 def unrated_generation_count(project: Project | str | None = None) -> int:

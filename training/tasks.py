@@ -2,8 +2,8 @@
 
 Nothing imports this module but Celery (autodiscovery) and the top-level commands; the layers
 below send these tasks by name through training.dispatch. Queues (CELERY_TASK_ROUTES in
-config/settings.py): run_training, evaluate_candidate and fill_queue go to `gpu`; maybe_retrain
-and reap_orphaned_runs to `default`.
+config/settings.py): run_training, evaluate_candidate and fill_queue go to `gpu`; maybe_retrain,
+reap_orphaned_runs and check_waiting_gates to `default`.
 """
 
 from __future__ import annotations
@@ -48,6 +48,12 @@ def evaluate_candidate(version_id: int) -> None:
 def maybe_retrain() -> list[int]:
     """Beat's periodic check: retrain each project that got enough new votes (see training.scheduler)."""
     return [run.pk for run in scheduler.maybe_retrain()]
+
+
+@shared_task(name=dispatch.CHECK_WAITING_GATES)
+def check_waiting_gates() -> list[int]:
+    """Beat's periodic check: ask the judges of candidates collecting evidence again (see training.gate)."""
+    return gate.check_waiting_gates()
 
 
 @shared_task(name=dispatch.REAP_ORPHANED_RUNS)

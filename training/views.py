@@ -154,6 +154,7 @@ def run_detail(request, run_id: int):
         project=request.project,
     )
     progress = _progress_with_phase(run)
+    version_metrics = (progress.get("version") or {}).get("metrics") or {}
     return render(
         request,
         "training/run_detail.html",
@@ -162,6 +163,8 @@ def run_detail(request, run_id: int):
             "progress": progress,
             "phases": presentation.PHASES,
             "config_rows": _config_rows(run.config),
+            "judge_verdicts": presentation.judge_verdicts(version_metrics),
+            "canary": presentation.canary_numbers(version_metrics),
         },
     )
 
@@ -206,8 +209,17 @@ CONFIG_LABELS = {
     "holdout": "Holdout share",
     "seed": "Seed",
     "promote_margin": "Auto-promote margin",
-    "judge": "Judge",
+    "judges": "Judges",
     "judge_prompts": "Judge prompts",
+    "confidence": "Gate confidence",
+    "min_holdout_examples": "Min held-out examples",
+    "canary_share": "Canary share",
+    "canary_min_votes": "Canary min votes a side",
+    "canary_max_votes": "Canary max votes a side",
+    "llm_judge_url": "LLM judge URL",
+    "llm_judge_model": "LLM judge model",
+    "llm_judge_prompt": "LLM judge prompt",
+    "llm_judge_api_key_env": "LLM judge key variable",
     "time_limit_seconds": "Time limit (s)",
 }
 

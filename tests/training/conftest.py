@@ -56,3 +56,54 @@ def demo_loop(committed_db, data_dir, active_demo_version, demo_model_dir):
     policy.save()
     cast_demo_votes(20)
     return active_demo_version
+
+
+@pytest.fixture(scope="session")
+def demo_variants(demo_model_dir, tmp_path_factory) -> dict[str, str]:
+    """{"better": dir, "worse": dir}: real models better and worse than the demo model (see helpers)."""
+    from tests.training.helpers import build_demo_variants
+
+    return build_demo_variants(demo_model_dir, tmp_path_factory.mktemp("demo-variants"))
+
+
+@pytest.fixture
+def gated_candidate(db, data_dir, active_demo_version):
+    """make(artifact_dir, **config) -> a pending candidate produced by a (stand-in) succeeded run whose
+    holdout file holds real KTO rows on held-out demo questions; config is the run's recorded config."""
+    import json
+
+    from feedback.models import DatasetSnapshot
+    from tests.training.helpers import demo_holdout_rows
+    from training.models import ModelVersion, TrainingRun
+    from training.policy import resolve_training_config
+
+    def make(artifact_dir: str, *, holdout_prompts: int = 40, **config) -> ModelVersion:
+        snapshot = DatasetSnapshot.objects.create(
+            project=active_demo_version.project, path="unused", sha256="0" * 64, n_holdout=2 * holdout_prompts
+        )
+        run = TrainingRun.objects.create(
+            project=active_demo_version.project,
+            snapshot=snapshot,
+            config=resolve_training_config({"max_length": 32, "per_device_train_batch_size": 8, **config}),
+            desirable_weight=1.0,
+            undesirable_weight=1.0,
+            status=TrainingRun.Status.SUCCEEDED,
+        )
+        run_dir = data_dir / f"run-{run.pk}"
+        (run_dir / "data").mkdir(parents=True)
+        rows = demo_holdout_rows(holdout_prompts)
+        (run_dir / "data" / "holdout.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        TrainingRun.objects.filter(pk=run.pk).update(artifact_dir=str(run_dir))
+        run.refresh_from_db()
+        return ModelVersion.objects.create(
+            project=active_demo_version.project,
+            name=f"run-{run.pk}",
+            base_model=active_demo_version.artifact_path,
+            artifact_path=artifact_dir,
+            parent=active_demo_version,
+            created_by_run=run,
+            status_reason="awaiting the evaluation gate",
+            evaluation_state=ModelVersion.EvaluationState.PENDING,
+        )
+
+    return make

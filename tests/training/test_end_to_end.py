@@ -19,10 +19,10 @@ def test_votes_become_a_promoted_version_that_serves_new_generations(demo_loop, 
     policy = get_policy()
     # The policy starts a run on its own once these votes exist; the gate judges with the demo
     # task's simulated annotator on held-out prompts and the holdout split. A negative margin
-    # promotes any candidate the gate could measure: the gate's verdicts have their own test
+    # promotes any candidate the gate could measure (the demo judge asks no significance then): the gate's verdicts have their own test
     # (test_evaluation_gate.py); here the loop's wiring is under test.
     policy.min_new_votes = Vote.objects.count()
-    policy.holdout, policy.judge, policy.promote_margin = 0.2, "demo", -1.0
+    policy.holdout, policy.judges, policy.promote_margin = 0.2, "demo", -1.0
     policy.save()
     install_schedule(check_seconds=1)
 

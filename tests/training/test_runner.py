@@ -23,7 +23,7 @@ from tests.training.helpers import run_dirs, run_status
 from training import registry, runs
 from training.kto.cli import build_parser
 from training.models import ModelVersion, TrainingRun
-from training.policy import CONFIG_FIELDS, resolve_training_config
+from training.policy import CONFIG_FIELDS, GATE_FIELDS, resolve_training_config
 from training.processes import process_alive
 from training.runner import build_train_command, execute_run
 from training.runs import class_weights_for
@@ -123,9 +123,7 @@ REACHES_TRAINING_ELSEWHERE = {
     "desirable_weight": "λ (manual), passed as --desirable-weight",
     "undesirable_weight": "λ (manual), passed as --undesirable-weight",
     "holdout": "the snapshot's train/holdout split, the --data file",
-    "promote_margin": "the evaluation gate",
-    "judge": "the evaluation gate",
-    "judge_prompts": "the evaluation gate",
+    **{name: "the evaluation gate" for name in GATE_FIELDS},
     "time_limit_seconds": "the runner's supervisor kills the process group",
 }
 

@@ -121,3 +121,4 @@ def test_install_schedule_is_idempotent_and_keeps_admin_edits(committed_db):
     assert PeriodicTask.objects.filter(task="training.tasks.maybe_retrain").count() == 1
     assert PeriodicTask.objects.get(task="training.tasks.maybe_retrain").enabled is False
     assert PeriodicTask.objects.filter(task="training.tasks.reap_orphaned_runs").count() == 1
+    assert PeriodicTask.objects.get(task="training.tasks.check_waiting_gates").queue == "default"

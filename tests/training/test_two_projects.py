@@ -69,7 +69,7 @@ def test_two_projects_turn_the_loop_without_touching_each_other(
         # Promote whatever the gate measures: the gate's verdicts have their own tests; here the
         # wiring of two projects through one worker is under test. The demo judge alone (no
         # holdout, so no `evaluate` subprocesses): the gate still runs per project, on its versions.
-        policy.base_model, policy.holdout, policy.judge, policy.judge_prompts = demo_model_dir, 0.0, "demo", 8
+        policy.base_model, policy.holdout, policy.judges, policy.judge_prompts = demo_model_dir, 0.0, "demo", 8
         policy.promote_margin, policy.min_new_votes = -1.0, 10_000
         policy.save()
     bases = {project.pk: active_version(project) for project in (alpha, beta)}

@@ -424,8 +424,8 @@ def tiny_training_policy(active_demo_version, demo_model_dir):
     policy.base_model = demo_model_dir
     policy.per_device_train_batch_size = 4
     policy.max_length = 32
-    policy.judge = "none"
-    policy.promote_margin = 1e9  # no candidate can beat the active version by this much
+    policy.judges = "heldout"
+    policy.min_holdout_examples = 10**6  # the judge refuses to decide: never promoted automatically
     policy.save()
     return policy
 
@@ -474,7 +474,7 @@ def test_admin_starts_a_run_watches_it_live_and_promotes_it(
     assert page.evaluate("Chart.getChart('chart-loss').data.datasets[0].data.length") >= 1
     assert page.locator("#run-log").inner_text().strip()
 
-    # The gate keeps the candidate (margin out of reach); wait for its verdict on the same page.
+    # The gate keeps the candidate (its judge refuses to decide); wait for its verdict on the same page.
     page.wait_for_function(
         "['done', 'failed', 'not-required'].includes(document.getElementById('run-live').dataset.gate)",
         timeout=RUN_TIMEOUT_S * 1000,

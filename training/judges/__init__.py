@@ -11,6 +11,21 @@ the gate importing every module):
 
 Every verdict states its evidence in one sentence, e.g. "candidate wins 61 % of 212 blind
 comparisons, 95 % CI 54–68 %: promoted".
+
+Optional, for judges that need them (the gate looks them up with getattr):
+- ``COLLECTS_EVIDENCE = True``: the judge gathers evidence over time (people, traffic). The gate
+  starts such judges only after every judge that measures at once said PROMOTE, so a candidate that
+  fails offline is never shown to annotators or end users.
+- ``finish(candidate, active, policy) -> None``: called once when the gate has decided (or failed,
+  or an admin decided by hand while the judge waited), to close what start() opened (the canary
+  stops routing traffic to the candidate).
+
+``policy`` is a training.models.TrainingPolicy (an unsaved copy: the project's row with the gate
+options the candidate's run recorded; see training.policy.gate_policy): judge_names, confidence,
+judge_prompts, min_holdout_examples, canary_*, llm_judge_* ... Verdict.evidence may carry
+"candidate_metrics" (merged into the top level of the candidate's metrics, e.g. {"demo_accuracy"})
+and "active_metrics" (added to the active version's metrics where it lacks them). The statistics
+shared by the judges are in training.judges.statistics.
 """
 
 from __future__ import annotations

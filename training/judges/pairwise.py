@@ -172,10 +172,21 @@ def decide(rate: WinRate, min_comparisons: int) -> tuple[Outcome, str]:
     return Outcome.WAIT, f"waiting for more answers ({t.n_answered} of {t.n_items} items; the interval spans 50 %)"
 
 
+# Annotators answer over time: the gate asks again (beat) while this judge says WAIT.
+COLLECTS_EVIDENCE = True
+
+
 def start(candidate, active, policy) -> None:
     """Create the blind comparison items of candidate vs active (idempotent: a second call adds
     only prompts that gained outputs for both since)."""
     start_comparison(candidate, active, requested_by=None)
+
+
+def finish(candidate, active, policy) -> None:
+    """The gate decided (or an admin did by hand): stop serving this pair's items to annotators."""
+    comparison = comparison_selectors.comparison_between(candidate, active)
+    if comparison is not None:
+        close_comparison(comparison)
 
 
 def judge(candidate, active, policy) -> Verdict:

@@ -159,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--beta", type=float, default=0.1)
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--max-length", type=int, default=1024)
+    evaluate.add_argument(
+        "--per-example",
+        metavar="FILE",
+        help="also write one JSONL line per example: {index, desirable, reward, z0, correct, loss} (needs a reference)",
+    )
 
     score = commands.add_parser("score", help="per row: sum of completion-token log-probs and their count")
     score.add_argument("--model", required=True, help="model dir (full weights or a LoRA adapter)")
@@ -193,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--model", required=True)
     judge.add_argument("--prompts", type=int, default=64, help="how many held-out demo prompts")
     judge.add_argument("--seed", type=int, default=0)
+    judge.add_argument(
+        "--per-example", metavar="FILE", help="also write one JSONL line per prompt: {prompt, completion, correct}"
+    )
     return parser
 
 
@@ -239,6 +247,7 @@ def run(args: argparse.Namespace) -> dict:
             beta=args.beta,
             batch_size=args.batch_size,
             max_length=args.max_length,
+            per_example_path=args.per_example,
         )
     if args.command == "score":
         from .evaluation import score
@@ -299,7 +308,22 @@ def run(args: argparse.Namespace) -> dict:
         from .demo import demo_accuracy, demo_prompts
 
         prompts = demo_prompts(args.prompts, seed=args.seed, split="heldout")
-        return {"demo_accuracy": demo_accuracy(args.model, prompts), "prompts": args.prompts}
+        if not args.per_example:
+            return {"demo_accuracy": demo_accuracy(args.model, prompts), "prompts": args.prompts}
+        from .demo import simulated_annotator
+        from .generation import generate_completions
+
+        # The same greedy completions demo_accuracy judges, kept per prompt for a paired test.
+        completions = generate_completions(args.model, prompts, max_new_tokens=5, temperature=0.0, batch_size=500)
+        rows = [
+            {"prompt": p, "completion": c, "correct": simulated_annotator(p, c)} for p, c in zip(prompts, completions)
+        ]
+        out = Path(args.per_example)
+        temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        temporary.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        os.replace(temporary, out)
+        accuracy = sum(row["correct"] for row in rows) / len(rows)
+        return {"demo_accuracy": accuracy, "prompts": args.prompts, "per_example": str(out)}
     raise AssertionError(args.command)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from . import data as kto_data
+from . import loss as kto_loss
 from .generation import prompt_suffix_ids
 from .modeling import SequenceLogProbs, is_peft_dir, load_causal_lm, load_tokenizer
 from .trainer import Reference, TrainConfig, TrainingError, build_microbatch, microbatch_loss
@@ -38,9 +39,16 @@ def evaluate(
     max_length: int = 1024,
     desirable_weight: float | None = None,
     undesirable_weight: float | None = None,
+    per_example_path: str | None = None,
 ) -> dict:
     """Metrics over a KTO JSONL file, microbatch by microbatch in file order (z0 per microbatch,
-    exactly as in training). Without a reference, only log-probabilities can be reported."""
+    exactly as in training). Without a reference, only log-probabilities can be reported.
+
+    With ``per_example_path`` (needs a reference), also write one JSON line per example, in file
+    order: ``{"index", "desirable", "reward", "z0", "correct", "loss"}`` — the implied reward
+    r = log π(y|x) − log π_ref(y|x), its microbatch's z0, whether r is on the label's side of z0
+    (what reward accuracy counts) and the example's own KTO loss λ_y − λ_y σ(β·±(r − z0)). A gate
+    can then compare two models example by example (a paired test) instead of by their means."""
     if batch_size < 2:
         raise TrainingError("--batch-size must be at least 2 (z0 needs mismatched pairs)")
     if not Path(model_dir).is_dir():
@@ -69,6 +77,8 @@ def evaluate(
 
     adapter = is_peft_dir(model_dir)
     reference_dir = reference_dir or default_reference(model_dir)
+    if per_example_path is not None and not adapter and reference_dir is None:
+        raise TrainingError("--per-example needs a reference: pass --reference BASE_DIR")
     model = load_causal_lm(model_dir).eval()
     policy = SequenceLogProbs(model)
     policy.verify()
@@ -95,6 +105,7 @@ def evaluate(
         "correct_count": 0.0,
     }
     logps_desirable, logps_undesirable = [], []
+    per_example: list[dict] = []
     config = TrainConfig(
         model=str(model_dir),
         data=str(data_path),
@@ -106,8 +117,14 @@ def evaluate(
     )
     for chunk in chunks:
         batch = build_microbatch(policy_examples, chunk, config, tokenizer.pad_token_id, reference_cache=None)
-        if reference is not None and suffix:
-            plain = build_microbatch(examples, chunk, config, tokenizer.pad_token_id, reference_cache=None)
+        if reference is not None:
+            # The reference's log-probs computed here (the loss uses them as precomputed ones), so
+            # the per-example rewards below need no second reference pass.
+            plain = (
+                build_microbatch(examples, chunk, config, tokenizer.pad_token_id, reference_cache=None)
+                if suffix
+                else batch
+            )
             batch["reference_matched"] = reference.logps(plain["matched"])
             batch["reference_mismatched"] = reference.logps(plain["mismatched"])
         if reference is not None:
@@ -121,6 +138,8 @@ def evaluate(
         logps = policy(**batch["matched"])[0]
         logps_desirable += logps[batch["is_desirable"]].tolist()
         logps_undesirable += logps[~batch["is_desirable"]].tolist()
+        if per_example_path is not None:
+            per_example += _per_example_rows(chunk, logps, batch, stats["z0"], beta, class_weights)
 
     n = len(examples)
     result = {
@@ -142,6 +161,13 @@ def evaluate(
     reward_undesirable = (
         totals["undesirable_reward_sum"] / totals["undesirable_count"] if totals["undesirable_count"] else None
     )
+    if per_example_path is not None:
+        out = Path(per_example_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        temporary.write_text("".join(json.dumps(row) + "\n" for row in sorted(per_example, key=lambda r: r["index"])))
+        os.replace(temporary, out)
+        result["per_example"] = str(out)
     result.update(
         loss=totals["loss"] / n,
         z0=totals["z0"] / n,
@@ -156,6 +182,35 @@ def evaluate(
         ),
     )
     return result
+
+
+def _per_example_rows(chunk, policy_logps, batch, z0, beta, class_weights) -> list[dict]:
+    """Each example of a microbatch: implied reward, z0, reward-accuracy correctness and own KTO loss
+    (the engine's loss function on a batch of one, so the formula is the trainer's)."""
+    rows = []
+    reference_logps = batch["reference_matched"]
+    for position, index in enumerate(chunk):
+        desirable = batch["is_desirable"][position : position + 1]
+        loss, stats = kto_loss.kto_loss(
+            policy_logps[position : position + 1],
+            reference_logps[position : position + 1],
+            desirable,
+            z0,
+            beta,
+            class_weights["desirable_weight"],
+            class_weights["undesirable_weight"],
+        )
+        rows.append(
+            {
+                "index": index,
+                "desirable": bool(desirable.item()),
+                "reward": float(policy_logps[position] - reference_logps[position]),
+                "z0": float(z0),
+                "correct": bool(stats["correct_count"].item()),
+                "loss": float(loss),
+            }
+        )
+    return rows
 
 
 @torch.no_grad()

@@ -40,8 +40,8 @@ DEMO_TRAINING = {
     "gradient_accumulation_steps": 1,
     "max_length": 32,
     "lambda_mode": "auto",
-    "judge": "demo",
-    "judge_prompts": 100,
+    "judges": "demo",
+    "judge_prompts": 200,  # every held-out demo question: the sign test needs the prompts
     "promote_margin": 0.0,
 }
 
