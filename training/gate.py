@@ -146,7 +146,8 @@ def _settle(
             return promote(version, reason=f"auto-promoted by the gate: {reason}"[:4000])
         rolled_back = [v for v in verdicts if v.outcome == Outcome.REJECT and collects_evidence(v.judge)]
         if rolled_back:
-            # Live evidence says it is worse: reject it (traffic already went back with finish()).
+            # Evidence gathered over time (blind comparisons, live traffic) says it is worse: reject it
+            # (a canary's traffic already went back to the active version with finish()).
             reject(version, f"rejected by the gate: {reason}"[:4000])
         else:
             ModelVersion.objects.filter(pk=version.pk).update(status_reason=f"not promoted: {reason}"[:4000])

@@ -65,9 +65,8 @@ def add_version(name: str, project=None, **fields):
     """A model version row (never loaded: the comparison pages and judge only read its outputs)."""
     from training.models import ModelVersion
 
-    return ModelVersion.objects.create(
-        project=resolve_project(project), name=name, base_model="/m", artifact_path=f"/m/{name}", **fields
-    )
+    fields.setdefault("artifact_path", f"/m/{name}")
+    return ModelVersion.objects.create(project=resolve_project(project), name=name, base_model="/m", **fields)
 
 
 def add_heldout_outputs(version, outputs: dict) -> None:

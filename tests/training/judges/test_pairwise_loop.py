@@ -1,7 +1,9 @@
-"""The pairwise judge's loop, end to end over HTTP: the gate starts blind comparisons of a better and a
-worse candidate against the active version, simulated annotators answer them in the browser
-protocol (a live server; log in, read the page, POST the form exactly as the page's keys submit
-it, CSRF token included), and the judge promotes the better candidate and not the worse one.
+"""The pairwise judge's loop, end to end over HTTP and through the gate: the gate takes up a worse
+and then a better candidate (policy judges = "pairwise"), starts blind comparisons against the
+active version and waits (collecting evidence); simulated annotators answer in the browser protocol
+(a live server; log in, read the page, POST the form exactly as the page's keys submit it, CSRF
+token included); beat's periodic check asks the judge again; the worse candidate is not promoted
+and the better one is.
 
 "Better" and "worse" are honest: the outputs are answers to held-out demo questions, right or
 wrong by the demo task's program judge, and the simulated annotators are that program judge
@@ -16,10 +18,13 @@ import re
 import httpx
 import pytest
 
-from feedback.models import ComparisonVote
+from feedback.models import Comparison, ComparisonVote
 from tests.feedback.helpers import PASSWORD, add_heldout_outputs, add_version, make_annotator
-from training.judges import Outcome, judge_module
+from training.gate import check_waiting_gates, evaluate_candidate
 from training.kto.demo import correct_answer, demo_prompts, simulated_annotator
+from training.models import ModelVersion
+from training.policy import get_policy
+from training.selectors import active_version
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -35,10 +40,15 @@ def demo_outputs():
     return prompts, right, slipped, off_by_one
 
 
-def build_versions():
-    """active: right on every other question (50 %); better: right on 80 %; worse: on none (off by one)."""
+def build_versions(artifact_path: str):
+    """active: right on every other question (50 %); better: right on 80 %; worse: on none (off by one).
+    All three point at a real model directory: promotion checks that the artifact loads."""
     prompts, right, slipped, off_by_one = demo_outputs()
-    active, better, worse = add_version("base"), add_version("run-1"), add_version("run-2")
+    active = add_version("base", status=ModelVersion.Status.ACTIVE, artifact_path=artifact_path)
+    better, worse = (
+        add_version(name, artifact_path=artifact_path, evaluation_state=ModelVersion.EvaluationState.PENDING)
+        for name in ("run-1", "run-2")
+    )
     add_heldout_outputs(active, {p: right[p] if i % 2 == 0 else slipped[p] for i, p in enumerate(prompts)})
     add_heldout_outputs(better, {p: right[p] if i % 5 else slipped[p] for i, p in enumerate(prompts)})
     add_heldout_outputs(worse, {p: off_by_one[p] for p in prompts})
@@ -88,45 +98,57 @@ class SimulatedAnnotator:
         return True
 
 
-def test_simulated_annotators_in_the_browser_protocol_promote_the_better_candidate_not_the_worse(live_server):
-    active, better, worse = build_versions()
-    pairwise = judge_module("pairwise")
-    policy = None  # no policy fields: the judge's defaults (95 %, 20 comparisons)
-    pairwise.start(better, active, policy)
-    pairwise.start(worse, active, policy)
+def gate_until_decided(candidate, annotators) -> ModelVersion:
+    """Take the candidate through the gate, then let the annotators answer, one item each per
+    round, with beat's periodic check after every round, until the gate has decided."""
+    candidate = evaluate_candidate(candidate)
+    assert candidate.evaluation_state == ModelVersion.EvaluationState.COLLECTING, candidate.status_reason
+    while candidate.evaluation_state == ModelVersion.EvaluationState.COLLECTING:
+        answered = [annotator.answer_one() for annotator in annotators]
+        assert candidate.pk in check_waiting_gates()
+        candidate.refresh_from_db()
+        if not any(answered):
+            break
+    return candidate
+
+
+def test_simulated_annotators_in_the_browser_protocol_promote_the_better_candidate_not_the_worse(
+    live_server, demo_model_dir
+):
+    active, better, worse = build_versions(demo_model_dir)
+    policy = get_policy()
+    policy.judges = "pairwise"  # the judge's defaults otherwise: 95 %, 20 comparisons
+    policy.save()
 
     annotators = [SimulatedAnnotator(live_server.url, make_annotator(name).username) for name in ("ann", "bo")]
     # CSRF stays on: the same POST without the page's token is refused.
     forged = annotators[0].http.post("/annotate/compare/", data={"item_id": "1", "choice": "left"})
     assert forged.status_code == 403 and not ComparisonVote.objects.exists()
-    # As the gate does: ask the judge again after each round of answers until it decides.
-    verdicts = {}
-    while True:
-        answered = [annotator.answer_one() for annotator in annotators]
-        for name, candidate in (("better", better), ("worse", worse)):
-            if name not in verdicts:
-                verdict = pairwise.judge(candidate, active, policy)
-                if verdict.outcome != Outcome.WAIT:
-                    verdicts[name] = verdict
-        if not any(answered):
-            break
-    assert all(annotator.answered > 5 for annotator in annotators)  # the work was shared
 
-    promoted = verdicts["better"]
-    # better vs active: they differ on 20 questions; better is right on 16 of those.
-    assert promoted.outcome == Outcome.PROMOTE, promoted.sentence
-    assert promoted.sentence == "candidate wins 80 % of 20 blind comparisons, 95 % CI 58–92 %: promoted"
-    assert promoted.evidence["identical_outputs_skipped"] == 20
-
-    kept = verdicts["worse"]
+    worse = gate_until_decided(worse, annotators)
     # worse vs active: they differ on all 40; worse loses where the active version is right and
     # both-wrong pairs are ties. Decided before all 40 were answered: the comparison closed and
-    # annotators were served no more of it.
-    assert kept.outcome == Outcome.REJECT, kept.sentence
+    # annotators were served no more of it. Evidence gathered from people rejects the candidate.
+    assert worse.evaluation_state == ModelVersion.EvaluationState.DONE
+    assert worse.status == ModelVersion.Status.REJECTED and active_version() == active
+    verdict = worse.metrics["gate"]["verdicts"]["pairwise"]
+    assert verdict["outcome"] == "reject", worse.status_reason
     assert re.fullmatch(
         r"candidate wins 2\d % of \d\d blind comparisons \(\d+ ties counted half\), 95 % CI \d+–4\d %: "
         r"not promoted \(worse\)",
-        kept.sentence,
+        verdict["sentence"],
     )
-    assert 20 <= kept.evidence["answered"] < 40 and kept.evidence["wins"] == 0
-    assert ComparisonVote.objects.count() == 20 + kept.evidence["answered"]
+    assert verdict["sentence"] in worse.status_reason
+    answered_on_worse = verdict["evidence"]["answered"]
+    assert 20 <= answered_on_worse < 40 and verdict["evidence"]["wins"] == 0
+    assert Comparison.objects.get(version_a=active, version_b=worse).closed_at is not None
+
+    better = gate_until_decided(better, annotators)
+    # better vs active: they differ on 20 questions; better is right on 16 of those.
+    assert better.status == ModelVersion.Status.ACTIVE and active_version() == better
+    verdict = better.metrics["gate"]["verdicts"]["pairwise"]
+    assert verdict["outcome"] == "promote"
+    assert verdict["sentence"] == "candidate wins 80 % of 20 blind comparisons, 95 % CI 58–92 %: promoted"
+    assert verdict["evidence"]["identical_outputs_skipped"] == 20
+    assert all(annotator.answered > 5 for annotator in annotators)  # the work was shared
+    assert ComparisonVote.objects.count() == 20 + answered_on_worse
