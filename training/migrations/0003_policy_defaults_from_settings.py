@@ -71,7 +71,9 @@ class Migration(migrations.Migration):
             name="judge",
             field=models.CharField(
                 choices=[("none", "none (holdout metrics only)"), ("demo", "demo task's simulated annotator")],
-                default=functools.partial(training.models._setting, *("PROSPECT_GATE_JUDGE",), **{}),
+                # Was the PROSPECT_GATE_JUDGE setting (default "demo"), since replaced by
+                # PROSPECT_GATE_JUDGES (training 0011): the historical default, as a literal.
+                default="demo",
                 max_length=20,
             ),
         ),
