@@ -19,8 +19,8 @@ def test_votes_become_a_promoted_version_that_serves_new_generations(demo_loop, 
     policy = get_policy()
     # The policy starts a run on its own once these votes exist; the gate judges with the demo
     # task's simulated annotator on held-out prompts and the holdout split. A negative margin
-    # promotes any candidate the gate could measure (the demo judge asks no significance then): the gate's verdicts have their own test
-    # (test_evaluation_gate.py); here the loop's wiring is under test.
+    # promotes any candidate the gate could measure (the demo judge asks no significance then): the
+    # gate's verdicts have their own tests (test_gate.py, judges/); here the loop's wiring is under test.
     policy.min_new_votes = Vote.objects.count()
     policy.holdout, policy.judges, policy.promote_margin = 0.2, "demo", -1.0
     policy.save()
@@ -48,8 +48,13 @@ def test_votes_become_a_promoted_version_that_serves_new_generations(demo_loop, 
     assert new_version.created_by_run == run and new_version.parent == demo_loop
     assert "auto-promoted by the gate" in new_version.status_reason
     gate = new_version.metrics["gate"]
-    assert gate["active_version"] == demo_loop.name and gate["holdout_examples"] > 0
-    assert 0.0 <= new_version.metrics["demo_accuracy"] <= 1.0 and "reward_accuracy" in new_version.metrics["holdout"]
+    demo_verdict = gate["verdicts"]["demo"]
+    assert gate["judges"] == ["demo"] and gate["decision"] == "promoted" and demo_verdict["outcome"] == "promote"
+    assert demo_verdict["evidence"]["prompts"] == policy.judge_prompts
+    assert demo_verdict["sentence"] in new_version.status_reason
+    assert 0.0 <= new_version.metrics["demo_accuracy"] <= 1.0
+    # The gate stored both versions' greedy outputs on the run's held-out prompts (the compare page).
+    assert new_version.heldout_outputs.exists() and demo_loop.heldout_outputs.exists()
     assert run.snapshot.last_vote_id == Vote.objects.latest("pk").pk
 
     # The annotation queue is filled by the gpu worker from the active version: the new one.
