@@ -6,7 +6,6 @@ from django.contrib import admin, messages
 from django.shortcuts import redirect
 from django.urls import path
 
-from feedback import services
 from feedback.models import (
     Comparison,
     ComparisonItem,
@@ -18,6 +17,8 @@ from feedback.models import (
     Prompt,
     Vote,
 )
+from feedback.services import jobs
+from projects.selectors import resolve_project
 
 
 @admin.register(Prompt)
@@ -133,17 +134,10 @@ class DatasetSnapshotAdmin(admin.ModelAdmin):
         if not request.user.has_perm("feedback.add_datasetsnapshot") and not request.user.is_superuser:
             messages.error(request, "You may not create snapshots.")
             return redirect("admin:feedback_datasetsnapshot_changelist")
-        try:
-            snapshot = services.create_snapshot()
-        except services.SnapshotRefused as exc:
-            messages.error(request, f"Snapshot refused: {exc}")
-        else:
-            messages.success(
-                request,
-                f"Snapshot {snapshot.pk} created: λ_D = {snapshot.desirable_weight:.4g}, "
-                f"λ_U = {snapshot.undesirable_weight:.4g} ({snapshot.weight_rule})",
-            )
-        return redirect("admin:feedback_datasetsnapshot_changelist")
+        # Cut by a worker, like every snapshot: tens of thousands of votes take longer than a request may.
+        job = jobs.create_snapshot_job(project=resolve_project(None), user=request.user)
+        messages.info(request, f"Snapshot job {job.pk} queued: its page shows the weights when it is done.")
+        return redirect("feedback:job", job_id=job.pk)
 
 
 @admin.register(Comparison)

@@ -6,7 +6,8 @@ import pytest
 from django.contrib import admin
 from django.utils.html import escape
 
-from feedback.models import DatasetSnapshot, Generation, ImportBatch, Prompt, Vote
+from feedback.models import DatasetSnapshot, Generation, ImportBatch, Job, Prompt, Vote
+from feedback.services import jobs
 from tests.feedback.helpers import add_generation, add_labelled_examples
 
 pytestmark = pytest.mark.django_db
@@ -32,16 +33,21 @@ def test_changelists_and_change_pages_render_for_staff(client, staff_user):
         assert client.get(url).status_code == 200, url
 
 
-def test_the_admin_button_cuts_a_snapshot_shown_with_its_rule(client, staff_user, settings):
+def test_the_admin_button_queues_a_snapshot_job_shown_with_its_rule(client, staff_user, settings):
     settings.SNAPSHOT_HOLDOUT = 0.0  # every example in train, so λ_D is exactly 4/3 · 10
     add_labelled_examples(1, 10)
     client.force_login(staff_user)
     page = client.get("/admin/feedback/datasetsnapshot/").content.decode()
     assert 'id="admin-create-snapshot"' in page
-    response = client.post("/admin/feedback/datasetsnapshot/create/", follow=True)
+    response = client.post("/admin/feedback/datasetsnapshot/create/")
+    # Not cut inside the request: a job for a worker, and its page.
+    job = Job.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/dashboard/jobs/{job.pk}/"
+    assert (job.kind, job.status, DatasetSnapshot.objects.count()) == ("snapshot", "queued", 0)
+    jobs.run_job(job.pk)  # what the worker does
     snapshot = DatasetSnapshot.objects.get()
-    page = response.content.decode()
-    assert "13.33" in page and "λ_D" in page
+    page = client.get(response["Location"]).content.decode()
+    assert "13.33" in page
     detail = client.get(f"/admin/feedback/datasetsnapshot/{snapshot.pk}/change/").content.decode()
     assert escape(snapshot.weight_rule) in detail
 
