@@ -15,4 +15,4 @@ RUN SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput \
 # Never root: a compromised web process owns only /data.
 USER prospect
 EXPOSE 8000
-CMD ["gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi:application", "--bind", "0.0.0.0:8000"]
+CMD ["python", "-m", "config.web_server", "--host", "0.0.0.0", "--port", "8000"]

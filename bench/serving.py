@@ -6,7 +6,7 @@ What it does (bounded in time; nothing here is a test):
    model (cached build) as the active version of project `demo`; an API key with scope `generate`.
 2. The peer, in this process: the same work as one request of the API minus HTTP, auth and JSON
    (route with training.routing, generate with the project's backend, store the Generation).
-3. `manage.py serve_models` as a child process, and gunicorn (the web app, forwarding /v1/) as
+3. `manage.py serve_models` as a child process, and the web server (config.web_server, forwarding /v1/) as
    another; C keep-alive clients send chat completions (max_tokens 8, greedy, distinct demo
    prompts). The three modes run in alternating slices (--rounds) for --seconds each in all, with
    the same torch thread count: requests/s, p50/p99 latency, overhead ratios vs the peer.
@@ -186,8 +186,8 @@ def main() -> None:
             cwd=ROOT, env=env, stdout=logs["serving"], stderr=subprocess.STDOUT, start_new_session=True,
         ),
         subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi:application",
-             "--bind", f"127.0.0.1:{web_port}", "--workers", "1", "--threads", str(options.clients * 2)],
+            [sys.executable, "-m", "config.web_server", "--port", str(web_port), "--workers", "1",
+             "--threads", str(options.clients * 2)],
             cwd=ROOT, env=env, stdout=logs["web"], stderr=subprocess.STDOUT, start_new_session=True,
         ),
     ]  # fmt: skip

@@ -4,8 +4,8 @@ exporting a million votes.
 What it does (bounded in count and time; nothing here is a test):
 1. Creates a fresh Postgres database (`prospect_bench` unless BENCH_DATABASE_URL says otherwise),
    migrates it, and seeds a project API key (scope votes:write) and some generations.
-2. Starts the app under gunicorn with the shipped config/gunicorn.conf.py (gthread: one worker
-   per core, 8 threads each) on loopback; both endpoints are measured against this one server.
+2. Starts the app as shipped (`python -m config.web_server`: granian, one worker per core,
+   WEB_THREADS threads each) on loopback; both endpoints are measured against this one server.
 3. Drives `GET /healthz` (a view that does nothing: the ceiling) and `POST /api/v1/votes/`
    in alternating slices (--rounds), with C concurrent keep-alive clients (asyncio, raw HTTP/1.1)
    for a fixed total time each, recording
@@ -92,24 +92,21 @@ print(key, min(Generation.objects.values_list("id", flat=True)), max(Generation.
 # --- The server -----------------------------------------------------------------------------
 
 
-def start_gunicorn(env: dict, port: int, workers: int, threads: int) -> subprocess.Popen:
-    # The shipped configuration (config/gunicorn.conf.py: gthread, keep-alive, backlog), with the
+def start_web_server(env: dict, port: int, workers: int, threads: int) -> subprocess.Popen:
+    # The shipped web process (config/web_server.py: granian, keep-alive, backlog), with the
     # process and thread counts of this run.
     command = [
         PYTHON,
         "-m",
-        "gunicorn",
-        "-c",
-        "config/gunicorn.conf.py",
-        "config.wsgi:application",
-        "--bind",
-        f"127.0.0.1:{port}",
+        "config.web_server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
         "--workers",
         str(workers),
         "--threads",
         str(threads),
-        "--log-level",
-        "warning",
     ]
     server = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
     deadline = time.monotonic() + 60
@@ -121,7 +118,7 @@ def start_gunicorn(env: dict, port: int, workers: int, threads: int) -> subproce
         except OSError:
             time.sleep(0.2)
     stop(server)
-    raise SystemExit("gunicorn did not answer /healthz within 60 s")
+    raise SystemExit("the web server did not answer /healthz within 60 s")
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -247,7 +244,7 @@ def vote_requests_factory(token: str, first_id: int, last_id: int, run_tag: str,
 
 
 class CpuMeter:
-    """CPU seconds spent by the server (gunicorn), its database backends and this client.
+    """CPU seconds spent by the web server, its database backends and this client.
 
     Throughput on a shared 2-core machine moves with whatever else runs there; CPU time per
     request does not, so the per-request cost of each side is reported next to the rates.
@@ -385,10 +382,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0, help="load time per endpoint, over all rounds")
     parser.add_argument("--rounds", type=int, default=5, help="alternating no-op/vote slices per endpoint")
-    # Defaults: those of config/gunicorn.conf.py (one worker per core, 8 threads each; the
-    # measurements behind them are noted there).
+    # Defaults: those of config/web_server.py (the measurements behind them are noted there).
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 1)))
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("GUNICORN_THREADS", "8")))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("WEB_THREADS", "2")))
     parser.add_argument("--max-votes-per-client", type=int, default=20_000)
     parser.add_argument("--export-votes", type=int, default=1_000_000, help="0 skips the export part")
     args = parser.parse_args()
@@ -415,8 +411,8 @@ def main() -> None:
         first_id, last_id = int(first_id), int(last_id)
 
         port = free_port()
-        log(f"gunicorn gthread, {args.workers} workers x {args.threads} threads on 127.0.0.1:{port}")
-        server = start_gunicorn(env, port, args.workers, args.threads)
+        log(f"granian, {args.workers} workers x {args.threads} threads on 127.0.0.1:{port}")
+        server = start_web_server(env, port, args.workers, args.threads)
         try:
             # A short warm-up so that every worker has imported everything and opened its DB connection.
             asyncio.run(drive(port, noop_requests, args.clients, 1.0))
@@ -482,7 +478,7 @@ def main() -> None:
             "bench": "web_load",
             "clients": args.clients,
             "rounds": args.rounds,
-            "server": f"gunicorn gthread {args.workers}x{args.threads}",
+            "server": f"granian {args.workers}x{args.threads}",
             "cpus": os.cpu_count(),
             "votes_per_s": round(votes["per_s"], 1),
             "vote_p50_ms": round(votes["p50_ms"], 2),

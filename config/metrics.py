@@ -1,7 +1,7 @@
 """Prometheus metrics: what the operator watches.
 
 Request latencies are measured in each web process (RequestMetricsMiddleware). With several
-gunicorn workers, set PROMETHEUS_MULTIPROC_DIR (prometheus_client's own variable) to an empty
+web worker processes, set PROMETHEUS_MULTIPROC_DIR (prometheus_client's own variable) to an empty
 folder so that the scrape sums every worker. Everything else (votes, the annotation queue, runs,
 the active version, the broker's queues) is read from the database and the broker at scrape time,
 so every process answers the same and nothing is lost when a process restarts.

@@ -1,6 +1,6 @@
 """The web side's way to the serving process: HTTP only, so a web worker never imports torch.
 
-Web workers (gunicorn, runserver) call the serving process (`manage.py serve_models`) at
+Web workers (granian, runserver) call the serving process (`manage.py serve_models`) at
 PROSPECT_SERVING_URL for `/api/v1/generate/` (its internal endpoint, authenticated with the shared
 PROSPECT_SERVING_TOKEN) and forward the OpenAI-compatible `/v1/` API to it unchanged (the caller's
 API key travels with the request and the serving process checks it).

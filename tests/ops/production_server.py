@@ -1,4 +1,5 @@
-"""A real production-mode web server for the tests: gunicorn, DEBUG off, its own SQLite database."""
+"""A real production-mode web server for the tests: the shipped web process (`python -m
+config.web_server`, granian), DEBUG off, its own SQLite database."""
 
 from __future__ import annotations
 
@@ -39,15 +40,16 @@ class Server:
 
 
 def request(url: str, data: bytes | None = None, headers: dict | None = None, method: str | None = None):
+    """(status, headers, body); the headers look names up in any case, as HTTP says they are."""
     req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
     try:
         with urllib.request.urlopen(req, timeout=30) as response:
-            return response.status, dict(response.headers), response.read()
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
+        return error.code, error.headers, error.read()
 
 
-def start_production_server(tmp_path: Path, workers: int = 1, timeout: int = 60, **extra_env: str) -> Server:
+def start_production_server(tmp_path: Path, workers: int = 1, **extra_env: str) -> Server:
     data_dir = tmp_path / "prod-data"
     data_dir.mkdir()
     database = data_dir / "db.sqlite3"
@@ -62,23 +64,18 @@ def start_production_server(tmp_path: Path, workers: int = 1, timeout: int = 60,
         PYTHONUNBUFFERED="1",
         **extra_env,
     )
-    log = tmp_path / "gunicorn.log"
+    log = tmp_path / "web.log"
     server = Server(f"http://127.0.0.1:{port}", env, database, None, log)  # type: ignore[arg-type]
     server.manage("migrate", "--noinput")
     server.process = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "gunicorn",
-            "-c",
-            "config/gunicorn.conf.py",
-            "config.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
+            "config.web_server",
+            "--port",
+            str(port),
             "--workers",
             str(workers),
-            "--timeout",
-            str(timeout),
         ],
         cwd=REPO,
         env=env,
@@ -93,7 +90,7 @@ def start_production_server(tmp_path: Path, workers: int = 1, timeout: int = 60,
         except OSError:
             return False
 
-    wait_for(answers, 90, "gunicorn to answer /healthz", on_timeout=lambda: log.read_text())
+    wait_for(answers, 90, "the web server to answer /healthz", on_timeout=lambda: log.read_text())
     return server
 
 

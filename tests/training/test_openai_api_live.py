@@ -1,5 +1,5 @@
 """A product team's integration against live processes: the official `openai` client calls the web
-app's /v1/ (gunicorn, torch made unimportable in it), which forwards to a live serving process
+app's /v1/ (the shipped web server, torch made unimportable in it), which forwards to a live serving process
 (`manage.py serve_models`, the demo model); the generation id it returns takes the end user's
 thumbs to the vote API. Also: the web's /api/v1/generate/ goes through the serving process, and
 the serving process follows a promotion without a restart.
@@ -55,7 +55,7 @@ def _answers(url: str) -> bool:
 
 @pytest.fixture(scope="module")
 def live_stack(django_db_setup, django_db_blocker, demo_model_dir, tmp_path_factory):
-    """(web URL, serving URL): gunicorn without torch, and `manage.py serve_models`."""
+    """(web URL, serving URL): the web server without torch, and `manage.py serve_models`."""
     folder = tmp_path_factory.mktemp("live-stack")
     (folder / "sitecustomize.py").write_text(BLOCK_MODEL_LIBRARIES)
     serving_port, web_port = free_port(), free_port()
@@ -74,8 +74,7 @@ def live_stack(django_db_setup, django_db_blocker, demo_model_dir, tmp_path_fact
         [sys.executable, "manage.py", "serve_models", "--port", str(serving_port)], env, folder / "serving.log"
     )
     web = _start(
-        [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "config.wsgi:application",
-         "--bind", f"127.0.0.1:{web_port}", "--workers", "1", "--threads", "4", "--timeout", "120"],
+        [sys.executable, "-m", "config.web_server", "--port", str(web_port), "--workers", "1", "--threads", "4"],
         web_env, folder / "web.log",
     )  # fmt: skip
     logs = lambda: "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in folder.glob("*.log"))  # noqa: E731
