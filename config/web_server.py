@@ -33,12 +33,19 @@ def _positive_int(name: str, default: int) -> int:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default=os.environ.get("WEB_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=_positive_int("PORT", 8000))
-    parser.add_argument("--workers", type=int, default=_positive_int("WEB_CONCURRENCY", os.cpu_count() or 1))
-    parser.add_argument("--threads", type=int, default=_positive_int("WEB_THREADS", 2))
+    parser.add_argument("--port", type=_at_least_one, default=_positive_int("PORT", 8000))
+    parser.add_argument("--workers", type=_at_least_one, default=_positive_int("WEB_CONCURRENCY", os.cpu_count() or 1))
+    parser.add_argument("--threads", type=_at_least_one, default=_positive_int("WEB_THREADS", 2))
     return parser.parse_args(argv)
 
 
