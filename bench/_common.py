@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -18,11 +19,65 @@ sys.path.insert(0, str(REPO_ROOT))
 ALPHABET = "abcdefghijklmnopqrstuvwxyz      .,?0123456789"
 
 
+class Shape(NamedTuple):
+    """A bench model's shape; its weights are random, its special token ids the tokenizer's."""
+
+    architecture: str  # a key of ARCHITECTURES
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    tie_word_embeddings: bool = False
+    # Too big for an fp32 init on the host (minutes for 7B): built in bf16, on the GPU when there
+    # is one, and saved in bf16.
+    bf16: bool = False
+
+
+# architecture: (config class, model class, the config fields its kinds share)
+ARCHITECTURES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {"max_position_embeddings": 2048}),
+    "qwen2": (
+        "Qwen2Config",
+        "Qwen2ForCausalLM",
+        {"max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6},
+    ),
+}
+
+MODEL_SHAPES = {
+    # What a new user tries first on a CPU: a 4-layer d256 Llama, a 32k-row embedding (real
+    # vocabularies are 32k-150k), the BPE fixture tokenizer (ids beyond its 600 are never produced).
+    "bpe-llama": Shape("llama", 32000, 256, 688, 4, 4, 4),
+    # Small enough for a 2-core CPU, with a realistic vocabulary so the LM head matters.
+    "cpu-small": Shape("llama", 32000, 192, 512, 3, 4, 4, tie_word_embeddings=True),
+    # Qwen2.5's published shapes (configs built locally; weights random).
+    "qwen2.5-0.5b": Shape("qwen2", 151936, 896, 4864, 24, 14, 2, tie_word_embeddings=True),
+    "qwen2.5-1.5b": Shape("qwen2", 151936, 1536, 8960, 28, 12, 2, tie_word_embeddings=True),
+    "qwen2.5-7b": Shape("qwen2", 152064, 3584, 18944, 28, 28, 4, bf16=True),
+    "tiny": Shape("llama", 1024, 64, 128, 2, 2, 2, tie_word_embeddings=True),
+}
+
+
+def model_config(kind: str, **special_token_ids):
+    """The transformers config of a bench model kind (MODEL_SHAPES), with the tokenizer's special ids."""
+    import torch
+    import transformers
+
+    if kind not in MODEL_SHAPES:
+        raise ValueError(kind)
+    fields = MODEL_SHAPES[kind]._asdict()
+    config_class, _, shared = ARCHITECTURES[fields.pop("architecture")]
+    if fields.pop("bf16"):
+        fields["dtype"] = torch.bfloat16
+    return getattr(transformers, config_class)(**shared, **fields, **special_token_ids)
+
+
 def save_random_model(out_dir: Path, kind: str, seed: int = 0) -> str:
     """A randomly initialised causal LM saved with the demo character tokenizer (model ids beyond
     the tokenizer's vocabulary are simply never produced; the LM head still spans the whole vocab)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
     from training.kto.demo import build_tokenizer
 
@@ -39,112 +94,13 @@ def save_random_model(out_dir: Path, kind: str, seed: int = 0) -> str:
     special = dict(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
-    if kind == "bpe-llama":
-        # What a new user tries first on a CPU: a 4-layer d256 Llama, a 32k-row embedding (real
-        # vocabularies are 32k-150k), the BPE fixture tokenizer (ids beyond its 600 are never produced).
-        model = LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=32000,
-                hidden_size=256,
-                intermediate_size=688,
-                num_hidden_layers=4,
-                num_attention_heads=4,
-                num_key_value_heads=4,
-                max_position_embeddings=2048,
-                **special,
-            )
-        )
-    elif kind == "cpu-small":
-        # Small enough for a 2-core CPU, with a realistic vocabulary so the LM head matters.
-        model = LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=32000,
-                hidden_size=192,
-                intermediate_size=512,
-                num_hidden_layers=3,
-                num_attention_heads=4,
-                num_key_value_heads=4,
-                max_position_embeddings=2048,
-                tie_word_embeddings=True,
-                **special,
-            )
-        )
-    elif kind == "qwen2.5-0.5b":
-        from transformers import Qwen2Config, Qwen2ForCausalLM
-
-        # Qwen2.5-0.5B's published shape (config built locally; weights random).
-        model = Qwen2ForCausalLM(
-            Qwen2Config(
-                vocab_size=151936,
-                hidden_size=896,
-                intermediate_size=4864,
-                num_hidden_layers=24,
-                num_attention_heads=14,
-                num_key_value_heads=2,
-                max_position_embeddings=32768,
-                rope_theta=1000000.0,
-                rms_norm_eps=1e-6,
-                tie_word_embeddings=True,
-                **special,
-            )
-        )
-    elif kind == "qwen2.5-1.5b":
-        from transformers import Qwen2Config, Qwen2ForCausalLM
-
-        model = Qwen2ForCausalLM(
-            Qwen2Config(
-                vocab_size=151936,
-                hidden_size=1536,
-                intermediate_size=8960,
-                num_hidden_layers=28,
-                num_attention_heads=12,
-                num_key_value_heads=2,
-                max_position_embeddings=32768,
-                rope_theta=1000000.0,
-                rms_norm_eps=1e-6,
-                tie_word_embeddings=True,
-                **special,
-            )
-        )
-    elif kind == "qwen2.5-7b":
-        from transformers import Qwen2Config, Qwen2ForCausalLM
-
-        # Qwen2.5-7B's published shape, random weights, built on the GPU in bf16 when there is one
-        # (a 7B fp32 init on the host takes minutes) and saved in bf16 (15 GB).
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        with torch.device(device):
-            model = Qwen2ForCausalLM(
-                Qwen2Config(
-                    vocab_size=152064,
-                    hidden_size=3584,
-                    intermediate_size=18944,
-                    num_hidden_layers=28,
-                    num_attention_heads=28,
-                    num_key_value_heads=4,
-                    max_position_embeddings=32768,
-                    rope_theta=1000000.0,
-                    rms_norm_eps=1e-6,
-                    tie_word_embeddings=False,
-                    dtype=torch.bfloat16,
-                    **special,
-                )
-            ).to(torch.bfloat16)
-    elif kind == "tiny":
-        model = LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=1024,
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                num_key_value_heads=2,
-                max_position_embeddings=2048,
-                tie_word_embeddings=True,
-                **special,
-            )
-        )
+    config = model_config(kind, **special)
+    model_class = getattr(transformers, ARCHITECTURES[MODEL_SHAPES[kind].architecture][1])
+    if MODEL_SHAPES[kind].bf16:
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = model_class(config).to(torch.bfloat16)
     else:
-        raise ValueError(kind)
+        model = model_class(config)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return str(out_dir)

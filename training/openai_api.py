@@ -249,23 +249,25 @@ def _finish_reason(backend, version: ModelVersion, completion: str, max_tokens: 
 
 def _stored(project, version, prompts, completions, routing_key: str | None) -> list[int | None]:
     """Each completion's generation id (None for an empty one, which cannot be rated), recorded as
-    served to `routing_key`'s end user (a canary credits their thumbs to the version they saw)."""
-    ids = []
-    for prompt, completion in zip(prompts, completions):
-        try:
-            (generation,) = store_completions(
-                project,
-                version,
-                [prompt],
-                [completion],
-                source="openai",
-                routing_key=routing_key,
-                record_served=True,
-            )
-            ids.append(generation.pk)
-        except EmptyCompletion:
-            ids.append(None)
-    return ids
+    served to `routing_key`'s end user (a canary credits their thumbs to the version they saw).
+
+    One store_completions call for the whole batch: one transaction and one insert of the served
+    records, however many prompts the request sent."""
+    stored = iter(
+        store_completions(
+            project,
+            version,
+            prompts,
+            completions,
+            source="openai",
+            skip_empty=True,
+            routing_key=routing_key,
+            record_served=True,
+        )
+    )
+    # skip_empty leaves the empty completions out and keeps the others in order (the same test as
+    # store_completions'): each non-empty completion takes the next generation.
+    return [next(stored).pk if completion.strip() else None for completion in completions]
 
 
 def _prospect_fields(version: ModelVersion, generation_id: int | None) -> dict:

@@ -7,6 +7,7 @@ training.runner.
 
 Public API (views, commands and the layers above call these; the signatures are a contract):
     start_run(*, snapshot=None, config=None, base_version=None, requested_by=None) -> TrainingRun
+    queue_run_after_snapshot(*, config=None, base_version=None, requested_by=None) -> Job
     cancel_run(run)                   -> None
     dispatch_pending_runs()           -> list[int]
     reap_orphaned_runs()              -> list[int]
@@ -21,9 +22,12 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone
 
+from feedback.models import Job
 from feedback.services import create_snapshot
+from feedback.services.jobs import FollowUpRefused, create_snapshot_job
 from projects.selectors import resolve_project
 from training import dispatch
 from training.models import ACTIVE_RUN_STATUSES, ModelVersion, TrainingPolicy, TrainingRun
@@ -35,18 +39,48 @@ from training.selectors import active_version
 logger = logging.getLogger(__name__)
 
 
-def _create_snapshot_for(config: dict, project):
+# The snapshot job's follow-up (feedback.services.jobs) that starts the run queued by "retrain now".
+RUN_AFTER_SNAPSHOT = "training.start_run"
+
+
+def _snapshot_options(config: dict) -> dict:
+    """create_snapshot's arguments for a run with this (resolved) config."""
     manual = None
     if config["lambda_mode"] == TrainingPolicy.LambdaMode.MANUAL:
         manual = (config["desirable_weight"], config["undesirable_weight"])
-    return create_snapshot(
-        holdout=config["holdout"],
-        target_ratio=config["target_ratio"],
-        mode="downside_first" if config["lambda_mode"] == TrainingPolicy.LambdaMode.DOWNSIDE_FIRST else "auto",
-        manual_weights=manual,
-        seed=config["seed"],
-        project=project,
-    )
+    return {
+        "holdout": config["holdout"],
+        "target_ratio": config["target_ratio"],
+        "mode": "downside_first" if config["lambda_mode"] == TrainingPolicy.LambdaMode.DOWNSIDE_FIRST else "auto",
+        "manual_weights": manual,
+        "seed": config["seed"],
+    }
+
+
+def _create_snapshot_for(config: dict, project):
+    return create_snapshot(**_snapshot_options(config), project=project)
+
+
+def _base_version_for(base_version, config: dict, project):
+    """The version a run trains from: the one asked for, else the active one, else the configured base model."""
+    if base_version is None:
+        base_version = active_version(project)
+    if base_version is None:
+        if not config["base_model"]:
+            raise ValidationError(
+                {
+                    "base_model": "no model version is active and no base model is configured "
+                    "(set PROSPECT_BASE_MODEL or the training policy's base model)"
+                }
+            )
+        base_version = ensure_base_version(config["base_model"], project=project)
+    return base_version
+
+
+def _refuse_other_projects_rows(project, **rows) -> None:
+    for what, row in rows.items():
+        if row is not None and row.project_id != project.pk:
+            raise ValidationError({what: f"{what} {row.pk} does not exist in project {project.name}"})
 
 
 def class_weights_for(snapshot, config: dict) -> tuple[float, float, str]:
@@ -89,22 +123,10 @@ def start_run(
     periodic dispatcher sends it once the broker is back; the caller never sees a broker error.
     """
     project = resolve_project(project if project is not None else (snapshot.project if snapshot is not None else None))
-    for row, what in ((snapshot, "snapshot"), (base_version, "base_version")):
-        if row is not None and row.project_id != project.pk:
-            raise ValidationError({what: f"{what} {row.pk} does not exist in project {project.name}"})
+    _refuse_other_projects_rows(project, snapshot=snapshot, base_version=base_version)
     resolved = resolve_training_config(config, project)
     with transaction.atomic():
-        if base_version is None:
-            base_version = active_version(project)
-        if base_version is None:
-            if not resolved["base_model"]:
-                raise ValidationError(
-                    {
-                        "base_model": "no model version is active and no base model is configured "
-                        "(set PROSPECT_BASE_MODEL or the training policy's base model)"
-                    }
-                )
-            base_version = ensure_base_version(resolved["base_model"], project=project)
+        base_version = _base_version_for(base_version, resolved, project)
         if snapshot is None:
             snapshot = _create_snapshot_for(resolved, project)
         desirable_weight, undesirable_weight, weight_rule = class_weights_for(snapshot, resolved)
@@ -122,6 +144,48 @@ def start_run(
         run_id = run.pk
         transaction.on_commit(lambda: _enqueue_run(run_id))
     return run
+
+
+def queue_run_after_snapshot(*, config: dict | None = None, base_version=None, requested_by=None, project=None) -> Job:
+    """Retrain now on a fresh snapshot: a snapshot job that starts the run once a worker has cut it.
+
+    Cutting a snapshot reads every vote, too long for a web request. What can be checked now is
+    (the config, the base version: ValidationError naming the field, nothing queued); the run's
+    config and base version are fixed now, as the admin saw them. The job's status is the source of
+    truth until the run exists: the run is created (queued, sent to the gpu queue once committed)
+    in the job's own transaction, so a job delivered twice starts one run, and a refused snapshot
+    (e.g. no votes) or run fails the job with its reason and starts none. The job's result then
+    carries `run_id` and `run_url`.
+    """
+    project = resolve_project(project)
+    _refuse_other_projects_rows(project, base_version=base_version)
+    resolved = resolve_training_config(config, project)
+    with transaction.atomic():
+        base_version = _base_version_for(base_version, resolved, project)
+        return create_snapshot_job(
+            project=project,
+            **_snapshot_options(resolved),
+            user=requested_by,
+            then={"name": RUN_AFTER_SNAPSHOT, "config": resolved, "base_version_id": base_version.pk},
+        )
+
+
+def start_run_after_snapshot(job: Job, snapshot, then: dict) -> dict:
+    """The snapshot job's follow-up (inside its transaction): the run queued by queue_run_after_snapshot."""
+    base_version = ModelVersion.objects.filter(pk=then["base_version_id"], project=job.project).first()
+    if base_version is None:
+        raise FollowUpRefused(f"the base version {then['base_version_id']} was deleted; no run was started")
+    try:
+        run = start_run(
+            snapshot=snapshot,
+            config=then["config"],
+            base_version=base_version,
+            requested_by=job.created_by,
+            project=job.project,
+        )
+    except ValidationError as exc:
+        raise FollowUpRefused(f"the run was refused: {'; '.join(exc.messages)}") from exc
+    return {"run_id": run.pk, "run_url": reverse("training:run_detail", args=[run.pk])}
 
 
 def _enqueue_run(run_id: int) -> bool:

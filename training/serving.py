@@ -22,6 +22,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from django.conf import settings
@@ -60,10 +61,17 @@ class InferenceBackend(ABC):
     def __init__(self, project_id: int | None = None) -> None:
         self.project_id = project_id if project_id is not None else resolve_project(None).pk
 
+    @cached_property
+    def project(self) -> Project:
+        """The project's row, read once: routing uses only its id, so nothing that changes in it
+        changes what is served. The versions are read on every request (version_for_request), which
+        is how a promotion or a rollback applies from the next request without a restart."""
+        return Project.objects.get(pk=self.project_id)
+
     @property
     def version(self) -> ModelVersion:
         """The version a request without a routing key gets now (the project's active one)."""
-        return version_for_request(Project.objects.get(pk=self.project_id))
+        return version_for_request(self.project)
 
     @abstractmethod
     def generate(

@@ -25,7 +25,7 @@ from projects.web import project_permission_required
 from training import policy, presentation, registry, selectors, version_selectors
 from training.judges import pairwise
 from training.models import ModelVersion, TrainingPolicy, TrainingRun
-from training.runs import cancel_run, start_run
+from training.runs import cancel_run, queue_run_after_snapshot, start_run
 
 RUNS_PER_PAGE = 50
 
@@ -47,7 +47,7 @@ class RetrainForm(forms.Form):
     snapshot = forms.ModelChoiceField(
         queryset=DatasetSnapshot.objects.all(),
         required=False,
-        empty_label="New snapshot of all votes now",
+        empty_label="New snapshot of all votes (cut by a worker, then the run starts)",
     )
     base_version = forms.ModelChoiceField(
         queryset=ModelVersion.objects.exclude(status=ModelVersion.Status.REJECTED),
@@ -257,14 +257,20 @@ def retrain(request):
     if request.method == "POST":
         form = RetrainForm(request.POST, defaults=defaults, project=request.project)
         if form.is_valid():
+            arguments = {
+                "config": form.config_overrides(),
+                "base_version": form.cleaned_data["base_version"],
+                "requested_by": request.user,
+                "project": request.project,
+            }
             try:
-                run = start_run(
-                    snapshot=form.cleaned_data["snapshot"],
-                    config=form.config_overrides(),
-                    base_version=form.cleaned_data["base_version"],
-                    requested_by=request.user,
-                    project=request.project,
-                )
+                if form.cleaned_data["snapshot"] is None:
+                    # Cut by a worker, like every snapshot (too long for a request); the run starts
+                    # there once it is cut, and the job page then moves on to the run's page.
+                    job = queue_run_after_snapshot(**arguments)
+                    messages.info(request, f"Snapshot job {job.pk} queued: the run starts once it is done.")
+                    return redirect("feedback:job", job_id=job.pk)
+                run = start_run(snapshot=form.cleaned_data["snapshot"], **arguments)
             except (ValueError, ValidationError) as exc:
                 form.add_service_error(exc)
             else:

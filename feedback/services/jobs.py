@@ -3,10 +3,15 @@
     create_import_job(...) / create_snapshot_job(...)  -> Job (queued; sent once committed)
     run_job(job_id)                                      -> Job | None (what the task calls)
     dispatch_pending_jobs()                              -> ids sent again (the broker was down)
+    register_snapshot_follow_up(name, function)          -> None (apps above feedback: what a
+                                                            snapshot job may do next with its snapshot)
 
 The job's `status` is the source of truth. run_job claims a queued job with a conditional UPDATE,
 so a task delivered twice runs it once; the work and the job's success are one transaction, so a
-job is never "succeeded" without its import or snapshot, nor the other way round. A job left
+job is never "succeeded" without its import or snapshot, nor the other way round. A snapshot job
+may name a follow-up (params["then"], e.g. training's "start a run from it"): it runs in that same
+transaction, so the snapshot, the follow-up's rows and the job's success happen together or not at
+all, and a refused follow-up fails the job with its reason. A job left
 running by a dead worker is claimed again once the task's hard time limit has passed since it
 started (the worker that claimed it cannot still be running it).
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,7 +37,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from feedback.importers import ImportRejected
-from feedback.models import Job
+from feedback.models import DatasetSnapshot, Job
 from feedback.services.imports import import_feedback
 from feedback.services.snapshots import SnapshotRefused, create_snapshot, snapshot_summary
 from projects.models import Project
@@ -46,6 +52,20 @@ PROGRESS_STEP = 0.01
 
 class JobLost(RuntimeError):
     """The job stopped being this worker's while it ran (claimed again): its work is rolled back."""
+
+
+class FollowUpRefused(Exception):
+    """A snapshot job's follow-up cannot be done (its message says why): the job fails, nothing is kept."""
+
+
+# name -> function(job, snapshot, then) -> dict merged into the job's result. Registered by the apps
+# that build on feedback (training, in its AppConfig.ready), since feedback imports none of them.
+SnapshotFollowUp = Callable[[Job, DatasetSnapshot, dict], dict]
+_SNAPSHOT_FOLLOW_UPS: dict[str, SnapshotFollowUp] = {}
+
+
+def register_snapshot_follow_up(name: str, function: SnapshotFollowUp) -> None:
+    _SNAPSHOT_FOLLOW_UPS[name] = function
 
 
 def upload_dir() -> Path:
@@ -102,13 +122,19 @@ def create_snapshot_job(
     user=None,
     api_client_id: str | None = None,
     send: bool = True,
+    then: dict | None = None,
 ) -> Job:
+    """A queued snapshot; `then` ({"name": a registered follow-up, ...its arguments}) is done with the
+    snapshot in the job's transaction once it is cut."""
+    if then is not None and then.get("name") not in _SNAPSHOT_FOLLOW_UPS:
+        raise ValueError(f"no snapshot follow-up named {then.get('name')!r} is registered")
     params = {
         "holdout": settings.SNAPSHOT_HOLDOUT if holdout is None else holdout,
         "target_ratio": settings.KTO_TARGET_RATIO if target_ratio is None else target_ratio,
         "mode": mode,
         "manual_weights": list(manual_weights) if manual_weights else None,
         "seed": seed,
+        "then": then,
     }
     return _create(Job.Kind.SNAPSHOT, project, params, user, api_client_id, send)
 
@@ -191,7 +217,7 @@ def run_job(job_id: int) -> Job | None:
     progress = ProgressWriter(job.pk)
     try:
         runner(job, progress)
-    except (ImportRejected, SnapshotRefused) as exc:
+    except (ImportRejected, SnapshotRefused, FollowUpRefused) as exc:
         _fail(job, [_error(exc)])
     except JobLost:
         logger.warning("job %s was claimed again while it ran; this attempt was rolled back", job.pk)
@@ -244,7 +270,14 @@ def _run_snapshot(job: Job, progress: ProgressWriter) -> None:
             project=job.project,
             on_progress=progress.update,
         )
-        _succeed(job, snapshot_summary(snapshot), snapshot=snapshot)
+        result = snapshot_summary(snapshot)
+        then = params.get("then")
+        if then:
+            follow_up = _SNAPSHOT_FOLLOW_UPS.get(then["name"])
+            if follow_up is None:  # this worker lacks the app that queued it
+                raise FollowUpRefused(f"this worker knows no snapshot follow-up named {then['name']!r}")
+            result.update(follow_up(job, snapshot, then))
+        _succeed(job, result, snapshot=snapshot)
 
 
 def _succeed(job: Job, result: dict, **links) -> None:

@@ -1,5 +1,6 @@
 // Job page: polls the job's status URL about once a second, moves the progress bar, and reloads
 // the page once the job is over (the server renders the result, the errors, the skipped lines).
+// A snapshot job that started a training run ("retrain now") goes on to that run's page instead.
 (function () {
   "use strict";
   var root = document.getElementById("job-live");
@@ -20,6 +21,10 @@
           text.textContent = Math.round(job.progress * 100) + "%";
           badge.textContent = job.status;
           badge.className = "badge status-" + job.status;
+          if (job.status === "succeeded" && job.result && job.result.run_url) {
+            window.location.assign(job.result.run_url);
+            return;
+          }
           if (DONE[job.status]) { window.location.reload(); return; }
         }
         window.setTimeout(poll, 1000);

@@ -15,8 +15,8 @@ import pytest
 from feedback.models import Generation
 from projects.services import create_api_key
 from tests.helpers import InProcessServing
-from training.models import ModelVersion
-from training.serving import get_backend
+from training.models import ModelVersion, ServedCompletion
+from training.serving import get_backend, store_completions
 
 PROMPT = [{"role": "user", "content": "What is 12+7?"}]
 
@@ -85,6 +85,55 @@ def test_completions_answer_a_batch_with_one_generation_each(serving, demo_key):
             assert (generation.prompt.content, generation.completion) == (prompt, choice["text"])
         else:  # an empty completion cannot be rated: answered, not stored
             assert choice["prospect_generation_id"] is None
+
+
+class ScriptedBackend:
+    """Answers each batch with the given completions, whatever the prompts (the storing is under test)."""
+
+    def __init__(self, completions: list[str]):
+        self.completions = completions
+
+    def generate(self, prompts, **options) -> list[str]:
+        assert len(prompts) == len(self.completions)
+        return list(self.completions)
+
+    def count_tokens(self, version, text) -> None:
+        return None
+
+
+@pytest.mark.django_db
+def test_a_batch_is_stored_in_one_call_and_each_choice_names_its_own_generation(
+    serving, demo_key, active_demo_version, monkeypatch
+):
+    from training import openai_api
+
+    prompts = ["What is 1+2?", "What is 3+4?", "What is 5+6?", "What is 7+8?"]
+    texts = ["3", "  ", "11", "15"]  # the empty one is answered, not stored
+    monkeypatch.setattr(openai_api, "get_backend", lambda project: ScriptedBackend(texts))
+    calls = []
+
+    def counted_store_completions(*args, **kwargs):
+        calls.append(args[2])
+        return store_completions(*args, **kwargs)
+
+    monkeypatch.setattr(openai_api, "store_completions", counted_store_completions)
+    body = {"model": "demo", "prompt": prompts, "max_tokens": 4, "user": "end-user-9"}
+    response = call(serving, "/v1/completions", demo_key, body)
+    assert response.status_code == 200, response.text
+    assert calls == [prompts]  # one call for the whole batch
+    choices = response.json()["choices"]
+    ids = [choice["prospect_generation_id"] for choice in choices]
+    assert ids[1] is None and len(set(ids)) == 4
+    for prompt, text, choice in zip(prompts, texts, choices):
+        assert choice["text"] == text
+        if choice["prospect_generation_id"] is not None:
+            generation = Generation.objects.get(pk=choice["prospect_generation_id"])
+            assert (generation.prompt.content, generation.completion) == (prompt, text)
+            assert generation.model_version == active_demo_version
+    assert response.headers["X-Prospect-Generation-Id"] == ",".join(str(i) for i in ids if i is not None)
+    served = ServedCompletion.objects.filter(generation_id__in=[i for i in ids if i is not None])
+    assert sorted(served.values_list("generation_id", flat=True)) == sorted(i for i in ids if i is not None)
+    assert set(served.values_list("routing_key", "version_id")) == {("end-user-9", active_demo_version.pk)}
 
 
 @pytest.mark.django_db

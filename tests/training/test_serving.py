@@ -10,6 +10,7 @@ import torch
 
 from feedback.models import Generation
 from projects.selectors import default_project
+from tests.training.helpers import loadable_artifact
 from training import registry
 from training.kto.demo import correct_answer, demo_prompts
 from training.kto.generation import generate_completions
@@ -62,6 +63,27 @@ def test_backend_reloads_when_another_version_is_promoted(active_demo_version, d
     registry.rollback()
     assert backend.generate(PROMPTS, max_new_tokens=5) == expected_base
     assert backend.loaded_version_id == active_demo_version.pk
+
+
+@pytest.mark.django_db
+def test_the_backend_reads_its_project_once_and_the_versions_on_every_request(
+    active_demo_version, tmp_path, django_assert_num_queries
+):
+    backend = TransformersBackend()
+    assert backend.version == active_demo_version  # the first request reads the project row too
+    newer = ModelVersion.objects.create(
+        project=default_project(),
+        name="newer",
+        base_model=active_demo_version.artifact_path,
+        artifact_path=loadable_artifact(tmp_path / "newer"),
+        parent=active_demo_version,
+    )
+    registry.promote(newer, reason="test")
+    with django_assert_num_queries(1):  # the versions only: the promotion applies at once
+        assert backend.version == newer
+    registry.rollback()
+    with django_assert_num_queries(1):
+        assert backend.version == active_demo_version
 
 
 @pytest.mark.django_db

@@ -1,6 +1,7 @@
 """The runs list, a run's page, its JSON progress and its cancel button (staff only).
 
-'Retrain now': the form's overrides reach start_run; bad values are named and nothing is queued.
+'Retrain now': the form's overrides reach the run; bad values are named and nothing is queued; without
+a chosen snapshot the request only queues a snapshot job, whose worker cuts it and starts the run.
 
 Promote, roll back and reject from the Models page: POST forms with CSRF, one active version.
 
@@ -16,12 +17,14 @@ import time
 
 import pytest
 from django.test import Client
-from django.urls import reverse
+from django.urls import resolve, reverse
 
 from feedback.content import prompt_sha256
-from feedback.models import DatasetSnapshot
+from feedback.models import DatasetSnapshot, Job
+from feedback.services import jobs
 from projects.selectors import default_project
-from tests.training.helpers import loadable_artifact
+from tests.helpers import wait_for
+from tests.training.helpers import cast_demo_votes, loadable_artifact
 from training import registry
 from training.models import HeldoutOutput, ModelVersion, TrainingRun
 from training.policy import get_policy
@@ -122,6 +125,14 @@ def test_unknown_run_is_404(staff_client):
 # --- retrain form ----------------------------------------
 
 
+def queued_job(response) -> Job:
+    """The snapshot job a "retrain now" POST queued, from where it sent the browser."""
+    assert response.status_code == 302
+    match = resolve(response["Location"])
+    assert match.view_name == "feedback:job"
+    return Job.objects.get(pk=match.kwargs["job_id"])
+
+
 @pytest.mark.django_db
 def test_overrides_are_passed_to_the_run(client, admin_user, active_demo_version, voted_demo_data, settings, tmp_path):
     settings.DATA_DIR = tmp_path  # the snapshot file of the run goes here
@@ -140,9 +151,15 @@ def test_overrides_are_passed_to_the_run(client, admin_user, active_demo_version
             "undesirable_weight": "1",
         },
     )
+    job = queued_job(response)
+    # The request only queued the snapshot: the worker cuts it and starts the run.
+    assert (job.kind, job.status) == (Job.Kind.SNAPSHOT, Job.Status.QUEUED)
+    assert not DatasetSnapshot.objects.exists() and not TrainingRun.objects.exists()
+    assert jobs.run_job(job.pk).status == Job.Status.SUCCEEDED
     run = TrainingRun.objects.get()
-    assert response.status_code == 302
-    assert response["Location"] == reverse("training:run_detail", args=[run.pk])
+    job.refresh_from_db()
+    assert run.snapshot == job.snapshot
+    assert (job.result["run_id"], job.result["run_url"]) == (run.pk, reverse("training:run_detail", args=[run.pk]))
     assert run.status == TrainingRun.Status.QUEUED
     assert run.requested_by == admin_user
     assert run.base_version == active_demo_version
@@ -157,6 +174,12 @@ def test_overrides_are_passed_to_the_run(client, admin_user, active_demo_version
     assert (config["desirable_weight"], config["undesirable_weight"]) == (1.5, 1.0)
     # The snapshot cut for the run used the manual weights.
     assert (run.snapshot.desirable_weight, run.snapshot.undesirable_weight) == (1.5, 1.0)
+    # The job page links the run (its script moves on to it).
+    html = client.get(response["Location"]).content.decode()
+    assert f'id="job-run" href="{reverse("training:run_detail", args=[run.pk])}"' in html
+    # A second delivery of the job's task starts no second run.
+    assert jobs.run_job(job.pk) is None
+    assert TrainingRun.objects.count() == 1
 
 
 @pytest.mark.django_db
@@ -165,11 +188,26 @@ def test_blank_fields_keep_the_defaults(client, admin_user, active_demo_version,
 
     settings.DATA_DIR = tmp_path
     client.force_login(admin_user)
-    client.post(reverse("training:retrain"), {})
+    jobs.run_job(queued_job(client.post(reverse("training:retrain"), {})).pk)
     run = TrainingRun.objects.get()
     defaults = default_training_config()
     for key in ("beta", "learning_rate", "num_train_epochs", "lora", "loss", "lambda_mode"):
         assert run.config[key] == defaults[key], key
+
+
+@pytest.mark.django_db
+def test_a_chosen_snapshot_queues_the_run_at_once(
+    client, admin_user, active_demo_version, voted_demo_data, settings, tmp_path
+):
+    from feedback.services import create_snapshot
+
+    settings.DATA_DIR = tmp_path
+    snapshot = create_snapshot()
+    client.force_login(admin_user)
+    response = client.post(reverse("training:retrain"), {"snapshot": snapshot.pk})
+    run = TrainingRun.objects.get()
+    assert response["Location"] == reverse("training:run_detail", args=[run.pk])
+    assert run.snapshot == snapshot and not Job.objects.exists()
 
 
 @pytest.mark.django_db
@@ -192,13 +230,67 @@ def test_bad_values_are_named_and_nothing_is_queued(client, admin_user, active_d
 
 
 @pytest.mark.django_db
-def test_a_refused_snapshot_is_shown_and_nothing_is_queued(client, admin_user, active_demo_version, settings, tmp_path):
+def test_a_refused_snapshot_fails_its_job_visibly_and_starts_no_run(
+    client, admin_user, active_demo_version, settings, tmp_path
+):
     settings.DATA_DIR = tmp_path
     client.force_login(admin_user)
     response = client.post(reverse("training:retrain"), {})  # no votes at all: no dataset to train on
-    assert response.status_code == 200
-    assert response.context["form"].non_field_errors()
-    assert TrainingRun.objects.count() == 0
+    job = queued_job(response)
+    assert jobs.run_job(job.pk).status == Job.Status.FAILED
+    assert "no votes yet" in job_errors(job)
+    html = client.get(response["Location"]).content.decode()
+    assert 'id="job-errors"' in html and "there are no votes yet" in html
+    assert not TrainingRun.objects.exists() and not DatasetSnapshot.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_run_refused_after_the_snapshot_fails_the_job_and_keeps_no_snapshot(
+    client, admin_user, active_demo_version, voted_demo_data, settings, tmp_path
+):
+    settings.DATA_DIR = tmp_path
+    client.force_login(admin_user)
+    job = queued_job(client.post(reverse("training:retrain"), {}))
+    ModelVersion.objects.filter(pk=active_demo_version.pk).delete()  # the run's base version is gone
+    assert jobs.run_job(job.pk).status == Job.Status.FAILED
+    assert f"base version {active_demo_version.pk} was deleted" in job_errors(job)
+    assert not TrainingRun.objects.exists() and not DatasetSnapshot.objects.exists()
+
+
+def job_errors(job: Job) -> str:
+    job.refresh_from_db()
+    return " ".join(error["detail"] for error in job.errors)
+
+
+def test_retrain_now_queues_a_snapshot_job_that_a_real_worker_turns_into_a_run(
+    committed_db, loop_redis, start_worker, client, admin_user, active_demo_version
+):
+    """As deployed: the request answers before any snapshot exists; a worker on the default queue
+    cuts it and queues the run on the gpu queue (no gpu worker here: the run stays queued, sent)."""
+    worker = start_worker("default")
+    client.force_login(admin_user)
+
+    def finished(job: Job):
+        job.refresh_from_db()
+        return job.finished
+
+    # No votes yet: the job fails with the reason, and no run is started.
+    refused = queued_job(client.post(reverse("training:retrain"), {}))
+    wait_for(lambda: finished(refused), 60, "the refused snapshot job", on_timeout=worker.log)
+    assert refused.status == Job.Status.FAILED and "no votes yet" in job_errors(refused)
+    assert not TrainingRun.objects.exists()
+
+    cast_demo_votes(12, seed=5, voter="tester")
+    job = queued_job(client.post(reverse("training:retrain"), {"max_steps": "3"}))
+    assert not DatasetSnapshot.objects.exists()  # not cut inside the request
+    wait_for(lambda: finished(job), 60, "the snapshot job", on_timeout=worker.log)
+    assert job.status == Job.Status.SUCCEEDED, (job.errors, worker.log()[-3000:])
+    run = TrainingRun.objects.get()
+    assert (run.snapshot_id, run.status, run.config["max_steps"]) == (job.snapshot_id, TrainingRun.Status.QUEUED, 3)
+    assert job.result["run_id"] == run.pk
+    wait_for(
+        lambda: TrainingRun.objects.filter(pk=run.pk, enqueued_at__isnull=False).exists(), 30, "the run to be sent"
+    )
 
 
 # --- versions page actions ----------------------------------------

@@ -59,9 +59,13 @@ def test_starting_a_run_leaves_no_stale_flash_and_the_defaults_read_as_a_table(c
     assert "{'" not in form and "'beta'" not in form  # no raw Python dict
     assert re.search(r"<th>β</th><td>0.1</td>", form) and re.search(r"<th>Learning rate</th><td>5e-06</td>", form)
     response = client.post("/runs/new/", {"max_steps": "3"}, follow=True)
+    # A new snapshot is cut by a worker: the flash says so on the job page, which it then leaves.
+    job = Job.objects.get()
+    assert response.redirect_chain[-1][0] == f"/dashboard/jobs/{job.pk}/"
+    assert f"Snapshot job {job.pk} queued" in response.content.decode()
+    jobs.run_job(job.pk)
     run = TrainingRun.objects.get()
-    assert response.redirect_chain[-1][0] == f"/runs/{run.pk}/"
-    page = response.content.decode()
+    page = client.get(f"/runs/{run.pk}/").content.decode()
     assert "queued." not in page and 'id="messages"' not in page
     assert "Waiting for a worker" in page
 
