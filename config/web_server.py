@@ -4,9 +4,9 @@
 
 Why granian rather than gunicorn: the vote endpoint is the busiest one and its cost is mostly
 the server around Django, not Django. Measured with bench/web_load.py on 2 cores (README),
-granian's Rust HTTP layer answered the no-op view at about twice gunicorn gthread's rate and
-votes about 1.4x, with a p99/p50 ratio near 1.7 instead of 3: parsing, keep-alive and the
-hand-off to a Python thread happen outside the GIL, so the Python threads only run Django.
+against gunicorn gthread 2 x 8 in alternating runs: the no-op view 2.5x the rate, votes 1.4x at
+30 % less CPU per vote, and a vote p99/p50 ratio near 1.6 instead of 3. Parsing, keep-alive and
+the hand-off to a Python thread happen outside the GIL, so the Python threads only run Django.
 Request bodies are streamed to the app (uploads of a GiB do not sit in memory) and streamed
 responses (/v1/ completions with `stream: true`) go out chunk by chunk.
 
