@@ -22,22 +22,21 @@ import os
 import shutil
 
 
-def _positive_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    try:
-        value = int(raw) if raw.strip() else default
-    except ValueError:
-        raise SystemExit(f"{name}={raw!r} is not a whole number") from None
-    if value < 1:
-        raise SystemExit(f"{name}={raw!r} must be at least 1")
-    return value
-
-
 def _at_least_one(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be at least 1")
     return value
+
+
+def _positive_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return _at_least_one(raw)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise SystemExit(f"{name}={raw!r} must be a whole number of at least 1") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
