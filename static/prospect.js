@@ -36,3 +36,28 @@
   });
   document.body.dataset.confirmReady = "yes";
 })();
+
+// Forms marked data-submit-once (those that queue work: a run, a snapshot, an import, a key) send
+// one request however often they are clicked: a double-click queued two training runs. The guard
+// runs after the confirm dialog's (which cancels the first submit) and is lifted when the page is
+// shown again from the back-forward cache, so the form can be sent again after "Back".
+(function () {
+  "use strict";
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (event.defaultPrevented || !form.dataset || form.dataset.submitOnce === undefined) return;
+    if (form.dataset.submitting === "yes") {
+      event.preventDefault();
+      return;
+    }
+    form.dataset.submitting = "yes";
+    form.setAttribute("aria-busy", "true");
+  });
+  window.addEventListener("pageshow", function (event) {
+    if (!event.persisted) return;
+    document.querySelectorAll("form[data-submitting]").forEach(function (form) {
+      delete form.dataset.submitting;
+      form.removeAttribute("aria-busy");
+    });
+  });
+})();

@@ -255,6 +255,8 @@ def test_a_run_refused_after_the_snapshot_fails_the_job_and_keeps_no_snapshot(
     assert jobs.run_job(job.pk).status == Job.Status.FAILED
     assert f"base version {active_demo_version.pk} was deleted" in job_errors(job)
     assert not TrainingRun.objects.exists() and not DatasetSnapshot.objects.exists()
+    # Nor its file: the snapshot was written before the run was refused, and went with the row.
+    assert not list((tmp_path / "snapshots").iterdir())
 
 
 def job_errors(job: Job) -> str:

@@ -190,3 +190,25 @@ def test_failed_and_succeeded_runs_end_with_a_clear_state(world, staff_page, liv
     assert page.inner_text("#run-end-title") == "Succeeded"
     assert page.inner_text("#run-end-text").startswith("Produced run-1 (candidate): not promoted")
     assert float(page.get_attribute("#run-progress", "data-value")) == 1.0
+
+
+def test_a_second_click_on_start_run_while_the_first_is_under_way_sends_nothing(world, staff_page, live_server):
+    page = staff_page
+    page.goto(f"{live_server.url}/runs/new/")
+    # Stand in for a slow server: a listener that runs after the page's own (window, bubbling)
+    # counts each submit the page let through and keeps it from leaving, so the form is still on
+    # screen for a person's second click, as it is while the first request is under way.
+    page.evaluate(
+        """() => {
+            window.submitsSent = 0;
+            window.addEventListener("submit", (event) => {
+                if (!event.defaultPrevented) window.submitsSent += 1;
+                event.preventDefault();
+            });
+        }"""
+    )
+    page.click("#retrain-submit")
+    page.click("#retrain-submit")
+    assert page.evaluate("window.submitsSent") == 1
+    assert page.get_attribute("#retrain-form", "aria-busy") == "true"
+    assert not page.errors, page.errors
