@@ -5,7 +5,6 @@ from feedback.services.generations import (
     GenerationConflict,
     create_generation,
     create_generations,
-    get_or_create_prompt,
 )
 from feedback.services.imports import import_feedback
 from feedback.services.queue import claim_next_generation, record_annotator_vote, release_claim, undo_last_vote
@@ -21,7 +20,6 @@ __all__ = [
     "create_generations",
     "create_snapshot",
     "export_kto",
-    "get_or_create_prompt",
     "import_feedback",
     "record_annotator_vote",
     "record_vote",
