@@ -61,8 +61,10 @@ def create_generations(
             )
         }
         external_ids = {item.external_id for item in items if item.external_id}
+        # One object per row: a row both queries found is the same object in both maps.
+        read = {generation.pk: generation for generation in by_content.values()}
         by_external = {
-            generation.external_id: generation
+            generation.external_id: read.get(generation.pk, generation)
             for generation in Generation.objects.filter(project=project, external_id__in=external_ids)
         }
         results, new, named_now = [], [], []
@@ -71,7 +73,7 @@ def create_generations(
             existing = by_content.get(key)
             if item.external_id:
                 named = by_external.get(item.external_id)
-                if named is not None and not _same_row(named, existing):
+                if named is not None and named is not existing:
                     raise GenerationConflict(
                         f"external_id {item.external_id!r} already names another generation, with a different "
                         "prompt or completion"
@@ -104,13 +106,6 @@ def create_generations(
         Generation.objects.bulk_create(new)
         Generation.objects.bulk_update(named_now, ["external_id"])
     return results
-
-
-def _same_row(generation: Generation, other: Generation | None) -> bool:
-    # Rows read by two queries are two objects; a row of this batch has no id until it is saved.
-    if other is None:
-        return False
-    return generation is other or (generation.pk is not None and generation.pk == other.pk)
 
 
 def _prompts_by_sha(project: Project, contents_by_sha: dict[str, str | list[dict]]) -> dict[str, Prompt]:
