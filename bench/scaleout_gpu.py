@@ -2,8 +2,11 @@
 
     python bench/scaleout_gpu.py           one CUDA GPU: plain, DDP, FSDP full shard (full FT) and
                                            plain LoRA, FSDP + LoRA, all on one rank, bf16
-    python bench/scaleout_gpu.py --tiny    CPU only: plain vs DDP on 1 process (same pairs, same loss)
-                                           and DDP on 2 gloo processes vs plain on the same global batch
+    python bench/scaleout_gpu.py --tiny    CPU only: plain vs DDP on 1 process (same pairs, same loss),
+                                           DDP on 2 gloo processes vs plain on the same global batch, and
+                                           FSDP full shard and FSDP + LoRA on 2 gloo processes vs DDP
+                                           (through training.kto.cpu_fsdp: accelerate will not run
+                                           FSDP on CPU by itself)
 
 Each run is the engine's CLI in a fresh process (a few steps, a small random Llama); a config
 passes when its exit code is 0, its world size is the one asked for, final/ loads and gives
@@ -30,10 +33,10 @@ from training.kto.distributed import free_port
 CONFIG_DIR = REPO_ROOT / "training" / "kto" / "accelerate"
 
 
-def _engine(model: str, data: str, out: Path, per_device: int, steps: int, extra: list[str]) -> list[str]:
+def _engine(model: str, data: str, out: Path, per_device: int, steps: int, extra: list[str], entry: str) -> list[str]:
     return [
         "-m",
-        "training.kto",
+        entry,
         "train",
         "--model",
         model,
@@ -101,7 +104,9 @@ def run_one(
     extra: list[str],
 ) -> dict:
     out = work / name
-    command = [*_launch(config, processes), *_engine(model, data, out, per_device, steps, extra)]
+    # On CPU processes accelerate turns an FSDP config into DDP; cpu_fsdp keeps it FSDP.
+    entry = "training.kto.cpu_fsdp" if config and config.startswith("fsdp") and processes > 1 else "training.kto"
+    command = [*_launch(config, processes), *_engine(model, data, out, per_device, steps, extra, entry)]
     if config is not None:
         command += ["--expected-world-size", str(processes)]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
@@ -119,7 +124,9 @@ def run_one(
         return record
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     record["losses"] = [row["loss"] for row in metrics]
-    record["world_size"] = json.loads((out / "config.json").read_text())["world_size"]
+    recorded = json.loads((out / "config.json").read_text())
+    record["world_size"] = recorded["world_size"]
+    record["distributed_type"] = recorded.get("distributed_type")
     record["final_loads"] = _final_loads(out / "final", "--lora" in extra)
     return record
 
@@ -135,6 +142,7 @@ def judge(record: dict, baseline: dict, tolerance: float) -> dict:
         len(record["losses"]) == len(baseline["losses"])
         and record["max_loss_difference"] <= tolerance
         and record["world_size"] == record["processes"]
+        and (record["config"] is None or record["config"].startswith("fsdp") == (record["distributed_type"] == "FSDP"))
         and record["final_loads"]
     )
     return record
@@ -142,7 +150,7 @@ def judge(record: dict, baseline: dict, tolerance: float) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="CPU only: DDP on 1 and 2 gloo processes")
+    parser.add_argument("--tiny", action="store_true", help="CPU only: DDP and FSDP on 1 and 2 gloo processes")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--tolerance", type=float, default=1e-3)
     parser.add_argument("--work", default=None, help="directory for models and runs (default: a new temporary one)")
@@ -167,10 +175,38 @@ def main() -> int:
         # Two processes build their mismatched pairs locally, so compare on a loss without them.
         plain_z0 = run_one("plain-z0-zero", None, 1, model, data, work, 4, steps, [*fp32, "--z0-zero"])
         records.append(plain_z0)
+        ddp_2 = judge(
+            run_one("ddp-2", "ddp.yaml", 2, model, data, work, 2, steps, [*fp32, "--z0-zero"]), plain_z0, args.tolerance
+        )
+        records.append(ddp_2)
+        # FSDP on the same two processes, mismatched pass included, against DDP (same local pairs).
+        ddp_z0 = run_one("ddp-2-z0", "ddp.yaml", 2, model, data, work, 2, steps, fp32)
+        records.append(ddp_z0)
         records.append(
             judge(
-                run_one("ddp-2", "ddp.yaml", 2, model, data, work, 2, steps, [*fp32, "--z0-zero"]),
-                plain_z0,
+                run_one("fsdp-full-shard-2", "fsdp_full_shard.yaml", 2, model, data, work, 2, steps, fp32),
+                ddp_z0,
+                args.tolerance,
+            )
+        )
+        # bf16, what a GPU run uses: FSDP's gathered weights and casts against DDP's, to bf16's tolerance.
+        ddp_bf16 = run_one("ddp-2-bf16", "ddp.yaml", 2, model, data, work, 2, steps, ["--bf16", "yes"])
+        records.append(ddp_bf16)
+        records.append(
+            judge(
+                run_one(
+                    "fsdp-full-shard-2-bf16", "fsdp_full_shard.yaml", 2, model, data, work, 2, steps, ["--bf16", "yes"]
+                ),
+                ddp_bf16,
+                args.tolerance,
+            )
+        )
+        ddp_lora = run_one("ddp-2-lora", "ddp.yaml", 2, model, data, work, 2, steps, [*fp32, "--lora"])
+        records.append(ddp_lora)
+        records.append(
+            judge(
+                run_one("fsdp-lora-2", "fsdp_lora.yaml", 2, model, data, work, 2, steps, [*fp32, "--lora"]),
+                ddp_lora,
                 args.tolerance,
             )
         )

@@ -2,8 +2,10 @@
 
     world_size_problem(obtained, expected)  why this run must not train (N asked, M started), or None
     unsupported_backend_problem(accelerator) DeepSpeed is refused with the reason, or None
+    lost_fsdp_problem(accelerator)           an FSDP config that accelerate quietly ran as DDP, or None
     is_sharded(accelerator)                  FSDP: parameters are split across ranks
     full_state_dict(accelerator, wrapped)    every rank calls it; the inner model's full weights (rank 0)
+    local_tensor(value)                      a DTensor (FSDP2's gradient norm) as a plain tensor
     shut_down(accelerator)                   release the DDP/FSDP wrappers, then the process group
 
 Why the teardown order matters: a gloo process group whose last reference is dropped by DDP's
@@ -91,6 +93,21 @@ def unsupported_backend_problem(accelerator) -> str | None:
     return None
 
 
+def lost_fsdp_problem(accelerator) -> str | None:
+    """accelerate turns an FSDP config into plain data parallelism on CPU processes without a word;
+    every rank would then hold the whole model, which is not what the config promised."""
+    from accelerate.utils import DistributedType
+
+    asked_for_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if asked_for_fsdp and accelerator.distributed_type != DistributedType.FSDP:
+        return (
+            f"the accelerate config asks for FSDP but accelerate started {accelerator.distributed_type.value} "
+            "(it does not run FSDP on CPU processes): refusing to train unsharded. Fix: run on GPUs, use "
+            "training/kto/accelerate/ddp.yaml on CPU, or launch `-m training.kto.cpu_fsdp` to check FSDP on CPU"
+        )
+    return None
+
+
 SHARDED_STATE_DIR = "sharded-state"  # inside a checkpoint: accelerate.save_state's per-rank files (FSDP)
 
 
@@ -110,7 +127,23 @@ def full_state_dict(accelerator, wrapped) -> dict | None:
         return None
     state = accelerator.get_state_dict(wrapped, unwrap=True)
     prefix = "model."
-    return {name[len(prefix) :]: tensor for name, tensor in state.items() if name.startswith(prefix)}
+    state = {name[len(prefix) :]: tensor for name, tensor in state.items() if name.startswith(prefix)}
+    # Gathering copies each name's tensor separately, so tied weights (an LM head sharing the input
+    # embedding) would be written twice; sharing the tensor again lets save_pretrained drop the tie.
+    first_name_of: dict[int, str] = {}
+    for name, parameter in accelerator.unwrap_model(wrapped).model.named_parameters(remove_duplicate=False):
+        first = first_name_of.setdefault(id(parameter), name)
+        if first != name and first in state and name in state:
+            state[name] = state[first]
+    return state
+
+
+def local_tensor(value):
+    """A plain tensor for a value that FSDP2 may hand back as a DTensor (the clipped gradient norm is
+    one, replicated on every rank): host-side checks and collectives need the ordinary tensor."""
+    from torch.distributed.tensor import DTensor
+
+    return value.full_tensor() if isinstance(value, DTensor) else value
 
 
 def live_wrappers() -> list[str]:

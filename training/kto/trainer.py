@@ -1182,9 +1182,11 @@ def train(config: TrainConfig) -> dict | None:
     # cpu=True without CUDA: under `accelerate launch --num_processes N` this selects gloo
     # multi-CPU data parallelism instead of N independent single processes.
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
-    problem = kto_distributed.world_size_problem(
-        accelerator.num_processes, config.expected_world_size
-    ) or kto_distributed.unsupported_backend_problem(accelerator)
+    problem = (
+        kto_distributed.world_size_problem(accelerator.num_processes, config.expected_world_size)
+        or kto_distributed.unsupported_backend_problem(accelerator)
+        or kto_distributed.lost_fsdp_problem(accelerator)
+    )
     if problem:
         accelerator.end_training()
         raise TrainingError(problem)
@@ -1306,6 +1308,9 @@ def train(config: TrainConfig) -> dict | None:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor)
     policy_ddp, optimizer = accelerator.prepare(policy, optimizer)
+    # FSDP replaces every parameter with a sharded one (the optimizer is re-pointed by prepare):
+    # clipping and the finiteness checks must see the parameters the optimizer now steps.
+    trainable = [parameter for parameter in policy_ddp.parameters() if parameter.requires_grad]
     # Sharded (FSDP): only the wrapped model's forward gathers the parameters, so every pass goes through it.
     policy_for_no_grad = policy_ddp if kto_distributed.is_sharded(accelerator) else policy
     if reference is not None and reference.module is policy:
@@ -1340,6 +1345,7 @@ def train(config: TrainConfig) -> dict | None:
                 "total_steps": len(steps),
                 "warmup_steps": warmup_steps,
                 "world_size": accelerator.num_processes,
+                "distributed_type": str(accelerator.distributed_type.value),
                 "bf16": use_bf16,
                 "run_identity": identity,
                 "reference_cache": cache_info,
@@ -1402,7 +1408,7 @@ def train(config: TrainConfig) -> dict | None:
                 token_budget if accelerator.num_processes == 1 else 0,
                 packing,
             )
-        grad_norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+        grad_norm = kto_distributed.local_tensor(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
         # One host sync per optimizer step: a non-finite loss (on any process) or gradient norm
         # skips the update, so one bad batch cannot turn every weight into NaN.
         nonfinite = (~torch.isfinite(torch.stack([step_window["loss_sum"], grad_norm.detach().float()]))).any().float()
