@@ -128,9 +128,11 @@ def test_fsdp_final_keeps_tied_embeddings_tied(demo_model_dir, feedback_jsonl, t
 
 @pytest.mark.slow
 def test_fsdp_with_lora_trains_like_ddp_with_lora(sentencepiece_model_dir, feedback_jsonl, tmp_path):
+    # A live reference: the base with the adapter disabled, computed through the sharded model each step
+    # (a precomputed one is computed before the model is sharded).
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
-    launch("ddp.yaml", sentencepiece_model_dir, feedback_jsonl, ddp, "--lora")
-    launch("fsdp_lora.yaml", sentencepiece_model_dir, feedback_jsonl, fsdp, "--lora")
+    launch("ddp.yaml", sentencepiece_model_dir, feedback_jsonl, ddp, "--lora", "--reference", "copy")
+    launch("fsdp_lora.yaml", sentencepiece_model_dir, feedback_jsonl, fsdp, "--lora", "--reference", "copy")
     for key in ("loss", "z0", "reward_margin"):
         assert per_step(fsdp, key) == pytest.approx(per_step(ddp, key), abs=1e-5), key
     adapter = weights(fsdp / "final", "adapter_model.safetensors")
