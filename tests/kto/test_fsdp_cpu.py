@@ -127,6 +127,21 @@ def test_fsdp_final_keeps_tied_embeddings_tied(demo_model_dir, feedback_jsonl, t
 
 
 @pytest.mark.slow
+def test_fsdp_shards_the_live_reference_copy_and_gives_ddps_numbers(demo_model_dir, feedback_jsonl, tmp_path):
+    """Offline PPO needs per-token reference log-probs every step, from a frozen copy of the initial
+    model: under FSDP that copy is sharded like the policy instead of held whole by every rank."""
+    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    launch("ddp.yaml", demo_model_dir, feedback_jsonl, ddp, "--loss", "ppo_offline")
+    launch("fsdp_full_shard.yaml", demo_model_dir, feedback_jsonl, fsdp, "--loss", "ppo_offline")
+    recorded = json.loads((fsdp / "config.json").read_text())
+    assert recorded["reference_sharded"] is True
+    assert json.loads((ddp / "config.json").read_text())["reference_sharded"] is False
+    # PPO's per-step losses reach a few units here: float32 summation order is 1e-5 relative.
+    assert per_step(fsdp, "loss") == pytest.approx(per_step(ddp, "loss"), rel=1e-5, abs=1e-5)
+    assert_same_weights(weights(fsdp / "final"), weights(ddp / "final"), atol=1e-5)
+
+
+@pytest.mark.slow
 def test_fsdp_with_lora_trains_like_ddp_with_lora(sentencepiece_model_dir, feedback_jsonl, tmp_path):
     # A live reference: the base with the adapter disabled, computed through the sharded model each step
     # (a precomputed one is computed before the model is sharded).

@@ -4,6 +4,7 @@
     unsupported_backend_problem(accelerator) DeepSpeed is refused with the reason, or None
     lost_fsdp_problem(accelerator)           an FSDP config that accelerate quietly ran as DDP, or None
     is_sharded(accelerator)                  FSDP: parameters are split across ranks
+    shard_frozen_copy(accelerator, module)   the live reference copy, sharded like the policy (FSDP2)
     full_state_dict(accelerator, wrapped)    every rank calls it; the inner model's full weights (rank 0)
     local_tensor(value)                      a DTensor (FSDP2's gradient norm) as a plain tensor
     shut_down(accelerator)                   release the DDP/FSDP wrappers, then the process group
@@ -117,6 +118,16 @@ def is_sharded(accelerator) -> bool:
     from accelerate.utils import DistributedType
 
     return accelerator.distributed_type == DistributedType.FSDP
+
+
+def shard_frozen_copy(accelerator, module):
+    """A frozen copy of the policy (the live reference) sharded the way accelerate sharded the policy,
+    so that under FSDP no rank holds a whole second model. Unchanged when not sharded with FSDP2."""
+    if not is_sharded(accelerator) or accelerator.state.fsdp_plugin.fsdp_version != 2:
+        return module
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    return fsdp2_prepare_model(accelerator, module)
 
 
 def full_state_dict(accelerator, wrapped) -> dict | None:

@@ -1162,6 +1162,12 @@ def disable_dropout(model: torch.nn.Module) -> None:
                 setattr(module, name, 0.0)
 
 
+def _is_fsdp_module(module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
 def _all_finite(parameters) -> bool:
     return all(bool(torch.isfinite(parameter).all()) for parameter in parameters)
 
@@ -1315,6 +1321,8 @@ def train(config: TrainConfig) -> dict | None:
     policy_for_no_grad = policy_ddp if kto_distributed.is_sharded(accelerator) else policy
     if reference is not None and reference.module is policy:
         reference.module = policy_for_no_grad
+    elif reference is not None:
+        reference.module = kto_distributed.shard_frozen_copy(accelerator, reference.module)
 
     start_step = skipped_steps = 0
     if config.resume:
@@ -1346,6 +1354,10 @@ def train(config: TrainConfig) -> dict | None:
                 "warmup_steps": warmup_steps,
                 "world_size": accelerator.num_processes,
                 "distributed_type": str(accelerator.distributed_type.value),
+                # A live reference copy under FSDP is sharded like the policy (no whole second model per rank).
+                "reference_sharded": reference is not None
+                and reference.module is not policy_for_no_grad
+                and _is_fsdp_module(reference.module),
                 "bf16": use_bf16,
                 "run_identity": identity,
                 "reference_cache": cache_info,
