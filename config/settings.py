@@ -365,7 +365,9 @@ PROSPECT_TRAIN_LAUNCHER = env_str(
 if PROSPECT_TRAIN_LAUNCHER not in ("accelerate", "python"):
     raise ImproperlyConfigured(f"PROSPECT_TRAIN_LAUNCHER={PROSPECT_TRAIN_LAUNCHER!r}: use 'accelerate' or 'python'")
 PROSPECT_ACCELERATE_CONFIG = env_str(
-    "PROSPECT_ACCELERATE_CONFIG", "", "an accelerate config file (multi-GPU, FSDP, DeepSpeed)"
+    "PROSPECT_ACCELERATE_CONFIG",
+    "",
+    "an accelerate config file: one of training/kto/accelerate/ (DDP, FSDP; DeepSpeed is refused)",
 )
 PROSPECT_NUM_PROCESSES = env_int("PROSPECT_NUM_PROCESSES", 1, "training processes per run")
 # --- Serving ---------------------------------------------------------------------------------
