@@ -147,12 +147,19 @@ def test_fsdp_with_lora_trains_like_ddp_with_lora(sentencepiece_model_dir, feedb
     # (a precomputed one is computed before the model is sharded).
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
     launch("ddp.yaml", sentencepiece_model_dir, feedback_jsonl, ddp, "--lora", "--reference", "copy")
-    launch("fsdp_lora.yaml", sentencepiece_model_dir, feedback_jsonl, fsdp, "--lora", "--reference", "copy")
+    lora = ("--lora", "--reference", "copy", "--save-steps", "2")
+    launch("fsdp_lora.yaml", sentencepiece_model_dir, feedback_jsonl, fsdp, *lora)
     for key in ("loss", "z0", "reward_margin"):
         assert per_step(fsdp, key) == pytest.approx(per_step(ddp, key), abs=1e-5), key
     adapter = weights(fsdp / "final", "adapter_model.safetensors")
     assert adapter and all("lora_" in name for name in adapter)  # the adapter only, not the base
     assert_same_weights(adapter, weights(ddp / "final", "adapter_model.safetensors"), atol=1e-5)
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(fsdp, resumed, ignore=shutil.ignore_patterns("final"))
+    summary = launch("fsdp_lora.yaml", sentencepiece_model_dir, feedback_jsonl, resumed, *lora, "--resume")
+    assert summary["resumed_from_step"] == 2
+    assert_same_weights(weights(resumed / "final", "adapter_model.safetensors"), adapter, atol=1e-6)
 
 
 def test_an_fsdp_config_that_accelerate_would_run_as_ddp_is_refused(demo_model_dir, feedback_jsonl, tmp_path):
