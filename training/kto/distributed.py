@@ -3,6 +3,7 @@
     world_size_problem(obtained, expected)  why this run must not train (N asked, M started), or None
     unsupported_backend_problem(accelerator) DeepSpeed is refused with the reason, or None
     lost_fsdp_problem(accelerator)           an FSDP config that accelerate quietly ran as DDP, or None
+    unshared_storage_problem(accelerator, d) ranks (on other machines) that cannot see --out / the cache
     is_sharded(accelerator)                  FSDP: parameters are split across ranks
     shard_frozen_copy(accelerator, module)   the live reference copy, sharded like the policy (FSDP2)
     full_state_dict(accelerator, wrapped)    every rank calls it; the inner model's full weights (rank 0)
@@ -21,6 +22,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
+from pathlib import Path
 
 # Set by the runner (and usable by anyone launching the engine) when the caller knows how many
 # processes it asked for; `--expected-world-size` overrides it.
@@ -107,6 +109,43 @@ def lost_fsdp_problem(accelerator) -> str | None:
             "training/kto/accelerate/ddp.yaml on CPU, or launch `-m training.kto.cpu_fsdp` to check FSDP on CPU"
         )
     return None
+
+
+def unshared_storage_problem(accelerator, directories: list) -> str | None:
+    """Why this run's processes cannot share its files, or None. The main process writes checkpoints
+    and the reference cache that every other process then reads, so across machines these
+    directories must be on storage that every node mounts at the same path. The main process
+    writes one file in each; every process looks for it. Every rank must call this."""
+    if accelerator.num_processes == 1:
+        return None
+    import secrets
+
+    import torch
+    from accelerate.utils import broadcast_object_list
+
+    token = [secrets.token_hex(8) if accelerator.is_main_process else None]
+    broadcast_object_list(token)  # one name for this run, so no earlier run's file can answer
+    probes = [Path(directory) / f".prospect-storage-check-{token[0]}" for directory in directories]
+    if accelerator.is_main_process:
+        for probe in probes:
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            probe.touch()
+    accelerator.wait_for_everyone()
+    sees = torch.tensor([float(all(probe.exists() for probe in probes))], device=accelerator.device)
+    seen_by_rank = accelerator.gather(sees).tolist()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for probe in probes:
+            probe.unlink(missing_ok=True)
+    blind = [rank for rank, seen in enumerate(seen_by_rank) if not seen]
+    if not blind:
+        return None
+    return (
+        f"process(es) {blind} of {accelerator.num_processes} cannot see what the main process writes in "
+        f"{', '.join(str(directory) for directory in directories)}: checkpoints and the reference cache are "
+        "written once and read by every process. Fix: put --out and --data on storage that every node "
+        "mounts at the same path (NFS, a shared volume), given as the same absolute paths"
+    )
 
 
 SHARDED_STATE_DIR = "sharded-state"  # inside a checkpoint: accelerate.save_state's per-rank files (FSDP)

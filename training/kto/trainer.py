@@ -347,10 +347,14 @@ def reference_identity(config: TrainConfig, use_bf16: bool) -> dict:
     }
 
 
-def reference_cache_path(data_path: str, identity: dict) -> Path:
+def reference_cache_dir(data_path: str) -> Path:
     data_path = Path(data_path)
+    return data_path.parent / f"{data_path.name}.prospect-ref"
+
+
+def reference_cache_path(data_path: str, identity: dict) -> Path:
     name = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
-    return data_path.parent / f"{data_path.name}.prospect-ref" / f"{name}.pt"
+    return reference_cache_dir(data_path) / f"{name}.pt"
 
 
 def precompute_reference_logps(
@@ -1196,6 +1200,13 @@ def train(config: TrainConfig) -> dict | None:
     if problem:
         accelerator.end_training()
         raise TrainingError(problem)
+    # Per-token losses need per-token reference log-probs: computed live, not cached.
+    precompute = variant.needs_reference and config.reference == "precompute" and not variant.token_level
+    shared = [out, reference_cache_dir(config.data)] if precompute else [out]
+    problem = kto_distributed.unshared_storage_problem(accelerator, shared)
+    if problem:
+        accelerator.end_training()
+        raise TrainingError(problem)
     token_budget = config.token_budget
     if token_budget == defaults.AUTO:
         token_budget = defaults.TOKEN_BUDGET_CUDA if torch.cuda.is_available() else defaults.TOKEN_BUDGET_CPU
@@ -1256,8 +1267,6 @@ def train(config: TrainConfig) -> dict | None:
     packing = config.packing and policy.packing_supported
     if config.packing and not packing and accelerator.is_main_process:
         print("note: packed rows disagree with padded ones for this model; packing is off", file=sys.stderr)
-    # Per-token losses need per-token reference log-probs: computed live, not cached.
-    precompute = variant.needs_reference and config.reference == "precompute" and not variant.token_level
     reference = None
     if variant.needs_reference and config.lora:
         reference = Reference(policy, disable_adapter=True)  # the base itself: no second copy
