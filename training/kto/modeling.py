@@ -163,6 +163,7 @@ class SequenceLogProbs(nn.Module):
         model_type = getattr(getattr(base, "config", None), "model_type", None)
         self.logits_chunk_size = logits_chunk_size if model_type in PLAIN_HEAD_MODEL_TYPES else 0
         self.packing_supported = True
+        self.mask_logits_to_keep = True  # a per-row boolean logits_to_keep (False: older transformers)
 
     def _kept_logps(self, input_ids, attention_mask, position_ids, keep, targets) -> torch.Tensor:
         if self.logits_chunk_size > 0:
@@ -179,9 +180,19 @@ class SequenceLogProbs(nn.Module):
             return ChunkedTargetLogProbs.apply(hidden, head.weight, head.bias, targets, self.logits_chunk_size, dtype)
         # position_ids only when packed: a model's forward need not take them otherwise.
         extra = {"position_ids": position_ids} if position_ids is not None else {}
-        logits = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep, **extra
-        ).logits
+        if self.mask_logits_to_keep:
+            try:
+                logits = self.model(
+                    input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep, **extra
+                ).logits
+            except IndexError:
+                # transformers releases before 5.2x index logits_to_keep as positions shared by every
+                # row and reject a per-row mask: from then on, every position's logits, kept here.
+                # verify() makes the first call, before any wrapper, so no sharded forward is cut short.
+                self.mask_logits_to_keep = False
+        if not self.mask_logits_to_keep:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits
+            logits = logits[keep]
         if logits.dim() != 2 or logits.shape[0] != targets.shape[0]:
             raise UnsupportedModelError(
                 f"{_model_type(self.model)}: its forward() ignores a boolean logits_to_keep mask (logits of shape "
