@@ -114,3 +114,26 @@ def test_an_architecture_that_cannot_be_reproduced_is_refused_at_start(wrapper, 
     model.config = model.inner.config  # the probe reads the vocabulary size from it
     with pytest.raises(UnsupportedModelError, match=message):
         SequenceLogProbs(model).verify()
+
+
+@torch.no_grad()
+def test_a_transformers_release_that_rejects_a_per_row_logits_mask_still_gets_exact_log_probs():
+    """transformers before 5.2x slices logits_to_keep as positions shared by every row and raises
+    IndexError on the engine's per-row mask (seen on a GPU host with 5.17): the engine then asks for
+    every position's logits and keeps the completion ones itself, with the same numbers."""
+    model = tiny_model("llama")
+    input_ids, attention_mask, completion_mask = right_padded_batch()
+    expected = forward_token_logps(model, input_ids, attention_mask, completion_mask)
+    forward_of_this_release = model.forward
+
+    def forward_of_an_older_release(*args, logits_to_keep=0, **kwargs):
+        if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dim() == 2:
+            raise IndexError("too many indices for tensor of dimension 3")
+        return forward_of_this_release(*args, logits_to_keep=logits_to_keep, **kwargs)
+
+    model.forward = forward_of_an_older_release
+    engine = SequenceLogProbs(model)  # no chunked head: the path FSDP takes
+    engine.verify()
+    assert engine.mask_logits_to_keep is False
+    per_token, _, predicts = engine.token_logps(input_ids, attention_mask, completion_mask)
+    torch.testing.assert_close(per_token, expected[predicts], rtol=0, atol=1e-5)
