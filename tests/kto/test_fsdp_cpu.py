@@ -27,14 +27,16 @@ STEPS = ["--max-steps", "4", "--per-device-train-batch-size", "2", "--gradient-a
 SMALL = ["--max-length", "48", "--learning-rate", "1e-3", "--warmup-ratio", "0", "--logging-steps", "1"]
 
 
-def start(config: str, entry: str, model: str, data: str, out: Path, *options: str, layer_class: str | None = None):
-    """`accelerate launch` of two processes under `config`, running `python -m entry train ...`."""
+def start(
+    config: str, entry: str, model: str, data: str, out: Path, *options: str, layer_class=None, processes: int = 2
+):
+    """`accelerate launch` of `processes` processes under `config`, running `python -m entry train ...`."""
     wrap = ["--fsdp_transformer_layer_cls_to_wrap", layer_class] if layer_class else []
     command = [
         *(sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config)),
-        *("--num_processes", "2", "--main_process_port", str(free_port()), *wrap),
+        *("--num_processes", str(processes), "--main_process_port", str(free_port()), *wrap),
         *("-m", entry, "train", "--model", model, "--data", data, "--out", str(out)),
-        *(*STEPS, *SMALL, "--bf16", "no", "--no-progress", "--expected-world-size", "2", *options),
+        *(*STEPS, *SMALL, "--bf16", "no", "--no-progress", "--expected-world-size", str(processes), *options),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -170,3 +172,12 @@ def test_an_fsdp_config_that_accelerate_would_run_as_ddp_is_refused(demo_model_d
     assert "asks for FSDP but accelerate started MULTI_CPU" in result.stderr
     assert "training.kto.cpu_fsdp" in result.stderr  # the message names a fix
     assert not (out / "metrics.jsonl").exists()  # refused before the first step
+
+
+def test_one_process_under_an_fsdp_config_still_trains_on_cpu(demo_model_dir, feedback_jsonl, tmp_path):
+    """One process has nothing to shard: accelerate's MULTI_CPU fall-back changes nothing, so it is not refused."""
+    out = tmp_path / "out"
+    result = start("fsdp_full_shard.yaml", "training.kto", demo_model_dir, feedback_jsonl, out, processes=1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["world_size"] == 1
+    assert (out / "final" / "model.safetensors").exists()

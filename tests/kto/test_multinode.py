@@ -82,20 +82,33 @@ def test_two_machines_with_one_process_each_train_like_two_processes_on_one(bpe_
 
 
 @pytest.mark.slow
-def test_machines_that_do_not_share_out_and_the_reference_cache_are_refused(demo_model_dir, feedback_jsonl, tmp_path):
-    """Each "machine" runs in its own directory with a relative --out and --data: the same names on
-    two disks. The main process's checkpoints and reference cache would be invisible to the other,
-    which would fail later with an obscure error (or train on a different reference); the engine
-    stops both before the first step and says why."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+@pytest.mark.parametrize(
+    "private, message",
+    [
+        ("out", "process(es) [1] of 2 cannot see what the main process writes in --out out"),
+        ("data", "the reference log-probs written by the main process are not visible to every process"),
+    ],
+)
+def test_machines_that_do_not_share_out_or_the_reference_cache_are_refused(
+    private, message, demo_model_dir, feedback_jsonl, tmp_path
+):
+    """Each "machine" runs in its own directory, and --out or --data is given as a relative path: the
+    same name on two disks. What the main process writes there (checkpoints; the reference cache next
+    to the data) would be invisible to the other, which would fail later with an obscure error; the
+    engine stops both before the first step and says why."""
+    # Blind after 1 s rather than the 30 s that a network file system's directory cache may need.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), PROSPECT_STORAGE_CHECK_SECONDS="1")
     cwds = [tmp_path / "machine-0", tmp_path / "machine-1"]
     for cwd in cwds:
         cwd.mkdir()
         shutil.copy(feedback_jsonl, cwd / "feedback.jsonl")
-    results = _two_machines(free_port(), demo_model_dir, "feedback.jsonl", "out", cwds, env)
+    out = "out" if private == "out" else str(tmp_path / "shared-out")
+    data = "feedback.jsonl" if private == "data" else feedback_jsonl
+    results = _two_machines(free_port(), demo_model_dir, data, out, cwds, env)
     assert [node.returncode != 0 for node, _, _ in results] == [True, True]
     stderr = results[0][2] + results[1][2]
-    assert "process(es) [1] of 2 cannot see what the main process writes in out, feedback.jsonl.prospect-ref" in stderr
+    assert message in stderr, stderr[-3000:]
     assert "storage that every node mounts at the same path" in stderr
-    assert not (cwds[0] / "out" / "metrics.jsonl").exists() and not (cwds[1] / "out").exists()
-    assert not list((cwds[0] / "out").iterdir())  # the check leaves nothing behind
+    out_dirs = [cwd / "out" for cwd in cwds] if private == "out" else [Path(out)]
+    assert not any((directory / "metrics.jsonl").exists() for directory in out_dirs)  # no step was taken
+    assert not any(path.name.startswith(".prospect-storage-check") for path in tmp_path.rglob("*"))

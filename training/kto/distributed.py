@@ -3,11 +3,12 @@
     world_size_problem(obtained, expected)  why this run must not train (N asked, M started), or None
     unsupported_backend_problem(accelerator) DeepSpeed is refused with the reason, or None
     lost_fsdp_problem(accelerator)           an FSDP config that accelerate quietly ran as DDP, or None
-    unshared_storage_problem(accelerator, d) ranks (on other machines) that cannot see --out / the cache
+    unshared_out_problem(accelerator, out)   ranks (on other machines) that cannot see --out, or None
     is_sharded(accelerator)                  FSDP: parameters are split across ranks
     shard_frozen_copy(accelerator, module)   the live reference copy, sharded like the policy (FSDP2)
     full_state_dict(accelerator, wrapped)    every rank calls it; the inner model's full weights (rank 0)
     local_tensor(value)                      a DTensor (FSDP2's gradient norm) as a plain tensor
+    all_finite(parameters, accelerator)      every weight finite, agreed by every process
     shut_down(accelerator)                   release the DDP/FSDP wrappers, then the process group
 
 Why the teardown order matters: a gloo process group whose last reference is dropped by DDP's
@@ -102,7 +103,8 @@ def lost_fsdp_problem(accelerator) -> str | None:
     from accelerate.utils import DistributedType
 
     asked_for_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-    if asked_for_fsdp and accelerator.distributed_type != DistributedType.FSDP:
+    # One process has nothing to shard: it trains as it always did.
+    if asked_for_fsdp and accelerator.num_processes > 1 and accelerator.distributed_type != DistributedType.FSDP:
         return (
             f"the accelerate config asks for FSDP but accelerate started {accelerator.distributed_type.value} "
             "(it does not run FSDP on CPU processes): refusing to train unsharded. Fix: run on GPUs, use "
@@ -111,41 +113,62 @@ def lost_fsdp_problem(accelerator) -> str | None:
     return None
 
 
-def unshared_storage_problem(accelerator, directories: list) -> str | None:
-    """Why this run's processes cannot share its files, or None. The main process writes checkpoints
-    and the reference cache that every other process then reads, so across machines these
-    directories must be on storage that every node mounts at the same path. The main process
-    writes one file in each; every process looks for it. Every rank must call this."""
+# How long a process may take to see a file the main process wrote before it is called blind.
+STORAGE_CHECK_SECONDS_ENV = "PROSPECT_STORAGE_CHECK_SECONDS"
+
+
+def unshared_out_problem(accelerator, out: Path) -> str | None:
+    """Why this run's processes cannot share --out, or None. The main process creates it and writes
+    the checkpoint directories that every other process then writes into and resumes from, so across
+    machines it must be on storage that every node mounts at the same path. The main process writes
+    one file there; every process looks for it. Every rank must call this (it is collective)."""
     if accelerator.num_processes == 1:
         return None
     import secrets
+    import time
 
     import torch
     from accelerate.utils import broadcast_object_list
 
-    token = [secrets.token_hex(8) if accelerator.is_main_process else None]
-    broadcast_object_list(token)  # one name for this run, so no earlier run's file can answer
-    probes = [Path(directory) / f".prospect-storage-check-{token[0]}" for directory in directories]
+    probe = out / f".prospect-storage-check-{secrets.token_hex(8)}"  # run-unique: no old file can answer
+    outcome = [None]
     if accelerator.is_main_process:
-        for probe in probes:
-            probe.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
             probe.touch()
-    accelerator.wait_for_everyone()
-    sees = torch.tensor([float(all(probe.exists() for probe in probes))], device=accelerator.device)
+            outcome = [(str(probe), None)]
+        except OSError as error:
+            outcome = [(str(probe), f"--out {out}: the main process cannot write there ({error})")]
+    broadcast_object_list(outcome)  # every rank learns the name, or the main process's failure
+    probe, failure = Path(outcome[0][0]), outcome[0][1]
+    if failure:
+        return failure
+    # A network file system may answer from a stale directory cache for a while (NFS: acdirmin,
+    # up to about 30 s): listing the directory refreshes it, and a rank is blind only after waiting.
+    deadline = time.monotonic() + float(os.environ.get(STORAGE_CHECK_SECONDS_ENV) or 30)
+    while not _lists(out, probe.name) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    sees = torch.tensor([float(_lists(out, probe.name))], device=accelerator.device)
     seen_by_rank = accelerator.gather(sees).tolist()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        for probe in probes:
-            probe.unlink(missing_ok=True)
+        probe.unlink(missing_ok=True)
     blind = [rank for rank, seen in enumerate(seen_by_rank) if not seen]
     if not blind:
         return None
     return (
-        f"process(es) {blind} of {accelerator.num_processes} cannot see what the main process writes in "
-        f"{', '.join(str(directory) for directory in directories)}: checkpoints and the reference cache are "
-        "written once and read by every process. Fix: put --out and --data on storage that every node "
-        "mounts at the same path (NFS, a shared volume), given as the same absolute paths"
+        f"process(es) {blind} of {accelerator.num_processes} cannot see what the main process writes in --out "
+        f"{out}: checkpoints are written there by every process and resumed from by every process. Fix: put "
+        "--out (and --data) on storage that every node mounts at the same path (NFS, a shared volume), "
+        "given as the same absolute paths"
     )
+
+
+def _lists(directory: Path, name: str) -> bool:
+    try:
+        return name in os.listdir(directory)
+    except OSError:
+        return False
 
 
 SHARDED_STATE_DIR = "sharded-state"  # inside a checkpoint: accelerate.save_state's per-rank files (FSDP)
@@ -166,7 +189,11 @@ def shard_frozen_copy(accelerator, module):
         return module
     from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
-    return fsdp2_prepare_model(accelerator, module)
+    module = fsdp2_prepare_model(accelerator, module)
+    # FSDP keeps the root's parameters (embedding, final norm, LM head) gathered after a forward and
+    # frees them in the backward; the frozen reference has no backward, so they would stay whole.
+    module.set_reshard_after_forward(True)
+    return module
 
 
 def full_state_dict(accelerator, wrapped) -> dict | None:
@@ -186,6 +213,23 @@ def full_state_dict(accelerator, wrapped) -> dict | None:
         if first != name and first in state and name in state:
             state[name] = state[first]
     return state
+
+
+def all_finite(parameters, accelerator) -> bool:
+    """Whether every parameter is finite, agreed by every process: under FSDP each process holds only
+    its shards, and a rank that alone saw a NaN and stopped would leave the others waiting forever.
+    Every rank must call this when more than one process runs."""
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    finite = all(
+        bool(torch.isfinite(parameter.to_local() if isinstance(parameter, DTensor) else parameter).all())
+        for parameter in parameters
+    )
+    if accelerator.num_processes == 1:
+        return finite
+    not_finite = torch.tensor([0.0 if finite else 1.0], device=accelerator.device)
+    return float(accelerator.reduce(not_finite, reduction="sum")) == 0.0
 
 
 def local_tensor(value):

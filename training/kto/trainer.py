@@ -438,6 +438,17 @@ def load_or_precompute_reference(
             temporary = path.with_suffix(f".tmp-{os.getpid()}")
             torch.save({"identity": identity, "logps": cached}, temporary)
             os.replace(temporary, path)  # atomic: a reader never sees half a cache
+    if accelerator.num_processes > 1:
+        # Every process reads what the main process wrote: on machines that do not share the data's
+        # directory the others would find no cache (and fail later, obscurely). Collective.
+        lacking = sum(1 for key in wanted if key not in cached)
+        lacking_anywhere = accelerator.reduce(torch.tensor([float(lacking)], device=accelerator.device), "sum")
+        if float(lacking_anywhere) > 0:
+            raise TrainingError(
+                f"{path}: the reference log-probs written by the main process are not visible to every process. "
+                "Fix: put --data on storage that every node mounts at the same path, given as the same absolute "
+                "path (the cache lives next to it), or use --reference copy"
+            )
     return cached, info
 
 
@@ -1172,10 +1183,6 @@ def _is_fsdp_module(module) -> bool:
     return isinstance(module, FSDPModule)
 
 
-def _all_finite(parameters) -> bool:
-    return all(bool(torch.isfinite(parameter).all()) for parameter in parameters)
-
-
 def train(config: TrainConfig) -> dict | None:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -1200,10 +1207,7 @@ def train(config: TrainConfig) -> dict | None:
     if problem:
         accelerator.end_training()
         raise TrainingError(problem)
-    # Per-token losses need per-token reference log-probs: computed live, not cached.
-    precompute = variant.needs_reference and config.reference == "precompute" and not variant.token_level
-    shared = [out, reference_cache_dir(config.data)] if precompute else [out]
-    problem = kto_distributed.unshared_storage_problem(accelerator, shared)
+    problem = kto_distributed.unshared_out_problem(accelerator, out)
     if problem:
         accelerator.end_training()
         raise TrainingError(problem)
@@ -1267,6 +1271,8 @@ def train(config: TrainConfig) -> dict | None:
     packing = config.packing and policy.packing_supported
     if config.packing and not packing and accelerator.is_main_process:
         print("note: packed rows disagree with padded ones for this model; packing is off", file=sys.stderr)
+    # Per-token losses need per-token reference log-probs: computed live, not cached.
+    precompute = variant.needs_reference and config.reference == "precompute" and not variant.token_level
     reference = None
     if variant.needs_reference and config.lora:
         reference = Reference(policy, disable_adapter=True)  # the base itself: no second copy
@@ -1492,7 +1498,7 @@ def train(config: TrainConfig) -> dict | None:
             window = _new_window(accelerator.device)
             window_start = time.perf_counter()
         if config.save_steps > 0 and completed % config.save_steps == 0 and completed < len(steps):
-            if not _all_finite(trainable):
+            if not kto_distributed.all_finite(trainable, accelerator):
                 raise NonFiniteError(f"step {completed}: non-finite weights; no checkpoint written")
             save_checkpoint(
                 out,
@@ -1512,7 +1518,7 @@ def train(config: TrainConfig) -> dict | None:
 
     # 7. final/: written under a temporary name, then renamed — never half a final model, and
     # never a non-finite one.
-    if not _all_finite(trainable):
+    if not kto_distributed.all_finite(trainable, accelerator):
         raise NonFiniteError("the trained weights are not finite; final/ was not written")
     final = out / "final"
     state_dict = kto_distributed.full_state_dict(accelerator, policy_ddp)  # every rank: FSDP gathers the shards
