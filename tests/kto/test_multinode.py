@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,9 @@ def _losses(out: Path) -> list[float]:
 
 
 def _two_machines(port: int, model: str, data: str, out: str, cwds: list[Path], env: dict) -> list:
+    """Both launchers at once, each in its directory; (process, stdout, stderr) per machine. Output
+    goes to files: a machine blocked on a full pipe would stall the other at the next collective."""
+    logs = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in cwds]
     nodes = [
         subprocess.Popen(
             _launcher(
@@ -44,13 +48,21 @@ def _two_machines(port: int, model: str, data: str, out: str, cwds: list[Path], 
             ),
             cwd=cwd,
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=stdout,
+            stderr=stderr,
             text=True,
         )
-        for rank, cwd in enumerate(cwds)
+        for rank, (cwd, (stdout, stderr)) in enumerate(zip(cwds, logs))
     ]
-    return [(node, *node.communicate(timeout=600)) for node in nodes]
+    results = []
+    for node, (stdout, stderr) in zip(nodes, logs):
+        node.wait(timeout=600)
+        stdout.seek(0)
+        stderr.seek(0)
+        results.append((node, stdout.read(), stderr.read()))
+        stdout.close()
+        stderr.close()
+    return results
 
 
 @pytest.mark.slow
