@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Small, fast settings (the demo model learns quickly at this rate), every schedule flag explicit.
 FAST = [
@@ -92,3 +96,13 @@ def train_here(model: str, data: str, out: Path, *options: str, fast: bool = Tru
     lines = printed.getvalue().strip().splitlines()
     assert len(lines) == 1, printed.getvalue()  # exactly one JSON line on stdout
     return Trained(json.loads(lines[0]), metrics_of(out), Path(out))
+
+
+def run_launch(arguments: list[str], check: bool = True, **env_extra: str) -> subprocess.CompletedProcess:
+    """A multi-process launch (accelerate launch ...) from the repository root, one torch thread per
+    process, the engine importable; asserts exit 0 (with stderr) unless check=False."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), **env_extra)
+    result = subprocess.run(arguments, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.kto.helpers import run_launch
 from training.kto.distributed import free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 SCRIPT = Path(__file__).with_name("distributed_check.py")
-
-
-def launch(arguments: list[str]) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
-    result = subprocess.run(arguments, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
 
 
 @pytest.mark.slow
@@ -30,7 +21,7 @@ def test_two_processes_match_one_process_on_the_combined_batch(demo_model_dir, f
     two, one = tmp_path / "two.pt", tmp_path / "one.pt"
     # Without CUDA, `--multi_gpu --num_processes 2` is what starts two torchrun workers (`--cpu`
     # would start a single process); Accelerator(cpu=True) then makes them a gloo group.
-    launch(
+    run_launch(
         [
             accelerate,
             "launch",
@@ -51,7 +42,7 @@ def test_two_processes_match_one_process_on_the_combined_batch(demo_model_dir, f
             str(two),
         ]
     )
-    launch([sys.executable, str(SCRIPT), demo_model_dir, feedback_jsonl, str(one)])
+    run_launch([sys.executable, str(SCRIPT), demo_model_dir, feedback_jsonl, str(one)])
     distributed, single = torch.load(two, weights_only=True), torch.load(one, weights_only=True)
     assert distributed["world"] == 2 and single["world"] == 1
     # Every process used the same z0: the all-reduced one, equal to the combined batch's.
@@ -70,8 +61,7 @@ def test_two_processes_match_one_process_on_the_combined_batch(demo_model_dir, f
 def test_train_cli_runs_data_parallel_under_accelerate_launch(demo_model_dir, feedback_jsonl, tmp_path):
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(
+    result = run_launch(
         [
             accelerate,
             "launch",
@@ -108,14 +98,8 @@ def test_train_cli_runs_data_parallel_under_accelerate_launch(demo_model_dir, fe
             "--learning-rate",
             "1e-4",
             "--no-progress",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        ]
     )
-    assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1  # only the main process reports
 
@@ -125,7 +109,7 @@ def test_train_cli_runs_data_parallel_under_accelerate_launch(demo_model_dir, fe
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
 
     # Issue 7 problem 6: this 2-process run resumed on 1 process used to continue with a changed plan.
-    resumed = subprocess.run(
+    resumed = run_launch(
         [
             sys.executable,
             "-m",
@@ -152,11 +136,7 @@ def test_train_cli_runs_data_parallel_under_accelerate_launch(demo_model_dir, fe
             "--no-progress",
             "--resume",
         ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        check=False,
     )
     assert resumed.returncode == 2
     assert "number of processes: was 2, now 1" in resumed.stderr

@@ -9,15 +9,14 @@ config.json's `distributed_type`, so a silent fall-back to DDP cannot pass as FS
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.kto.helpers import run_launch
 from training.kto.distributed import SHARDED_STATE_DIR, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -38,8 +37,7 @@ def start(
         *("-m", entry, "train", "--model", model, "--data", data, "--out", str(out)),
         *(*STEPS, *SMALL, "--bf16", "no", "--no-progress", "--expected-world-size", str(processes), *options),
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return run_launch(command, check=False)
 
 
 def launch(config: str, model: str, data: str, out: Path, *options: str, layer_class: str | None = None) -> dict:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kto.helpers import run_launch
 from training.kto.distributed import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -69,15 +70,7 @@ def _two_machines(port: int, model: str, data: str, out: str, cwds: list[Path], 
 def test_two_machines_with_one_process_each_train_like_two_processes_on_one(bpe_model_dir, feedback_jsonl, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
     one_machine, two_machines = tmp_path / "one-machine", tmp_path / "two-machines"
-    single = subprocess.run(
-        _launcher(["--num_processes", "2"], free_port(), bpe_model_dir, feedback_jsonl, one_machine),
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
+    run_launch(_launcher(["--num_processes", "2"], free_port(), bpe_model_dir, feedback_jsonl, one_machine))
 
     # One --out for both, given as the same absolute path: what shared storage gives real nodes.
     results = _two_machines(free_port(), bpe_model_dir, feedback_jsonl, str(two_machines), [REPO_ROOT] * 2, env)

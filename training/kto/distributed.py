@@ -130,17 +130,18 @@ def unshared_out_problem(accelerator, out: Path) -> str | None:
     import torch
     from accelerate.utils import broadcast_object_list
 
-    probe = out / f".prospect-storage-check-{secrets.token_hex(8)}"  # run-unique: no old file can answer
     outcome = [None]
     if accelerator.is_main_process:
+        probe = out / f".prospect-storage-check-{secrets.token_hex(8)}"  # run-unique: no old file can answer
         try:
             out.mkdir(parents=True, exist_ok=True)
             probe.touch()
-            outcome = [(str(probe), None)]
+            outcome = [(probe.name, None)]
         except OSError as error:
-            outcome = [(str(probe), f"--out {out}: the main process cannot write there ({error})")]
+            outcome = [(probe.name, f"--out {out}: the main process cannot write there ({error})")]
     broadcast_object_list(outcome)  # every rank learns the name, or the main process's failure
-    probe, failure = Path(outcome[0][0]), outcome[0][1]
+    name, failure = outcome[0]
+    probe = out / name
     if failure:
         return failure
     # A network file system may answer from a stale directory cache for a while (NFS: acdirmin,

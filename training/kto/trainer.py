@@ -1203,11 +1203,9 @@ def train(config: TrainConfig) -> dict | None:
         kto_distributed.world_size_problem(accelerator.num_processes, config.expected_world_size)
         or kto_distributed.unsupported_backend_problem(accelerator)
         or kto_distributed.lost_fsdp_problem(accelerator)
+        # Collective: reached by every rank alike, since the checks before it agree on every rank.
+        or kto_distributed.unshared_out_problem(accelerator, out)
     )
-    if problem:
-        accelerator.end_training()
-        raise TrainingError(problem)
-    problem = kto_distributed.unshared_out_problem(accelerator, out)
     if problem:
         accelerator.end_training()
         raise TrainingError(problem)
@@ -1369,10 +1367,8 @@ def train(config: TrainConfig) -> dict | None:
                 "warmup_steps": warmup_steps,
                 "world_size": accelerator.num_processes,
                 "distributed_type": str(accelerator.distributed_type.value),
-                # A live reference copy under FSDP is sharded like the policy (no whole second model per rank).
-                "reference_sharded": reference is not None
-                and reference.module is not policy_for_no_grad
-                and _is_fsdp_module(reference.module),
+                # Under FSDP the reference is sharded too (the policy itself, or a copy sharded like it).
+                "reference_sharded": reference is not None and _is_fsdp_module(reference.module),
                 "bf16": use_bf16,
                 "run_identity": identity,
                 "reference_cache": cache_info,
