@@ -126,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(Llama, Mistral, Qwen2/3, Phi-3 heads); 0: whole head at once; -1 (default): 2^25 / vocabulary rows",
     )
     speed.add_argument("--optimizer-impl", choices=("fused", "foreach", "for-loop"), default=defaults.optimizer_impl)
+    speed.add_argument(
+        "--compile",
+        dest="compile_backend",
+        nargs="?",
+        const="inductor",
+        default=defaults.compile_backend,
+        metavar="BACKEND",
+        help="torch.compile each decoder layer (dynamic shapes; BACKEND default inductor); the first steps "
+        "pay the compilation",
+    )
     train.add_argument("--logging-steps", type=int, default=defaults.logging_steps)
     train.add_argument(
         "--save-steps", type=int, default=defaults.save_steps, help="checkpoint every N steps (0: never)"

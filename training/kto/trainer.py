@@ -109,6 +109,10 @@ class TrainConfig:
     packing: bool = True  # padding-free rows (data.pack) instead of right-padded ones
     logits_chunk_size: int = defaults.AUTO  # positions per LM-head chunk (0: whole head at once; -1: auto)
     optimizer_impl: str = "fused"  # AdamW implementation: fused | foreach | for-loop (same maths)
+    # torch.compile each decoder layer with this backend ("": eager). Regional: one graph serves
+    # every layer, so compiling costs one layer's time, not the model's. Same maths; float rounding
+    # may differ where inductor fuses kernels.
+    compile_backend: str = ""
 
     # Fields that change the result: a resumed run must match the original on these.
     RESULT_FIELDS = (
@@ -1110,6 +1114,11 @@ def check_config(config: TrainConfig) -> None:
         raise TrainingError("--max-length must be at least 2")
     if not config.num_train_epochs > 0:
         raise TrainingError(f"--num-train-epochs must be positive, got {config.num_train_epochs}")
+    if config.compile_backend and config.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
+        raise TrainingError(
+            f"--compile {config.compile_backend}: no such torch.compile backend "
+            f"(known: {', '.join(torch._dynamo.list_backends())})"
+        )
     if config.beta <= 0 or config.learning_rate <= 0:
         raise TrainingError("--beta and --learning-rate must be positive")
     if not 0 <= config.warmup_ratio < 1:
@@ -1183,10 +1192,39 @@ def _is_fsdp_module(module) -> bool:
     return isinstance(module, FSDPModule)
 
 
+class PhaseClock:
+    """Wall seconds spent in each phase of a run (data, model, reference, setup, loop, save): the
+    profile that says where end-to-end time goes besides the loop. CUDA work is waited for at each
+    boundary (one synchronisation per phase), so a phase is charged with the kernels it queued."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._since = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self._since, 3)
+        self._since = now
+
+
+def compile_decoder_layers(model: torch.nn.Module, backend: str) -> int:
+    """torch.compile every decoder layer in place (the classes transformers lists as
+    ``_no_split_modules``); returns how many. Dynamic shapes: packed rows change width every call."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layer_classes = set(getattr(base, "_no_split_modules", None) or ())
+    layers = [module for module in base.modules() if type(module).__name__ in layer_classes]
+    for layer in layers:
+        layer.compile(backend=backend, dynamic=True)
+    return len(layers)
+
+
 def train(config: TrainConfig) -> dict | None:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    clock = PhaseClock()
     # 1. Options and data, before anything is written.
     check_config(config)
     variant = config.variant
@@ -1235,6 +1273,7 @@ def train(config: TrainConfig) -> dict | None:
             file=sys.stderr,
             flush=True,
         )
+    clock.lap("data")
 
     # 2. Policy, LoRA, reference.
     base_model_path = str(Path(config.model).resolve())
@@ -1280,6 +1319,7 @@ def train(config: TrainConfig) -> dict | None:
     elif variant.needs_reference:
         # Full fine-tuning with a live reference: a frozen copy of the initial weights.
         reference = Reference(copy.deepcopy(policy).requires_grad_(False).eval(), disable_adapter=False)
+    clock.lap("model")
 
     # 3-4. Reference log-probs precomputed for every sequence the planned steps will use.
     reference_cache, cache_info = None, None
@@ -1305,6 +1345,7 @@ def train(config: TrainConfig) -> dict | None:
             identity=reference_identity(config, use_bf16),
         )
         reference = None  # training reads the cache from here on
+    clock.lap("reference")
 
     # 5. Optimizer, schedule, resume.
     trainable = [parameter for parameter in policy.parameters() if parameter.requires_grad]
@@ -1377,6 +1418,16 @@ def train(config: TrainConfig) -> dict | None:
             },
         )
     accelerator.wait_for_everyone()
+    if config.compile_backend:
+        # After verify() and the reference pass (those run eagerly, once), before the first step.
+        compiled = compile_decoder_layers(policy.model, config.compile_backend)
+        if accelerator.is_main_process:
+            print(
+                f"compile: {compiled} decoder layers (torch.compile, backend {config.compile_backend}, dynamic shapes)",
+                file=sys.stderr,
+                flush=True,
+            )
+    clock.lap("setup")
 
     # 6. The loop.
     from tqdm.auto import tqdm
@@ -1511,6 +1562,7 @@ def train(config: TrainConfig) -> dict | None:
     train_runtime = time.perf_counter() - train_start
     if metrics_file is not None:
         metrics_file.close()
+    clock.lap("loop")
 
     # 7. final/: written under a temporary name, then renamed — never half a final model, and
     # never a non-finite one.
@@ -1543,6 +1595,7 @@ def train(config: TrainConfig) -> dict | None:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)
     accelerator.wait_for_everyone()
+    clock.lap("save")
     summary = {
         "out": str(out),
         "final": str(final),
@@ -1558,6 +1611,7 @@ def train(config: TrainConfig) -> dict | None:
         "tokens_per_s": trained_tokens / train_runtime if train_runtime > 0 else None,
         "reference": ("none" if not variant.needs_reference else "precompute" if precompute else "copy"),
         "reference_cache": cache_info,
+        "phase_seconds": clock.seconds,
     }
     summary.update({key: last_logged.get(key) for key in ("loss", "z0", "reward_accuracy", "reward_margin")})
     is_main = accelerator.is_main_process
