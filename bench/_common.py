@@ -182,33 +182,32 @@ def run_prospect(spec: dict) -> dict:
 
     from training.kto.trainer import TrainConfig, train
 
-    started = time.perf_counter()
-    summary = train(
-        TrainConfig(
-            model=spec["model"],
-            data=spec["data"],
-            out=spec["out"],
-            beta=0.1,
-            learning_rate=spec["learning_rate"],
-            per_device_train_batch_size=spec["batch_size"],
-            gradient_accumulation_steps=spec["grad_accum"],
-            num_train_epochs=spec["epochs"],
-            max_length=spec["max_length"],
-            desirable_weight=1.0,
-            undesirable_weight=1.0,
-            warmup_ratio=0.1,
-            seed=spec["seed"],
-            lora=spec["lora"],
-            lora_r=16,
-            lora_alpha=32,
-            reference=spec["reference"],
-            gradient_checkpointing=spec.get("gradient_checkpointing", False),
-            bf16=spec.get("bf16", "auto"),
-            progress=False,
-            logging_steps=1,
-            **spec.get("engine_options", {}),
-        )
+    options = dict(
+        model=spec["model"],
+        data=spec["data"],
+        out=spec["out"],
+        beta=0.1,
+        learning_rate=spec["learning_rate"],
+        per_device_train_batch_size=spec["batch_size"],
+        gradient_accumulation_steps=spec["grad_accum"],
+        num_train_epochs=spec["epochs"],
+        max_length=spec["max_length"],
+        desirable_weight=1.0,
+        undesirable_weight=1.0,
+        warmup_ratio=0.1,
+        seed=spec["seed"],
+        lora=spec["lora"],
+        lora_r=16,
+        lora_alpha=32,
+        reference=spec["reference"],
+        gradient_checkpointing=spec.get("gradient_checkpointing", False),
+        bf16=spec.get("bf16", "auto"),
+        progress=False,
+        logging_steps=1,
     )
+    options.update(spec.get("engine_options", {}))  # a lever may override any of the above
+    started = time.perf_counter()
+    summary = train(TrainConfig(**options))
     elapsed = time.perf_counter() - started
     losses = [json.loads(line)["loss"] for line in (Path(spec["out"]) / "metrics.jsonl").read_text().splitlines()]
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -218,6 +217,7 @@ def run_prospect(spec: dict) -> dict:
         "peak_memory_mb": peak_memory_mb(device),
         "reference_cache": summary["reference_cache"],
         "loop_seconds": summary["train_runtime_s"],
+        "phase_seconds": summary["phase_seconds"],
     }
 
 

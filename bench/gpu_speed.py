@@ -7,6 +7,8 @@ data / batch / accumulation / epochs / gradient checkpointing setting:
     python bench/gpu_speed.py                 # on a CUDA machine after `pip install -r requirements-dev.txt`
     python bench/gpu_speed.py --scenarios full --engine-options '{"token_budget": 16384}'
     python bench/gpu_speed.py --tiny          # CPU smoke test: tiny model, a few examples, both scenarios
+    python bench/gpu_speed.py --scenarios full \
+        --variant compile='{"compile_backend": "inductor"}' --variant checkpointing='{"gradient_checkpointing": true}'
 
 The engine runs with its CUDA defaults: bf16, fused AdamW, token-budget forward calls
 (defaults.TOKEN_BUDGET_CUDA tokens, whole microbatches per call), padding-free packing and the
@@ -17,6 +19,10 @@ for the policy's no-grad pass on mismatched pairs, 2·N + 2·N for the reference
 mismatched sequences (precomputed or live); N = parameter count, attention score FLOPs left out.
 Time is end to end (load, tokenize, reference pass, loop, save), divided by the H100/H200 dense
 bf16 peak of 989 TFLOPS.
+Each `--variant NAME=JSON` is one more Prospect run with those TrainConfig fields on top of
+--engine-options (one lever at a time), reported as prospect_NAME_* with its own ratio vs the same
+TRL run. Every Prospect run also reports where its time went (phase_seconds: data, model,
+reference, setup, loop, save).
 Ends with one JSON line: {"bench": "gpu_speed", ...}. If TRL fails, Prospect's figures and the error are printed.
 """
 
@@ -53,11 +59,30 @@ def main() -> None:
     parser.add_argument("--completion-chars", default="40,200")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on for both trainers")
     parser.add_argument("--engine-options", default="{}", help="JSON of extra TrainConfig fields for Prospect")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="one more Prospect run with these TrainConfig fields on top of --engine-options (repeatable)",
+    )
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny model, 32 examples")
     parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument(
+        "--warmup",
+        action="store_true",
+        help="one untimed run on a tiny model first, so the first timed run does not pay the cold machine "
+        "(libraries read from disk, GPU clocks rising)",
+    )
     parser.add_argument("--timeout", type=float, default=900, help="per trainer run, seconds")
     args = parser.parse_args()
     engine_options = json.loads(args.engine_options)
+    variants = {"prospect": engine_options}
+    for variant in args.variant:
+        name, _, options = variant.partition("=")
+        if not name.isidentifier() or name in variants or not options:
+            parser.error(f"--variant {variant!r}: expected NAME=JSON with a new NAME made of letters, digits and _")
+        variants[f"prospect_{name}"] = dict(engine_options, **json.loads(options))
     if args.tiny:
         args.examples = args.lora_examples = 32
         args.batch_size, args.grad_accum = 4, 2
@@ -72,6 +97,12 @@ def main() -> None:
     report = {"bench": "gpu_speed", "device": device_name, "torch": torch.__version__, "tiny": args.tiny}
     workdir = Path(tempfile.mkdtemp(prefix="prospect-gpu-"))
     try:
+        if args.warmup:
+            tiny = save_random_model(workdir / "model-warmup", "tiny")
+            warm_data = write_synthetic_kto(workdir / "warmup.jsonl", 32, (20, 60), (5, 20))
+            warm_spec = dict(model=tiny, data=warm_data, batch_size=4, grad_accum=2, epochs=1.0, max_length=128)
+            warm_spec.update(learning_rate=5e-6, seed=0, lora=False, reference="precompute")
+            measure("prospect", dict(warm_spec, out=str(workdir / "warmup-out")), threads=threads, timeout=args.timeout)
         for scenario in args.scenarios.split(","):
             kind, lora, reference, flops_per_token = SCENARIOS[scenario]
             kind = "tiny" if args.tiny else kind
@@ -97,12 +128,13 @@ def main() -> None:
                 gradient_checkpointing=args.gradient_checkpointing,
             )
             runs = {
-                "prospect": measure(
+                name: measure(
                     "prospect",
-                    dict(spec, out=str(workdir / f"{scenario}-prospect"), engine_options=engine_options),
+                    dict(spec, out=str(workdir / f"{scenario}-{name}"), engine_options=options),
                     threads=threads,
                     timeout=args.timeout,
                 )
+                for name, options in variants.items()
             }
             if not args.skip_trl:
                 runs["trl"] = measure(
@@ -123,24 +155,31 @@ def main() -> None:
                 report[f"{key}_peak_memory_mb"] = round(run["peak_memory_mb"], 1)
                 report[f"{key}_mfu"] = round(model_flops / run["seconds"] / PEAK_BF16_FLOPS, 4) if on_gpu else None
                 report[f"{key}_final_loss"] = run["losses"][-1] if run["losses"] else None
-                if name == "prospect":
+                if name.startswith("prospect"):
                     report[f"{key}_loop_seconds"] = run.get("loop_seconds")
+                    report[f"{key}_phase_seconds"] = run.get("phase_seconds")
                 print(
-                    f"{scenario:5s} {name:10s} {tokens / run['seconds']:10.1f} tok/s  {run['seconds']:7.1f} s  "
+                    f"{scenario:5s} {name:22s} {tokens / run['seconds']:10.1f} tok/s  {run['seconds']:7.1f} s  "
                     f"peak {run['peak_memory_mb']:9.1f} MiB",
                     file=sys.stderr,
                 )
-            if f"{prefix}prospect_tokens_per_s" in report and f"{prefix}trl_tokens_per_s" in report:
-                report[f"{prefix}throughput_ratio_vs_trl"] = round(
-                    report[f"{prefix}prospect_tokens_per_s"] / report[f"{prefix}trl_tokens_per_s"], 3
+            for name in variants:
+                # prospect -> throughput_ratio_vs_trl (as before); prospect_compile -> compile_throughput_...
+                ratio_prefix = (
+                    prefix + name.removeprefix("prospect").removeprefix("_") + ("_" if name != "prospect" else "")
                 )
-                report[f"{prefix}peak_mem_ratio_vs_trl"] = round(
-                    report[f"{prefix}prospect_peak_memory_mb"] / report[f"{prefix}trl_peak_memory_mb"], 3
-                )
+                if f"{prefix}{name}_tokens_per_s" in report and f"{prefix}trl_tokens_per_s" in report:
+                    report[f"{ratio_prefix}throughput_ratio_vs_trl"] = round(
+                        report[f"{prefix}{name}_tokens_per_s"] / report[f"{prefix}trl_tokens_per_s"], 3
+                    )
+                    report[f"{ratio_prefix}peak_mem_ratio_vs_trl"] = round(
+                        report[f"{prefix}{name}_peak_memory_mb"] / report[f"{prefix}trl_peak_memory_mb"], 3
+                    )
             shutil.rmtree(workdir / f"model-{scenario}", ignore_errors=True)  # 15 GB for the 7B shape
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report["engine_options"] = engine_options
+    report["variants"] = {name: options for name, options in variants.items() if name != "prospect"}
     report["total_minutes"] = round((time.perf_counter() - started) / 60, 2)
     print(json.dumps(report))
 

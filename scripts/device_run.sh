@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# One session on a lent CUDA machine (issues 8 and 14), with no network there: the installed
-# versions, then bench/scaleout_gpu.py (each shipped accelerate config on one GPU), then
-# bench/gpu_speed.py (Prospect vs TRL), each under its own time limit; every JSON line lands in
-# $OUT as soon as it exists, so a cut-off run still reports what it finished.
-#   OUT=/tmp/o bash scripts/device_run.sh
-#   SCALEOUT_ARGS=--tiny GPU_SPEED_ARGS="--tiny" bash scripts/device_run.sh     # CPU rehearsal
+# One session on a lent CUDA machine (issue 8), which has no network: the wheels carried in .whl
+# (scripts/device_wheels.sh: trl and datasets for the TRL side), the installed versions, then
+# bench/gpu_speed.py — Prospect's default, one run per untried lever, and TRL on the same data —
+# under a time limit. Every JSON line lands in $OUT as soon as it exists, so a cut-off run still
+# reports what it finished. RUN_SCALEOUT=1 also runs bench/scaleout_gpu.py first (issue 14's proof).
+#   bash scripts/device_wheels.sh                        # here, once: then carry .whl
+#   OUT=/tmp/o bash scripts/device_run.sh                # there
+#   GPU_SPEED_ARGS="--tiny --scenarios full" OUT=/tmp/o bash scripts/device_run.sh    # CPU rehearsal
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-bench/out}"
 mkdir -p "$out"
 python=python3
 if [ -x .venv/bin/python ]; then python=.venv/bin/python; fi
+if compgen -G ".whl/*.whl" > /dev/null && ! "$python" -c "import trl, datasets" 2> /dev/null; then
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 "$python" - > "$out/versions.json" <<'PY'
 import importlib, json
 found = {}
-for name in ("torch", "transformers", "accelerate", "peft", "trl", "safetensors"):
+for name in ("torch", "transformers", "accelerate", "peft", "trl", "datasets", "pyarrow", "safetensors", "triton"):
     try:
         found[name] = importlib.import_module(name).__version__
     except Exception as error:  # noqa: BLE001 - a missing package is a finding, not a failure
@@ -24,12 +30,20 @@ found["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() els
 print(json.dumps(found))
 PY
 cat "$out/versions.json"
-# shellcheck disable=SC2086
-timeout "${SCALEOUT_SECONDS:-170}" "$python" bench/scaleout_gpu.py ${SCALEOUT_ARGS:-} 2> "$out/scaleout.stderr" \
-    | tee "$out/scaleout.json"
-tail -c 4000 "$out/scaleout.stderr"
+if [ "${RUN_SCALEOUT:-0}" = 1 ]; then
+    # shellcheck disable=SC2086
+    timeout "${SCALEOUT_SECONDS:-170}" "$python" bench/scaleout_gpu.py ${SCALEOUT_ARGS:-} 2> "$out/scaleout.stderr" \
+        | tee "$out/scaleout.json"
+    tail -c 3000 "$out/scaleout.stderr"
+fi
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-# shellcheck disable=SC2086
-timeout "${SPEED_SECONDS:-330}" "$python" bench/gpu_speed.py ${GPU_SPEED_ARGS:---scenarios full --examples 512} \
-    2> "$out/gpu_speed.stderr" | tee "$out/gpu_speed.json"
+backend=inductor
+if [ -n "${GPU_SPEED_ARGS:-}" ] && [[ "$GPU_SPEED_ARGS" == *--tiny* ]]; then backend=aot_eager; fi  # CPU rehearsal: inductor would build C++ for minutes
+variants=(--variant "compile={\"compile_backend\": \"$backend\"}"
+    --variant 'checkpointing={"gradient_checkpointing": true}'
+    --variant "compile_checkpointing={\"compile_backend\": \"$backend\", \"gradient_checkpointing\": true}")
+# shellcheck disable=SC2206
+speed_args=(${GPU_SPEED_ARGS:---scenarios full --examples 512 --warmup} "${variants[@]}")
+timeout "${SPEED_SECONDS:-420}" "$python" bench/gpu_speed.py "${speed_args[@]}" 2> "$out/gpu_speed.stderr" \
+    | tee "$out/gpu_speed.json"
 tail -c 4000 "$out/gpu_speed.stderr"
