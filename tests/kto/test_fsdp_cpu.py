@@ -62,9 +62,24 @@ def weights(final: Path, name: str = "model.safetensors") -> dict[str, torch.Ten
 
 
 def assert_same_weights(left: dict, right: dict, atol: float) -> None:
+    """Element by element: for runs in the same process layout (a resumed run against its uninterrupted one)."""
     assert sorted(left) == sorted(right)
     for name in left:
         torch.testing.assert_close(left[name], right[name], rtol=0, atol=atol, msg=name)
+
+
+def assert_same_updates(left: dict, right: dict, initial: dict | None, rel: float = 1e-3) -> None:
+    """Tensor by tensor, for runs in different process layouts (FSDP against DDP): the difference's
+    norm against the update's (initial None: against the tensor's own norm, for a LoRA adapter whose
+    B starts at zero). Element by element is not portable here: AdamW divides each gradient by its
+    running RMS, so an element whose gradient is near zero moves by an amount that float summation
+    order decides, and FSDP sums gradients in another order than DDP (seen: 3e-5 on one CPU, under
+    1e-5 on another). A wrong sharded pass changes the update's direction, far above 1e-3."""
+    assert sorted(left) == sorted(right)
+    for name in right:
+        update = right[name] - initial[name] if initial is not None else right[name]
+        difference = float((left[name] - right[name]).norm())
+        assert difference <= rel * float(update.norm()) + 1e-7, (name, difference, float(update.norm()))
 
 
 @pytest.mark.slow
@@ -84,12 +99,13 @@ def test_fsdp_full_shard_trains_like_ddp_and_resumes_from_its_shards(bpe_model_d
 
     # The policy, mismatched (z0) and reference passes all ran through the sharded model: the same
     # numbers as whole-model data parallelism, step by step.
-    for key in ("loss", "z0", "reward_margin"):
+    for key in ("loss", "z0", "z0_raw", "reward_margin"):
         assert per_step(fsdp, key) == pytest.approx(per_step(ddp, key), abs=1e-5), key
-    assert any(abs(z0) > 0 for z0 in per_step(fsdp, "z0"))  # the mismatched pass really ran
+    # The mismatched pass really ran: z0 before its clamp at 0 (the clamped one is 0 on some data).
+    assert any(abs(z0) > 1e-3 for z0 in per_step(fsdp, "z0_raw"))
     trained, base = weights(fsdp / "final"), weights(Path(bpe_model_dir))
     assert max(float((trained[name] - base[name]).abs().max()) for name in base) > 1e-4  # it learned
-    assert_same_weights(trained, weights(ddp / "final"), atol=1e-5)  # gathered from both ranks
+    assert_same_updates(trained, weights(ddp / "final"), base)  # gathered from both ranks
 
     # The step-2 checkpoint is sharded: one model and optimizer file per rank, resumed exactly.
     shards = sorted(path.name for path in (fsdp / "checkpoints" / "step-2" / SHARDED_STATE_DIR).rglob("*.distcp"))
@@ -138,7 +154,7 @@ def test_fsdp_shards_the_live_reference_copy_and_gives_ddps_numbers(demo_model_d
     assert json.loads((ddp / "config.json").read_text())["reference_sharded"] is False
     # PPO's per-step losses reach a few units here: float32 summation order is 1e-5 relative.
     assert per_step(fsdp, "loss") == pytest.approx(per_step(ddp, "loss"), rel=1e-5, abs=1e-5)
-    assert_same_weights(weights(fsdp / "final"), weights(ddp / "final"), atol=1e-5)
+    assert_same_updates(weights(fsdp / "final"), weights(ddp / "final"), weights(Path(demo_model_dir)))
 
 
 @pytest.mark.slow
@@ -149,11 +165,11 @@ def test_fsdp_with_lora_trains_like_ddp_with_lora(sentencepiece_model_dir, feedb
     launch("ddp.yaml", sentencepiece_model_dir, feedback_jsonl, ddp, "--lora", "--reference", "copy")
     lora = ("--lora", "--reference", "copy", "--save-steps", "2")
     launch("fsdp_lora.yaml", sentencepiece_model_dir, feedback_jsonl, fsdp, *lora)
-    for key in ("loss", "z0", "reward_margin"):
+    for key in ("loss", "z0", "z0_raw", "reward_margin"):
         assert per_step(fsdp, key) == pytest.approx(per_step(ddp, key), abs=1e-5), key
     adapter = weights(fsdp / "final", "adapter_model.safetensors")
     assert adapter and all("lora_" in name for name in adapter)  # the adapter only, not the base
-    assert_same_weights(adapter, weights(ddp / "final", "adapter_model.safetensors"), atol=1e-5)
+    assert_same_updates(adapter, weights(ddp / "final", "adapter_model.safetensors"), initial=None)
 
     resumed = tmp_path / "resumed"
     shutil.copytree(fsdp, resumed, ignore=shutil.ignore_patterns("final"))
