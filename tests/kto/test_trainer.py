@@ -192,8 +192,16 @@ def test_reference_logprobs_are_cached_and_reused(demo_model_dir, feedback_jsonl
 
 def test_outputs_follow_the_contract(demo_model_dir, feedback_jsonl, tmp_path, run_cli):
     out = tmp_path / "run"
+    started = time.perf_counter()
     summary = train_here(demo_model_dir, feedback_jsonl, out, "--max-steps", "4", "--logging-steps", "2").summary
+    wall = time.perf_counter() - started
     assert summary["skipped_steps"] == 0
+    # Where the time went: every phase once, in order, adding up to no more than the call itself.
+    phases = summary["phase_seconds"]
+    assert list(phases) == ["data", "model", "reference", "setup", "loop", "save"]
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert phases["loop"] >= summary["train_runtime_s"] - 0.001  # the loop phase spans the timed loop (both rounded)
+    assert sum(phases.values()) <= wall
     assert summary["final"] == str(out / "final")
     config = json.loads((out / "config.json").read_text())
     assert config["class_weights"]["rule"] and config["config"]["beta"] == 0.1
