@@ -209,11 +209,14 @@ def run_prospect(spec: dict) -> dict:
     started = time.perf_counter()
     summary = train(TrainConfig(**options))
     elapsed = time.perf_counter() - started
-    losses = [json.loads(line)["loss"] for line in (Path(spec["out"]) / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (Path(spec["out"]) / "metrics.jsonl").read_text().splitlines()]
+    shares = [record["no_grad_share"] for record in records if record.get("no_grad_share") is not None]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return {
         "seconds": elapsed,
-        "losses": losses,
+        "losses": [record["loss"] for record in records],
+        # The no-grad passes' (z0, live reference) share of the loop's forward/backward time, averaged over steps.
+        "no_grad_share": round(sum(shares) / len(shares), 4) if shares else None,
         "peak_memory_mb": peak_memory_mb(device),
         "reference_cache": summary["reference_cache"],
         "loop_seconds": summary["train_runtime_s"],

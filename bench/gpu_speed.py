@@ -22,7 +22,8 @@ bf16 peak of 989 TFLOPS.
 Each `--variant NAME=JSON` is one more Prospect run with those TrainConfig fields on top of
 --engine-options (one lever at a time), reported as prospect_NAME_* with its own ratio vs the same
 TRL run. Every Prospect run also reports where its time went (phase_seconds: data, model,
-reference, setup, loop, save).
+reference, setup, loop, save) and the no-grad passes' share of the loop (no_grad_share: z0's
+mismatched pass, a live reference).
 Ends with one JSON line: {"bench": "gpu_speed", ...}. If TRL fails, Prospect's figures and the error are printed.
 """
 
@@ -158,6 +159,7 @@ def main() -> None:
                 if name.startswith("prospect"):
                     report[f"{key}_loop_seconds"] = run.get("loop_seconds")
                     report[f"{key}_phase_seconds"] = run.get("phase_seconds")
+                    report[f"{key}_no_grad_share"] = run.get("no_grad_share")
                 print(
                     f"{scenario:5s} {name:22s} {tokens / run['seconds']:10.1f} tok/s  {run['seconds']:7.1f} s  "
                     f"peak {run['peak_memory_mb']:9.1f} MiB",

@@ -220,9 +220,12 @@ def test_outputs_follow_the_contract(demo_model_dir, feedback_jsonl, tmp_path, r
         "learning_rate",
         "examples_per_s",
         "tokens_per_s",
+        "no_grad_share",
         "epoch",
     ):
         assert key in records[-1], key
+    # KTO's mismatched pass (z0) runs without gradient every step: part of the time, never all of it.
+    assert all(0 < record["no_grad_share"] < 1 for record in records)
     # Logged values are means over the window's microbatches: z0 ≥ 0 always, and ≥ the mean raw value.
     assert all(record["z0"] >= 0 and record["z0"] >= record["z0_raw"] - 1e-9 for record in records)
     assert (out / "final" / "tokenizer.json").is_file() and (out / "final" / "model.safetensors").is_file()

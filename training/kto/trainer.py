@@ -714,6 +714,7 @@ def train_step(
     step_window: dict,
     token_budget: int,
     packing: bool,
+    timer: SectionTimer,
 ) -> None:
     """Losses and gradients of one optimizer step (backward done; the caller clips and steps)."""
     device = accelerator.device
@@ -723,7 +724,7 @@ def train_step(
     mismatched_policy: list = [None] * len(microbatches)
     reference_matched = [mb.reference_matched for mb in microbatches]
     reference_mismatched = [mb.reference_mismatched for mb in microbatches]
-    with accelerator.autocast():
+    with timer.section("no_grad"), accelerator.autocast():
         if config.variant.needs_reference and reference_matched[0] is None:
             joined = [s for mb in microbatches for s in mb.matched + mb.mismatched]
             if token_budget > 0:
@@ -779,35 +780,36 @@ def train_step(
         )
     # 2. The matched sequences with gradient, a unit of microbatches per call.
     units = grad_units(microbatches, token_budget, packing)
-    for unit_index, unit in enumerate(units):
-        joined = [s for i in unit for s in microbatches[i].matched]
-        inputs = _to_device(forward_inputs(joined, pad_token_id, packing), device)
-        is_last = unit_index == len(units) - 1
-        # Gradients are averaged across processes only on the last call of the step.
-        sync_context = contextlib.nullcontext() if is_last else accelerator.no_sync(policy_ddp)
-        with sync_context, accelerator.autocast():
-            logps, token_counts = policy_ddp(**inputs)
-            total = zero
-            offset = 0
-            for index in unit:
-                mb = microbatches[index]
-                n = mb.n_examples
-                reference_m = reference_matched[index]
-                loss, stats = loss_from_logps(
-                    logps[offset : offset + n],
-                    token_counts[offset : offset + n],
-                    mb.is_desirable.to(device),
-                    reference_m.to(device) if reference_m is not None else None,
-                    *z0s[index],
-                    config,
-                    class_weights,
-                )
-                offset += n
-                total = total + loss
-                _accumulate(step_window, loss, stats)
-                step_window["examples"] += mb.n_examples
-                step_window["tokens"] += mb.n_tokens
-            accelerator.backward(total / len(microbatches))
+    with timer.section("grad"):
+        for unit_index, unit in enumerate(units):
+            joined = [s for i in unit for s in microbatches[i].matched]
+            inputs = _to_device(forward_inputs(joined, pad_token_id, packing), device)
+            is_last = unit_index == len(units) - 1
+            # Gradients are averaged across processes only on the last call of the step.
+            sync_context = contextlib.nullcontext() if is_last else accelerator.no_sync(policy_ddp)
+            with sync_context, accelerator.autocast():
+                logps, token_counts = policy_ddp(**inputs)
+                total = zero
+                offset = 0
+                for index in unit:
+                    mb = microbatches[index]
+                    n = mb.n_examples
+                    reference_m = reference_matched[index]
+                    loss, stats = loss_from_logps(
+                        logps[offset : offset + n],
+                        token_counts[offset : offset + n],
+                        mb.is_desirable.to(device),
+                        reference_m.to(device) if reference_m is not None else None,
+                        *z0s[index],
+                        config,
+                        class_weights,
+                    )
+                    offset += n
+                    total = total + loss
+                    _accumulate(step_window, loss, stats)
+                    step_window["examples"] += mb.n_examples
+                    step_window["tokens"] += mb.n_tokens
+                accelerator.backward(total / len(microbatches))
 
 
 def _train_step_per_microbatch(
@@ -1209,6 +1211,38 @@ class PhaseClock:
         self._since = now
 
 
+class SectionTimer:
+    """Seconds spent in the sections of each training step (the no-grad passes, the passes with
+    gradient) without a host sync per step: CUDA events on a GPU, read when the window is logged
+    (a host sync happens there anyway); the wall clock on CPU, where work is not queued."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.on_cuda = device.type == "cuda"
+        self.pending: list[tuple[str, Any, Any]] = []
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def section(self, name: str):
+        if self.on_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self.pending.append((name, start, end))
+        else:
+            started = time.perf_counter()
+            yield
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def take(self) -> dict[str, float]:
+        """The seconds per section since the last take (waits for the recorded CUDA work)."""
+        for name, start, end in self.pending:
+            end.synchronize()
+            self.seconds[name] = self.seconds.get(name, 0.0) + start.elapsed_time(end) / 1000
+        taken, self.pending, self.seconds = self.seconds, [], {}
+        return taken
+
+
 def compile_decoder_layers(model: torch.nn.Module, backend: str) -> int:
     """torch.compile every decoder layer in place (the classes transformers lists as
     ``_no_split_modules``); returns how many. Dynamic shapes: packed rows change width every call."""
@@ -1443,6 +1477,7 @@ def train(config: TrainConfig) -> dict | None:
     metrics_file = open(metrics_path, "a", encoding="utf-8") if accelerator.is_main_process else None
     policy_ddp.train()
     window = _new_window(accelerator.device)
+    timer = SectionTimer(accelerator.device)
     last_logged: dict = {}
     train_start = time.perf_counter()
     window_start = time.perf_counter()
@@ -1481,6 +1516,7 @@ def train(config: TrainConfig) -> dict | None:
                 # Several calls' units must match on every process (DDP/FSDP forwards are collective).
                 token_budget if accelerator.num_processes == 1 else 0,
                 packing,
+                timer,
             )
         grad_norm = kto_distributed.local_tensor(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
         # One host sync per optimizer step: a non-finite loss (on any process) or gradient norm
@@ -1533,6 +1569,7 @@ def train(config: TrainConfig) -> dict | None:
                 skipped_steps=skipped_steps,
                 examples_per_s=record.pop("examples") / elapsed,
                 tokens_per_s=record.pop("tokens") / elapsed,
+                no_grad_share=_no_grad_share(timer.take()),
             )
             trained_examples += window["examples"] * accelerator.num_processes
             trained_tokens += window["tokens"] * accelerator.num_processes
@@ -1641,6 +1678,14 @@ _SUMMED = (
     "undesirable_count",
     "correct_count",
 )
+
+
+def _no_grad_share(sections: dict[str, float]) -> float | None:
+    """The share of the steps' forward/backward time spent in the no-grad passes (the policy on
+    mismatched pairs, a live reference): what the z0 and reference passes cost. None when not timed
+    (offline PPO's per-microbatch path)."""
+    total = sections.get("no_grad", 0.0) + sections.get("grad", 0.0)
+    return round(sections.get("no_grad", 0.0) / total, 4) if total > 0 else None
 
 
 def _new_window(device) -> dict:
