@@ -28,6 +28,7 @@ from django.utils import timezone
 from feedback.models import Job
 from feedback.services import create_snapshot
 from feedback.services.jobs import FollowUpRefused, create_snapshot_job
+from feedback.services.snapshots import snapshot_files_removed_on_error
 from projects.selectors import resolve_project
 from training import dispatch
 from training.models import ACTIVE_RUN_STATUSES, ModelVersion, TrainingPolicy, TrainingRun
@@ -125,10 +126,12 @@ def start_run(
     project = resolve_project(project if project is not None else (snapshot.project if snapshot is not None else None))
     _refuse_other_projects_rows(project, snapshot=snapshot, base_version=base_version)
     resolved = resolve_training_config(config, project)
-    with transaction.atomic():
+    # A snapshot cut here rolls back with the run if anything below fails: its file goes with it.
+    with snapshot_files_removed_on_error() as created, transaction.atomic():
         base_version = _base_version_for(base_version, resolved, project)
         if snapshot is None:
             snapshot = _create_snapshot_for(resolved, project)
+            created.append(snapshot)
         desirable_weight, undesirable_weight, weight_rule = class_weights_for(snapshot, resolved)
         run = TrainingRun.objects.create(
             project=project,

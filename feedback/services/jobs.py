@@ -39,7 +39,12 @@ from django.utils import timezone
 from feedback.importers import ImportRejected
 from feedback.models import DatasetSnapshot, Job
 from feedback.services.imports import import_feedback
-from feedback.services.snapshots import SnapshotRefused, create_snapshot, snapshot_summary
+from feedback.services.snapshots import (
+    SnapshotRefused,
+    create_snapshot,
+    snapshot_files_removed_on_error,
+    snapshot_summary,
+)
 from projects.models import Project
 
 logger = logging.getLogger(__name__)
@@ -260,32 +265,26 @@ def _run_import(job: Job, progress: ProgressWriter) -> None:
 def _run_snapshot(job: Job, progress: ProgressWriter) -> None:
     params = job.params
     manual = params.get("manual_weights")
-    snapshot = None
-    try:
-        with transaction.atomic():
-            snapshot = create_snapshot(
-                holdout=params.get("holdout"),
-                target_ratio=params.get("target_ratio"),
-                mode=params.get("mode", "auto"),
-                manual_weights=tuple(manual) if manual else None,
-                seed=params.get("seed", 0),
-                project=job.project,
-                on_progress=progress.update,
-            )
-            result = snapshot_summary(snapshot)
-            then = params.get("then")
-            if then:
-                follow_up = _SNAPSHOT_FOLLOW_UPS.get(then["name"])
-                if follow_up is None:  # this worker lacks the app that queued it
-                    raise FollowUpRefused(f"this worker knows no snapshot follow-up named {then['name']!r}")
-                result.update(follow_up(job, snapshot, then))
-            _succeed(job, result, snapshot=snapshot)
-    except BaseException:
-        # The snapshot's row was rolled back with the job (a refused follow-up, a lost claim, a
-        # failed commit): its file, written before, would otherwise stay on disk with no row.
-        if snapshot is not None and snapshot.path:
-            Path(snapshot.path).unlink(missing_ok=True)
-        raise
+    # A refused follow-up, a lost claim or a failed commit rolls the snapshot's row back with the job.
+    with snapshot_files_removed_on_error() as created, transaction.atomic():
+        snapshot = create_snapshot(
+            holdout=params.get("holdout"),
+            target_ratio=params.get("target_ratio"),
+            mode=params.get("mode", "auto"),
+            manual_weights=tuple(manual) if manual else None,
+            seed=params.get("seed", 0),
+            project=job.project,
+            on_progress=progress.update,
+        )
+        created.append(snapshot)
+        result = snapshot_summary(snapshot)
+        then = params.get("then")
+        if then:
+            follow_up = _SNAPSHOT_FOLLOW_UPS.get(then["name"])
+            if follow_up is None:  # this worker lacks the app that queued it
+                raise FollowUpRefused(f"this worker knows no snapshot follow-up named {then['name']!r}")
+            result.update(follow_up(job, snapshot, then))
+        _succeed(job, result, snapshot=snapshot)
 
 
 def _succeed(job: Job, result: dict, **links) -> None:

@@ -8,6 +8,7 @@ Eq. 7, SPEC §1), computed on the train split because that is what the trainer s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -209,6 +210,22 @@ def create_snapshot(
         return snapshot
     finally:
         os.unlink(tmp_path)
+
+
+@contextlib.contextmanager
+def snapshot_files_removed_on_error():
+    """Around a transaction that may cut a snapshot: yields a list to append each snapshot cut in
+    it to. The snapshot's file is written (linked) before the transaction commits, so if the block
+    raises (a refused follow-up, a failed commit), its row rolls back and this removes the file,
+    which would otherwise stay on disk with no row. Enter it outside the transaction."""
+    created: list[DatasetSnapshot] = []
+    try:
+        yield created
+    except BaseException:
+        for snapshot in created:
+            if snapshot.path:
+                Path(snapshot.path).unlink(missing_ok=True)
+        raise
 
 
 def snapshot_summary(snapshot: DatasetSnapshot) -> dict:
