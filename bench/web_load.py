@@ -41,7 +41,8 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.helpers import free_port  # noqa: E402  (after the repository is importable)
+from config import web_server  # noqa: E402  (after the repository is importable)
+from tests.helpers import free_port  # noqa: E402
 
 PYTHON = sys.executable
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/prospect_bench"
@@ -95,19 +96,7 @@ print(key, min(Generation.objects.values_list("id", flat=True)), max(Generation.
 def start_web_server(env: dict, port: int, workers: int, threads: int) -> subprocess.Popen:
     # The shipped web process (config/web_server.py: granian, keep-alive, backlog), with the
     # process and thread counts of this run.
-    command = [
-        PYTHON,
-        "-m",
-        "config.web_server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--threads",
-        str(threads),
-    ]
+    command = web_server.command(port, workers, threads)
     server = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

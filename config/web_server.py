@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 
 
 def _at_least_one(text: str) -> int:
@@ -46,6 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=_at_least_one, default=_positive_int("WEB_CONCURRENCY", os.cpu_count() or 1))
     parser.add_argument("--threads", type=_at_least_one, default=_positive_int("WEB_THREADS", 2))
     return parser.parse_args(argv)
+
+
+def command(port: int, workers: int, threads: int | None = None, host: str = "127.0.0.1") -> list[str]:
+    """The command line that starts this web process (for the tests and bench/web_load.py, which
+    must run the server as shipped); threads None: WEB_THREADS or its default."""
+    line = [sys.executable, "-m", "config.web_server", "--host", host, "--port", str(port), "--workers", str(workers)]
+    return line + (["--threads", str(threads)] if threads is not None else [])
 
 
 def reset_metrics_folder() -> None:

@@ -11,6 +11,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from config import web_server
 from tests.helpers import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,15 +69,7 @@ def start_production_server(tmp_path: Path, workers: int = 1, **extra_env: str) 
     server = Server(f"http://127.0.0.1:{port}", env, database, None, log)  # type: ignore[arg-type]
     server.manage("migrate", "--noinput")
     server.process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "config.web_server",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-        ],
+        web_server.command(port, workers),
         cwd=REPO,
         env=env,
         stdout=log.open("w"),
