@@ -42,6 +42,36 @@ CHROMIUM = "/usr/bin/chromium"
 WORKER_READY_SECONDS = 90
 
 
+_demo_model_build: subprocess.Popen | None = None
+
+
+def pytest_collection_finish(session) -> None:
+    """Start building the demo model on the other core while the first tests run, when a collected
+    test needs it and it is not cached yet. The build is single-threaded (it must be bit-identical
+    on every machine) and takes minutes; the tests before the first one that needs it mostly keep
+    one core busy. `demo_model_dir` then waits on the build's file lock instead of building (see
+    training.kto.testing); if the background build fails, the fixture builds it and reports why."""
+    global _demo_model_build
+    from training.kto.testing import demo_model_cached
+
+    if demo_model_cached() or not any("demo_model_dir" in item.fixturenames for item in session.items):
+        return
+    _demo_model_build = subprocess.Popen(
+        [sys.executable, "-c", "from training.kto.testing import get_or_build_demo_model; get_or_build_demo_model()"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the build runs in a child of it
+    )
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _demo_model_build is not None and _demo_model_build.poll() is None:
+        # A run stopped early (-x, Ctrl-C) before it needed the model: stop the build, child included.
+        os.killpg(_demo_model_build.pid, signal.SIGTERM)
+        _demo_model_build.wait()
+
+
 @pytest.fixture(scope="session")
 def demo_model_dir() -> str:
     """The offline demo model, built once and cached across sessions by the hash of its recipe."""

@@ -24,6 +24,11 @@ def get_or_build_demo_model() -> str:
     return _get_or_build("demo-model", Path(demo.__file__), demo.build_demo_model)
 
 
+def demo_model_cached() -> bool:
+    """Whether get_or_build_demo_model() would return at once (the build for this recipe exists)."""
+    return (_cache_target("demo-model", Path(demo.__file__)) / "config.json").is_file()
+
+
 def get_or_build_fixture_model(
     family: str = "bpe", architecture: str = "llama", vocab_rows: int | None = None, seed: int = 0
 ) -> str:
@@ -39,23 +44,26 @@ def get_or_build_fixture_model(
     )
 
 
+def _cache_target(name: str, recipe: Path) -> Path:
+    return cache_dir() / f"{name}-{hashlib.sha256(recipe.read_bytes()).hexdigest()[:16]}"
+
+
 def _get_or_build(name: str, recipe: Path, build) -> str:
     """Cached under $PROSPECT_CACHE_DIR (default <repo>/.cache) in a directory named by the hash of
     the recipe's source, so a changed recipe builds anew. A file lock makes concurrent processes
     wait for one build instead of building twice; the build goes to a temporary directory renamed
     into place, so a crash never leaves half a model behind.
     """
-    source_hash = hashlib.sha256(recipe.read_bytes()).hexdigest()[:16]
-    root = cache_dir()
+    target = _cache_target(name, recipe)
+    root = target.parent
     root.mkdir(parents=True, exist_ok=True)
-    target = root / f"{name}-{source_hash}"
     if (target / "config.json").is_file():
         return str(target)
-    with open(root / f"{name}-{source_hash}.lock", "w") as lock:
+    with open(root / f"{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if (target / "config.json").is_file():  # another process built it while we waited
             return str(target)
-        temporary = root / f".{name}-{source_hash}.tmp-{os.getpid()}"
+        temporary = root / f".{target.name}.tmp-{os.getpid()}"
         shutil.rmtree(temporary, ignore_errors=True)
         build(temporary)
         os.replace(temporary, target)
