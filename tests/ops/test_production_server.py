@@ -5,9 +5,11 @@ telling liveness from readiness, and /metrics for the operator."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from tests.helpers import wait_for
 from tests.ops.production_server import PASSWORD, request, start_production_server, stop
 
 ANNOTATOR_SETUP = f"""
@@ -127,18 +129,37 @@ def test_metrics_answer_localhost_or_the_token_holder(tmp_path):
 def test_metrics_add_up_the_requests_of_every_worker(tmp_path):
     """Two worker processes share the listening socket, so which one answers a new connection is
     the kernel's choice. Requests on many connections land on both (each worker writes its own
-    counts file, named by its pid); every scrape, whichever worker answers it, reports the sum."""
+    counts file, named by its pid); every scrape, whichever worker answers it, reports the sum.
+
+    The server is ready as soon as one worker answers; the other may still be starting (seen on a
+    slow machine: all of 40 requests answered by one), so requests go on until both have answered."""
     folder = tmp_path / "prometheus"
     server = start_production_server(tmp_path, workers=2, PROMETHEUS_MULTIPROC_DIR=str(folder))
     try:
         before = healthz_count(server)
-        for _ in range(40):
-            assert server.get("/healthz")[0] == 200  # urllib: a new connection each time
-        writers = {path.stem.rsplit("_", 1)[-1] for path in folder.glob("histogram_*.db")}
-        assert len(writers) == 2, f"expected both workers to have answered, counts files: {sorted(writers)}"
-        assert {healthz_count(server) for _ in range(12)} == {before + 40}
+        sent = 0
+
+        def both_workers_answered() -> bool:
+            nonlocal sent
+            for _ in range(20):
+                assert server.get("/healthz")[0] == 200  # urllib: a new connection each time
+                sent += 1
+            return len(writers(folder)) == 2
+
+        wait_for(
+            both_workers_answered,
+            60,
+            "both workers to answer /healthz",
+            on_timeout=lambda: f"counts files: {sorted(writers(folder))}",
+        )
+        assert {healthz_count(server) for _ in range(12)} == {before + sent}
     finally:
         stop(server)
+
+
+def writers(folder: Path) -> set[str]:
+    """The pids of the workers that have counted a request (one counts file each)."""
+    return {path.stem.rsplit("_", 1)[-1] for path in folder.glob("histogram_*.db")}
 
 
 def healthz_count(server) -> float:
