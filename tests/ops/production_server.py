@@ -4,6 +4,7 @@ config.web_server`, granian), DEBUG off, its own SQLite database."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -94,3 +95,9 @@ def stop(server: Server) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
+    # A worker still shutting down when its main process is gone would outlive the test (seen: a
+    # granian worker serving on after the main process was killed): the server's whole group goes.
+    try:
+        os.killpg(server.process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
