@@ -7,8 +7,14 @@ setup:
 demo: setup
 	.venv/bin/python manage.py demo
 
+# Two pytest-xdist workers: the suite waits on subprocesses, servers and the browser about half the
+# time, so a second worker keeps both cores busy. Each worker has its own test database (pytest-django),
+# Redis database and installation id (tests/helpers.py, tests/settings.py). `--dist load` hands tests
+# out in collection order, so each worker keeps pytest-django's order (database tests before the
+# transactional ones that flush); `loadscope` broke it. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: setup
-	.venv/bin/python -m pytest
+	.venv/bin/python -m pytest -n $(TEST_WORKERS) --dist load
 
 lint: setup
 	.venv/bin/ruff check .

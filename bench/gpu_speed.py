@@ -23,7 +23,9 @@ Each `--variant NAME=JSON` is one more Prospect run with those TrainConfig field
 --engine-options (one lever at a time), reported as prospect_NAME_* with its own ratio vs the same
 TRL run. Every Prospect run also reports where its time went (phase_seconds: data, model,
 reference, setup, loop, save) and the no-grad passes' share of the loop (no_grad_share: z0's
-mismatched pass, a live reference).
+mismatched pass, a live reference). A variant with {"profile_steps": N} also reports its torch.profiler
+summary (prospect_NAME_profile: busiest operators, kernel launches per step, the GPU's busy share of
+the profiled steps' wall time; training/kto/profiling.py).
 Ends with one JSON line: {"bench": "gpu_speed", ...}. If TRL fails, Prospect's figures and the error are printed.
 """
 
@@ -128,43 +130,28 @@ def main() -> None:
                 reference=reference,
                 gradient_checkpointing=args.gradient_checkpointing,
             )
-            runs = {
-                name: measure(
-                    "prospect",
-                    dict(spec, out=str(workdir / f"{scenario}-{name}"), engine_options=options),
-                    threads=threads,
-                    timeout=args.timeout,
-                )
-                for name, options in variants.items()
-            }
-            if not args.skip_trl:
-                runs["trl"] = measure(
-                    "trl", dict(spec, out=str(workdir / f"{scenario}-trl")), threads=threads, timeout=args.timeout
-                )
             prefix = "" if scenario == "full" else f"{scenario}_"
             report[f"{prefix}model"] = kind
             report[f"{prefix}parameters"] = parameters
             report[f"{prefix}examples"] = examples
             report[f"{prefix}tokens"] = tokens
-            for name, run in runs.items():
-                key = f"{prefix}{name}"
-                if "error" in run:
-                    report[f"{key}_error"] = run["error"][-1500:]
-                    continue
-                report[f"{key}_tokens_per_s"] = round(tokens / run["seconds"], 1)
-                report[f"{key}_seconds"] = round(run["seconds"], 1)
-                report[f"{key}_peak_memory_mb"] = round(run["peak_memory_mb"], 1)
-                report[f"{key}_mfu"] = round(model_flops / run["seconds"] / PEAK_BF16_FLOPS, 4) if on_gpu else None
-                report[f"{key}_final_loss"] = run["losses"][-1] if run["losses"] else None
-                if name.startswith("prospect"):
-                    report[f"{key}_loop_seconds"] = run.get("loop_seconds")
-                    report[f"{key}_phase_seconds"] = run.get("phase_seconds")
-                    report[f"{key}_no_grad_share"] = run.get("no_grad_share")
-                print(
-                    f"{scenario:5s} {name:22s} {tokens / run['seconds']:10.1f} tok/s  {run['seconds']:7.1f} s  "
-                    f"peak {run['peak_memory_mb']:9.1f} MiB",
-                    file=sys.stderr,
-                )
+            # The default first, then TRL, then one run per lever: a run cut off by a time limit
+            # still has the comparison that matters most, and each run is reported on stderr as
+            # it ends (the stdout JSON line comes only at the end).
+            order = (
+                ["prospect"] + ([] if args.skip_trl else ["trl"]) + [name for name in variants if name != "prospect"]
+            )
+            for name in order:
+                if name == "trl":
+                    run = measure(
+                        "trl", dict(spec, out=str(workdir / f"{scenario}-trl")), threads=threads, timeout=args.timeout
+                    )
+                else:
+                    engine_spec = dict(spec, out=str(workdir / f"{scenario}-{name}"), engine_options=variants[name])
+                    run = measure("prospect", engine_spec, threads=threads, timeout=args.timeout)
+                figures = _report_run(run, tokens, model_flops if on_gpu else None, include_engine=name != "trl")
+                report.update({f"{prefix}{name}_{field}": value for field, value in figures.items()})
+                print(json.dumps({"scenario": scenario, "run": name, **figures}), file=sys.stderr, flush=True)
             for name in variants:
                 # prospect -> throughput_ratio_vs_trl (as before); prospect_compile -> compile_throughput_...
                 ratio_prefix = (
@@ -184,6 +171,28 @@ def main() -> None:
     report["variants"] = {name: options for name, options in variants.items() if name != "prospect"}
     report["total_minutes"] = round((time.perf_counter() - started) / 60, 2)
     print(json.dumps(report))
+
+
+def _report_run(run: dict, tokens: int, model_flops: float | None, include_engine: bool) -> dict:
+    """One trainer run's figures (tokens/s over real tokens, end to end; MFU only on a GPU)."""
+    if "error" in run:
+        return {"error": run["error"][-1500:]}
+    figures = {
+        "tokens_per_s": round(tokens / run["seconds"], 1),
+        "seconds": round(run["seconds"], 1),
+        "peak_memory_mb": round(run["peak_memory_mb"], 1),
+        "mfu": round(model_flops / run["seconds"] / PEAK_BF16_FLOPS, 4) if model_flops else None,
+        "final_loss": run["losses"][-1] if run["losses"] else None,
+    }
+    if include_engine:
+        figures.update(
+            loop_seconds=run.get("loop_seconds"),
+            phase_seconds=run.get("phase_seconds"),
+            no_grad_share=run.get("no_grad_share"),
+        )
+        if run.get("profile"):
+            figures["profile"] = run["profile"]
+    return figures
 
 
 def _parameter_count(model_dir: str) -> int:

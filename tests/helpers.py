@@ -12,8 +12,23 @@ import httpx
 from training.kto.distributed import free_port  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
-# The tests' own Redis database (flushed by the tests that use it).
-LOOP_REDIS_URL = os.environ.get("PROSPECT_LOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/2")
+# pytest-xdist's worker ("gw0", "gw1", ...; empty when the suite runs in one process).
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+XDIST_INDEX = int(XDIST_WORKER[2:]) if XDIST_WORKER.startswith("gw") else 0
+
+
+def _per_worker_redis_url(base: str) -> str:
+    """`base` with its database number moved up by the xdist worker's index (db 2 -> 2, 3, ...)."""
+    head, _, database = base.rpartition("/")
+    number = int(database or 0) + XDIST_INDEX
+    if number > 13:  # 14 and 15 are the side runs' and CI's (REDIS_URL)
+        raise RuntimeError(f"no Redis database left for pytest-xdist worker {XDIST_WORKER} ({base}): use fewer workers")
+    return f"{head}/{number}"
+
+
+# The tests' own Redis database (flushed by the tests that use it): one per pytest-xdist worker, so
+# one worker's flush never empties the queue another worker's test is reading.
+LOOP_REDIS_URL = _per_worker_redis_url(os.environ.get("PROSPECT_LOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/2"))
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.25, on_timeout=None):

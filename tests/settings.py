@@ -11,6 +11,9 @@ import os
 os.environ.setdefault("DEBUG", "1")
 # The test process and the workers it starts (other PROSPECT_DATA_DIR, other database name) are
 # one installation: they must agree on its id, which would otherwise be derived from those.
-os.environ.setdefault("PROSPECT_INSTALLATION_ID", "prospect-tests")
+# Each pytest-xdist worker is an installation of its own, so the Celery keys its tests leave in a
+# shared Redis database (REDIS_URL) never mix with another worker's.
+_worker = os.environ.get("PYTEST_XDIST_WORKER")
+os.environ.setdefault("PROSPECT_INSTALLATION_ID", f"prospect-tests-{_worker}" if _worker else "prospect-tests")
 
 from config.settings import *  # noqa: E402,F401,F403

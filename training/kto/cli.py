@@ -136,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile each decoder layer (dynamic shapes; BACKEND default inductor); the first steps "
         "pay the compilation",
     )
+    speed.add_argument(
+        "--profile-steps",
+        type=int,
+        default=defaults.profile_steps,
+        metavar="N",
+        help="torch.profiler over N optimizer steps from the second: profile.json (busiest operators, kernel "
+        "launches per step, on CUDA the GPU's busy share of the wall time) and profile.txt in --out; slows them",
+    )
     train.add_argument("--logging-steps", type=int, default=defaults.logging_steps)
     train.add_argument(
         "--save-steps", type=int, default=defaults.save_steps, help="checkpoint every N steps (0: never)"

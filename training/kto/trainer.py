@@ -48,6 +48,7 @@ from . import distributed as kto_distributed
 from . import loss as kto_loss
 from .balancing import balance_weights
 from .modeling import SequenceLogProbs, is_peft_dir, load_causal_lm, load_tokenizer, model_fingerprint
+from .profiling import PhaseClock, SectionTimer, StepProfiler, no_grad_share
 
 
 class TrainingError(RuntimeError):
@@ -113,6 +114,9 @@ class TrainConfig:
     # every layer, so compiling costs one layer's time, not the model's. Same maths; float rounding
     # may differ where inductor fuses kernels.
     compile_backend: str = ""
+    # > 0: torch.profiler over this many optimizer steps from the second; writes profile.json and
+    # profile.txt into out and adds "profile" to the summary (profiling.StepProfiler). Slows those steps.
+    profile_steps: int = 0
 
     # Fields that change the result: a resumed run must match the original on these.
     RESULT_FIELDS = (
@@ -1121,6 +1125,8 @@ def check_config(config: TrainConfig) -> None:
             f"--compile {config.compile_backend}: no such torch.compile backend "
             f"(known: {', '.join(torch._dynamo.list_backends())})"
         )
+    if config.profile_steps < 0:
+        raise TrainingError(f"--profile-steps must be 0 (off) or more, got {config.profile_steps}")
     if config.beta <= 0 or config.learning_rate <= 0:
         raise TrainingError("--beta and --learning-rate must be positive")
     if not 0 <= config.warmup_ratio < 1:
@@ -1192,55 +1198,6 @@ def _is_fsdp_module(module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(module, FSDPModule)
-
-
-class PhaseClock:
-    """Wall seconds spent in each phase of a run (data, model, reference, setup, loop, save): the
-    profile that says where end-to-end time goes besides the loop. CUDA work is waited for at each
-    boundary (one synchronisation per phase), so a phase is charged with the kernels it queued."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self._since = time.perf_counter()
-
-    def lap(self, phase: str) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self._since, 3)
-        self._since = now
-
-
-class SectionTimer:
-    """Seconds spent in the sections of each training step (the no-grad passes, the passes with
-    gradient) without a host sync per step: CUDA events on a GPU, read when the window is logged
-    (a host sync happens there anyway); the wall clock on CPU, where work is not queued."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.on_cuda = device.type == "cuda"
-        self.pending: list[tuple[str, Any, Any]] = []
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def section(self, name: str):
-        if self.on_cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            yield
-            end.record()
-            self.pending.append((name, start, end))
-        else:
-            started = time.perf_counter()
-            yield
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
-
-    def take(self) -> dict[str, float]:
-        """The seconds per section since the last take (waits for the recorded CUDA work)."""
-        for name, start, end in self.pending:
-            end.synchronize()
-            self.seconds[name] = self.seconds.get(name, 0.0) + start.elapsed_time(end) / 1000
-        taken, self.pending, self.seconds = self.seconds, [], {}
-        return taken
 
 
 def compile_decoder_layers(model: torch.nn.Module, backend: str) -> int:
@@ -1478,6 +1435,9 @@ def train(config: TrainConfig) -> dict | None:
     policy_ddp.train()
     window = _new_window(accelerator.device)
     timer = SectionTimer(accelerator.device)
+    profiler = StepProfiler(
+        config.profile_steps, start_step, len(steps), accelerator.device, out, write=accelerator.is_main_process
+    )
     last_logged: dict = {}
     train_start = time.perf_counter()
     window_start = time.perf_counter()
@@ -1486,6 +1446,7 @@ def train(config: TrainConfig) -> dict | None:
     rank, per_device = accelerator.process_index, config.per_device_train_batch_size
     for step in range(start_step, len(steps)):
         epoch, microbatches = steps[step]
+        profiler.before_step(step)
         step_window = _new_window(accelerator.device)
         locals_ = [global_microbatch[rank * per_device : (rank + 1) * per_device] for global_microbatch in microbatches]
         if variant.token_level:  # offline PPO: per-token reference, one microbatch per call
@@ -1542,6 +1503,7 @@ def train(config: TrainConfig) -> dict | None:
             )
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        profiler.after_step(step)
         progress.update(1)
         if nonfinite_in_a_row >= config.max_nonfinite_steps:
             if metrics_file is not None:
@@ -1569,7 +1531,7 @@ def train(config: TrainConfig) -> dict | None:
                 skipped_steps=skipped_steps,
                 examples_per_s=record.pop("examples") / elapsed,
                 tokens_per_s=record.pop("tokens") / elapsed,
-                no_grad_share=_no_grad_share(timer.take()),
+                no_grad_share=no_grad_share(timer.take()),
             )
             trained_examples += window["examples"] * accelerator.num_processes
             trained_tokens += window["tokens"] * accelerator.num_processes
@@ -1650,6 +1612,8 @@ def train(config: TrainConfig) -> dict | None:
         "reference_cache": cache_info,
         "phase_seconds": clock.seconds,
     }
+    if profiler.summary is not None:
+        summary["profile"] = profiler.summary
     summary.update({key: last_logged.get(key) for key in ("loss", "z0", "reward_accuracy", "reward_margin")})
     is_main = accelerator.is_main_process
     # The wrappers first, then the process group (see distributed.py): a rank could otherwise hang at exit.
@@ -1678,14 +1642,6 @@ _SUMMED = (
     "undesirable_count",
     "correct_count",
 )
-
-
-def _no_grad_share(sections: dict[str, float]) -> float | None:
-    """The share of the steps' forward/backward time spent in the no-grad passes (the policy on
-    mismatched pairs, a live reference): what the z0 and reference passes cost. None when not timed
-    (offline PPO's per-microbatch path)."""
-    total = sections.get("no_grad", 0.0) + sections.get("grad", 0.0)
-    return round(sections.get("no_grad", 0.0) / total, 4) if total > 0 else None
 
 
 def _new_window(device) -> dict:
