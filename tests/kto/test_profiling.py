@@ -63,6 +63,7 @@ def test_profiled_steps_train_like_unprofiled_ones_and_name_their_busiest_operat
     assert profile["profiled_steps"] == 2
     assert 0 < profile["wall_seconds"] < profiled_summary["train_runtime_s"]
     assert profile["self_time_by"] == "host"
+    assert profile["attention_implementation"] == "sdpa"  # transformers' default for Qwen2
     assert profile["kernel_launches_per_step"] == 0  # no CUDA kernels on CPU
     assert "device_busy_share" not in profile
     # Dozens of layers' worth of operators per step, each dispatched by the host.

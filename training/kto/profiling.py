@@ -91,9 +91,20 @@ class StepProfiler:
     The summary: profiled_steps, wall_seconds (synchronised), kernel_launches_per_step,
     operator_calls_per_step (ATen calls the host dispatches) and the top operators by self time (device time on CUDA, host time on CPU); on CUDA also device_busy_seconds
     (the union of all kernel and copy intervals, so overlapping streams count once) and
-    device_busy_share = device_busy_seconds / wall_seconds."""
+    device_busy_share = device_busy_seconds / wall_seconds; then the caller's `context` (the trainer
+    adds the attention implementation, which says whose kernels the attention rows are)."""
 
-    def __init__(self, steps: int, first_step: int, total_steps: int, device: torch.device, out_dir: Path, write: bool):
+    def __init__(
+        self,
+        steps: int,
+        first_step: int,
+        total_steps: int,
+        device: torch.device,
+        out_dir: Path,
+        write: bool,
+        context: dict | None = None,
+    ):
+        self.context = context or {}
         self.first = first_step + 1 if total_steps - first_step > steps else first_step
         self.last = min(self.first + steps, total_steps) - 1
         self.enabled = steps > 0 and self.first <= self.last
@@ -121,7 +132,7 @@ class StepProfiler:
             torch.cuda.synchronize()
         wall = time.perf_counter() - self._started
         self._profile.stop()
-        self.summary = self._summarise(self._profile, wall, self.last - self.first + 1)
+        self.summary = {**self._summarise(self._profile, wall, self.last - self.first + 1), **self.context}
         if self.write:
             (self.out_dir / "profile.json").write_text(json.dumps(self.summary, indent=1) + "\n")
             sort_by = "self_cuda_time_total" if self.on_cuda else "self_cpu_time_total"

@@ -1436,7 +1436,14 @@ def train(config: TrainConfig) -> dict | None:
     window = _new_window(accelerator.device)
     timer = SectionTimer(accelerator.device)
     profiler = StepProfiler(
-        config.profile_steps, start_step, len(steps), accelerator.device, out, write=accelerator.is_main_process
+        config.profile_steps,
+        start_step,
+        len(steps),
+        accelerator.device,
+        out,
+        write=accelerator.is_main_process,
+        # Which attention kernels the operator table belongs to (sdpa, eager, flash_attention_2, ...).
+        context={"attention_implementation": getattr(model.config, "_attn_implementation", None)},
     )
     last_logged: dict = {}
     train_start = time.perf_counter()
