@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from tests.kto.helpers import metrics_of
-from tests.kto.test_speed_levers import OPTIMISED, _write_rows
+from tests.kto.test_speed_levers import OPTIMISED, _train, _write_rows
 from training.kto.profiling import _union_seconds
-from training.kto.trainer import TrainConfig, TrainingError, check_config, train
+from training.kto.trainer import TrainConfig, TrainingError, check_config
 
 
 @pytest.fixture(autouse=True)
@@ -25,30 +25,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _train(model_dir: str, data: str, out, **options) -> dict:
-    return train(
-        TrainConfig(
-            model=model_dir,
-            data=data,
-            out=str(out),
-            per_device_train_batch_size=4,
-            gradient_accumulation_steps=3,
-            num_train_epochs=1,
-            learning_rate=1e-3,
-            logging_steps=1,
-            gradient_checkpointing=False,
-            progress=False,
-            seed=3,
-            **OPTIMISED,
-            **options,
-        )
-    )
-
-
 def test_profiled_steps_train_like_unprofiled_ones_and_name_their_busiest_operators(bpe_model_dir, tmp_path):
     data = _write_rows(tmp_path / "data.jsonl", 48)  # 4 optimizer steps of 12 examples
-    plain_summary = _train(bpe_model_dir, data, tmp_path / "plain")
-    profiled_summary = _train(bpe_model_dir, data, tmp_path / "profiled", profile_steps=2)
+    plain_summary = _train(bpe_model_dir, data, tmp_path / "plain", **OPTIMISED)
+    profiled_summary = _train(bpe_model_dir, data, tmp_path / "profiled", **OPTIMISED, profile_steps=2)
 
     plain, profiled = metrics_of(tmp_path / "plain"), metrics_of(tmp_path / "profiled")
     assert len(plain) == len(profiled) == 4
@@ -83,7 +63,7 @@ def test_profiled_steps_train_like_unprofiled_ones_and_name_their_busiest_operat
 
 def test_a_run_shorter_than_asked_is_profiled_whole(bpe_model_dir, tmp_path):
     data = _write_rows(tmp_path / "data.jsonl", 24)  # 2 optimizer steps
-    summary = _train(bpe_model_dir, data, tmp_path / "out", profile_steps=5)
+    summary = _train(bpe_model_dir, data, tmp_path / "out", **OPTIMISED, profile_steps=5)
     assert summary["profile"]["profiled_steps"] == 2
 
 
