@@ -132,19 +132,18 @@ class StepProfiler:
             torch.cuda.synchronize()
         wall = time.perf_counter() - self._started
         self._profile.stop()
-        self.summary = {**self._summarise(self._profile, wall, self.last - self.first + 1), **self.context}
+        # Averaging walks every recorded event: once, for both the summary and the table.
+        averages = self._profile.key_averages()
+        steps = self.last - self.first + 1
+        self.summary = {**self._summarise(self._profile.events(), averages, wall, steps), **self.context}
         if self.write:
             (self.out_dir / "profile.json").write_text(json.dumps(self.summary, indent=1) + "\n")
             sort_by = "self_cuda_time_total" if self.on_cuda else "self_cpu_time_total"
-            (self.out_dir / "profile.txt").write_text(
-                self._profile.key_averages().table(sort_by=sort_by, row_limit=40) + "\n"
-            )
+            (self.out_dir / "profile.txt").write_text(averages.table(sort_by=sort_by, row_limit=40) + "\n")
         self._profile = None
 
-    def _summarise(self, profile: torch.profiler.profile, wall: float, steps: int) -> dict:
-        events = profile.events()
+    def _summarise(self, events, averages, wall: float, steps: int) -> dict:
         launches = sum(1 for event in events if event.name in KERNEL_LAUNCH_CALLS)
-        averages = profile.key_averages()
         self_seconds = (
             (lambda average: average.self_device_time_total / 1e6)
             if self.on_cuda
