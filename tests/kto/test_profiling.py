@@ -61,10 +61,14 @@ def test_profiled_steps_train_like_unprofiled_ones_and_name_their_busiest_operat
     assert "Self CPU" in (tmp_path / "profiled" / "profile.txt").read_text()
 
 
-def test_a_run_shorter_than_asked_is_profiled_whole(bpe_model_dir, tmp_path):
+@pytest.mark.parametrize("family", ["bpe", "sentencepiece"])
+def test_a_run_shorter_than_asked_is_profiled_whole(request, tmp_path, family):
+    model_dir = request.getfixturevalue(f"{family}_model_dir")  # Qwen2 and Llama fixtures
     data = _write_rows(tmp_path / "data.jsonl", 24)  # 2 optimizer steps
-    summary = _train(bpe_model_dir, data, tmp_path / "out", **OPTIMISED, profile_steps=5)
+    summary = _train(model_dir, data, tmp_path / "out", **OPTIMISED, profile_steps=5)
     assert summary["profile"]["profiled_steps"] == 2
+    assert summary["profile"]["attention_implementation"] == "sdpa"
+    assert summary["profile"]["operator_calls_per_step"] > 100
 
 
 def test_busy_time_counts_overlapping_kernels_once():
