@@ -221,6 +221,7 @@ def run_prospect(spec: dict) -> dict:
         "reference_cache": summary["reference_cache"],
         "loop_seconds": summary["train_runtime_s"],
         "phase_seconds": summary["phase_seconds"],
+        "speed_levers": summary["speed_levers"],  # as they ran: a lever a model fails at start is off
         "profile": summary.get("profile"),  # with engine_options {"profile_steps": N}
     }
 

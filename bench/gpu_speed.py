@@ -189,6 +189,7 @@ def _report_run(run: dict, tokens: int, model_flops: float | None, include_engin
             loop_seconds=run.get("loop_seconds"),
             phase_seconds=run.get("phase_seconds"),
             no_grad_share=run.get("no_grad_share"),
+            speed_levers=run.get("speed_levers"),
         )
         if run.get("profile"):
             figures["profile"] = run["profile"]

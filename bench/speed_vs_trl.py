@@ -167,6 +167,12 @@ def main() -> None:
             scenario: {name: round(run["tokens_per_s"], 1) for name, run in r["runs"].items() if "tokens_per_s" in run}
             for scenario, r in results.items()
         },
+        # Where Prospect's time went per scenario (data, model, reference, setup, loop, save).
+        "prospect_phase_seconds": {
+            scenario: r["runs"]["prospect"].get("phase_seconds")
+            for scenario, r in results.items()
+            if "prospect" in r["runs"]
+        },
         "errors": {
             f"{scenario}/{name}": run["error"][-300:]
             for scenario, r in results.items()

@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
         "automatically for a model whose packed log-probs differ from padded ones)",
     )
     speed.add_argument(
+        "--prefix-sharing",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.prefix_sharing,
+        help="reference passes compute each prompt once for its matched and mismatched completions (packed rows; "
+        "default on; off automatically for a model or attention backend whose shared-prompt log-probs differ)",
+    )
+    speed.add_argument(
         "--logits-chunk-size",
         type=int,
         default=defaults.logits_chunk_size,

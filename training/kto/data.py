@@ -370,7 +370,34 @@ def collate(
     return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
 
 
-def pack(joined: Sequence[tuple[Sequence[int], int]], pad_token_id: int) -> dict[str, Any]:
+def prefix_trees(joined: Sequence[tuple[Sequence[int], int]], width_limit: int) -> list[list[int]]:
+    """Indices of sequences grouped by identical prompt tokens, each group as long as allowed.
+
+    A group (a "tree") is computed as its prompt once plus one branch per completion (see ``pack``):
+    in KTO's no-grad passes each prompt is scored with its own completion and with its mismatched
+    partner's, so sharing the prompt's states skips a third to a half of those tokens. A tree's
+    length (shared prompt + every branch) stays within ``width_limit``; a sequence with no prompt,
+    or one that no other shares a prompt with, is a tree of one. Order: by first appearance."""
+    by_prompt: dict[tuple[int, ...], list[list[int]]] = {}
+    for index, (ids, n_prompt) in enumerate(joined):
+        trees = by_prompt.setdefault(tuple(ids[:n_prompt]) if n_prompt > 0 else (-1 - index,), [])
+        if trees and tree_length(joined, trees[-1] + [index]) <= width_limit:
+            trees[-1].append(index)
+        else:
+            trees.append([index])
+    return [tree for trees in by_prompt.values() for tree in trees]
+
+
+def tree_length(joined: Sequence[tuple[Sequence[int], int]], tree: Sequence[int]) -> int:
+    """Positions a tree takes in a packed row: the shared prompt but its last token, then per member
+    its last prompt token again and its completion (that copy predicts the completion's first token)."""
+    shared = max(joined[tree[0]][1] - 1, 0)
+    return shared + sum(len(joined[index][0]) - shared for index in tree)
+
+
+def pack(
+    joined: Sequence[tuple[Sequence[int], int]], pad_token_id: int, trees: Sequence[Sequence[int]] | None = None
+) -> dict[str, Any]:
     """Padding-free rows for already joined (token ids, number of prompt tokens) sequences.
 
     Sequences are placed first-fit-decreasing into rows as wide as the longest one, so a row never
@@ -380,43 +407,69 @@ def pack(joined: Sequence[tuple[Sequence[int], int]], pad_token_id: int) -> dict
     then be None). ``sequence_ids`` names each position's sequence (index into ``joined``; -1 for the
     few padding positions at a row's end), so scores are summed per sequence, never across a
     boundary.
+
+    With ``trees`` (from prefix_trees; no gradient passes only), the members of a tree share one
+    copy of their prompt: [prompt minus its last token][last token, completion 1][last token,
+    completion 2]..., every branch's positions continuing from the prompt's. A branch must see the
+    prompt but not the branches before it, which position restarts cannot express, so the rows
+    come with ``tree_ids`` and ``branch_ids`` (0: the shared prompt) from which
+    ``SequenceLogProbs`` builds the attention mask. Each branch computes exactly the states its
+    own sequence would alone: same tokens, same positions, same visible context.
     """
-    width = max(len(ids) for ids, _ in joined)
-    rows: list[list[int]] = []  # sequence indices per row
+    trees = [[index] for index in range(len(joined))] if trees is None else [list(tree) for tree in trees]
+    lengths = [tree_length(joined, tree) for tree in trees]
+    width = max(lengths)
+    rows: list[list[int]] = []  # tree indices per row
     room: list[int] = []
-    for index in sorted(range(len(joined)), key=lambda i: -len(joined[i][0])):
-        length = len(joined[index][0])
-        row = next((r for r, free in enumerate(room) if free >= length), None)
+    for tree in sorted(range(len(trees)), key=lambda t: -lengths[t]):
+        row = next((r for r, free in enumerate(room) if free >= lengths[tree]), None)
         if row is None:
             rows.append([])
             room.append(width)
             row = len(rows) - 1
-        rows[row].append(index)
-        room[row] -= length
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-    completion_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    sequence_ids = torch.full((len(rows), width), -1, dtype=torch.long)
+        rows[row].append(tree)
+        room[row] -= lengths[tree]
+    shape = (len(rows), width)
+    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    completion_mask = torch.zeros(shape, dtype=torch.bool)
+    sequence_ids = torch.full(shape, -1, dtype=torch.long)
+    # Padding positions are trees of their own (attend to themselves only, seen by nothing real).
+    tree_ids = -1 - torch.arange(width).repeat(len(rows), 1)
+    branch_ids = torch.zeros(shape, dtype=torch.long)
     for row, members in enumerate(rows):
         start = 0
-        for index in members:
-            ids, n_prompt = joined[index]
-            end = start + len(ids)
-            input_ids[row, start:end] = torch.tensor(ids)
-            position_ids[row, start:end] = torch.arange(len(ids))
-            completion_mask[row, start + n_prompt : end] = True
-            sequence_ids[row, start:end] = index
-            start = end
+        for tree in members:
+            first_ids, first_n_prompt = joined[trees[tree][0]]
+            shared = max(first_n_prompt - 1, 0)
+            tree_ids[row, start : start + lengths[tree]] = tree
+            input_ids[row, start : start + shared] = torch.tensor(first_ids[:shared], dtype=torch.long)
+            position_ids[row, start : start + shared] = torch.arange(shared)
+            # The shared prompt is labelled as the first member's (a lone sequence is then one id).
+            sequence_ids[row, start : start + shared] = trees[tree][0]
+            start += shared
+            for branch, index in enumerate(trees[tree], start=1):
+                ids, n_prompt = joined[index]
+                end = start + len(ids) - shared
+                input_ids[row, start:end] = torch.tensor(ids[shared:], dtype=torch.long)
+                position_ids[row, start:end] = torch.arange(shared, len(ids))
+                completion_mask[row, start + n_prompt - shared : end] = True
+                sequence_ids[row, start:end] = index
+                branch_ids[row, start:end] = branch
+                start = end
         # Padding at the row's end counts as one more sequence (positions restart), so no real
         # token attends to it and it attends to nothing real.
         position_ids[row, start:] = torch.arange(width - start)
-    return {
+    packed = {
         "input_ids": input_ids,
         "attention_mask": None,
         "completion_mask": completion_mask,
         "position_ids": position_ids,
         "sequence_ids": sequence_ids,
     }
+    if any(len(tree) > 1 for tree in trees):
+        packed.update(tree_ids=tree_ids, branch_ids=branch_ids)
+    return packed
 
 
 def sequence_length(example: TokenizedExample, max_length: int) -> int:

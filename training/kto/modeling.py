@@ -135,6 +135,33 @@ class ChunkedTargetLogProbs(torch.autograd.Function):
         )
 
 
+# Attention backends that take a custom 4D mask as given: sdpa a boolean one (True: attend), eager
+# an additive one. Flash-attention and flex backends build their own masks and are left out.
+TREE_MASK_BACKENDS = frozenset({"sdpa", "eager"})
+
+
+def tree_attention_mask(tree_ids: torch.Tensor, branch_ids: torch.Tensor, backend: str) -> torch.Tensor:
+    """The (rows, 1, width, width) mask of rows packed with shared prompts (data.pack with trees):
+    a position sees the earlier positions of its own tree that are the shared prompt or its own
+    branch. Built on the device from two (rows, width) tensors, not shipped from the host."""
+    width = tree_ids.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=tree_ids.device).tril()
+    same_tree = tree_ids[:, :, None] == tree_ids[:, None, :]
+    visible_branch = (branch_ids[:, None, :] == 0) | (branch_ids[:, :, None] == branch_ids[:, None, :])
+    allowed = (causal & same_tree & visible_branch).unsqueeze(1)
+    if backend == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+
+
+def _has_sliding_window(config) -> bool:
+    """Sliding-window layers build their own window mask, which a custom 4D mask would replace."""
+    text = config.get_text_config()
+    if any(kind != "full_attention" for kind in getattr(text, "layer_types", None) or ()):
+        return True
+    return getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True)
+
+
 class SequenceLogProbs(nn.Module):
     """Wraps a causal LM; forward returns, per sequence, the sum of log π(token) over completion
     tokens and the number of completion tokens.
@@ -153,6 +180,8 @@ class SequenceLogProbs(nn.Module):
     - ``logits_chunk_size`` > 0 on a plain-head architecture (PLAIN_HEAD_MODEL_TYPES): the LM head and
       log-softmax run through ChunkedTargetLogProbs on the decoder's hidden states, so kept
       positions × vocabulary logits are never materialised at once.
+    A third, for the no-gradient passes: packed rows whose sequences share their prompt's states
+    (``tree_ids``/``branch_ids`` from data.pack with trees; ``prefix_sharing_supported``).
     This is an nn.Module so that DistributedDataParallel wraps it and gradient sync works.
     """
 
@@ -163,6 +192,9 @@ class SequenceLogProbs(nn.Module):
         model_type = getattr(getattr(base, "config", None), "model_type", None)
         self.logits_chunk_size = logits_chunk_size if model_type in PLAIN_HEAD_MODEL_TYPES else 0
         self.packing_supported = True
+        self.prefix_sharing_supported = getattr(
+            getattr(base, "config", None), "_attn_implementation", None
+        ) in TREE_MASK_BACKENDS and not _has_sliding_window(base.config)
         self.mask_logits_to_keep = True  # a per-row boolean logits_to_keep (False: older transformers)
 
     def _kept_logps(self, input_ids, attention_mask, position_ids, keep, targets) -> torch.Tensor:
@@ -208,10 +240,16 @@ class SequenceLogProbs(nn.Module):
         completion_mask: torch.Tensor,
         position_ids: torch.Tensor | None = None,
         sequence_ids: torch.Tensor | None = None,
+        tree_ids: torch.Tensor | None = None,
+        branch_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per completion token: log π(token | prefix) (flat, row-major), the sequence each belongs
         to, and the boolean (rows, width-1) mask of positions t whose next token t+1 is scored.
-        Padded rows (sequence_ids None): one sequence per row. Packed rows: sequence_ids per position."""
+        Padded rows (sequence_ids None): one sequence per row. Packed rows: sequence_ids per position;
+        with shared prompts also tree_ids and branch_ids, which decide the attention mask."""
+        if tree_ids is not None:
+            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            attention_mask = tree_attention_mask(tree_ids, branch_ids, base.config._attn_implementation)
         # Position t predicts token t+1; keep the positions whose next token is a completion token
         # of the same sequence.
         predicts_completion = completion_mask[:, 1:].bool()
@@ -239,9 +277,11 @@ class SequenceLogProbs(nn.Module):
         position_ids: torch.Tensor | None = None,
         sequence_ids: torch.Tensor | None = None,
         n_sequences: int | None = None,
+        tree_ids: torch.Tensor | None = None,
+        branch_ids: torch.Tensor | None = None,
     ):
         token_logps, rows, predicts_completion = self.token_logps(
-            input_ids, attention_mask, completion_mask, position_ids, sequence_ids
+            input_ids, attention_mask, completion_mask, position_ids, sequence_ids, tree_ids, branch_ids
         )
         n = input_ids.shape[0] if sequence_ids is None else n_sequences
         logps = torch.zeros(n, device=input_ids.device, dtype=token_logps.dtype).index_add(0, rows, token_logps)
@@ -293,7 +333,7 @@ class SequenceLogProbs(nn.Module):
                         "the engine cannot reproduce this architecture exactly, so it refuses to train or score it"
                     )
                 # Packed: three sequences, two sharing a row (positions restart), against padded rows.
-                from .data import collate, pack
+                from .data import collate, pack, prefix_trees
 
                 probe_list = probe.tolist()
                 joined = [(probe_list, 4), (probe_list[::-1][:9], 6), (probe_list[3:10], 2)]
@@ -309,5 +349,24 @@ class SequenceLogProbs(nn.Module):
                     )
                 except (TypeError, ValueError, RuntimeError):
                     self.packing_supported = False
+                # Shared prompts: two sequences on one prompt (one of them the first probe's) and one
+                # alone, against the same padded rows.
+                if self.packing_supported and self.prefix_sharing_supported:
+                    joined.append((probe_list[:4] + probe_list[9:14], 4))
+                    padded = collate([(ids[:n], ids[n:]) for ids, n in joined], 16, pad_token_id=0)
+                    shared = pack(joined, pad_token_id=0, trees=prefix_trees(joined, width_limit=32))
+                    try:
+                        padded_logps, _ = self.forward(**{k: v.to(device) for k, v in padded.items()})
+                        shared_logps, _ = self.forward(
+                            **{k: (v.to(device) if v is not None else None) for k, v in shared.items()},
+                            n_sequences=4,
+                        )
+                        self.prefix_sharing_supported = (
+                            shared_logps - padded_logps
+                        ).abs().max().item() <= tolerance * (1 + padded_logps.abs().max().item())
+                    except (TypeError, ValueError, RuntimeError):
+                        self.prefix_sharing_supported = False
+                else:
+                    self.prefix_sharing_supported = False
         finally:
             self.model.train(was_training)

@@ -108,6 +108,9 @@ class TrainConfig:
     # planned, a call just holds several of them. 0: one call per microbatch; -1: auto (defaults.py).
     token_budget: int = defaults.AUTO
     packing: bool = True  # padding-free rows (data.pack) instead of right-padded ones
+    # In the reference passes (no gradient), a prompt's matched and mismatched sequences share its
+    # states: the prompt is computed once (data.prefix_trees). Packed rows only.
+    prefix_sharing: bool = True
     logits_chunk_size: int = defaults.AUTO  # positions per LM-head chunk (0: whole head at once; -1: auto)
     optimizer_impl: str = "fused"  # AdamW implementation: fused | foreach | for-loop (same maths)
     # torch.compile each decoder layer with this backend ("": eager). Regional: one graph serves
@@ -375,21 +378,30 @@ def precompute_reference_logps(
     autocast,
     token_budget: int,
     packing: bool,
+    share_prefixes: bool = False,
 ) -> dict:
     """log π_ref for (prompt example, completion example) index keys, in length-sorted calls of up
-    to ``token_budget`` tokens (packed when ``packing``); returned by sequence key (see joined_key)."""
+    to ``token_budget`` tokens (packed when ``packing``, prompts shared when ``share_prefixes``);
+    returned by sequence key (see joined_key)."""
     joined = joined_sequences(examples, keys, config)
     if token_budget > 0:
         chunks = [joined]
     else:  # no budget: length-sorted calls of 4 microbatches' worth of sequences
-        joined.sort(key=lambda sequence: len(sequence[0]))
+        if packing and share_prefixes:
+            # A prompt's sequences side by side, so that a call holds them together.
+            longest: dict[tuple, int] = {}
+            for ids, n_prompt in joined:
+                longest[tuple(ids[:n_prompt])] = max(longest.get(tuple(ids[:n_prompt]), 0), len(ids))
+            joined.sort(key=lambda sequence: (longest[tuple(sequence[0][: sequence[1]])], sequence[0][: sequence[1]]))
+        else:
+            joined.sort(key=lambda sequence: len(sequence[0]))
         size = 4 * config.per_device_train_batch_size
         chunks = [joined[start : start + size] for start in range(0, len(joined), size)]
     logps = []
     with autocast():
         for chunk in chunks:
             logps += score_no_grad(
-                reference.module, chunk, token_budget, pad_token_id, packing, device, reference._context
+                reference.module, chunk, token_budget, pad_token_id, packing, device, reference._context, share_prefixes
             ).tolist()
     joined = [sequence for chunk in chunks for sequence in chunk]
     return {joined_key(*sequence): value for sequence, value in zip(joined, logps)}
@@ -405,6 +417,7 @@ def load_or_precompute_reference(
     token_budget: int,
     packing: bool,
     identity: dict,
+    share_prefixes: bool = False,
 ) -> tuple[dict, dict]:
     """Reference log-probs from the cache next to the data, computing (and adding) what is missing.
     The main process computes and writes; the others read after it."""
@@ -439,6 +452,7 @@ def load_or_precompute_reference(
                     accelerator.autocast,
                     token_budget,
                     packing,
+                    share_prefixes,
                 )
             )
             info["computed"] = len(missing)
@@ -673,17 +687,41 @@ def call_groups(lengths: list[int], budget: int, packing: bool) -> list[list[int
 
 
 def score_no_grad(
-    module, joined: list[tuple[list[int], int]], budget: int, pad_token_id: int, packing: bool, device, context=None
+    module,
+    joined: list[tuple[list[int], int]],
+    budget: int,
+    pad_token_id: int,
+    packing: bool,
+    device,
+    context=None,
+    share_prefixes: bool = False,
 ) -> torch.Tensor:
-    """log π of every sequence (no gradient) in budgeted calls; in the input order, on the device."""
+    """log π of every sequence (no gradient) in budgeted calls; in the input order, on the device.
+    ``share_prefixes`` (packed rows only): sequences with the same prompt are scored as one tree,
+    the prompt computed once (data.prefix_trees); a tree is never split across calls."""
     result = torch.empty(len(joined), device=device)
-    lengths = [len(ids) for ids, _ in joined]
-    groups = call_groups(lengths, budget, packing) if budget > 0 else [list(range(len(joined)))]
+    if packing and share_prefixes:
+        # A tree may be up to twice the longest sequence: rows get wider (attention over more
+        # positions) but hold far fewer tokens when prompts are long.
+        trees = kto_data.prefix_trees(joined, width_limit=2 * max(len(ids) for ids, _ in joined))
+    else:
+        trees = [[index] for index in range(len(joined))]
+    lengths = [kto_data.tree_length(joined, tree) for tree in trees]
+    groups = call_groups(lengths, budget, packing) if budget > 0 else [list(range(len(trees)))]
     with torch.no_grad(), context() if context is not None else contextlib.nullcontext():
         for group in groups:
-            inputs = _to_device(forward_inputs([joined[i] for i in group], pad_token_id, packing), device)
-            logps = module(**inputs)[0]
-            result[torch.tensor(group, device=device)] = logps.float()
+            members = [index for tree in group for index in trees[tree]]
+            call = [joined[index] for index in members]
+            if packing:
+                local_trees, start = [], 0
+                for tree in group:  # the same trees, indexed within this call
+                    local_trees.append(list(range(start, start + len(trees[tree]))))
+                    start += len(trees[tree])
+                inputs = dict(kto_data.pack(call, pad_token_id, trees=local_trees), n_sequences=len(call))
+            else:
+                inputs = forward_inputs(call, pad_token_id, packing)
+            logps = module(**_to_device(inputs, device))[0]
+            result[torch.tensor(members, device=device)] = logps.float()
     return result
 
 
@@ -719,6 +757,7 @@ def train_step(
     token_budget: int,
     packing: bool,
     timer: SectionTimer,
+    share_prefixes: bool = False,
 ) -> None:
     """Losses and gradients of one optimizer step (backward done; the caller clips and steps)."""
     device = accelerator.device
@@ -733,7 +772,14 @@ def train_step(
             joined = [s for mb in microbatches for s in mb.matched + mb.mismatched]
             if token_budget > 0:
                 scores = score_no_grad(
-                    reference.module, joined, no_grad_budget, pad_token_id, packing, device, reference._context
+                    reference.module,
+                    joined,
+                    no_grad_budget,
+                    pad_token_id,
+                    packing,
+                    device,
+                    reference._context,
+                    share_prefixes,
                 )
             else:
                 scores = torch.cat(
@@ -746,6 +792,7 @@ def train_step(
                             packing,
                             device,
                             reference._context,
+                            share_prefixes,
                         )
                         for mb in microbatches
                     ]
@@ -1299,6 +1346,8 @@ def train(config: TrainConfig) -> dict | None:
     packing = config.packing and policy.packing_supported
     if config.packing and not packing and accelerator.is_main_process:
         print("note: packed rows disagree with padded ones for this model; packing is off", file=sys.stderr)
+    # Shared prompts need packed rows and a backend that takes the engine's own attention mask.
+    share_prefixes = packing and config.prefix_sharing and policy.prefix_sharing_supported
     # Per-token losses need per-token reference log-probs: computed live, not cached.
     precompute = variant.needs_reference and config.reference == "precompute" and not variant.token_level
     reference = None
@@ -1334,6 +1383,7 @@ def train(config: TrainConfig) -> dict | None:
             token_budget=2 * token_budget,
             packing=packing,
             identity=reference_identity(config, use_bf16),
+            share_prefixes=share_prefixes,
         )
         reference = None  # training reads the cache from here on
     clock.lap("reference")
@@ -1485,6 +1535,7 @@ def train(config: TrainConfig) -> dict | None:
                 token_budget if accelerator.num_processes == 1 else 0,
                 packing,
                 timer,
+                share_prefixes,
             )
         grad_norm = kto_distributed.local_tensor(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
         # One host sync per optimizer step: a non-finite loss (on any process) or gradient norm
@@ -1618,6 +1669,14 @@ def train(config: TrainConfig) -> dict | None:
         "reference": ("none" if not variant.needs_reference else "precompute" if precompute else "copy"),
         "reference_cache": cache_info,
         "phase_seconds": clock.seconds,
+        # The levers as they ran: packing, sharing and the chunked head switch off for a model that
+        # fails their check at start (SequenceLogProbs.verify).
+        "speed_levers": {
+            "token_budget": token_budget,
+            "packing": packing,
+            "prefix_sharing": share_prefixes,
+            "logits_chunk_size": policy.logits_chunk_size,
+        },
     }
     if profiler.summary is not None:
         summary["profile"] = profiler.summary

@@ -1,0 +1,166 @@
+"""Prefix sharing in the no-gradient reference passes: a prompt's matched and mismatched sequences
+are scored as one tree (the prompt computed once), with exactly the log-probs each sequence gets
+alone, on both real tokenizer families, and with fewer positions computed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.kto.helpers import metrics_of
+from tests.kto.test_speed_levers import _train, _write_rows
+from training.kto import data as kto_data
+from training.kto import modeling
+from training.kto.fixtures import ARCHITECTURES, tiny_config
+from training.kto.modeling import SequenceLogProbs, load_causal_lm, load_tokenizer
+from training.kto.trainer import score_no_grad
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_tree_holds_the_prompt_once_and_each_branch_continues_its_positions():
+    joined = [([1, 2, 3, 4, 5], 3), ([1, 2, 3, 9], 3), ([7, 8], 1)]
+    trees = kto_data.prefix_trees(joined, width_limit=20)
+    assert trees == [[0, 1], [2]]
+    packed = kto_data.pack(joined, pad_token_id=0, trees=trees)
+    # Tree 0: [1, 2] shared, then [3, 4, 5] and [3, 9]: the last prompt token is repeated per
+    # branch, at the same position, so it can predict that branch's first completion token.
+    assert packed["input_ids"].tolist() == [[1, 2, 3, 4, 5, 3, 9], [7, 8, 0, 0, 0, 0, 0]]
+    assert packed["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 2, 3]
+    assert packed["sequence_ids"][0].tolist() == [0, 0, 0, 0, 0, 1, 1]
+    assert packed["completion_mask"][0].tolist() == [False, False, False, True, True, False, True]
+    assert packed["branch_ids"][0].tolist() == [0, 0, 1, 1, 1, 2, 2]
+    # Branch 2 sees the shared prompt and itself, never branch 1; padding sees only itself.
+    mask = modeling.tree_attention_mask(packed["tree_ids"], packed["branch_ids"], "sdpa")[:, 0]
+    assert mask[0, 6].tolist() == [True, True, False, False, False, True, True]
+    assert mask[0, 4].tolist() == [True, True, True, True, True, False, False]
+    assert mask[1, 3].tolist() == [False, False, False, True, False, False, False]
+    additive = modeling.tree_attention_mask(packed["tree_ids"], packed["branch_ids"], "eager")
+    assert torch.equal(additive == 0, mask.unsqueeze(1))
+
+
+def test_trees_group_identical_prompts_within_the_width_limit():
+    prompt = [5, 6, 7, 8]
+    joined = [
+        (prompt + [1, 1], 4),
+        ([9, 9] + [1], 2),
+        (prompt + [2, 2, 2], 4),
+        (prompt + [3], 4),
+        ([4, 4], 0),
+        ([4, 4], 0),
+    ]
+    # Lengths: the shared part is 3 tokens; branches are 3, 4 and 2 tokens.
+    assert kto_data.prefix_trees(joined, width_limit=12) == [[0, 2, 3], [1], [4], [5]]
+    assert kto_data.prefix_trees(joined, width_limit=10) == [[0, 2], [3], [1], [4], [5]]
+    assert kto_data.tree_length(joined, [0, 2, 3]) == 3 + 3 + 4 + 2
+    # No tree at all (every sequence alone): exactly the plain packed rows, no custom mask.
+    plain = kto_data.pack(joined, pad_token_id=0)
+    alone = kto_data.pack(joined, pad_token_id=0, trees=[[i] for i in range(len(joined))])
+    assert "tree_ids" not in plain and "tree_ids" not in alone
+    assert all(torch.equal(plain[key], alone[key]) for key in ("input_ids", "position_ids", "sequence_ids"))
+
+
+class CountingModule(torch.nn.Module):
+    """Records the positions of every call (rows × width) and whether it shared prompts."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+        self.calls: list[tuple[int, bool]] = []
+
+    def forward(self, **inputs):
+        self.calls.append((inputs["input_ids"].numel(), inputs.get("tree_ids") is not None))
+        return self.module(**inputs)
+
+
+def _matched_and_mismatched(tokenizer, n: int = 12) -> list[tuple[list[int], int]]:
+    """Every prompt with its own completion and with the next one's, as the reference pass sees them."""
+    prompts = [f"Question {i}: what does the robot write about the number {i * 7}?" for i in range(n)]
+    completions = [" " + "the answer is yes " * (1 + i % 3) for i in range(n)]
+    prompt_ids = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    completion_ids = [
+        tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in completions
+    ]
+    joined = [(prompt_ids[i] + completion_ids[i], len(prompt_ids[i])) for i in range(n)]
+    joined += [(prompt_ids[i] + completion_ids[(i + 1) % n], len(prompt_ids[i])) for i in range(n)]
+    return joined
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_shared_prompts_score_exactly_what_each_sequence_scores_alone(family_model_dir, backend):
+    tokenizer = load_tokenizer(family_model_dir)
+    model = load_causal_lm(family_model_dir)
+    model.config._attn_implementation = backend
+    policy = SequenceLogProbs(model, logits_chunk_size=7)
+    policy.verify()
+    assert policy.packing_supported and policy.prefix_sharing_supported
+    joined = _matched_and_mismatched(tokenizer)
+    counted = CountingModule(policy)
+    padded = score_no_grad(policy, joined, 0, tokenizer.pad_token_id, packing=False, device="cpu")
+    for budget in (0, 300):
+        counted.calls.clear()
+        shared = score_no_grad(counted, joined, budget, tokenizer.pad_token_id, True, "cpu", share_prefixes=True)
+        # Sums of ~30 token log-probs (about -100): fp32 rounding is ~1e-7 of that.
+        torch.testing.assert_close(shared, padded, rtol=1e-6, atol=1e-5)
+        assert all(tree for _, tree in counted.calls)
+        if budget:
+            assert len(counted.calls) > 1  # trees kept whole across several calls
+    # The point of it: fewer positions than packing each sequence apart.
+    with_sharing = sum(positions for positions, _ in counted.calls)
+    counted.calls.clear()
+    score_no_grad(counted, joined, 0, tokenizer.pad_token_id, True, "cpu", share_prefixes=False)
+    without = sum(positions for positions, _ in counted.calls)
+    assert with_sharing < 0.8 * without
+
+
+def test_a_wrong_mask_or_a_sliding_window_turns_sharing_off(bpe_model_dir, monkeypatch):
+    model = load_causal_lm(bpe_model_dir)
+    # A mask that lets a branch see the branches before it (plain causal within a tree) is caught
+    # by verify(), which then leaves sharing off rather than train on wrong log-probs.
+    leaky = modeling.tree_attention_mask
+
+    def causal_within_tree(tree_ids, branch_ids, backend):
+        return leaky(tree_ids, torch.zeros_like(branch_ids), backend)
+
+    monkeypatch.setattr(modeling, "tree_attention_mask", causal_within_tree)
+    policy = SequenceLogProbs(model)
+    policy.verify()
+    assert policy.packing_supported and not policy.prefix_sharing_supported
+    monkeypatch.undo()
+    # Sliding-window layers mask by their own window, which a custom mask would replace.
+    from transformers import AutoModelForCausalLM
+
+    flags = {}
+    for architecture in ARCHITECTURES:
+        torch.manual_seed(0)
+        config = tiny_config(architecture, 300, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+        policy = SequenceLogProbs(AutoModelForCausalLM.from_config(config, dtype=torch.float32))
+        policy.verify()
+        flags[architecture] = policy.prefix_sharing_supported
+    assert not flags["gemma2"] and not flags["gemma3_text"] and not flags["mistral"]
+    assert flags["llama"] and flags["qwen2"] and flags["phi3"]
+
+
+@pytest.mark.parametrize("token_budget", [0, 160])  # 0: the CPU default, one call per microbatch
+@pytest.mark.parametrize("setup", ["full_precompute", "lora_live_reference"])
+def test_training_with_shared_prompts_matches_training_without(
+    bpe_model_dir, sentencepiece_model_dir, tmp_path, setup, token_budget
+):
+    model_dir = bpe_model_dir if setup == "full_precompute" else sentencepiece_model_dir
+    data = _write_rows(tmp_path / "data.jsonl", 36)
+    extra = dict(lora=True, reference="copy") if setup == "lora_live_reference" else {}
+    common = dict(token_budget=token_budget, packing=True, logits_chunk_size=5, **extra)
+    summary_apart = _train(model_dir, data, tmp_path / "apart", prefix_sharing=False, **common)
+    summary_shared = _train(model_dir, data, tmp_path / "shared", prefix_sharing=True, **common)
+    assert summary_shared["speed_levers"]["prefix_sharing"] and not summary_apart["speed_levers"]["prefix_sharing"]
+    apart, shared = metrics_of(tmp_path / "apart"), metrics_of(tmp_path / "shared")
+    assert len(apart) == len(shared) == 3
+    for step_apart, step_shared in zip(apart, shared):
+        for key in ("loss", "z0_raw", "grad_norm", "reward_margin"):
+            assert step_shared[key] == pytest.approx(step_apart[key], abs=1e-5), (step_apart["step"], key)
