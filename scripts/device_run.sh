@@ -2,7 +2,7 @@
 # One session on a lent CUDA machine (issue 8), which has no network: the wheels carried in .whl
 # (scripts/device_wheels.sh: trl and datasets for the TRL side), the installed versions, then
 # bench/gpu_speed.py — Prospect's default, one run per untried lever, a profiled run (torch.profiler
-# over 3 steps: where the loop's time goes), and TRL on the same data —
+# over 3 steps: where the loop's time goes), the default without prefix sharing, and TRL on the same data —
 # under a time limit. Every JSON line lands in $OUT as soon as it exists, so a cut-off run still
 # reports what it finished. RUN_SCALEOUT=1 also runs bench/scaleout_gpu.py first (issue 14's proof).
 #   bash scripts/device_wheels.sh                        # here, once: then carry .whl
@@ -43,7 +43,8 @@ if [ -n "${GPU_SPEED_ARGS:-}" ] && [[ "$GPU_SPEED_ARGS" == *--tiny* ]]; then bac
 variants=(--variant "compile={\"compile_backend\": \"$backend\"}"
     --variant 'checkpointing={"gradient_checkpointing": true}'
     --variant "compile_checkpointing={\"compile_backend\": \"$backend\", \"gradient_checkpointing\": true}"
-    --variant 'profile={"profile_steps": 3}')
+    --variant 'profile={"profile_steps": 3}'
+    --variant 'no_prefix_sharing={"prefix_sharing": false}')
 # shellcheck disable=SC2206
 speed_args=(${GPU_SPEED_ARGS:---scenarios full --examples 512 --warmup} "${variants[@]}")
 timeout "${SPEED_SECONDS:-420}" "$python" bench/gpu_speed.py "${speed_args[@]}" 2> "$out/gpu_speed.stderr" \

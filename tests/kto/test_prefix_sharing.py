@@ -119,32 +119,53 @@ def test_shared_prompts_score_exactly_what_each_sequence_scores_alone(family_mod
     assert with_sharing < 0.8 * without
 
 
-def test_a_wrong_mask_or_a_sliding_window_turns_sharing_off(bpe_model_dir, monkeypatch):
-    model = load_causal_lm(bpe_model_dir)
+def test_a_wrong_mask_turns_sharing_off(bpe_model_dir, monkeypatch):
     # A mask that lets a branch see the branches before it (plain causal within a tree) is caught
     # by verify(), which then leaves sharing off rather than train on wrong log-probs.
     leaky = modeling.tree_attention_mask
 
-    def causal_within_tree(tree_ids, branch_ids, backend):
-        return leaky(tree_ids, torch.zeros_like(branch_ids), backend)
+    def causal_within_tree(tree_ids, branch_ids, backend, *window):
+        return leaky(tree_ids, torch.zeros_like(branch_ids), backend, *window)
 
     monkeypatch.setattr(modeling, "tree_attention_mask", causal_within_tree)
-    policy = SequenceLogProbs(model)
+    policy = SequenceLogProbs(load_causal_lm(bpe_model_dir))
     policy.verify()
     assert policy.packing_supported and not policy.prefix_sharing_supported
-    monkeypatch.undo()
-    # Sliding-window layers mask by their own window, which a custom mask would replace.
+
+
+def _window_model(architecture: str, window: int):
+    """A tiny model whose sliding-window layers (all of Mistral's; Gemma's and Qwen2's by layer type)
+    see only ``window`` positions back, far fewer than the sequences below."""
     from transformers import AutoModelForCausalLM
 
-    flags = {}
-    for architecture in ARCHITECTURES:
-        torch.manual_seed(0)
-        config = tiny_config(architecture, 300, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-        policy = SequenceLogProbs(AutoModelForCausalLM.from_config(config, dtype=torch.float32))
-        policy.verify()
-        flags[architecture] = policy.prefix_sharing_supported
-    assert not flags["gemma2"] and not flags["gemma3_text"] and not flags["mistral"]
-    assert flags["llama"] and flags["qwen2"] and flags["phi3"]
+    torch.manual_seed(0)
+    config = tiny_config(architecture, 300, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    text = config.get_text_config()
+    text.sliding_window = window
+    if architecture == "qwen2":
+        text.use_sliding_window = True
+        text.layer_types = ["full_attention"] + ["sliding_attention"] * (text.num_hidden_layers - 1)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("architecture", ["mistral", "gemma2", "gemma3_text", "qwen2"])
+def test_sliding_window_layers_keep_their_window_in_shared_rows(architecture):
+    assert architecture in ARCHITECTURES
+    policy = SequenceLogProbs(_window_model(architecture, window=4))
+    policy.verify()
+    assert policy.prefix_sharing_supported
+    generator = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 300, (n,), generator=generator).tolist() for n in (9, 14, 6)]
+    completions = [torch.randint(3, 300, (n,), generator=generator).tolist() for n in (5, 8, 11)]
+    joined = [(prompts[i] + completions[j], len(prompts[i])) for i in range(3) for j in range(3)]
+    padded = score_no_grad(policy, joined, 0, 0, packing=False, device="cpu")
+    shared = score_no_grad(policy, joined, 0, 0, packing=True, device="cpu", share_prefixes=True)
+    torch.testing.assert_close(shared, padded, rtol=1e-6, atol=1e-5)
+    # The window is what makes them agree: the same trees without it see too far back.
+    kind, _ = policy.mask_layout
+    policy.mask_layout = (kind, None)
+    unwindowed = score_no_grad(policy, joined, 0, 0, packing=True, device="cpu", share_prefixes=True)
+    assert (unwindowed - padded).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("token_budget", [0, 160])  # 0: the CPU default, one call per microbatch

@@ -140,26 +140,46 @@ class ChunkedTargetLogProbs(torch.autograd.Function):
 TREE_MASK_BACKENDS = frozenset({"sdpa", "eager"})
 
 
-def tree_attention_mask(tree_ids: torch.Tensor, branch_ids: torch.Tensor, backend: str) -> torch.Tensor:
+def tree_attention_mask(
+    tree_ids: torch.Tensor,
+    branch_ids: torch.Tensor,
+    backend: str,
+    position_ids: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
     """The (rows, 1, width, width) mask of rows packed with shared prompts (data.pack with trees):
     a position sees the earlier positions of its own tree that are the shared prompt or its own
-    branch. Built on the device from two (rows, width) tensors, not shipped from the host."""
+    branch (and, with ``sliding_window``, are fewer than that many positions back, counted in the
+    sequence's own positions, as transformers' sliding-window mask counts them). Built on the device
+    from (rows, width) tensors, not shipped from the host."""
     width = tree_ids.shape[1]
     causal = torch.ones(width, width, dtype=torch.bool, device=tree_ids.device).tril()
     same_tree = tree_ids[:, :, None] == tree_ids[:, None, :]
     visible_branch = (branch_ids[:, None, :] == 0) | (branch_ids[:, :, None] == branch_ids[:, None, :])
-    allowed = (causal & same_tree & visible_branch).unsqueeze(1)
+    allowed = causal & same_tree & visible_branch
+    if sliding_window is not None:
+        allowed &= (position_ids[:, :, None] - position_ids[:, None, :]) < sliding_window
+    allowed = allowed.unsqueeze(1)
     if backend == "sdpa":
         return allowed
     return torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, torch.finfo(torch.float32).min)
 
 
-def _has_sliding_window(config) -> bool:
-    """Sliding-window layers build their own window mask, which a custom 4D mask would replace."""
+def _mask_layout(config) -> tuple[str, int | None] | None:
+    """How a model's layers mask attention, for the tree mask to do the same: ("one", window) when
+    every layer takes one mask (window None: plain causal; else Mistral-style sliding), ("by_type",
+    window) when layers are "full_attention" or "sliding_attention" and the model takes a mask per
+    type (Gemma 2/3, Qwen2 with sliding layers), None for any other kind of layer (chunked, linear)."""
     text = config.get_text_config()
-    if any(kind != "full_attention" for kind in getattr(text, "layer_types", None) or ()):
-        return True
-    return getattr(text, "sliding_window", None) is not None and getattr(text, "use_sliding_window", True)
+    window = getattr(text, "sliding_window", None)
+    layer_types = set(getattr(text, "layer_types", None) or ())
+    if layer_types:
+        if not layer_types <= {"full_attention", "sliding_attention"}:
+            return None
+        return ("by_type", window) if "sliding_attention" in layer_types else ("one", None)
+    if not getattr(text, "use_sliding_window", True):
+        window = None
+    return ("one", window)
 
 
 class SequenceLogProbs(nn.Module):
@@ -192,9 +212,11 @@ class SequenceLogProbs(nn.Module):
         model_type = getattr(getattr(base, "config", None), "model_type", None)
         self.logits_chunk_size = logits_chunk_size if model_type in PLAIN_HEAD_MODEL_TYPES else 0
         self.packing_supported = True
-        self.prefix_sharing_supported = getattr(
-            getattr(base, "config", None), "_attn_implementation", None
-        ) in TREE_MASK_BACKENDS and not _has_sliding_window(base.config)
+        self.mask_layout = _mask_layout(base.config) if hasattr(base, "config") else None
+        self.prefix_sharing_supported = (
+            getattr(getattr(base, "config", None), "_attn_implementation", None) in TREE_MASK_BACKENDS
+            and self.mask_layout is not None
+        )
         self.mask_logits_to_keep = True  # a per-row boolean logits_to_keep (False: older transformers)
 
     def _kept_logps(self, input_ids, attention_mask, position_ids, keep, targets) -> torch.Tensor:
@@ -249,7 +271,14 @@ class SequenceLogProbs(nn.Module):
         with shared prompts also tree_ids and branch_ids, which decide the attention mask."""
         if tree_ids is not None:
             base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-            attention_mask = tree_attention_mask(tree_ids, branch_ids, base.config._attn_implementation)
+            backend = base.config._attn_implementation
+            kind, window = self.mask_layout
+            attention_mask = tree_attention_mask(tree_ids, branch_ids, backend, position_ids, window)
+            if kind == "by_type":
+                attention_mask = {
+                    "full_attention": tree_attention_mask(tree_ids, branch_ids, backend),
+                    "sliding_attention": attention_mask,
+                }
         # Position t predicts token t+1; keep the positions whose next token is a completion token
         # of the same sequence.
         predicts_completion = completion_mask[:, 1:].bool()
@@ -364,7 +393,7 @@ class SequenceLogProbs(nn.Module):
                         self.prefix_sharing_supported = (
                             shared_logps - padded_logps
                         ).abs().max().item() <= tolerance * (1 + padded_logps.abs().max().item())
-                    except (TypeError, ValueError, RuntimeError):
+                    except (TypeError, ValueError, RuntimeError, AttributeError):
                         self.prefix_sharing_supported = False
                 else:
                     self.prefix_sharing_supported = False
