@@ -8,20 +8,12 @@ import pytest
 import torch
 
 from tests.kto.helpers import metrics_of
-from tests.kto.test_speed_levers import _train, _write_rows
+from tests.kto.test_speed_levers import _train, _write_rows, one_thread  # noqa: F401 (autouse: one intra-op thread)
 from training.kto import data as kto_data
 from training.kto import modeling
 from training.kto.fixtures import ARCHITECTURES, tiny_config
 from training.kto.modeling import SequenceLogProbs, load_causal_lm, load_tokenizer
 from training.kto.trainer import score_no_grad
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_a_tree_holds_the_prompt_once_and_each_branch_continues_its_positions():

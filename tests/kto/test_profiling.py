@@ -9,20 +9,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from tests.kto.helpers import metrics_of
-from tests.kto.test_speed_levers import OPTIMISED, _train, _write_rows
+from tests.kto.test_speed_levers import OPTIMISED, _train, _write_rows, one_thread  # noqa: F401 (autouse: one intra-op thread)
 from training.kto.profiling import _union_seconds
 from training.kto.trainer import TrainConfig, TrainingError, check_config
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_profiled_steps_train_like_unprofiled_ones_and_name_their_busiest_operators(bpe_model_dir, tmp_path):
