@@ -2,7 +2,8 @@
 # One session on a lent CUDA machine (issue 8), which has no network: the wheels carried in .whl
 # (scripts/device_wheels.sh: trl and datasets for the TRL side), the installed versions, then
 # bench/gpu_speed.py — Prospect's default, one run per untried lever, a profiled run (torch.profiler
-# over 3 steps: where the loop's time goes), the default without prefix sharing, and TRL on the same data —
+# over 3 steps: where the loop's time goes), the default without prefix sharing (and so without mismatched
+# sequences in the call with gradient), and TRL on the same data —
 # under a time limit. Every JSON line lands in $OUT as soon as it exists, so a cut-off run still
 # reports what it finished. RUN_SCALEOUT=1 also runs bench/scaleout_gpu.py first (issue 14's proof).
 #   bash scripts/device_wheels.sh                        # here, once: then carry .whl

@@ -4,13 +4,16 @@ alone, on both real tokenizer families, and with fewer positions computed."""
 
 from __future__ import annotations
 
+import json
+import random
+
 import pytest
 import torch
 
 from tests.kto.helpers import metrics_of
 from tests.kto.test_speed_levers import _train, _write_rows, one_thread  # noqa: F401 (autouse: one intra-op thread)
 from training.kto import data as kto_data
-from training.kto import modeling
+from training.kto import modeling, trainer
 from training.kto.fixtures import ARCHITECTURES, tiny_config
 from training.kto.modeling import SequenceLogProbs, load_causal_lm, load_tokenizer
 from training.kto.trainer import score_no_grad
@@ -177,3 +180,68 @@ def test_training_with_shared_prompts_matches_training_without(
     for step_apart, step_shared in zip(apart, shared):
         for key in ("loss", "z0_raw", "grad_norm", "reward_margin"):
             assert step_shared[key] == pytest.approx(step_apart[key], abs=1e-5), (step_apart["step"], key)
+
+
+def _write_long_prompt_rows(path, n: int, seed: int = 0) -> str:
+    """Prompts of 25–40 words, completions of 1–2: the case where a mismatched sequence is mostly prompt."""
+    rng = random.Random(seed)
+    words = "the cat a robot reads writes the answer yes no what is 12+3 ? sure here is a short story".split()
+    rows = [
+        {
+            "prompt": " ".join(rng.choice(words) for _ in range(rng.randint(25, 40))),
+            "completion": " " + " ".join(rng.choice(words) for _ in range(rng.randint(1, 2))),
+            "label": rng.random() < 0.5,
+        }
+        for _ in range(n)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize("token_budget", [0, 400])
+@pytest.mark.parametrize("setup", ["full_precompute", "lora_live_reference"])
+def test_mismatched_sequences_scored_in_the_grad_call_train_the_same_steps(
+    bpe_model_dir, sentencepiece_model_dir, tmp_path, monkeypatch, setup, token_budget
+):
+    model_dir = bpe_model_dir if setup == "full_precompute" else sentencepiece_model_dir
+    data = _write_long_prompt_rows(tmp_path / "data.jsonl", 36)
+    extra = dict(lora=True, reference="copy") if setup == "lora_live_reference" else {}
+    common = dict(token_budget=token_budget, packing=True, logits_chunk_size=5, **extra)
+    merged_per_microbatch: list[int] = []
+    choose = trainer.merged_positions
+
+    def recording(microbatch, merge_ratio):
+        positions = choose(microbatch, merge_ratio)
+        merged_per_microbatch.append(len(positions))
+        return positions
+
+    monkeypatch.setattr(trainer, "merged_positions", recording)
+    summary_apart = _train(model_dir, data, tmp_path / "apart", mismatched_in_grad_call=False, **common)
+    assert summary_apart["speed_levers"]["mismatched_merge_ratio"] == 0 and not any(merged_per_microbatch)
+    summary_merged = _train(model_dir, data, tmp_path / "merged", mismatched_in_grad_call=True, **common)
+    assert summary_merged["speed_levers"]["mismatched_merge_ratio"] > 1
+    assert sum(merged_per_microbatch) == 36  # every mismatched sequence here is mostly prompt
+    apart, merged = metrics_of(tmp_path / "apart"), metrics_of(tmp_path / "merged")
+    assert len(apart) == len(merged) == 3
+    for step_apart, step_merged in zip(apart, merged):
+        for key in ("loss", "z0_raw", "grad_norm", "reward_margin"):
+            assert step_merged[key] == pytest.approx(step_apart[key], abs=1e-5), (step_apart["step"], key)
+    assert apart[-1]["z0_raw"] != pytest.approx(apart[0]["z0_raw"], abs=1e-6)  # z0 moved with the weights
+
+
+def test_a_short_prompt_keeps_its_mismatched_sequence_in_the_no_grad_pass():
+    from training.kto.trainer import HostMicrobatch
+
+    prompt = list(range(10, 30))
+    microbatch = HostMicrobatch(
+        matched=[(prompt + [1, 2], 20), ([5, 6, 7, 8], 2)],
+        mismatched=[(prompt + [3, 4, 5], 20), ([5, 6, 9], 2)],
+        is_desirable=torch.tensor([True, False]),
+        reference_matched=None,
+        reference_mismatched=None,
+        n_tokens=26,
+    )
+    # Branch of the first: last prompt token + 3 = 4 positions; 19 shared > 4 × 4 only for ratio < 4.75.
+    assert trainer.merged_positions(microbatch, 4.0) == [0]
+    assert trainer.merged_positions(microbatch, 5.0) == []
+    assert trainer.merged_positions(microbatch, 0.0) == []

@@ -126,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         "default on; off automatically for a model or attention backend whose shared-prompt log-probs differ)",
     )
     speed.add_argument(
+        "--mismatched-in-grad-call",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.mismatched_in_grad_call,
+        help="with prefix sharing on one process: a mismatched sequence whose prompt is long against its completion "
+        "is scored (detached) in the call with gradient, sharing its matched sequence's prompt (default on)",
+    )
+    speed.add_argument(
         "--logits-chunk-size",
         type=int,
         default=defaults.logits_chunk_size,

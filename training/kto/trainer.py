@@ -111,6 +111,10 @@ class TrainConfig:
     # In the reference passes (no gradient), a prompt's matched and mismatched sequences share its
     # states: the prompt is computed once (data.prefix_trees). Packed rows only.
     prefix_sharing: bool = True
+    # In the loop, a mismatched sequence whose prompt is long against its completion is scored in
+    # the call with gradient as a branch of its matched sequence (detached), so its prompt is not
+    # computed again (mismatched_merge_ratio). Shared prompts on one process only.
+    mismatched_in_grad_call: bool = True
     logits_chunk_size: int = defaults.AUTO  # positions per LM-head chunk (0: whole head at once; -1: auto)
     optimizer_impl: str = "fused"  # AdamW implementation: fused | foreach | for-loop (same maths)
     # torch.compile each decoder layer with this backend ("": eager). Regional: one graph serves
@@ -744,6 +748,37 @@ def grad_units(microbatches: list[HostMicrobatch], budget: int, packing: bool) -
     return units
 
 
+def mismatched_merge_ratio(model, lora: bool) -> float:
+    """How many times longer than its own part (last prompt token + completion) a mismatched
+    sequence's shared prompt must be for scoring it inside the call with gradient to cost fewer
+    FLOPs than a separate no-grad pass. Per token a forward costs about 2 × the decoder's weights
+    (2 × the head's at scored positions), a backward 2× the forward (1× with LoRA: no weight
+    gradients). Merging saves the forward over the prompt but the last token and adds a backward
+    over the branch: worth it when (prompt − 1) > backward factor × (1 + head / decoder) × branch."""
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    decoder = sum(parameter.numel() for parameter in model.parameters()) - embedding.numel()
+    if head.data_ptr() != embedding.data_ptr():
+        decoder -= head.numel()
+    return (1.0 if lora else 2.0) * (1.0 + head.numel() / max(decoder, 1))
+
+
+def merged_positions(microbatch: HostMicrobatch, merge_ratio: float) -> list[int]:
+    """Positions of the microbatch's mismatched sequences to score as branches of their matched
+    sequence (same prompt tokens, prompt long enough for merge_ratio); none when it is 0."""
+    if merge_ratio <= 0:
+        return []
+    positions = []
+    for position, ((ids, n_prompt), (other_ids, other_n_prompt)) in enumerate(
+        zip(microbatch.matched, microbatch.mismatched)
+    ):
+        shared = n_prompt - 1
+        if n_prompt == other_n_prompt and ids[:n_prompt] == other_ids[:n_prompt]:
+            if shared > merge_ratio * (len(other_ids) - shared):
+                positions.append(position)
+    return positions
+
+
 def train_step(
     policy_ddp,
     policy_for_no_grad: SequenceLogProbs,
@@ -758,9 +793,17 @@ def train_step(
     packing: bool,
     timer: SectionTimer,
     share_prefixes: bool = False,
+    merge_ratio: float = 0.0,
 ) -> None:
-    """Losses and gradients of one optimizer step (backward done; the caller clips and steps)."""
+    """Losses and gradients of one optimizer step (backward done; the caller clips and steps).
+
+    ``merge_ratio`` > 0 (one process, shared prompts): a mismatched sequence whose prompt is more
+    than that many times longer than its own part (see mismatched_merge_ratio) is scored as a
+    branch of its matched sequence's tree in the call with gradient, instead of in the no-grad
+    pass: its prompt is then not computed a second time. Its log-prob is detached, so z0 and the
+    gradients are the same."""
     device = accelerator.device
+    merged = [merged_positions(mb, merge_ratio) for mb in microbatches]
     zero = torch.zeros((), device=device)
     no_grad_budget = 2 * token_budget
     # 1. Everything without gradient, for the whole step: the weights do not change within it.
@@ -805,41 +848,78 @@ def train_step(
                     reference_mismatched[index] = scores[offset : offset + len(mb.mismatched)]
                     offset += len(mb.mismatched)
         if microbatches[0].mismatched:
+            # Positions of each microbatch's mismatched sequences scored here (the rest: merged).
+            apart = [
+                [k for k in range(len(mb.mismatched)) if k not in merged[index]]
+                for index, mb in enumerate(microbatches)
+            ]
+            for index, mb in enumerate(microbatches):
+                mismatched_policy[index] = torch.empty(len(mb.mismatched), device=device)
             if token_budget > 0:
-                joined = [s for mb in microbatches for s in mb.mismatched]
-                scores = score_no_grad(policy_for_no_grad, joined, no_grad_budget, pad_token_id, packing, device)
+                joined = [microbatches[index].mismatched[k] for index in range(len(microbatches)) for k in apart[index]]
+                scores = (
+                    score_no_grad(policy_for_no_grad, joined, no_grad_budget, pad_token_id, packing, device)
+                    if joined
+                    else None
+                )
                 offset = 0
-                for index, mb in enumerate(microbatches):
-                    mismatched_policy[index] = scores[offset : offset + len(mb.mismatched)]
-                    offset += len(mb.mismatched)
+                for index in range(len(microbatches) if joined else 0):
+                    mismatched_policy[index][apart[index]] = scores[offset : offset + len(apart[index])]
+                    offset += len(apart[index])
             else:
                 for index, mb in enumerate(microbatches):
-                    mismatched_policy[index] = score_no_grad(
-                        policy_for_no_grad, mb.mismatched, 0, pad_token_id, packing, device
-                    )
-    # z0 of every microbatch now (its all-reduce runs in the same order on every process).
-    z0s = []
-    for index in range(len(microbatches)):
+                    if apart[index]:
+                        mismatched_policy[index][apart[index]] = score_no_grad(
+                            policy_for_no_grad,
+                            [mb.mismatched[k] for k in apart[index]],
+                            0,
+                            pad_token_id,
+                            packing,
+                            device,
+                        )
+
+    # z0 of every microbatch now (its all-reduce runs in the same order on every process); a
+    # microbatch with merged sequences gets its z0 right after the call that scores them.
+    def z0_of_microbatch(index: int) -> tuple[torch.Tensor, torch.Tensor]:
         reference_mm = reference_mismatched[index]
-        z0s.append(
-            z0_of(
-                config,
-                mismatched_policy[index],
-                reference_mm.to(device) if reference_mm is not None else None,
-                zero,
-            )
+        return z0_of(
+            config, mismatched_policy[index], reference_mm.to(device) if reference_mm is not None else None, zero
         )
+
+    z0s = [None if merged[index] else z0_of_microbatch(index) for index in range(len(microbatches))]
     # 2. The matched sequences with gradient, a unit of microbatches per call.
     units = grad_units(microbatches, token_budget, packing)
     with timer.section("grad"):
         for unit_index, unit in enumerate(units):
             joined = [s for i in unit for s in microbatches[i].matched]
-            inputs = _to_device(forward_inputs(joined, pad_token_id, packing), device)
+            n_matched = len(joined)
+            trees = [[position] for position in range(n_matched)]
+            slots: list[tuple[int, int]] = []  # (microbatch, position) of each merged branch, in call order
+            offset = 0
+            for i in unit:
+                for k in merged[i]:
+                    trees[offset + k].append(len(joined))
+                    joined.append(microbatches[i].mismatched[k])
+                    slots.append((i, k))
+                offset += len(microbatches[i].matched)
+            if slots:
+                inputs = dict(kto_data.pack(joined, pad_token_id, trees=trees), n_sequences=len(joined))
+            else:
+                inputs = forward_inputs(joined, pad_token_id, packing)
+            inputs = _to_device(inputs, device)
             is_last = unit_index == len(units) - 1
             # Gradients are averaged across processes only on the last call of the step.
             sync_context = contextlib.nullcontext() if is_last else accelerator.no_sync(policy_ddp)
             with sync_context, accelerator.autocast():
                 logps, token_counts = policy_ddp(**inputs)
+                if slots:
+                    branch_logps = logps[n_matched:].detach().float()
+                    for slot, (i, k) in enumerate(slots):
+                        mismatched_policy[i][k] = branch_logps[slot]
+                    for i in unit:
+                        if merged[i]:
+                            z0s[i] = z0_of_microbatch(i)
+                    logps, token_counts = logps[:n_matched], token_counts[:n_matched]
                 total = zero
                 offset = 0
                 for index in unit:
@@ -1348,6 +1428,11 @@ def train(config: TrainConfig) -> dict | None:
         print("note: packed rows disagree with padded ones for this model; packing is off", file=sys.stderr)
     # Shared prompts need packed rows and a backend that takes the engine's own attention mask.
     share_prefixes = packing and config.prefix_sharing and policy.prefix_sharing_supported
+    merge_ratio = 0.0
+    if share_prefixes and config.mismatched_in_grad_call and config.uses_mismatched:
+        # One process only: the no-grad calls it saves may differ between ranks, which collective
+        # (FSDP) forwards would not survive.
+        merge_ratio = mismatched_merge_ratio(model, config.lora) if accelerator.num_processes == 1 else 0.0
     # Per-token losses need per-token reference log-probs: computed live, not cached.
     precompute = variant.needs_reference and config.reference == "precompute" and not variant.token_level
     reference = None
@@ -1536,6 +1621,7 @@ def train(config: TrainConfig) -> dict | None:
                 packing,
                 timer,
                 share_prefixes,
+                merge_ratio,
             )
         grad_norm = kto_distributed.local_tensor(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
         # One host sync per optimizer step: a non-finite loss (on any process) or gradient norm
@@ -1675,6 +1761,7 @@ def train(config: TrainConfig) -> dict | None:
             "token_budget": token_budget,
             "packing": packing,
             "prefix_sharing": share_prefixes,
+            "mismatched_merge_ratio": round(merge_ratio, 3),  # 0: every mismatched sequence in the no-grad pass
             "logits_chunk_size": policy.logits_chunk_size,
         },
     }
