@@ -78,6 +78,15 @@ def queue_candidate_ids(
     return [generation_id for _, generation_id in ranked[:limit]]
 
 
+def is_waiting_for(user, generation_id: int, now, project: Project | None = None) -> bool:
+    """Does this item still need a vote that this user may give (the queue's own conditions)?"""
+    project = resolve_project(project)
+    return any(
+        waiting.filter(pk=generation_id).exists()
+        for waiting in (_waiting_with_own_target(user, now, project), _waiting_with_default_target(user, now, project))
+    )
+
+
 def current_claim(user, now, project: Project | None = None) -> Generation | None:
     return (
         Generation.objects.select_related("prompt")

@@ -63,6 +63,11 @@ def claim_next_generation(user, skipped_ids: list[int] = (), project: Project | 
             user, now, exclude_ids=exclude, limit=CLAIM_ATTEMPTS, project=project
         ):
             if _take_lease(user, candidate_id, now):
+                if not selectors.is_waiting_for(user, candidate_id, now, project):
+                    # Rated by someone else between our read and our lease: their vote commits before
+                    # they give the lease back, so this read (after our lease) always sees it.
+                    release_claim(user, candidate_id)
+                    continue
                 # One item on screen at a time: leases on anything else go back to the pool.
                 Generation.objects.filter(claimed_by=user).exclude(pk=candidate_id).update(
                     claimed_by=None, claimed_until=None

@@ -168,3 +168,22 @@ def test_two_annotators_at_once_never_rate_the_same_single_vote_item():
     everything_served = served["alice"] + served["bob"]
     assert sorted(everything_served) == sorted(items)  # each item served exactly once
     assert Vote.objects.count() == len(items)
+
+
+@pytest.mark.django_db
+def test_an_item_rated_between_the_queue_read_and_the_lease_is_not_served(monkeypatch):
+    """The race behind two annotators rating one single-vote item: Bob reads the queue, Alice takes,
+    rates and releases its first item, then Bob's lease on that item succeeds (the lease is free
+    again). Bob must be given the next item, not the one already rated."""
+    first, second = add_generation(completion="first"), add_generation(completion="second")
+    alice, bob = make_annotator("alice"), make_annotator("bob")
+    read_before_alice = selectors.queue_candidate_ids(bob, timezone.now())
+    assert read_before_alice[:2] == [first.pk, second.pk]
+    assert claim_next_generation(alice).pk == first.pk
+    record_annotator_vote(alice, first.pk, desirable=True)
+    monkeypatch.setattr(selectors, "queue_candidate_ids", lambda *args, **kwargs: read_before_alice)
+    served = claim_next_generation(bob)
+    assert served is not None and served.pk == second.pk
+    first.refresh_from_db()
+    assert first.claimed_by is None  # the lease taken by mistake went back
+    assert Vote.objects.filter(generation=first).count() == 1
