@@ -28,14 +28,22 @@ def _claimable_by(user, now) -> Q:
     return Q(claimed_until__isnull=True) | Q(claimed_until__lt=now) | Q(claimed_by=user)
 
 
-def _take_lease(user, generation_id: int, now) -> bool:
+def _take_lease(user, generation_id: int, now, project: Project | None = None) -> bool:
+    """Lease the item to the user if it is free and still waits for their vote."""
     lease_until = now + timedelta(seconds=settings.QUEUE_CLAIM_SECONDS)
     taken = (
         Generation.objects.filter(pk=generation_id)
         .filter(_claimable_by(user, now))
         .update(claimed_by=user, claimed_until=lease_until)
     )
-    return taken == 1
+    if taken != 1:
+        return False
+    if not selectors.is_waiting_for(user, generation_id, now, project):
+        # Rated by someone else between the caller's queue read and this lease: their vote commits
+        # before they give the lease back, so this read (after our lease) always sees it.
+        release_claim(user, generation_id)
+        return False
+    return True
 
 
 def release_claim(user, generation_id: int | None = None) -> None:
@@ -62,12 +70,7 @@ def claim_next_generation(user, skipped_ids: list[int] = (), project: Project | 
         for candidate_id in selectors.queue_candidate_ids(
             user, now, exclude_ids=exclude, limit=CLAIM_ATTEMPTS, project=project
         ):
-            if _take_lease(user, candidate_id, now):
-                if not selectors.is_waiting_for(user, candidate_id, now, project):
-                    # Rated by someone else between our read and our lease: their vote commits before
-                    # they give the lease back, so this read (after our lease) always sees it.
-                    release_claim(user, candidate_id)
-                    continue
+            if _take_lease(user, candidate_id, now, project):
                 # One item on screen at a time: leases on anything else go back to the pool.
                 Generation.objects.filter(claimed_by=user).exclude(pk=candidate_id).update(
                     claimed_by=None, claimed_until=None

@@ -4,9 +4,6 @@ alone, on both real tokenizer families, and with fewer positions computed."""
 
 from __future__ import annotations
 
-import json
-import random
-
 import pytest
 import torch
 
@@ -182,29 +179,14 @@ def test_training_with_shared_prompts_matches_training_without(
             assert step_shared[key] == pytest.approx(step_apart[key], abs=1e-5), (step_apart["step"], key)
 
 
-def _write_long_prompt_rows(path, n: int, seed: int = 0) -> str:
-    """Prompts of 25–40 words, completions of 1–2: the case where a mismatched sequence is mostly prompt."""
-    rng = random.Random(seed)
-    words = "the cat a robot reads writes the answer yes no what is 12+3 ? sure here is a short story".split()
-    rows = [
-        {
-            "prompt": " ".join(rng.choice(words) for _ in range(rng.randint(25, 40))),
-            "completion": " " + " ".join(rng.choice(words) for _ in range(rng.randint(1, 2))),
-            "label": rng.random() < 0.5,
-        }
-        for _ in range(n)
-    ]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return str(path)
-
-
 @pytest.mark.parametrize("token_budget", [0, 400])
 @pytest.mark.parametrize("setup", ["full_precompute", "lora_live_reference"])
 def test_mismatched_sequences_scored_in_the_grad_call_train_the_same_steps(
     bpe_model_dir, sentencepiece_model_dir, tmp_path, monkeypatch, setup, token_budget
 ):
     model_dir = bpe_model_dir if setup == "full_precompute" else sentencepiece_model_dir
-    data = _write_long_prompt_rows(tmp_path / "data.jsonl", 36)
+    # Prompts of 25-40 words, completions of 1-2: each mismatched sequence is mostly prompt.
+    data = _write_rows(tmp_path / "data.jsonl", 36, prompt_words=(25, 40), completion_words=(1, 2))
     extra = dict(lora=True, reference="copy") if setup == "lora_live_reference" else {}
     common = dict(token_budget=token_budget, packing=True, logits_chunk_size=5, **extra)
     merged_per_microbatch: list[int] = []

@@ -31,7 +31,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _write_rows(path, n: int, seed: int = 0) -> str:
+def _write_rows(path, n: int, seed: int = 0, prompt_words=(2, 14), completion_words=(1, 9)) -> str:
     rng = random.Random(seed)
     words = "the cat a robot reads writes the answer yes no what is 12+3 ? sure here is a short story".split()
 
@@ -40,7 +40,14 @@ def _write_rows(path, n: int, seed: int = 0) -> str:
 
     path.write_text(
         "".join(
-            json.dumps({"prompt": text(2, 14), "completion": " " + text(1, 9), "label": rng.random() < 0.5}) + "\n"
+            json.dumps(
+                {
+                    "prompt": text(*prompt_words),
+                    "completion": " " + text(*completion_words),
+                    "label": rng.random() < 0.5,
+                }
+            )
+            + "\n"
             for _ in range(n)
         )
     )

@@ -408,7 +408,7 @@ def pack(
     few padding positions at a row's end), so scores are summed per sequence, never across a
     boundary.
 
-    With ``trees`` (from prefix_trees; no gradient passes only), the members of a tree share one
+    With ``trees`` (from prefix_trees, or built by the trainer), the members of a tree share one
     copy of their prompt: [prompt minus its last token][last token, completion 1][last token,
     completion 2]..., every branch's positions continuing from the prompt's. A branch must see the
     prompt but not the branches before it, which position restarts cannot express, so the rows

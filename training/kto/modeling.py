@@ -144,25 +144,33 @@ def tree_attention_mask(
     tree_ids: torch.Tensor,
     branch_ids: torch.Tensor,
     backend: str,
+    layout: tuple[str, int | None] = ("one", None),
     position_ids: torch.Tensor | None = None,
-    sliding_window: int | None = None,
-) -> torch.Tensor:
-    """The (rows, 1, width, width) mask of rows packed with shared prompts (data.pack with trees):
-    a position sees the earlier positions of its own tree that are the shared prompt or its own
-    branch (and, with ``sliding_window``, are fewer than that many positions back, counted in the
-    sequence's own positions, as transformers' sliding-window mask counts them). Built on the device
-    from (rows, width) tensors, not shipped from the host."""
+):
+    """The attention mask of rows packed with shared prompts (data.pack with trees), in the form the
+    model takes (``layout`` from _mask_layout): a position sees the earlier positions of its own
+    tree that are the shared prompt or its own branch, and, under a sliding window, fewer than that
+    many positions back, counted in the sequence's own positions as transformers counts them. One
+    (rows, 1, width, width) mask, or {"full_attention", "sliding_attention"} masks for a model with
+    both layer types. Built on the device from (rows, width) tensors, not shipped from the host."""
     width = tree_ids.shape[1]
     causal = torch.ones(width, width, dtype=torch.bool, device=tree_ids.device).tril()
     same_tree = tree_ids[:, :, None] == tree_ids[:, None, :]
     visible_branch = (branch_ids[:, None, :] == 0) | (branch_ids[:, :, None] == branch_ids[:, None, :])
-    allowed = causal & same_tree & visible_branch
-    if sliding_window is not None:
-        allowed &= (position_ids[:, :, None] - position_ids[:, None, :]) < sliding_window
-    allowed = allowed.unsqueeze(1)
-    if backend == "sdpa":
-        return allowed
-    return torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    allowed = (causal & same_tree & visible_branch).unsqueeze(1)
+
+    def as_backend(mask: torch.Tensor) -> torch.Tensor:
+        if backend == "sdpa":
+            return mask
+        return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, torch.finfo(torch.float32).min)
+
+    kind, window = layout
+    if window is None:
+        return as_backend(allowed)
+    windowed = allowed & ((position_ids[:, :, None] - position_ids[:, None, :]) < window).unsqueeze(1)
+    if kind == "by_type":
+        return {"full_attention": as_backend(allowed), "sliding_attention": as_backend(windowed)}
+    return as_backend(windowed)
 
 
 def _mask_layout(config) -> tuple[str, int | None] | None:
@@ -271,14 +279,9 @@ class SequenceLogProbs(nn.Module):
         with shared prompts also tree_ids and branch_ids, which decide the attention mask."""
         if tree_ids is not None:
             base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-            backend = base.config._attn_implementation
-            kind, window = self.mask_layout
-            attention_mask = tree_attention_mask(tree_ids, branch_ids, backend, position_ids, window)
-            if kind == "by_type":
-                attention_mask = {
-                    "full_attention": tree_attention_mask(tree_ids, branch_ids, backend),
-                    "sliding_attention": attention_mask,
-                }
+            attention_mask = tree_attention_mask(
+                tree_ids, branch_ids, base.config._attn_implementation, self.mask_layout, position_ids
+            )
         # Position t predicts token t+1; keep the positions whose next token is a completion token
         # of the same sequence.
         predicts_completion = completion_mask[:, 1:].bool()

@@ -393,10 +393,13 @@ def precompute_reference_logps(
     else:  # no budget: length-sorted calls of 4 microbatches' worth of sequences
         if packing and share_prefixes:
             # A prompt's sequences side by side, so that a call holds them together.
+            def prompt_of(sequence) -> tuple[int, ...]:
+                return tuple(sequence[0][: sequence[1]])
+
             longest: dict[tuple, int] = {}
-            for ids, n_prompt in joined:
-                longest[tuple(ids[:n_prompt])] = max(longest.get(tuple(ids[:n_prompt]), 0), len(ids))
-            joined.sort(key=lambda sequence: (longest[tuple(sequence[0][: sequence[1]])], sequence[0][: sequence[1]]))
+            for sequence in joined:
+                longest[prompt_of(sequence)] = max(longest.get(prompt_of(sequence), 0), len(sequence[0]))
+            joined.sort(key=lambda sequence: (longest[prompt_of(sequence)], prompt_of(sequence)))
         else:
             joined.sort(key=lambda sequence: len(sequence[0]))
         size = 4 * config.per_device_train_batch_size
@@ -704,6 +707,8 @@ def score_no_grad(
     ``share_prefixes`` (packed rows only): sequences with the same prompt are scored as one tree,
     the prompt computed once (data.prefix_trees); a tree is never split across calls."""
     result = torch.empty(len(joined), device=device)
+    if not joined:  # every mismatched sequence of a microbatch merged into the grad call
+        return result
     if packing and share_prefixes:
         # A tree may be up to twice the longest sequence: rows get wider (attention over more
         # positions) but hold far fewer tokens when prompts are long.
@@ -848,35 +853,29 @@ def train_step(
                     reference_mismatched[index] = scores[offset : offset + len(mb.mismatched)]
                     offset += len(mb.mismatched)
         if microbatches[0].mismatched:
-            # Positions of each microbatch's mismatched sequences scored here (the rest: merged).
+            # Each microbatch's mismatched sequences scored here (the merged ones: in the grad call).
             apart = [
                 [k for k in range(len(mb.mismatched)) if k not in merged[index]]
                 for index, mb in enumerate(microbatches)
             ]
-            for index, mb in enumerate(microbatches):
-                mismatched_policy[index] = torch.empty(len(mb.mismatched), device=device)
             if token_budget > 0:
                 joined = [microbatches[index].mismatched[k] for index in range(len(microbatches)) for k in apart[index]]
-                scores = (
-                    score_no_grad(policy_for_no_grad, joined, no_grad_budget, pad_token_id, packing, device)
-                    if joined
-                    else None
-                )
-                offset = 0
-                for index in range(len(microbatches) if joined else 0):
-                    mismatched_policy[index][apart[index]] = scores[offset : offset + len(apart[index])]
-                    offset += len(apart[index])
+                scores = score_no_grad(policy_for_no_grad, joined, no_grad_budget, pad_token_id, packing, device)
+                counts = [len(positions) for positions in apart]
+                scored = list(torch.split(scores, counts))
             else:
-                for index, mb in enumerate(microbatches):
-                    if apart[index]:
-                        mismatched_policy[index][apart[index]] = score_no_grad(
-                            policy_for_no_grad,
-                            [mb.mismatched[k] for k in apart[index]],
-                            0,
-                            pad_token_id,
-                            packing,
-                            device,
-                        )
+                scored = [
+                    score_no_grad(
+                        policy_for_no_grad, [mb.mismatched[k] for k in apart[index]], 0, pad_token_id, packing, device
+                    )
+                    for index, mb in enumerate(microbatches)
+                ]
+            for index, mb in enumerate(microbatches):
+                if merged[index]:  # the merged positions are filled in after the grad call
+                    mismatched_policy[index] = torch.empty(len(mb.mismatched), device=device)
+                    mismatched_policy[index][apart[index]] = scored[index]
+                else:
+                    mismatched_policy[index] = scored[index]
 
     # z0 of every microbatch now (its all-reduce runs in the same order on every process); a
     # microbatch with merged sequences gets its z0 right after the call that scores them.
@@ -894,15 +893,13 @@ def train_step(
             joined = [s for i in unit for s in microbatches[i].matched]
             n_matched = len(joined)
             trees = [[position] for position in range(n_matched)]
-            slots: list[tuple[int, int]] = []  # (microbatch, position) of each merged branch, in call order
             offset = 0
-            for i in unit:
+            for i in unit:  # each merged mismatched sequence becomes a branch of its matched one's tree
                 for k in merged[i]:
                     trees[offset + k].append(len(joined))
                     joined.append(microbatches[i].mismatched[k])
-                    slots.append((i, k))
                 offset += len(microbatches[i].matched)
-            if slots:
+            if len(joined) > n_matched:
                 inputs = dict(kto_data.pack(joined, pad_token_id, trees=trees), n_sequences=len(joined))
             else:
                 inputs = forward_inputs(joined, pad_token_id, packing)
@@ -912,12 +909,13 @@ def train_step(
             sync_context = contextlib.nullcontext() if is_last else accelerator.no_sync(policy_ddp)
             with sync_context, accelerator.autocast():
                 logps, token_counts = policy_ddp(**inputs)
-                if slots:
+                if len(joined) > n_matched:
                     branch_logps = logps[n_matched:].detach().float()
-                    for slot, (i, k) in enumerate(slots):
-                        mismatched_policy[i][k] = branch_logps[slot]
+                    offset = 0
                     for i in unit:
                         if merged[i]:
+                            mismatched_policy[i][merged[i]] = branch_logps[offset : offset + len(merged[i])]
+                            offset += len(merged[i])
                             z0s[i] = z0_of_microbatch(i)
                     logps, token_counts = logps[:n_matched], token_counts[:n_matched]
                 total = zero
