@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One session on a lent CUDA machine (issue 8), which has no network: the wheels carried in .whl
 # (scripts/device_wheels.sh: trl and datasets for the TRL side), the installed versions, then
-# bench/gpu_speed.py — Prospect's default, one run per untried lever, a profiled run (torch.profiler
+# bench/gpu_speed.py — Prospect's default, one run per untried lever (elementwise: the
+# --checkpoint-policy that keeps matmul outputs, half the activations at no matmul recompute), a profiled run (torch.profiler
 # over 3 steps: where the loop's time goes), the default without prefix sharing (and so without mismatched
 # sequences in the call with gradient), and TRL on the same data —
 # under a time limit. Every JSON line lands in $OUT as soon as it exists, so a cut-off run still
@@ -43,6 +44,7 @@ backend=inductor
 if [ -n "${GPU_SPEED_ARGS:-}" ] && [[ "$GPU_SPEED_ARGS" == *--tiny* ]]; then backend=aot_eager; fi  # CPU rehearsal: inductor would build C++ for minutes
 variants=(--variant "compile={\"compile_backend\": \"$backend\"}"
     --variant 'checkpointing={"gradient_checkpointing": true}'
+    --variant 'elementwise={"gradient_checkpointing": true, "checkpoint_policy": "elementwise"}'
     --variant "compile_checkpointing={\"compile_backend\": \"$backend\", \"gradient_checkpointing\": true}"
     --variant 'profile={"profile_steps": 3}'
     --variant 'no_prefix_sharing={"prefix_sharing": false}')

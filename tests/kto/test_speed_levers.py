@@ -71,10 +71,9 @@ def _train(model_dir: str, data: str, out, **options) -> dict:
             num_train_epochs=1,
             learning_rate=1e-3,  # large, so later steps depend on exact earlier gradients
             logging_steps=1,
-            gradient_checkpointing=False,
             progress=False,
             seed=3,
-            **options,
+            **{"gradient_checkpointing": False, **options},
         )
     )
 

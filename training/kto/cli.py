@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .data import DataError
 from .loss import LOSS_TYPES, VARIANTS
+from .modeling import CHECKPOINT_POLICIES
 from .trainer import NonFiniteError, TrainConfig, TrainingError
 
 EXIT_USAGE_OR_DATA = 2
@@ -138,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.logits_chunk_size,
         help="positions per LM-head + log-softmax chunk, so positions × vocabulary logits never exist at once "
         "(Llama, Mistral, Qwen2/3, Phi-3 heads); 0: whole head at once; -1 (default): 2^25 / vocabulary rows",
+    )
+    speed.add_argument(
+        "--checkpoint-policy",
+        choices=CHECKPOINT_POLICIES,
+        default=defaults.checkpoint_policy,
+        help="what --gradient-checkpointing recomputes in backward: layer (default, TRL's: the whole decoder layer; "
+        "least memory) or elementwise (only norms, activations and other element-wise ops; matmul and attention "
+        "outputs are kept: about half the activation memory of no checkpointing, no matmul recomputed)",
     )
     speed.add_argument("--optimizer-impl", choices=("fused", "foreach", "for-loop"), default=defaults.optimizer_impl)
     speed.add_argument(

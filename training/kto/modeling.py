@@ -135,6 +135,63 @@ class ChunkedTargetLogProbs(torch.autograd.Function):
         )
 
 
+# What --gradient-checkpointing recomputes in backward (TrainConfig.checkpoint_policy):
+#   layer        every op of each decoder layer (TRL's): only the layer's input is kept
+#   elementwise  only the element-wise ops (norms, rotary, activations, residual adds, casts); the
+#                outputs of matrix products and attention kernels are kept. Those ops hold all of
+#                a layer's FLOPs, the element-wise ones much of its saved activations (fp32 norm
+#                internals, the MLP's activation), so about half the memory of no checkpointing
+#                for a recompute that costs no matmul.
+CHECKPOINT_POLICIES = ("layer", "elementwise")
+
+# aten ops whose outputs an "elementwise" checkpoint keeps. linear and matmul reach the dispatcher
+# as mm/addmm/bmm; each attention backend has its own kernel op. Looked up by name because the
+# set differs between torch builds.
+_KEPT_OP_NAMES = (
+    "mm",
+    "addmm",
+    "bmm",
+    "baddbmm",
+    "_scaled_mm",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_flash_attention_forward",
+    "_efficient_attention_forward",
+)
+
+
+def enable_checkpointing(model: nn.Module, policy: str) -> None:
+    """Gradient checkpointing on every decoder layer with ``policy`` (CHECKPOINT_POLICIES)."""
+    options = checkpoint_options(policy)
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24 renamed it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+
+
+def checkpoint_options(policy: str) -> dict:
+    """Keyword arguments for torch.utils.checkpoint (via transformers' gradient_checkpointing_kwargs)."""
+    if policy not in CHECKPOINT_POLICIES:
+        raise ValueError(f"checkpoint policy {policy!r}: expected one of {', '.join(CHECKPOINT_POLICIES)}")
+    options = {"use_reentrant": False}  # the reentrant variant cannot skip the recompute of kept ops
+    if policy == "elementwise":
+        options["context_fn"] = _elementwise_recompute_contexts
+    return options
+
+
+def _elementwise_recompute_contexts():
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    kept = frozenset(getattr(torch.ops.aten, name).default for name in _KEPT_OP_NAMES if hasattr(torch.ops.aten, name))
+
+    def policy(context, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in kept else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
 # Attention backends that take a custom 4D mask as given: sdpa a boolean one (True: attend), eager
 # an additive one. Flash-attention and flex backends build their own masks and are left out.
 TREE_MASK_BACKENDS = frozenset({"sdpa", "eager"})

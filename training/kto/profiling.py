@@ -5,6 +5,9 @@
     StepProfiler    torch.profiler over a few optimizer steps (--profile-steps N): the busiest
                     operators, kernel launches per step and, on CUDA, the share of the wall time the
                     GPU was busy — below 1 the run waits on the host (launch-bound), not on FLOPs
+    HeldBytes       bytes a forward leaves alive for its backward (activation memory), counted by
+                    storage: the same on every machine, so tests and benches can compare checkpoint
+                    policies without a GPU
 
 The first two run in every run (one sync per phase, none per step); the profiler only when asked,
 because recording every operator slows the steps it watches.
@@ -19,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 # The CUDA runtime / driver calls that start one kernel each (recorded on the host side).
 KERNEL_LAUNCH_CALLS = frozenset({"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"})
@@ -188,3 +194,30 @@ def _union_seconds(intervals_us) -> float:
     if current_end is not None:
         total += current_end - current_start
     return total / 1e6
+
+
+class HeldBytes(TorchDispatchMode):
+    """Within ``with HeldBytes() as held:``, records every tensor storage an operator creates;
+    ``held.alive()`` is how many bytes of them are still referenced (by autograd's saved tensors,
+    a checkpoint's cache or the caller). Weak references only, so counting keeps nothing alive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._storages: dict[int, tuple[StorageWeakRef, int]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in tree_flatten(out)[0]:
+            if isinstance(value, torch.Tensor) and value.device.type != "meta":
+                storage = value.untyped_storage()
+                reference = StorageWeakRef(storage)
+                self._storages[reference.cdata] = (reference, storage.nbytes())
+        return out
+
+    def alive(self, exclude: tuple[torch.Tensor, ...] = ()) -> int:
+        excluded = {StorageWeakRef(tensor.untyped_storage()).cdata for tensor in exclude}
+        return sum(
+            nbytes
+            for key, (reference, nbytes) in self._storages.items()
+            if key not in excluded and not reference.expired()
+        )

@@ -47,7 +47,15 @@ from . import defaults
 from . import distributed as kto_distributed
 from . import loss as kto_loss
 from .balancing import balance_weights
-from .modeling import SequenceLogProbs, is_peft_dir, load_causal_lm, load_tokenizer, model_fingerprint
+from .modeling import (
+    CHECKPOINT_POLICIES,
+    SequenceLogProbs,
+    enable_checkpointing,
+    is_peft_dir,
+    load_causal_lm,
+    load_tokenizer,
+    model_fingerprint,
+)
 from .profiling import PhaseClock, SectionTimer, StepProfiler, no_grad_share
 
 
@@ -92,6 +100,9 @@ class TrainConfig:
     z0_zero: bool = False  # SPEC: z0 = 0 after SFT on the same data, saves the mismatched pass
     keep_dropout: bool = not defaults.TRL_DISABLE_DROPOUT  # TRL's disable_dropout, inverted
     gradient_checkpointing: bool = defaults.TRL_GRADIENT_CHECKPOINTING
+    # What a checkpointed layer recomputes in backward: "layer" (all of it, TRL's) or "elementwise"
+    # (matmul and attention outputs kept; modeling.CHECKPOINT_POLICIES). Same numbers either way.
+    checkpoint_policy: str = "layer"
     bf16: str = "auto"  # auto (on when CUDA is available) | yes | no
     logging_steps: int = defaults.TRL_LOGGING_STEPS
     save_steps: int = defaults.TRL_SAVE_STEPS  # 0: no intermediate checkpoints
@@ -753,19 +764,20 @@ def grad_units(microbatches: list[HostMicrobatch], budget: int, packing: bool) -
     return units
 
 
-def mismatched_merge_ratio(model, lora: bool) -> float:
+def mismatched_merge_ratio(model, lora: bool, layer_recompute: bool = False) -> float:
     """How many times longer than its own part (last prompt token + completion) a mismatched
     sequence's shared prompt must be for scoring it inside the call with gradient to cost fewer
     FLOPs than a separate no-grad pass. Per token a forward costs about 2 × the decoder's weights
     (2 × the head's at scored positions), a backward 2× the forward (1× with LoRA: no weight
     gradients). Merging saves the forward over the prompt but the last token and adds a backward
-    over the branch: worth it when (prompt − 1) > backward factor × (1 + head / decoder) × branch."""
+    over the branch: worth it when (prompt − 1) > backward factor × (1 + head / decoder) × branch.
+    Layer checkpointing adds a second decoder forward over the branch in backward: + 1."""
     embedding = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
     decoder = sum(parameter.numel() for parameter in model.parameters()) - embedding.numel()
     if head.data_ptr() != embedding.data_ptr():
         decoder -= head.numel()
-    return (1.0 if lora else 2.0) * (1.0 + head.numel() / max(decoder, 1))
+    return (1.0 if lora else 2.0) * (1.0 + head.numel() / max(decoder, 1)) + (1.0 if layer_recompute else 0.0)
 
 
 def merged_positions(microbatch: HostMicrobatch, merge_ratio: float) -> list[int]:
@@ -1250,6 +1262,10 @@ def check_config(config: TrainConfig) -> None:
             f"--compile {config.compile_backend}: no such torch.compile backend "
             f"(known: {', '.join(torch._dynamo.list_backends())})"
         )
+    if config.checkpoint_policy not in CHECKPOINT_POLICIES:
+        raise TrainingError(
+            f"--checkpoint-policy must be one of {', '.join(CHECKPOINT_POLICIES)}, got {config.checkpoint_policy!r}"
+        )
     if config.profile_steps < 0:
         raise TrainingError(f"--profile-steps must be 0 (off) or more, got {config.profile_steps}")
     if config.beta <= 0 or config.learning_rate <= 0:
@@ -1399,7 +1415,7 @@ def train(config: TrainConfig) -> dict | None:
     if not config.keep_dropout:
         disable_dropout(model)  # before LoRA, so an explicit --lora-dropout still applies
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model, config.checkpoint_policy)
     model.config.use_cache = False
     if config.lora:
         from peft import LoraConfig, get_peft_model
@@ -1430,7 +1446,10 @@ def train(config: TrainConfig) -> dict | None:
     if share_prefixes and config.mismatched_in_grad_call and config.uses_mismatched:
         # One process only: the no-grad calls it saves may differ between ranks, which collective
         # (FSDP) forwards would not survive.
-        merge_ratio = mismatched_merge_ratio(model, config.lora) if accelerator.num_processes == 1 else 0.0
+        layer_recompute = config.gradient_checkpointing and config.checkpoint_policy == "layer"
+        merge_ratio = (
+            mismatched_merge_ratio(model, config.lora, layer_recompute) if accelerator.num_processes == 1 else 0.0
+        )
     # Per-token losses need per-token reference log-probs: computed live, not cached.
     precompute = variant.needs_reference and config.reference == "precompute" and not variant.token_level
     reference = None
@@ -1761,6 +1780,7 @@ def train(config: TrainConfig) -> dict | None:
             "prefix_sharing": share_prefixes,
             "mismatched_merge_ratio": round(merge_ratio, 3),  # 0: every mismatched sequence in the no-grad pass
             "logits_chunk_size": policy.logits_chunk_size,
+            "checkpointing": config.checkpoint_policy if config.gradient_checkpointing else "off",
         },
     }
     if profiler.summary is not None:
