@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from tests.kto.helpers import metrics_of
+from tests.kto.test_nonfinite import poison_reference_cache
 from tests.kto.test_speed_levers import OPTIMISED, _train, _write_rows, one_thread  # noqa: F401 (autouse: one intra-op thread)
 from training.kto.profiling import _union_seconds
-from training.kto.trainer import TrainConfig, TrainingError, check_config
+from training.kto.trainer import NonFiniteError, TrainConfig, TrainingError, check_config
 
 
 def test_profiled_steps_train_like_unprofiled_ones_and_name_their_busiest_operators(bpe_model_dir, tmp_path):
@@ -60,6 +62,22 @@ def test_a_run_shorter_than_asked_is_profiled_whole(request, tmp_path, family):
     assert summary["profile"]["profiled_steps"] == 2
     assert summary["profile"]["attention_implementation"] == "sdpa"
     assert summary["profile"]["operator_calls_per_step"] > 100
+
+
+def test_a_run_that_aborts_while_profiled_stops_the_profiler(bpe_model_dir, tmp_path):
+    """Every step non-finite (NaN reference log-probs), so the run aborts at its second step, inside
+    the profiled window (steps 2-4): the profiler must not be left recording in this process."""
+    data = _write_rows(tmp_path / "data.jsonl", 48)
+    clean = _train(bpe_model_dir, data, tmp_path / "clean", **OPTIMISED)
+    poison_reference_cache(clean["reference_cache"]["path"], how_many=None)
+    with pytest.raises(NonFiniteError, match="2 optimizer steps in a row"):
+        _train(bpe_model_dir, data, tmp_path / "poisoned", **OPTIMISED, profile_steps=3, max_nonfinite_steps=2)
+    assert not torch.autograd.profiler._is_profiler_enabled
+    assert not (tmp_path / "poisoned" / "profile.json").exists()  # no summary of a watch cut short
+    # A new profile can start in this thread (it cannot while another one records).
+    with torch.profiler.profile() as profile:
+        torch.ones(2).add(1)
+    assert any(event.name == "aten::add" for event in profile.events())
 
 
 def test_busy_time_counts_overlapping_kernels_once():

@@ -148,6 +148,12 @@ class StepProfiler:
             (self.out_dir / "profile.txt").write_text(averages.table(sort_by=sort_by, row_limit=40) + "\n")
         self._profile = None
 
+    def close(self) -> None:
+        """Stops a profile still recording (the run ended before its last watched step); no summary."""
+        if self._profile is not None:
+            self._profile.stop()
+            self._profile = None
+
     def _summarise(self, events, averages, wall: float, steps: int) -> dict:
         launches = sum(1 for event in events if event.name in KERNEL_LAUNCH_CALLS)
         self_seconds = (

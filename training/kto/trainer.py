@@ -1603,125 +1603,132 @@ def train(config: TrainConfig) -> dict | None:
     trained_examples = trained_tokens = 0
     nonfinite_in_a_row = 0
     rank, per_device = accelerator.process_index, config.per_device_train_batch_size
-    for step in range(start_step, len(steps)):
-        epoch, microbatches = steps[step]
-        profiler.before_step(step)
-        step_window = _new_window(accelerator.device)
-        locals_ = [global_microbatch[rank * per_device : (rank + 1) * per_device] for global_microbatch in microbatches]
-        if variant.token_level:  # offline PPO: per-token reference, one microbatch per call
-            _train_step_per_microbatch(
-                policy_ddp,
-                policy_for_no_grad,
-                reference,
-                locals_,
-                examples,
-                config,
-                class_weights,
-                tokenizer.pad_token_id,
-                reference_cache,
-                accelerator,
-                step_window,
-            )
-        else:
-            train_step(
-                policy_ddp,
-                policy_for_no_grad,
-                reference,
-                [host_microbatch(examples, local, config, reference_cache) for local in locals_],
-                config,
-                class_weights,
-                tokenizer.pad_token_id,
-                accelerator,
-                step_window,
-                # Several calls' units must match on every process (DDP/FSDP forwards are collective).
-                token_budget if accelerator.num_processes == 1 else 0,
-                packing,
-                timer,
-                share_prefixes,
-                merge_ratio,
-            )
-        grad_norm = kto_distributed.local_tensor(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
-        # One host sync per optimizer step: a non-finite loss (on any process) or gradient norm
-        # skips the update, so one bad batch cannot turn every weight into NaN.
-        nonfinite = (~torch.isfinite(torch.stack([step_window["loss_sum"], grad_norm.detach().float()]))).any().float()
-        if accelerator.num_processes > 1:
-            nonfinite = accelerator.reduce(nonfinite, reduction="sum")
-        completed = step + 1
-        if not bool(nonfinite):
-            optimizer.step()
-            nonfinite_in_a_row = 0
-            step_window["grad_norm"] = grad_norm.detach().float()
-            step_window["steps"] = 1
-            _merge(window, step_window)
-        else:
-            skipped_steps += 1
-            nonfinite_in_a_row += 1
-            print(
-                f"step {completed}: non-finite loss ({float(step_window['loss_sum']):.4g}) or gradient norm "
-                f"({float(grad_norm):.4g}): update skipped ({nonfinite_in_a_row} in a row)",
-                file=sys.stderr,
-                flush=True,
-            )
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        profiler.after_step(step)
-        progress.update(1)
-        if nonfinite_in_a_row >= config.max_nonfinite_steps:
-            if metrics_file is not None:
-                metrics_file.write(
-                    json.dumps({"step": completed, "skipped_steps": skipped_steps, "aborted": "non-finite"}) + "\n"
+    try:
+        for step in range(start_step, len(steps)):
+            epoch, microbatches = steps[step]
+            profiler.before_step(step)
+            step_window = _new_window(accelerator.device)
+            locals_ = [
+                global_microbatch[rank * per_device : (rank + 1) * per_device] for global_microbatch in microbatches
+            ]
+            if variant.token_level:  # offline PPO: per-token reference, one microbatch per call
+                _train_step_per_microbatch(
+                    policy_ddp,
+                    policy_for_no_grad,
+                    reference,
+                    locals_,
+                    examples,
+                    config,
+                    class_weights,
+                    tokenizer.pad_token_id,
+                    reference_cache,
+                    accelerator,
+                    step_window,
                 )
-                metrics_file.close()
-            progress.close()
-            raise NonFiniteError(
-                f"{nonfinite_in_a_row} optimizer steps in a row (up to step {completed}) had a non-finite loss or "
-                f"gradient norm; stopped without writing a model. Check the data (rows with extreme lengths), "
-                f"lower --learning-rate, or use --bf16 no; --max-nonfinite-steps sets the limit"
+            else:
+                train_step(
+                    policy_ddp,
+                    policy_for_no_grad,
+                    reference,
+                    [host_microbatch(examples, local, config, reference_cache) for local in locals_],
+                    config,
+                    class_weights,
+                    tokenizer.pad_token_id,
+                    accelerator,
+                    step_window,
+                    # Several calls' units must match on every process (DDP/FSDP forwards are collective).
+                    token_budget if accelerator.num_processes == 1 else 0,
+                    packing,
+                    timer,
+                    share_prefixes,
+                    merge_ratio,
+                )
+            grad_norm = kto_distributed.local_tensor(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
+            # One host sync per optimizer step: a non-finite loss (on any process) or gradient norm
+            # skips the update, so one bad batch cannot turn every weight into NaN.
+            nonfinite = (
+                (~torch.isfinite(torch.stack([step_window["loss_sum"], grad_norm.detach().float()]))).any().float()
             )
+            if accelerator.num_processes > 1:
+                nonfinite = accelerator.reduce(nonfinite, reduction="sum")
+            completed = step + 1
+            if not bool(nonfinite):
+                optimizer.step()
+                nonfinite_in_a_row = 0
+                step_window["grad_norm"] = grad_norm.detach().float()
+                step_window["steps"] = 1
+                _merge(window, step_window)
+            else:
+                skipped_steps += 1
+                nonfinite_in_a_row += 1
+                print(
+                    f"step {completed}: non-finite loss ({float(step_window['loss_sum']):.4g}) or gradient norm "
+                    f"({float(grad_norm):.4g}): update skipped ({nonfinite_in_a_row} in a row)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            profiler.after_step(step)
+            progress.update(1)
+            if nonfinite_in_a_row >= config.max_nonfinite_steps:
+                if metrics_file is not None:
+                    metrics_file.write(
+                        json.dumps({"step": completed, "skipped_steps": skipped_steps, "aborted": "non-finite"}) + "\n"
+                    )
+                raise NonFiniteError(
+                    f"{nonfinite_in_a_row} optimizer steps in a row (up to step {completed}) had a non-finite loss or "
+                    f"gradient norm; stopped without writing a model. Check the data (rows with extreme lengths), "
+                    f"lower --learning-rate, or use --bf16 no; --max-nonfinite-steps sets the limit"
+                )
 
-        if completed % config.logging_steps == 0 or completed == len(steps):
-            # One host sync per logged step: all statistics travel in one tensor.
-            record = _reduce_window(window, accelerator)
-            elapsed = time.perf_counter() - window_start
-            record.update(
-                step=completed,
-                epoch=round(
-                    epoch + (completed - _first_step_of_epoch(steps, epoch)) / _steps_in_epoch(steps, epoch), 4
-                ),
-                learning_rate=scheduler.get_last_lr()[0],
-                skipped_steps=skipped_steps,
-                examples_per_s=record.pop("examples") / elapsed,
-                tokens_per_s=record.pop("tokens") / elapsed,
-                no_grad_share=no_grad_share(timer.take()),
-            )
-            trained_examples += window["examples"] * accelerator.num_processes
-            trained_tokens += window["tokens"] * accelerator.num_processes
-            if metrics_file is not None:
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()  # the web app tails this file live
-            if record["loss"] is not None:
-                progress.set_postfix(loss=f"{record['loss']:.4f}", z0=f"{record['z0']:.3f}")
-                last_logged = record
-            window = _new_window(accelerator.device)
-            window_start = time.perf_counter()
-        if config.save_steps > 0 and completed % config.save_steps == 0 and completed < len(steps):
-            if not kto_distributed.all_finite(trainable, accelerator):
-                raise NonFiniteError(f"step {completed}: non-finite weights; no checkpoint written")
-            save_checkpoint(
-                out,
-                completed,
-                epoch,
-                accelerator.unwrap_model(policy_ddp).model,
-                optimizer,
-                scheduler,
-                accelerator,
-                tokenizer,
-                skipped_steps,
-            )
-    progress.close()
+            if completed % config.logging_steps == 0 or completed == len(steps):
+                # One host sync per logged step: all statistics travel in one tensor.
+                record = _reduce_window(window, accelerator)
+                elapsed = time.perf_counter() - window_start
+                record.update(
+                    step=completed,
+                    epoch=round(
+                        epoch + (completed - _first_step_of_epoch(steps, epoch)) / _steps_in_epoch(steps, epoch), 4
+                    ),
+                    learning_rate=scheduler.get_last_lr()[0],
+                    skipped_steps=skipped_steps,
+                    examples_per_s=record.pop("examples") / elapsed,
+                    tokens_per_s=record.pop("tokens") / elapsed,
+                    no_grad_share=no_grad_share(timer.take()),
+                )
+                trained_examples += window["examples"] * accelerator.num_processes
+                trained_tokens += window["tokens"] * accelerator.num_processes
+                if metrics_file is not None:
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()  # the web app tails this file live
+                if record["loss"] is not None:
+                    progress.set_postfix(loss=f"{record['loss']:.4f}", z0=f"{record['z0']:.3f}")
+                    last_logged = record
+                window = _new_window(accelerator.device)
+                window_start = time.perf_counter()
+            if config.save_steps > 0 and completed % config.save_steps == 0 and completed < len(steps):
+                if not kto_distributed.all_finite(trainable, accelerator):
+                    raise NonFiniteError(f"step {completed}: non-finite weights; no checkpoint written")
+                save_checkpoint(
+                    out,
+                    completed,
+                    epoch,
+                    accelerator.unwrap_model(policy_ddp).model,
+                    optimizer,
+                    scheduler,
+                    accelerator,
+                    tokenizer,
+                    skipped_steps,
+                )
+    finally:
+        # Also when the run aborts (non-finite steps, out of memory, Ctrl-C): a profiler left
+        # recording would slow everything after it in a long-lived process (a worker, a test run).
+        profiler.close()
+        progress.close()
+        if metrics_file is not None:
+            metrics_file.close()
     train_runtime = time.perf_counter() - train_start
-    if metrics_file is not None:
-        metrics_file.close()
     clock.lap("loop")
 
     # 7. final/: written under a temporary name, then renamed — never half a final model, and
