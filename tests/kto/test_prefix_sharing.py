@@ -227,3 +227,33 @@ def test_a_short_prompt_keeps_its_mismatched_sequence_in_the_no_grad_pass():
     assert trainer.merged_positions(microbatch, 4.0) == [0]
     assert trainer.merged_positions(microbatch, 5.0) == []
     assert trainer.merged_positions(microbatch, 0.0) == []
+
+
+def test_merged_branches_count_against_the_calls_token_budget():
+    from training.kto.trainer import HostMicrobatch
+
+    prompt = list(range(10, 30))  # 20 tokens
+
+    def microbatch() -> HostMicrobatch:
+        return HostMicrobatch(
+            matched=[(prompt + [1, 2], 20), (prompt + [3], 20)],
+            mismatched=[(prompt + [3], 20), (prompt + [1, 2], 20)],
+            is_desirable=torch.tensor([True, False]),
+            reference_matched=None,
+            reference_mismatched=None,
+            n_tokens=43,
+        )
+
+    microbatches = [microbatch() for _ in range(4)]
+    # Both mismatched sequences of each microbatch merge as branches: their own parts (last prompt
+    # token + completion: 2 and 3 tokens) make a microbatch's call 48 tokens instead of 43.
+    merged = [trainer.merged_positions(mb, 1.0) for mb in microbatches]
+    assert merged == [[0, 1]] * 4
+    # Two microbatches fit a budget of 95 on their matched tokens alone (86), not with branches (96).
+    assert trainer.grad_units(microbatches, budget=95, packing=True) == [[0, 1], [2, 3]]
+    assert trainer.grad_units(microbatches, budget=95, packing=True, merged=merged) == [[0], [1], [2], [3]]
+    assert trainer.grad_units(microbatches, budget=96, packing=True, merged=merged) == [[0, 1], [2, 3]]
+    # What pack lays out for a merged unit is exactly the count the budget saw.
+    joined = microbatches[0].matched + microbatches[0].mismatched
+    packed = kto_data.pack(joined, pad_token_id=0, trees=[[0, 2], [1, 3]])
+    assert int((packed["sequence_ids"] >= 0).sum()) == 48

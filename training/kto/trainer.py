@@ -745,17 +745,26 @@ def score_no_grad(
     return result
 
 
-def grad_units(microbatches: list[HostMicrobatch], budget: int, packing: bool) -> list[list[int]]:
-    """Consecutive microbatches (indices) per forward call with gradient, within the token budget."""
+def grad_units(
+    microbatches: list[HostMicrobatch], budget: int, packing: bool, merged: list[list[int]] | None = None
+) -> list[list[int]]:
+    """Consecutive microbatches (indices) per forward call with gradient, within the token budget.
+    ``merged``: per microbatch, the mismatched sequences scored as branches in the same call
+    (merged_positions); each adds its own part (last prompt token + completion) to the call."""
     if budget <= 0:
         return [[index] for index in range(len(microbatches))]
+
+    def branch_tokens(index: int) -> int:
+        mismatched = microbatches[index].mismatched
+        return sum(len(mismatched[k][0]) - (mismatched[k][1] - 1) for k in (merged[index] if merged else ()))
+
     units: list[list[int]] = []
     current: list[int] = []
     for index in range(len(microbatches)):
         candidate = current + [index]
         sequences = [sequence for i in candidate for sequence in microbatches[i].matched]
         lengths = [len(ids) for ids, _ in sequences]
-        cost = sum(lengths) if packing else len(lengths) * max(lengths)
+        cost = sum(lengths) + sum(branch_tokens(i) for i in candidate) if packing else len(lengths) * max(lengths)
         if current and cost > budget:
             units.append(current)
             candidate = [index]
@@ -899,7 +908,7 @@ def train_step(
 
     z0s = [None if merged[index] else z0_of_microbatch(index) for index in range(len(microbatches))]
     # 2. The matched sequences with gradient, a unit of microbatches per call.
-    units = grad_units(microbatches, token_budget, packing)
+    units = grad_units(microbatches, token_budget, packing, merged)
     with timer.section("grad"):
         for unit_index, unit in enumerate(units):
             joined = [s for i in unit for s in microbatches[i].matched]
