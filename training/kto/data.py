@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 # Part of the reference cache key: bump whenever the token ids this module produces for a row change.
@@ -429,37 +430,43 @@ def pack(
             row = len(rows) - 1
         rows[row].append(tree)
         room[row] -= lengths[tree]
+    # Filled in numpy and handed to torch without a copy: a numpy slice assignment costs a fraction
+    # of a torch one, and a launch-bound GPU step waits for this host work.
     shape = (len(rows), width)
-    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
-    position_ids = torch.zeros(shape, dtype=torch.long)
-    completion_mask = torch.zeros(shape, dtype=torch.bool)
-    sequence_ids = torch.full(shape, -1, dtype=torch.long)
+    input_ids = np.full(shape, pad_token_id, dtype=np.int64)
+    position_ids = np.zeros(shape, dtype=np.int64)
+    completion_mask = np.zeros(shape, dtype=np.bool_)
+    sequence_ids = np.full(shape, -1, dtype=np.int64)
     # Padding positions are trees of their own (attend to themselves only, seen by nothing real).
-    tree_ids = -1 - torch.arange(width).repeat(len(rows), 1)
-    branch_ids = torch.zeros(shape, dtype=torch.long)
+    tree_ids = np.repeat(-1 - np.arange(width, dtype=np.int64)[None, :], len(rows), axis=0)
+    branch_ids = np.zeros(shape, dtype=np.int64)
     for row, members in enumerate(rows):
         start = 0
         for tree in members:
             first_ids, first_n_prompt = joined[trees[tree][0]]
             shared = max(first_n_prompt - 1, 0)
             tree_ids[row, start : start + lengths[tree]] = tree
-            input_ids[row, start : start + shared] = torch.tensor(first_ids[:shared], dtype=torch.long)
-            position_ids[row, start : start + shared] = torch.arange(shared)
+            input_ids[row, start : start + shared] = first_ids[:shared]
+            position_ids[row, start : start + shared] = np.arange(shared)
             # The shared prompt is labelled as the first member's (a lone sequence is then one id).
             sequence_ids[row, start : start + shared] = trees[tree][0]
             start += shared
             for branch, index in enumerate(trees[tree], start=1):
                 ids, n_prompt = joined[index]
                 end = start + len(ids) - shared
-                input_ids[row, start:end] = torch.tensor(ids[shared:], dtype=torch.long)
-                position_ids[row, start:end] = torch.arange(shared, len(ids))
+                input_ids[row, start:end] = ids[shared:]
+                position_ids[row, start:end] = np.arange(shared, len(ids))
                 completion_mask[row, start + n_prompt - shared : end] = True
                 sequence_ids[row, start:end] = index
                 branch_ids[row, start:end] = branch
                 start = end
         # Padding at the row's end counts as one more sequence (positions restart), so no real
         # token attends to it and it attends to nothing real.
-        position_ids[row, start:] = torch.arange(width - start)
+        position_ids[row, start:] = np.arange(width - start)
+    input_ids, position_ids, completion_mask, sequence_ids, tree_ids, branch_ids = (
+        torch.from_numpy(array)
+        for array in (input_ids, position_ids, completion_mask, sequence_ids, tree_ids, branch_ids)
+    )
     packed = {
         "input_ids": input_ids,
         "attention_mask": None,

@@ -34,6 +34,7 @@ import os
 import pickle
 import random
 import shutil
+import struct
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -650,7 +651,8 @@ def joined_sequences(examples, keys: list[tuple[int, int]], config: TrainConfig)
 def joined_key(ids: list[int], n_prompt: int) -> str:
     """sequence_keys' digest for one joined sequence (the same key as its collated row)."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(torch.tensor(ids, dtype=torch.long).numpy().astype("<i8").tobytes())
+    # The bytes of sequence_keys' little-endian int64 row, without a tensor (no operator calls).
+    digest.update(struct.pack(f"<{len(ids)}q", *ids))
     digest.update(bytes(n_prompt) + b"\x01" * (len(ids) - n_prompt))
     return digest.hexdigest()
 
