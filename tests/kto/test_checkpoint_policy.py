@@ -105,3 +105,27 @@ def test_compiled_layers_keep_the_elementwise_policys_numbers(bpe_model_dir, tmp
     for eager_step, compiled_step in zip(eager, compiled, strict=True):
         for key in ("loss", "z0_raw", "grad_norm"):
             assert compiled_step[key] == pytest.approx(eager_step[key], abs=1e-6), (eager_step["step"], key)
+
+
+def test_the_activation_memory_bench_ranks_the_policies():
+    """bench/activation_memory.py on its tiny shape (fp32): one JSON line, per-layer bytes in the
+    order none > elementwise > layer, and layer checkpointing keeps exactly the layer's fp32 input."""
+    import json
+    import subprocess
+    import sys
+
+    from training.kto.testing import REPO_ROOT
+
+    result = subprocess.run(
+        [sys.executable, "bench/activation_memory.py", "--model-kinds", "tiny", "--precision", "fp32"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    per_layer = report["tiny"]["bytes_per_token_per_layer"]
+    assert per_layer["none"] > per_layer["elementwise"] > per_layer["layer"]
+    assert per_layer["layer"] == 64 * 4  # hidden size 64, fp32
+    assert report["tiny"]["projected_gib_per_call"]["none"] > report["tiny"]["projected_gib_per_call"]["elementwise"]
