@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytest
 import torch
@@ -31,7 +32,8 @@ class TwoProcesses:
 
 def _rank(rank: int, port: int, nan_on_rank: int | None, answers) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    # A bounded wait: a rank that dies turns the other's hang into an error.
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=120))
     try:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.tensor import Shard, distribute_tensor
@@ -42,6 +44,9 @@ def _rank(rank: int, port: int, nan_on_rank: int | None, answers) -> None:
         if rank == nan_on_rank:
             weight.to_local()[0, 0] = float("nan")
         answers[rank] = all_finite([weight, torch.ones(3)], TwoProcesses())
+        # Both ranks done with every collective before either tears gloo down: a rank closing its
+        # connections while the other still uses them makes gloo abort the process (seen once).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
