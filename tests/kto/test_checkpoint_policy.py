@@ -67,8 +67,8 @@ def test_elementwise_policy_holds_less_than_none_and_more_than_layer(family, arc
     assert torch.allclose(gradients["layer"], gradients["off"], atol=1e-6, rtol=0)
     # Kept matmul outputs cost memory that layer checkpointing does not hold; the recomputed
     # element-wise ops' outputs are memory that no checkpointing holds. Measured on these tiny
-    # models (hidden 32, MLP 64): elementwise 0.47-0.67 × off (Cohere and Gemma keep the most:
-    # eager attention's score matrices are matmul outputs), layer 0.17-0.34 × off.
+    # models (hidden 32, MLP 64): elementwise 0.47-0.67 × off (Cohere and Gemma 3 keep the most),
+    # layer 0.17-0.34 × off.
     assert held["layer"] < held["elementwise"] < 0.7 * held["off"], held
 
 
