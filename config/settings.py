@@ -370,6 +370,17 @@ PROSPECT_ACCELERATE_CONFIG = env_str(
     "an accelerate config file: one of training/kto/accelerate/ (DDP, FSDP; DeepSpeed is refused)",
 )
 PROSPECT_NUM_PROCESSES = env_int("PROSPECT_NUM_PROCESSES", 1, "training processes per run")
+PROSPECT_TRAIN_CHECKPOINTING = env_str(
+    "PROSPECT_TRAIN_CHECKPOINTING",
+    "layer" if defaults.LOOP_GRADIENT_CHECKPOINTING else "off",
+    "activation checkpointing of runs, for the worker's GPU memory: off; elementwise (about half the activations, "
+    "no matmul recomputed); layer (the least memory, one more forward)",
+)
+if PROSPECT_TRAIN_CHECKPOINTING not in ("off", *defaults.CHECKPOINT_POLICIES):
+    raise ImproperlyConfigured(
+        f"PROSPECT_TRAIN_CHECKPOINTING={PROSPECT_TRAIN_CHECKPOINTING!r}: use off, "
+        + ", ".join(defaults.CHECKPOINT_POLICIES)
+    )
 # --- Serving ---------------------------------------------------------------------------------
 # Models run in the serving process (`manage.py serve_models`), never in a web worker: the web app
 # reaches it at PROSPECT_SERVING_URL (its /api/v1/generate/ and the forwarded /v1/ API).

@@ -185,7 +185,12 @@ def build_train_command(run: TrainingRun, *, model: str, data: Path, out: Path) 
         str(defaults.LOOP_LOGGING_STEPS),
         "--save-steps",
         str(defaults.LOOP_SAVE_STEPS),
-        "--gradient-checkpointing" if defaults.LOOP_GRADIENT_CHECKPOINTING else "--no-gradient-checkpointing",
+        # A resource choice of the worker (its GPU's memory), not of the project's policy.
+        *(
+            ["--no-gradient-checkpointing"]
+            if settings.PROSPECT_TRAIN_CHECKPOINTING == "off"
+            else ["--gradient-checkpointing", "--checkpoint-policy", settings.PROSPECT_TRAIN_CHECKPOINTING]
+        ),
         # The run page draws its own progress bar; a tqdm bar would only clutter the log tail.
         "--no-progress",
     ]

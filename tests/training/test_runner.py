@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,8 @@ from training.processes import process_alive
 from training.runner import build_train_command, execute_run
 from training.runs import class_weights_for
 from training.selectors import active_version
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # --- training crash ----------------------------------------
 
@@ -169,3 +174,34 @@ def test_every_policy_field_reaches_the_engines_command_line(settings, tmp_path,
         str(tmp_path / "train.jsonl"),
         str(tmp_path / "out"),
     )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("checkpointing", ["off", "elementwise", "layer"])
+def test_the_workers_checkpointing_setting_reaches_the_engine(settings, tmp_path, checkpointing):
+    """PROSPECT_TRAIN_CHECKPOINTING is the worker's (its GPU's memory), not the project's policy."""
+    settings.PROSPECT_TRAIN_CHECKPOINTING = checkpointing
+    snapshot = DatasetSnapshot.objects.create(
+        project=default_project(), path="unused", sha256="0" * 64, desirable_weight=1.0, weight_rule="auto"
+    )
+    run = TrainingRun.objects.create(
+        project=default_project(),
+        snapshot=snapshot,
+        config=resolve_training_config({}),
+        desirable_weight=1.0,
+        undesirable_weight=1.0,
+    )
+    command = build_train_command(run, model="/models/m", data=tmp_path / "train.jsonl", out=tmp_path / "out")
+    parsed = build_parser().parse_args(command[command.index("training.kto") + 1 :])
+    assert parsed.gradient_checkpointing == (checkpointing != "off")
+    if checkpointing != "off":
+        assert parsed.checkpoint_policy == checkpointing
+
+
+def test_an_unknown_checkpointing_setting_is_refused_when_the_settings_load():
+    env = dict(os.environ, PROSPECT_TRAIN_CHECKPOINTING="half")
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import config.settings"], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+    )
+    assert loaded.returncode != 0
+    assert "PROSPECT_TRAIN_CHECKPOINTING='half': use off, layer, elementwise" in loaded.stderr

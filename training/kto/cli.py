@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from .data import DataError
+from .defaults import CHECKPOINT_POLICIES
 from .loss import LOSS_TYPES, VARIANTS
-from .modeling import CHECKPOINT_POLICIES
 from .trainer import NonFiniteError, TrainConfig, TrainingError
 
 EXIT_USAGE_OR_DATA = 2

@@ -47,7 +47,7 @@ TRL_DISABLE_DROPOUT = True
 LOOP_WARMUP_RATIO = 0.1
 LOOP_LOGGING_STEPS = 1  # the run page plots every step
 LOOP_SAVE_STEPS = 0  # no intermediate checkpoints: runs are short and restarted from scratch
-LOOP_GRADIENT_CHECKPOINTING = False
+LOOP_GRADIENT_CHECKPOINTING = False  # PROSPECT_TRAIN_CHECKPOINTING's default: the worker's GPU decides
 
 # --- The paper's other baselines (§3.3, Appendix C; values from the paper's code) ------------
 SLIC_DELTA = 1.0  # the calibration margin δ
@@ -61,6 +61,15 @@ AUTO = -1  # "choose for the device" for the options below
 TOKEN_BUDGET_CPU = 0  # one call per microbatch: bigger calls gained no time on CPU and cost memory (BENCHMARKS.md)
 TOKEN_BUDGET_CUDA = 16384  # about 4 microbatches of 8 × 450 tokens: one launch-heavy step in one call
 LOGITS_CHUNK_ELEMENTS = 1 << 25  # LM-head chunk: positions × vocabulary rows (128 MiB of fp32 logits)
+
+# What --gradient-checkpointing recomputes in backward (TrainConfig.checkpoint_policy):
+#   layer        every op of each decoder layer (TRL's): only the layer's input is kept
+#   elementwise  only the element-wise ops (norms, rotary, activations, residual adds, casts); the
+#                outputs of matrix products and attention kernels are kept. Those ops hold all of
+#                a layer's FLOPs, the element-wise ones much of its saved activations (fp32 norm
+#                internals, the MLP's activation), so about half the memory of no checkpointing
+#                for a recompute that costs no matmul (bench/activation_memory.py).
+CHECKPOINT_POLICIES = ("layer", "elementwise")
 
 # --- Engine safety -----------------------------------------------------------------------------
 MAX_NONFINITE_STEPS = 5  # consecutive skipped (non-finite) steps before a run aborts

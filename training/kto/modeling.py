@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .defaults import CHECKPOINT_POLICIES
+
 
 def is_peft_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
@@ -134,15 +136,6 @@ class ChunkedTargetLogProbs(torch.autograd.Function):
             None,
         )
 
-
-# What --gradient-checkpointing recomputes in backward (TrainConfig.checkpoint_policy):
-#   layer        every op of each decoder layer (TRL's): only the layer's input is kept
-#   elementwise  only the element-wise ops (norms, rotary, activations, residual adds, casts); the
-#                outputs of matrix products and attention kernels are kept. Those ops hold all of
-#                a layer's FLOPs, the element-wise ones much of its saved activations (fp32 norm
-#                internals, the MLP's activation), so about half the memory of no checkpointing
-#                for a recompute that costs no matmul.
-CHECKPOINT_POLICIES = ("layer", "elementwise")
 
 # aten ops whose outputs an "elementwise" checkpoint keeps. linear and matmul reach the dispatcher
 # as mm/addmm/bmm; each attention backend has its own kernel op. Looked up by name because the

@@ -48,8 +48,8 @@ from . import defaults
 from . import distributed as kto_distributed
 from . import loss as kto_loss
 from .balancing import balance_weights
+from .defaults import CHECKPOINT_POLICIES
 from .modeling import (
-    CHECKPOINT_POLICIES,
     SequenceLogProbs,
     enable_checkpointing,
     is_peft_dir,
@@ -102,7 +102,7 @@ class TrainConfig:
     keep_dropout: bool = not defaults.TRL_DISABLE_DROPOUT  # TRL's disable_dropout, inverted
     gradient_checkpointing: bool = defaults.TRL_GRADIENT_CHECKPOINTING
     # What a checkpointed layer recomputes in backward: "layer" (all of it, TRL's) or "elementwise"
-    # (matmul and attention outputs kept; modeling.CHECKPOINT_POLICIES). Same numbers either way.
+    # (matmul and attention outputs kept; defaults.CHECKPOINT_POLICIES). Same numbers either way.
     checkpoint_policy: str = "layer"
     bf16: str = "auto"  # auto (on when CUDA is available) | yes | no
     logging_steps: int = defaults.TRL_LOGGING_STEPS
