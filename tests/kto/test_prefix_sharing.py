@@ -49,13 +49,45 @@ def test_trees_group_identical_prompts_within_the_width_limit():
     ]
     # Lengths: the shared part is 3 tokens; branches are 3, 4 and 2 tokens.
     assert kto_data.prefix_trees(joined, width_limit=12) == [[0, 2, 3], [1], [4], [5]]
-    assert kto_data.prefix_trees(joined, width_limit=10) == [[0, 2], [3], [1], [4], [5]]
+    assert kto_data.prefix_trees(joined, width_limit=10) == [[0, 2], [1], [3], [4], [5]]  # by first member
     assert kto_data.tree_length(joined, [0, 2, 3]) == 3 + 3 + 4 + 2
     # No tree at all (every sequence alone): exactly the plain packed rows, no custom mask.
     plain = kto_data.pack(joined, pad_token_id=0)
     alone = kto_data.pack(joined, pad_token_id=0, trees=[[i] for i in range(len(joined))])
     assert "tree_ids" not in plain and "tree_ids" not in alone
     assert all(torch.equal(plain[key], alone[key]) for key in ("input_ids", "position_ids", "sequence_ids"))
+
+
+def test_prompts_that_begin_alike_share_their_common_prefix():
+    system = list(range(100, 140))  # 40 tokens, above MIN_SHARED_PREFIX
+    joined = [
+        (system + [1, 2] + [50, 51], 42),  # system + user turn A, completion
+        ([7, 8, 9], 2),  # shares nothing
+        (system + [1, 2] + [60], 42),  # the same prompt, another completion
+        (system + [3] + [70, 71, 72], 41),  # system + user turn B
+        (system[:20] + [9] + [80], 21),  # only 20 tokens in common: below the minimum
+    ]
+    trees = kto_data.prefix_trees(joined, width_limit=200)
+    assert trees == [[0, 2, 3], [1], [4]]
+    # The common prefix is the system prompt (40 tokens); each branch carries the rest of its prompt.
+    assert kto_data.shared_length(joined, [0, 2, 3]) == 40
+    assert kto_data.shared_length(joined, [0, 2]) == 41  # identical prompts: all but the last token
+    assert kto_data.tree_length(joined, [0, 2, 3]) == 40 + 4 + 3 + 4
+    packed = kto_data.pack(joined, pad_token_id=0, trees=trees)
+    row = packed["sequence_ids"][0].tolist()
+    assert row[:40] == [0] * 40 and row[40:51] == [0] * 4 + [2] * 3 + [3] * 4
+    assert packed["position_ids"][0, 40:51].tolist() == [40, 41, 42, 43, 40, 41, 42, 40, 41, 42, 43]
+    assert packed["branch_ids"][0, 38:51].tolist() == [0, 0] + [1] * 4 + [2] * 3 + [3] * 4
+    # Scored positions (predicting a completion token) are the completions' own: 2, 1 and 3 tokens.
+    assert packed["completion_mask"][0, 40:51].tolist() == [False, False, True, True] + [False, False, True] + [
+        False,
+        True,
+        True,
+        True,
+    ]
+    # A tree never saves fewer tokens by taking one more member, nor outgrows its width.
+    assert kto_data.prefix_trees(joined, width_limit=50) == [[0, 2], [1], [3], [4]]
+    assert kto_data.prefix_trees(joined, width_limit=200, min_shared=41) == [[0, 2], [1], [3], [4]]
 
 
 class CountingModule(torch.nn.Module):
@@ -71,9 +103,13 @@ class CountingModule(torch.nn.Module):
         return self.module(**inputs)
 
 
-def _matched_and_mismatched(tokenizer, n: int = 12) -> list[tuple[list[int], int]]:
+# A product's system prompt: every prompt begins with these (well over MIN_SHARED_PREFIX) tokens.
+SYSTEM = "You are the shop assistant of a robot store. " * 6
+
+
+def _matched_and_mismatched(tokenizer, n: int = 12, system: str = "") -> list[tuple[list[int], int]]:
     """Every prompt with its own completion and with the next one's, as the reference pass sees them."""
-    prompts = [f"Question {i}: what does the robot write about the number {i * 7}?" for i in range(n)]
+    prompts = [f"{system}Question {i}: what does the robot write about the number {i * 7}?" for i in range(n)]
     completions = [" " + "the answer is yes " * (1 + i % 3) for i in range(n)]
     prompt_ids = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
     completion_ids = [
@@ -84,15 +120,16 @@ def _matched_and_mismatched(tokenizer, n: int = 12) -> list[tuple[list[int], int
     return joined
 
 
+@pytest.mark.parametrize("system", ["", SYSTEM], ids=["own-prompts", "system-prompt"])
 @pytest.mark.parametrize("backend", ["sdpa", "eager"])
-def test_shared_prompts_score_exactly_what_each_sequence_scores_alone(family_model_dir, backend):
+def test_shared_prompts_score_exactly_what_each_sequence_scores_alone(family_model_dir, backend, system):
     tokenizer = load_tokenizer(family_model_dir)
     model = load_causal_lm(family_model_dir)
     model.config._attn_implementation = backend
     policy = SequenceLogProbs(model, logits_chunk_size=7)
     policy.verify()
     assert policy.packing_supported and policy.prefix_sharing_supported
-    joined = _matched_and_mismatched(tokenizer)
+    joined = _matched_and_mismatched(tokenizer, system=system)
     counted = CountingModule(policy)
     padded = score_no_grad(policy, joined, 0, tokenizer.pad_token_id, packing=False, device="cpu")
     for budget in (0, 300):
@@ -100,7 +137,8 @@ def test_shared_prompts_score_exactly_what_each_sequence_scores_alone(family_mod
         shared = score_no_grad(counted, joined, budget, tokenizer.pad_token_id, True, "cpu", share_prefixes=True)
         # Sums of ~30 token log-probs (about -100): fp32 rounding is ~1e-7 of that.
         torch.testing.assert_close(shared, padded, rtol=1e-6, atol=1e-5)
-        assert all(tree for _, tree in counted.calls)
+        # Own prompts pair up in every call; a system prompt's trees fill the width, which can leave one alone.
+        assert (all if not system else any)(tree for _, tree in counted.calls)
         if budget:
             assert len(counted.calls) > 1  # trees kept whole across several calls
     # The point of it: fewer positions than packing each sequence apart.
@@ -108,7 +146,8 @@ def test_shared_prompts_score_exactly_what_each_sequence_scores_alone(family_mod
     counted.calls.clear()
     score_no_grad(counted, joined, 0, tokenizer.pad_token_id, True, "cpu", share_prefixes=False)
     without = sum(positions for positions, _ in counted.calls)
-    assert with_sharing < 0.8 * without
+    # Own prompts: each computed once instead of twice. A system prompt: once per tree, across prompts.
+    assert with_sharing < (0.8 if not system else 0.5) * without, (with_sharing, without)
 
 
 def test_a_wrong_mask_turns_sharing_off(bpe_model_dir, monkeypatch):
@@ -149,7 +188,11 @@ def test_sliding_window_layers_keep_their_window_in_shared_rows(architecture):
     generator = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 300, (n,), generator=generator).tolist() for n in (9, 14, 6)]
     completions = [torch.randint(3, 300, (n,), generator=generator).tolist() for n in (5, 8, 11)]
+    system = torch.randint(3, 300, (40,), generator=generator).tolist()
     joined = [(prompts[i] + completions[j], len(prompts[i])) for i in range(3) for j in range(3)]
+    # The same prompts after a common 40-token system prompt: trees across prompts.
+    joined += [(system + prompts[i] + completions[i], 40 + len(prompts[i])) for i in range(3)]
+    assert [len(tree) for tree in kto_data.prefix_trees(joined, width_limit=200)] == [3, 3, 3, 3]
     padded = score_no_grad(policy, joined, 0, 0, packing=False, device="cpu")
     shared = score_no_grad(policy, joined, 0, 0, packing=True, device="cpu", share_prefixes=True)
     torch.testing.assert_close(shared, padded, rtol=1e-6, atol=1e-5)
@@ -161,12 +204,13 @@ def test_sliding_window_layers_keep_their_window_in_shared_rows(architecture):
 
 
 @pytest.mark.parametrize("token_budget", [0, 160])  # 0: the CPU default, one call per microbatch
-@pytest.mark.parametrize("setup", ["full_precompute", "lora_live_reference"])
+@pytest.mark.parametrize("setup", ["full_precompute", "lora_live_reference", "system_prompt"])
 def test_training_with_shared_prompts_matches_training_without(
     bpe_model_dir, sentencepiece_model_dir, tmp_path, setup, token_budget
 ):
-    model_dir = bpe_model_dir if setup == "full_precompute" else sentencepiece_model_dir
-    data = _write_rows(tmp_path / "data.jsonl", 36)
+    model_dir = bpe_model_dir if setup != "lora_live_reference" else sentencepiece_model_dir
+    prefix = SYSTEM if setup == "system_prompt" else ""
+    data = _write_rows(tmp_path / "data.jsonl", 36, prefix=prefix)
     extra = dict(lora=True, reference="copy") if setup == "lora_live_reference" else {}
     common = dict(token_budget=token_budget, packing=True, logits_chunk_size=5, **extra)
     summary_apart = _train(model_dir, data, tmp_path / "apart", prefix_sharing=False, **common)

@@ -31,7 +31,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _write_rows(path, n: int, seed: int = 0, prompt_words=(2, 14), completion_words=(1, 9)) -> str:
+def _write_rows(path, n: int, seed: int = 0, prompt_words=(2, 14), completion_words=(1, 9), prefix: str = "") -> str:
     rng = random.Random(seed)
     words = "the cat a robot reads writes the answer yes no what is 12+3 ? sure here is a short story".split()
 
@@ -42,7 +42,7 @@ def _write_rows(path, n: int, seed: int = 0, prompt_words=(2, 14), completion_wo
         "".join(
             json.dumps(
                 {
-                    "prompt": text(*prompt_words),
+                    "prompt": prefix + text(*prompt_words),
                     "completion": " " + text(*completion_words),
                     "label": rng.random() < 0.5,
                 }

@@ -371,28 +371,80 @@ def collate(
     return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
 
 
-def prefix_trees(joined: Sequence[tuple[Sequence[int], int]], width_limit: int) -> list[list[int]]:
-    """Indices of sequences grouped by identical prompt tokens, each group as long as allowed.
+# Different prompts share a tree only when they begin with at least this many identical tokens
+# (a product's system prompt, a few-shot preamble): a short accidental overlap (a chat template's
+# first tokens) saves too little to be worth widening the rows. Identical prompts always share.
+MIN_SHARED_PREFIX = 32
 
-    A group (a "tree") is computed as its prompt once plus one branch per completion (see ``pack``):
-    in KTO's no-grad passes each prompt is scored with its own completion and with its mismatched
-    partner's, so sharing the prompt's states skips a third to a half of those tokens. A tree's
-    length (shared prompt + every branch) stays within ``width_limit``; a sequence with no prompt,
-    or one that no other shares a prompt with, is a tree of one. Order: by first appearance."""
-    by_prompt: dict[tuple[int, ...], list[list[int]]] = {}
-    for index, (ids, n_prompt) in enumerate(joined):
-        trees = by_prompt.setdefault(tuple(ids[:n_prompt]) if n_prompt > 0 else (-1 - index,), [])
-        if trees and tree_length(joined, trees[-1] + [index]) <= width_limit:
-            trees[-1].append(index)
-        else:
-            trees.append([index])
-    return [tree for trees in by_prompt.values() for tree in trees]
+
+def prefix_trees(
+    joined: Sequence[tuple[Sequence[int], int]], width_limit: int, min_shared: int = MIN_SHARED_PREFIX
+) -> list[list[int]]:
+    """Indices of sequences grouped by the prompt tokens they begin with, each group as long as allowed.
+
+    A group (a "tree") is computed as its shared prefix once plus one branch per sequence (see
+    ``pack``). In KTO's no-grad passes each prompt is scored with its own completion and with its
+    mismatched partner's, so identical prompts always share (a third to a half of those tokens);
+    different prompts share when they begin with at least ``min_shared`` identical tokens, e.g. one
+    system prompt. A tree's length (shared prefix + every branch) stays within ``width_limit``, and a
+    sequence joins a tree only if the tokens the tree saves do not shrink. A sequence with no prompt,
+    or one that shares nothing, is a tree of one. Trees are ordered by their first member."""
+    order = sorted(range(len(joined)), key=lambda index: (tuple(joined[index][0][: joined[index][1]]), index))
+    trees: list[list[int]] = []
+    current: list[int] = []
+    shared = 0  # the current tree's shared length
+    identical = True  # every member of the current tree has the same prompt
+    for index in order:
+        ids, n_prompt = joined[index]
+        if current and n_prompt > 0:
+            first_ids, first_n_prompt = joined[current[0]]
+            limit = min(shared if len(current) > 1 else max(first_n_prompt - 1, 0), n_prompt - 1)
+            common = _common_prefix(first_ids, ids, limit)
+            same_prompt = identical and n_prompt == first_n_prompt and common == n_prompt - 1
+            same_prompt = same_prompt and ids[common] == first_ids[common]
+            saved_before = (len(current) - 1) * shared
+            if (
+                (same_prompt or common >= min_shared)
+                and len(current) * common >= saved_before
+                and _tree_length(joined, current + [index], common) <= width_limit
+            ):
+                current.append(index)
+                shared, identical = common, same_prompt
+                continue
+        if current:
+            trees.append(current)
+        current, identical = [index], True
+        shared = max(n_prompt - 1, 0)
+    if current:
+        trees.append(current)
+    return sorted(trees, key=lambda tree: min(tree))
+
+
+def _common_prefix(first: Sequence[int], other: Sequence[int], limit: int) -> int:
+    length = 0
+    while length < limit and first[length] == other[length]:
+        length += 1
+    return length
+
+
+def shared_length(joined: Sequence[tuple[Sequence[int], int]], tree: Sequence[int]) -> int:
+    """Tokens a tree's members share: their common prefix, but never a member's last prompt token
+    (each branch needs its own copy of it, to predict its first completion token)."""
+    first_ids, first_n_prompt = joined[tree[0]]
+    shared = max(first_n_prompt - 1, 0)
+    for index in tree[1:]:
+        ids, n_prompt = joined[index]
+        shared = _common_prefix(first_ids, ids, min(shared, max(n_prompt - 1, 0)))
+    return shared
 
 
 def tree_length(joined: Sequence[tuple[Sequence[int], int]], tree: Sequence[int]) -> int:
-    """Positions a tree takes in a packed row: the shared prompt but its last token, then per member
-    its last prompt token again and its completion (that copy predicts the completion's first token)."""
-    shared = max(joined[tree[0]][1] - 1, 0)
+    """Positions a tree takes in a packed row: the shared prefix once, then per member the rest of
+    its prompt (at least its last prompt token, which predicts the completion's first) and its completion."""
+    return _tree_length(joined, tree, shared_length(joined, tree))
+
+
+def _tree_length(joined, tree: Sequence[int], shared: int) -> int:
     return shared + sum(len(joined[index][0]) - shared for index in tree)
 
 
@@ -410,8 +462,9 @@ def pack(
     boundary.
 
     With ``trees`` (from prefix_trees, or built by the trainer), the members of a tree share one
-    copy of their prompt: [prompt minus its last token][last token, completion 1][last token,
-    completion 2]..., every branch's positions continuing from the prompt's. A branch must see the
+    copy of their common prefix (``shared_length``: for identical prompts, the prompt minus its
+    last token): [shared][rest of prompt 1, completion 1][rest of prompt 2, completion 2]..., every
+    branch's positions continuing from the shared prefix's. A branch must see the
     prompt but not the branches before it, which position restarts cannot express, so the rows
     come with ``tree_ids`` and ``branch_ids`` (0: the shared prompt) from which
     ``SequenceLogProbs`` builds the attention mask. Each branch computes exactly the states its
@@ -443,8 +496,8 @@ def pack(
     for row, members in enumerate(rows):
         start = 0
         for tree in members:
-            first_ids, first_n_prompt = joined[trees[tree][0]]
-            shared = max(first_n_prompt - 1, 0)
+            first_ids = joined[trees[tree][0]][0]
+            shared = shared_length(joined, trees[tree])
             tree_ids[row, start : start + lengths[tree]] = tree
             input_ids[row, start : start + shared] = first_ids[:shared]
             position_ids[row, start : start + shared] = np.arange(shared)

@@ -717,8 +717,9 @@ def score_no_grad(
     share_prefixes: bool = False,
 ) -> torch.Tensor:
     """log π of every sequence (no gradient) in budgeted calls; in the input order, on the device.
-    ``share_prefixes`` (packed rows only): sequences with the same prompt are scored as one tree,
-    the prompt computed once (data.prefix_trees); a tree is never split across calls."""
+    ``share_prefixes`` (packed rows only): sequences that begin with the same prompt tokens are
+    scored as one tree, those tokens computed once (data.prefix_trees); a tree is never split
+    across calls."""
     result = torch.empty(len(joined), device=device)
     if not joined:  # every mismatched sequence of a microbatch merged into the grad call
         return result
@@ -883,13 +884,23 @@ def train_step(
             ]
             if token_budget > 0:
                 joined = [microbatches[index].mismatched[k] for index in range(len(microbatches)) for k in apart[index]]
-                scores = score_no_grad(policy_for_no_grad, joined, no_grad_budget, pad_token_id, packing, device)
+                # Shared system prompts (data.prefix_trees) are computed once here too.
+                scores = score_no_grad(
+                    policy_for_no_grad, joined, no_grad_budget, pad_token_id, packing, device, None, share_prefixes
+                )
                 counts = [len(positions) for positions in apart]
                 scored = list(torch.split(scores, counts))
             else:
                 scored = [
                     score_no_grad(
-                        policy_for_no_grad, [mb.mismatched[k] for k in apart[index]], 0, pad_token_id, packing, device
+                        policy_for_no_grad,
+                        [mb.mismatched[k] for k in apart[index]],
+                        0,
+                        pad_token_id,
+                        packing,
+                        device,
+                        None,
+                        share_prefixes,
                     )
                     for index, mb in enumerate(microbatches)
                 ]
