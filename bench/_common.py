@@ -127,9 +127,12 @@ def write_synthetic_kto_words(
     prompt_tokens: tuple[int, int],
     completion_tokens: tuple[int, int],
     seed: int = 0,
+    system_tokens: int = 0,
 ) -> str:
     """Rows of English-like words from the fixture corpus, each prompt / completion drawn to a
-    random length in tokens of the model's tokenizer (so BPE merges behave as on real text)."""
+    random length in tokens of the model's tokenizer (so BPE merges behave as on real text).
+    ``system_tokens`` > 0: every prompt begins with the same text of about that many tokens, as a
+    product's system prompt would."""
     from training.kto.fixtures import corpus
     from training.kto.modeling import load_tokenizer
 
@@ -146,8 +149,13 @@ def write_synthetic_kto_words(
             used += cost[word]
         return " ".join(picked)
 
+    system = text((system_tokens, system_tokens)) + " " if system_tokens > 0 else ""
     rows = [
-        {"prompt": text(prompt_tokens), "completion": " " + text(completion_tokens), "label": rng.random() < 0.5}
+        {
+            "prompt": system + text(prompt_tokens),
+            "completion": " " + text(completion_tokens),
+            "label": rng.random() < 0.5,
+        }
         for _ in range(n)
     ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))

@@ -8,6 +8,8 @@ of the fixture corpus, lengths drawn in tokens. Scenarios:
   full   full fine-tuning, reference log-probs precomputed by both (TRL: precompute_ref_log_probs=True)
   lora   LoRA (r=16, all linear layers), reference = the base with the adapter disabled, live, in both
   long   full fine-tuning on long prompts (400-900 tokens) with short completions (4-24)
+  system full fine-tuning, the full scenario's prompts after one 256-token system prompt that every
+         prompt begins with (a product's); not in the default set: --scenarios system
 
 Each run is a fresh subprocess (peak memory = that process's peak RSS on CPU, or
 torch.cuda.max_memory_allocated on GPU); the trainers take turns (with --repeats N the order
@@ -38,7 +40,9 @@ DATASETS = {
     "full": ((32, 160), (16, 96)),
     "lora": ((32, 160), (16, 96)),
     "long": ((400, 900), (4, 24)),
+    "system": ((32, 160), (16, 96)),
 }
+SYSTEM_TOKENS = {"system": 256}  # a system prompt every prompt of the scenario begins with
 
 
 def main() -> None:
@@ -70,7 +74,13 @@ def main() -> None:
         for scenario in args.scenarios.split(","):
             prompt_tokens, completion_tokens = DATASETS[scenario]
             data = write_synthetic_kto_words(
-                workdir / f"{scenario}.jsonl", model, args.examples, prompt_tokens, completion_tokens, seed=args.seed
+                workdir / f"{scenario}.jsonl",
+                model,
+                args.examples,
+                prompt_tokens,
+                completion_tokens,
+                seed=args.seed,
+                system_tokens=SYSTEM_TOKENS.get(scenario, 0),
             )
             tokens = count_tokens(model, data, args.max_length) * args.epochs
             examples = args.examples * args.epochs
@@ -148,6 +158,8 @@ def main() -> None:
         "lora_peak_mem_ratio_vs_trl": ratio("lora", "peak_mem_ratio"),
         "long_prompt_throughput_ratio_vs_trl": ratio("long", "throughput_ratio"),
         "long_prompt_peak_mem_ratio_vs_trl": ratio("long", "peak_mem_ratio"),
+        "system_prompt_throughput_ratio_vs_trl": ratio("system", "throughput_ratio"),
+        "system_prompt_peak_mem_ratio_vs_trl": ratio("system", "peak_mem_ratio"),
         "first_loss_abs_diff_max": max(
             (r["first_loss_abs_diff"] for r in results.values() if "first_loss_abs_diff" in r), default=None
         ),
