@@ -273,15 +273,44 @@ def test_a_short_prompt_keeps_its_mismatched_sequence_in_the_no_grad_pass():
     assert trainer.merged_positions(microbatch, 0.0) == []
 
 
+def test_a_prompt_shared_with_another_matched_sequence_is_not_merged():
+    """Its shared part is computed once by prefix sharing anyway (in both passes); merging would keep
+    the matched sequence out of that tree for the few tokens left."""
+    from training.kto.trainer import HostMicrobatch
+
+    system = list(range(100, 140))  # 40 tokens: a system prompt
+
+    def microbatch(first_prompt, second_prompt) -> HostMicrobatch:
+        return HostMicrobatch(
+            matched=[(first_prompt + [1, 2], len(first_prompt)), (second_prompt + [3], len(second_prompt))],
+            mismatched=[(first_prompt + [3], len(first_prompt)), (second_prompt + [1, 2], len(second_prompt))],
+            is_desirable=torch.tensor([True, False]),
+            reference_matched=None,
+            reference_mismatched=None,
+            n_tokens=0,
+        )
+
+    unrelated = microbatch(system + [5, 6], list(range(200, 242)))
+    assert trainer.merged_positions(unrelated, 4.0) == [0, 1]  # 41 prompt tokens against 2-3 of its own
+    # Both begin with the system prompt: only the 1 token after it is left to merge for: not worth it.
+    behind_system = microbatch(system + [5, 6], system + [7, 8])
+    assert trainer.merged_positions(behind_system, 4.0) == []
+    # The same prompt twice (two completions of one prompt): all of it is shared anyway.
+    assert trainer.merged_positions(microbatch(system + [5, 6], system + [5, 6]), 4.0) == []
+    # A short common start (below MIN_SHARED_PREFIX) is not shared, so it still counts for merging.
+    short_start = microbatch(system[:10] + list(range(300, 331)), system[:10] + list(range(400, 431)))
+    assert trainer.merged_positions(short_start, 4.0) == [0, 1]
+
+
 def test_merged_branches_count_against_the_calls_token_budget():
     from training.kto.trainer import HostMicrobatch
 
-    prompt = list(range(10, 30))  # 20 tokens
+    prompt, other_prompt = list(range(10, 30)), list(range(40, 60))  # 20 tokens each, nothing in common
 
     def microbatch() -> HostMicrobatch:
         return HostMicrobatch(
-            matched=[(prompt + [1, 2], 20), (prompt + [3], 20)],
-            mismatched=[(prompt + [3], 20), (prompt + [1, 2], 20)],
+            matched=[(prompt + [1, 2], 20), (other_prompt + [3], 20)],
+            mismatched=[(prompt + [3], 20), (other_prompt + [1, 2], 20)],
             is_desirable=torch.tensor([True, False]),
             reference_matched=None,
             reference_mismatched=None,

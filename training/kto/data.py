@@ -238,9 +238,10 @@ def prompt_text(tokenizer, prompt: Any) -> tuple[str, bool]:
     return "".join(f"{m['role']}: {m['content']}\n" for m in prompt) + "assistant: ", False
 
 
-def common_prefix_length(ids: Sequence[int], other_ids: Sequence[int]) -> int:
+def common_prefix_length(ids: Sequence[int], other_ids: Sequence[int], limit: int | None = None) -> int:
+    """How many leading tokens the two sequences have in common (at most ``limit``)."""
     length = 0
-    for token, other_token in zip(ids, other_ids):
+    for token, other_token in zip(ids if limit is None else ids[:limit], other_ids):
         if token != other_token:
             break
         length += 1
@@ -399,7 +400,7 @@ def prefix_trees(
         if current and n_prompt > 0:
             first_ids, first_n_prompt = joined[current[0]]
             limit = min(shared if len(current) > 1 else max(first_n_prompt - 1, 0), n_prompt - 1)
-            common = _common_prefix(first_ids, ids, limit)
+            common = common_prefix_length(first_ids, ids, limit)
             same_prompt = identical and n_prompt == first_n_prompt and common == n_prompt - 1
             same_prompt = same_prompt and ids[common] == first_ids[common]
             saved_before = (len(current) - 1) * shared
@@ -420,13 +421,6 @@ def prefix_trees(
     return sorted(trees, key=lambda tree: min(tree))
 
 
-def _common_prefix(first: Sequence[int], other: Sequence[int], limit: int) -> int:
-    length = 0
-    while length < limit and first[length] == other[length]:
-        length += 1
-    return length
-
-
 def shared_length(joined: Sequence[tuple[Sequence[int], int]], tree: Sequence[int]) -> int:
     """Tokens a tree's members share: their common prefix, but never a member's last prompt token
     (each branch needs its own copy of it, to predict its first completion token)."""
@@ -434,7 +428,7 @@ def shared_length(joined: Sequence[tuple[Sequence[int], int]], tree: Sequence[in
     shared = max(first_n_prompt - 1, 0)
     for index in tree[1:]:
         ids, n_prompt = joined[index]
-        shared = _common_prefix(first_ids, ids, min(shared, max(n_prompt - 1, 0)))
+        shared = common_prefix_length(first_ids, ids, min(shared, max(n_prompt - 1, 0)))
     return shared
 
 

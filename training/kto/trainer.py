@@ -794,18 +794,35 @@ def mismatched_merge_ratio(model, lora: bool, layer_recompute: bool = False) -> 
 
 def merged_positions(microbatch: HostMicrobatch, merge_ratio: float) -> list[int]:
     """Positions of the microbatch's mismatched sequences to score as branches of their matched
-    sequence (same prompt tokens, prompt long enough for merge_ratio); none when it is 0."""
+    sequence (same prompt tokens, prompt long enough for merge_ratio); none when it is 0.
+
+    Only the prompt tokens that no other sharing covers count: where another matched prompt of the
+    microbatch begins with the same tokens (the same prompt, or a system prompt of at least
+    MIN_SHARED_PREFIX tokens), those are shared anyway (data.prefix_trees), in the call with
+    gradient and in the no-grad pass, and a merged pair would keep its matched sequence out of that
+    tree."""
     if merge_ratio <= 0:
         return []
+    matched = microbatch.matched
     positions = []
-    for position, ((ids, n_prompt), (other_ids, other_n_prompt)) in enumerate(
-        zip(microbatch.matched, microbatch.mismatched)
-    ):
+    for position, ((ids, n_prompt), (other_ids, other_n_prompt)) in enumerate(zip(matched, microbatch.mismatched)):
         shared = n_prompt - 1
         if n_prompt == other_n_prompt and ids[:n_prompt] == other_ids[:n_prompt]:
-            if shared > merge_ratio * (len(other_ids) - shared):
+            covered = max(
+                (_prefix_shared_with(ids, n_prompt, *sequence) for k, sequence in enumerate(matched) if k != position),
+                default=0,
+            )
+            if shared - covered > merge_ratio * (len(other_ids) - shared):
                 positions.append(position)
     return positions
+
+
+def _prefix_shared_with(ids, n_prompt: int, other_ids, other_n_prompt: int) -> int:
+    """Prompt tokens of (ids, n_prompt) that prefix sharing computes once with the other sequence."""
+    limit = min(n_prompt, other_n_prompt) - 1
+    common = kto_data.common_prefix_length(ids, other_ids, max(limit, 0))
+    identical = n_prompt == other_n_prompt and ids[:n_prompt] == other_ids[:other_n_prompt]
+    return common if identical or common >= kto_data.MIN_SHARED_PREFIX else 0
 
 
 def train_step(
@@ -933,7 +950,14 @@ def train_step(
                     trees[offset + k].append(len(joined))
                     joined.append(microbatches[i].mismatched[k])
                 offset += len(microbatches[i].matched)
-            if len(joined) > n_matched:
+            if share_prefixes:
+                # The other matched sequences share what their prompts begin with (a prompt with
+                # several completions, a system prompt), with gradient: the shared positions'
+                # gradients sum over their branches, as they would over separate copies.
+                alone = [tree[0] for tree in trees if len(tree) == 1]
+                width = 2 * max(len(joined[position][0]) for position in alone) if alone else 0
+                grouped = kto_data.prefix_trees([joined[position] for position in alone], width) if alone else []
+                trees = [tree for tree in trees if len(tree) > 1] + [[alone[t] for t in tree] for tree in grouped]
                 inputs = dict(kto_data.pack(joined, pad_token_id, trees=trees), n_sequences=len(joined))
             else:
                 inputs = forward_inputs(joined, pad_token_id, packing)
