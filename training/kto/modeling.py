@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -175,14 +176,22 @@ def checkpoint_options(policy: str) -> dict:
 
 
 def _elementwise_recompute_contexts():
-    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    # Called once per checkpointed layer and forward: the policy is built once, not per call.
+    return create_selective_checkpoint_contexts(_keep_matmul_outputs())
+
+
+@functools.cache
+def _keep_matmul_outputs():
+    from torch.utils.checkpoint import CheckpointPolicy
 
     kept = frozenset(getattr(torch.ops.aten, name).default for name in _KEPT_OP_NAMES if hasattr(torch.ops.aten, name))
 
     def policy(context, op, *args, **kwargs):
         return CheckpointPolicy.MUST_SAVE if op in kept else CheckpointPolicy.PREFER_RECOMPUTE
 
-    return create_selective_checkpoint_contexts(policy)
+    return policy
 
 
 # Attention backends that take a custom 4D mask as given: sdpa a boolean one (True: attend), eager
