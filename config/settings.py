@@ -372,13 +372,14 @@ PROSPECT_ACCELERATE_CONFIG = env_str(
 PROSPECT_NUM_PROCESSES = env_int("PROSPECT_NUM_PROCESSES", 1, "training processes per run")
 PROSPECT_TRAIN_CHECKPOINTING = env_str(
     "PROSPECT_TRAIN_CHECKPOINTING",
-    "layer" if defaults.LOOP_GRADIENT_CHECKPOINTING else "off",
-    "activation checkpointing of runs, for the worker's GPU memory: off; elementwise (about half the activations, "
-    "no matmul recomputed); layer (the least memory, one more forward)",
+    defaults.LOOP_CHECKPOINTING,
+    "activation checkpointing of runs, for the worker's GPU memory: auto (measured at each run's start: the least "
+    "recompute whose peak fits the free memory); off; elementwise (about half the activations, no matmul "
+    "recomputed); layer (the least memory, one more forward)",
 )
-if PROSPECT_TRAIN_CHECKPOINTING not in ("off", *defaults.CHECKPOINT_POLICIES):
+if PROSPECT_TRAIN_CHECKPOINTING not in ("auto", "off", *defaults.CHECKPOINT_POLICIES):
     raise ImproperlyConfigured(
-        f"PROSPECT_TRAIN_CHECKPOINTING={PROSPECT_TRAIN_CHECKPOINTING!r}: use off, "
+        f"PROSPECT_TRAIN_CHECKPOINTING={PROSPECT_TRAIN_CHECKPOINTING!r}: use auto, off, "
         + ", ".join(defaults.CHECKPOINT_POLICIES)
     )
 # --- Serving ---------------------------------------------------------------------------------

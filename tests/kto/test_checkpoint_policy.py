@@ -93,7 +93,9 @@ def test_an_unknown_policy_is_refused_by_name(tmp_path):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--model", "M", "--data", "D", "--out", "O", "--checkpoint-policy", "half"])
     config = TrainConfig(model=str(tmp_path), data="d", out="o", checkpoint_policy="half")
-    with pytest.raises(TrainingError, match="--checkpoint-policy must be one of layer, elementwise, got 'half'"):
+    with pytest.raises(
+        TrainingError, match="--checkpoint-policy must be one of layer, elementwise or auto, got 'half'"
+    ):
         check_config(config)
 
 

@@ -98,12 +98,17 @@ def test_train_cli_runs_data_parallel_under_accelerate_launch(demo_model_dir, fe
             "--learning-rate",
             "1e-4",
             "--no-progress",
+            # Each process measures; all take the smallest memory limit, so they choose alike.
+            "--checkpoint-policy",
+            "auto",
         ]
     )
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1  # only the main process reports
 
-    assert json.loads(lines[0])["steps"] == 3
+    summary = json.loads(lines[0])
+    assert summary["steps"] == 3
+    assert summary["memory_plan"]["policy"] == summary["speed_levers"]["checkpointing"] == "off"  # a tiny model
     assert (out / "final" / "model.safetensors").is_file()
     assert {p.name for p in (out / "checkpoints" / "step-2").glob("rng-*.pt")} == {"rng-0.pt", "rng-1.pt"}
     assert json.loads((out / "config.json").read_text())["world_size"] == 2

@@ -92,10 +92,10 @@ def test_the_loop_trains_with_the_papers_settings_spelled_out(settings, tmp_path
     args = build_parser().parse_args(command[command.index("train") :])
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps == defaults.PAPER_EFFECTIVE_BATCH
     assert (args.learning_rate, args.beta) == (defaults.PAPER_LEARNING_RATE, defaults.PAPER_BETA)
-    assert (args.warmup_ratio, args.logging_steps, args.save_steps, args.gradient_checkpointing) == (
+    assert (args.warmup_ratio, args.logging_steps, args.save_steps) == (
         defaults.LOOP_WARMUP_RATIO,
         defaults.LOOP_LOGGING_STEPS,
         defaults.LOOP_SAVE_STEPS,
-        defaults.LOOP_GRADIENT_CHECKPOINTING,
     )
+    assert (args.gradient_checkpointing, args.checkpoint_policy) == (True, defaults.LOOP_CHECKPOINTING)
     assert (args.desirable_weight, args.undesirable_weight) == (2.0, 1.0)  # the snapshot's λ

@@ -177,7 +177,7 @@ def test_every_policy_field_reaches_the_engines_command_line(settings, tmp_path,
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("checkpointing", ["off", "elementwise", "layer"])
+@pytest.mark.parametrize("checkpointing", ["auto", "off", "elementwise", "layer"])
 def test_the_workers_checkpointing_setting_reaches_the_engine(settings, tmp_path, checkpointing):
     """PROSPECT_TRAIN_CHECKPOINTING is the worker's (its GPU's memory), not the project's policy."""
     settings.PROSPECT_TRAIN_CHECKPOINTING = checkpointing
@@ -204,4 +204,4 @@ def test_an_unknown_checkpointing_setting_is_refused_when_the_settings_load():
         [sys.executable, "-c", "import config.settings"], cwd=REPO_ROOT, env=env, capture_output=True, text=True
     )
     assert loaded.returncode != 0
-    assert "PROSPECT_TRAIN_CHECKPOINTING='half': use off, layer, elementwise" in loaded.stderr
+    assert "PROSPECT_TRAIN_CHECKPOINTING='half': use auto, off, layer, elementwise" in loaded.stderr

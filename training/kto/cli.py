@@ -142,11 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     speed.add_argument(
         "--checkpoint-policy",
-        choices=CHECKPOINT_POLICIES,
+        choices=(*CHECKPOINT_POLICIES, "auto"),
         default=defaults.checkpoint_policy,
         help="what --gradient-checkpointing recomputes in backward: layer (default, TRL's: the whole decoder layer; "
-        "least memory) or elementwise (only norms, activations and other element-wise ops; matmul and attention "
-        "outputs are kept: about half the activation memory of no checkpointing, no matmul recomputed)",
+        "least memory), elementwise (only norms, activations and other element-wise ops; matmul and attention "
+        "outputs are kept: about half the activation memory of no checkpointing, no matmul recomputed) or auto "
+        "(measured at start: no checkpointing, elementwise or layer, the first whose peak fits --memory-limit-gib)",
+    )
+    speed.add_argument(
+        "--memory-limit-gib",
+        type=float,
+        default=defaults.memory_limit_gib,
+        help="for --checkpoint-policy auto: the memory the run may use (default 0: what the device leaves it)",
     )
     speed.add_argument("--optimizer-impl", choices=("fused", "foreach", "for-loop"), default=defaults.optimizer_impl)
     speed.add_argument(

@@ -47,7 +47,9 @@ TRL_DISABLE_DROPOUT = True
 LOOP_WARMUP_RATIO = 0.1
 LOOP_LOGGING_STEPS = 1  # the run page plots every step
 LOOP_SAVE_STEPS = 0  # no intermediate checkpoints: runs are short and restarted from scratch
-LOOP_GRADIENT_CHECKPOINTING = False  # PROSPECT_TRAIN_CHECKPOINTING's default: the worker's GPU decides
+# PROSPECT_TRAIN_CHECKPOINTING's default: the worker's GPU decides, measured at each run's start
+# (--checkpoint-policy auto: no checkpointing where it fits, else elementwise, else layer).
+LOOP_CHECKPOINTING = "auto"
 
 # --- The paper's other baselines (§3.3, Appendix C; values from the paper's code) ------------
 SLIC_DELTA = 1.0  # the calibration margin δ

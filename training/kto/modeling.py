@@ -165,6 +165,17 @@ def enable_checkpointing(model: nn.Module, policy: str) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
 
 
+def set_checkpointing(model: nn.Module, policy: str) -> None:
+    """``policy`` (CHECKPOINT_POLICIES) or "off", also on a model already wrapped by peft."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if policy != "off":
+        enable_checkpointing(base, policy)
+    elif hasattr(base, "activation_checkpointing_disable"):
+        base.activation_checkpointing_disable()
+    else:
+        base.gradient_checkpointing_disable()
+
+
 def checkpoint_options(policy: str) -> dict:
     """Keyword arguments for torch.utils.checkpoint (via transformers' gradient_checkpointing_kwargs)."""
     if policy not in CHECKPOINT_POLICIES:

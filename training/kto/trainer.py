@@ -47,6 +47,7 @@ from . import data as kto_data
 from . import defaults
 from . import distributed as kto_distributed
 from . import loss as kto_loss
+from . import memory_plan as kto_memory_plan
 from .balancing import balance_weights
 from .defaults import CHECKPOINT_POLICIES
 from .modeling import (
@@ -56,6 +57,7 @@ from .modeling import (
     load_causal_lm,
     load_tokenizer,
     model_fingerprint,
+    set_checkpointing,
 )
 from .profiling import PhaseClock, SectionTimer, StepProfiler, no_grad_share
 
@@ -103,7 +105,9 @@ class TrainConfig:
     gradient_checkpointing: bool = defaults.TRL_GRADIENT_CHECKPOINTING
     # What a checkpointed layer recomputes in backward: "layer" (all of it, TRL's) or "elementwise"
     # (matmul and attention outputs kept; defaults.CHECKPOINT_POLICIES). Same numbers either way.
+    # "auto": the least recompute (none first) whose measured peak fits memory_limit_gib (memory_plan.py).
     checkpoint_policy: str = "layer"
+    memory_limit_gib: float = 0.0  # for "auto": 0 = what the device leaves this process
     bf16: str = "auto"  # auto (on when CUDA is available) | yes | no
     logging_steps: int = defaults.TRL_LOGGING_STEPS
     save_steps: int = defaults.TRL_SAVE_STEPS  # 0: no intermediate checkpoints
@@ -1308,10 +1312,13 @@ def check_config(config: TrainConfig) -> None:
             f"--compile {config.compile_backend}: no such torch.compile backend "
             f"(known: {', '.join(torch._dynamo.list_backends())})"
         )
-    if config.checkpoint_policy not in CHECKPOINT_POLICIES:
+    if config.checkpoint_policy not in (*CHECKPOINT_POLICIES, "auto"):
         raise TrainingError(
-            f"--checkpoint-policy must be one of {', '.join(CHECKPOINT_POLICIES)}, got {config.checkpoint_policy!r}"
+            f"--checkpoint-policy must be one of {', '.join(CHECKPOINT_POLICIES)} or auto, "
+            f"got {config.checkpoint_policy!r}"
         )
+    if not config.memory_limit_gib >= 0:
+        raise TrainingError(f"--memory-limit-gib must be 0 (the device's) or more, got {config.memory_limit_gib}")
     if config.profile_steps < 0:
         raise TrainingError(f"--profile-steps must be 0 (off) or more, got {config.profile_steps}")
     if config.beta <= 0 or config.learning_rate <= 0:
@@ -1387,6 +1394,43 @@ def _is_fsdp_module(module) -> bool:
     return isinstance(module, FSDPModule)
 
 
+def plan_memory(
+    policy: SequenceLogProbs,
+    examples,
+    steps,
+    config: TrainConfig,
+    pad_token_id: int,
+    accelerator,
+    token_budget: int,
+    packing: bool,
+    live_reference_copy: bool,
+) -> kto_memory_plan.MemoryPlan:
+    """--checkpoint-policy auto: measure each policy's activations on this run's own sequences and
+    model, then choose (memory_plan.py). Every process chooses alike: the smallest limit decides."""
+    rank, per_device = accelerator.process_index, config.per_device_train_batch_size
+    largest = 0
+    for _, microbatches in steps:
+        for global_microbatch in microbatches:
+            keys, _ = microbatch_keys(global_microbatch[rank * per_device : (rank + 1) * per_device], config)
+            lengths = [len(ids) for ids, _ in joined_sequences(examples, keys, config)]
+            largest = max(largest, sum(lengths) if packing else len(lengths) * max(lengths))
+    # The measuring call: the first microbatch's longest sequences, up to PROBE_TOKENS (at least one).
+    keys, _ = microbatch_keys(steps[0][1][0][rank * per_device : (rank + 1) * per_device], config)
+    probe: list[tuple[list[int], int]] = []
+    for sequence in sorted(joined_sequences(examples, keys, config), key=lambda sequence: -len(sequence[0])):
+        if probe and sum(len(ids) for ids, _ in probe) + len(sequence[0]) > kto_memory_plan.PROBE_TOKENS:
+            break
+        probe.append(sequence)
+    inputs = _to_device(forward_inputs(probe, pad_token_id, packing), accelerator.device)
+    per_token = kto_memory_plan.measure(policy, inputs, sum(len(ids) for ids, _ in probe), accelerator.autocast)
+    fixed = kto_memory_plan.fixed_bytes(policy.model, live_reference_copy)
+    resident = kto_memory_plan.weight_bytes(policy.model) * (2 if live_reference_copy else 1)
+    limit = kto_memory_plan.device_limit_bytes(accelerator.device, config.memory_limit_gib, resident)
+    if accelerator.num_processes > 1:
+        limit = int(accelerator.gather(torch.tensor([limit], device=accelerator.device)).min())
+    return kto_memory_plan.choose(per_token, fixed, limit, token_budget, largest)
+
+
 def compile_decoder_layers(model: torch.nn.Module, backend: str) -> int:
     """torch.compile every decoder layer in place (the classes transformers lists as
     ``_no_split_modules``); returns how many. Dynamic shapes: packed rows change width every call."""
@@ -1460,7 +1504,8 @@ def train(config: TrainConfig) -> dict | None:
         add_token_rows(model, len(tokenizer))
     if not config.keep_dropout:
         disable_dropout(model)  # before LoRA, so an explicit --lora-dropout still applies
-    if config.gradient_checkpointing:
+    auto_checkpointing = config.gradient_checkpointing and config.checkpoint_policy == "auto"
+    if config.gradient_checkpointing and not auto_checkpointing:
         enable_checkpointing(model, config.checkpoint_policy)
     model.config.use_cache = False
     if config.lora:
@@ -1488,14 +1533,6 @@ def train(config: TrainConfig) -> dict | None:
         print("note: packed rows disagree with padded ones for this model; packing is off", file=sys.stderr)
     # Shared prompts need packed rows and a backend that takes the engine's own attention mask.
     share_prefixes = packing and config.prefix_sharing and policy.prefix_sharing_supported
-    merge_ratio = 0.0
-    if share_prefixes and config.mismatched_in_grad_call and config.uses_mismatched:
-        # One process only: the no-grad calls it saves may differ between ranks, which collective
-        # (FSDP) forwards would not survive.
-        layer_recompute = config.gradient_checkpointing and config.checkpoint_policy == "layer"
-        merge_ratio = (
-            mismatched_merge_ratio(model, config.lora, layer_recompute) if accelerator.num_processes == 1 else 0.0
-        )
     # Per-token losses need per-token reference log-probs: computed live, not cached.
     precompute = variant.needs_reference and config.reference == "precompute" and not variant.token_level
     reference = None
@@ -1507,6 +1544,34 @@ def train(config: TrainConfig) -> dict | None:
     elif variant.needs_reference:
         # Full fine-tuning with a live reference: a frozen copy of the initial weights.
         reference = Reference(copy.deepcopy(policy).requires_grad_(False).eval(), disable_adapter=False)
+    checkpointing = config.checkpoint_policy if config.gradient_checkpointing else "off"
+    plan = None
+    if auto_checkpointing:
+        live_reference_copy = reference is not None and reference.module is not policy
+        plan = plan_memory(
+            policy,
+            examples,
+            steps,
+            config,
+            tokenizer.pad_token_id,
+            accelerator,
+            token_budget,
+            packing,
+            live_reference_copy,
+        )
+        checkpointing, token_budget = plan.policy, plan.token_budget
+        set_checkpointing(model, checkpointing)
+        if accelerator.is_main_process:
+            print(plan.describe(), file=sys.stderr, flush=True)
+    merge_ratio = 0.0
+    if share_prefixes and config.mismatched_in_grad_call and config.uses_mismatched:
+        # One process only: the no-grad calls it saves may differ between ranks, which collective
+        # (FSDP) forwards would not survive.
+        merge_ratio = (
+            mismatched_merge_ratio(model, config.lora, layer_recompute=checkpointing == "layer")
+            if accelerator.num_processes == 1
+            else 0.0
+        )
     clock.lap("model")
 
     # 3-4. Reference log-probs precomputed for every sequence the planned steps will use.
@@ -1833,9 +1898,11 @@ def train(config: TrainConfig) -> dict | None:
             "prefix_sharing": share_prefixes,
             "mismatched_merge_ratio": round(merge_ratio, 3),  # 0: every mismatched sequence in the no-grad pass
             "logits_chunk_size": policy.logits_chunk_size,
-            "checkpointing": config.checkpoint_policy if config.gradient_checkpointing else "off",
+            "checkpointing": checkpointing,
         },
     }
+    if plan is not None:
+        summary["memory_plan"] = plan.to_dict()
     if profiler.summary is not None:
         summary["profile"] = profiler.summary
     summary.update({key: last_logged.get(key) for key in ("loss", "z0", "reward_accuracy", "reward_margin")})

@@ -1,0 +1,141 @@
+"""`--checkpoint-policy auto`: the least recompute whose memory fits the device.
+
+Peak training memory is, to a good approximation, a fixed part (weights, a live reference copy,
+gradients, AdamW's two moments) plus the activations that a forward call with gradient leaves for
+its backward, which grow with the call's tokens. The activation part is *measured*, not estimated
+from the architecture: one forward over real training sequences, on the real model (LoRA included),
+under each policy, counting the bytes it leaves alive (profiling.HeldBytes counts storages, so the
+figure is the same on every machine). The plan then picks, in order of recompute cost, off →
+elementwise → layer, the first whose peak fits the limit at the run's largest call; when even layer
+does not fit, it shrinks the token budget so that it does.
+
+The limit is --memory-limit-gib, or by default what the device leaves this process: on CUDA the
+free memory plus what the process already holds, on CPU the available memory plus the weights.
+A tenth of it is kept back for what the count leaves out (allocator rounding and fragmentation,
+cuBLAS workspaces, the no-grad passes' transient buffers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+
+import torch
+
+from training.kto.defaults import CHECKPOINT_POLICIES, LOGITS_CHUNK_ELEMENTS
+from training.kto.modeling import set_checkpointing
+from training.kto.profiling import HeldBytes
+
+# In order of recompute cost: no recompute, the element-wise ops only, whole layers.
+CANDIDATES = ("off", *CHECKPOINT_POLICIES[::-1])
+HEADROOM = 0.10  # share of the limit kept back for what the count leaves out
+PROBE_TOKENS = 1024  # tokens of real sequences in the measuring call
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    policy: str  # "off" | "elementwise" | "layer"
+    token_budget: int  # the run's token budget, smaller than asked only when nothing else fits
+    fits: bool  # False: not even layer at one microbatch per call fits the limit (the run goes on)
+    limit_bytes: int
+    fixed_bytes: int
+    call_tokens: int  # tokens of the largest call with gradient at the chosen budget
+    activation_bytes_per_token: dict  # per candidate policy, measured
+
+    def peak_bytes(self, policy: str | None = None) -> int:
+        policy = policy or self.policy
+        return self.fixed_bytes + int(self.activation_bytes_per_token[policy] * self.call_tokens)
+
+    def describe(self) -> str:
+        others = ", ".join(
+            f"{policy} {self.peak_bytes(policy) / GIB:.1f}" for policy in CANDIDATES if policy != self.policy
+        )
+        verdict = "fits" if self.fits else "DOES NOT FIT"
+        return (
+            f"memory: checkpointing {self.policy} {verdict}: {self.peak_bytes() / GIB:.1f} GiB of "
+            f"{self.limit_bytes / GIB:.1f} GiB (less {HEADROOM:.0%} headroom) at {self.call_tokens} tokens per call "
+            f"with gradient (GiB with {others})"
+        )
+
+    def to_dict(self) -> dict:
+        return dict(asdict(self), peak_bytes=self.peak_bytes())
+
+
+def choose(
+    activation_bytes_per_token: dict,
+    fixed_bytes: int,
+    limit_bytes: int,
+    token_budget: int,
+    largest_microbatch_tokens: int,
+) -> MemoryPlan:
+    """The first policy of CANDIDATES whose fixed + activation bytes fit ``limit_bytes`` less the
+    headroom, at the largest call with gradient: ``token_budget`` tokens when > 0 (a microbatch longer
+    than the budget still goes whole), else one microbatch. Failing that, layer at the largest budget
+    that fits; failing that too, layer at one microbatch per call, marked as not fitting."""
+    usable = int(limit_bytes * (1 - HEADROOM))
+    call_tokens = max(token_budget, largest_microbatch_tokens)
+    for policy in CANDIDATES:
+        if fixed_bytes + activation_bytes_per_token[policy] * call_tokens <= usable:
+            return MemoryPlan(
+                policy, token_budget, True, limit_bytes, fixed_bytes, call_tokens, activation_bytes_per_token
+            )
+    room_tokens = int((usable - fixed_bytes) // max(activation_bytes_per_token["layer"], 1))
+    fits = room_tokens >= largest_microbatch_tokens
+    # A budget below one microbatch would still send each microbatch whole: say so with 0.
+    budget = room_tokens if fits and token_budget > 0 else 0
+    call_tokens = max(budget, largest_microbatch_tokens)
+    return MemoryPlan("layer", budget, fits, limit_bytes, fixed_bytes, call_tokens, activation_bytes_per_token)
+
+
+def held_bytes_per_token(policy_module, inputs: dict, n_tokens: int, checkpoint: str, autocast) -> float:
+    """Bytes that one forward with gradient of ``policy_module`` (a SequenceLogProbs) over ``inputs``
+    leaves for its backward, per token, with checkpointing ``checkpoint`` ("off" or a policy)."""
+    set_checkpointing(policy_module.model, checkpoint)
+    with torch.enable_grad(), autocast, HeldBytes() as counter:
+        outputs = policy_module(**inputs)
+    outputs = [value for value in (outputs if isinstance(outputs, tuple) else (outputs,)) if torch.is_tensor(value)]
+    held = counter.alive(exclude=tuple(outputs))
+    del outputs  # frees the graph, and with it what was counted
+    return held / n_tokens
+
+
+def measure(policy_module, inputs: dict, n_tokens: int, autocast_factory=contextlib.nullcontext) -> dict:
+    """held_bytes_per_token for every candidate, in training mode. Random state is restored
+    afterwards, so a run with dropout on draws the same masks as one that did not measure."""
+    devices = [policy_module.model.device] if policy_module.model.device.type == "cuda" else []
+    was_training = policy_module.training
+    policy_module.train()  # as in the loop: transformers checkpoints only in training mode
+    try:
+        with torch.random.fork_rng(devices=devices):
+            return {
+                policy: held_bytes_per_token(policy_module, inputs, n_tokens, policy, autocast_factory())
+                for policy in CANDIDATES
+            }
+    finally:
+        policy_module.train(was_training)
+
+
+def weight_bytes(model) -> int:
+    return sum(tensor.numel() * tensor.element_size() for tensor in [*model.parameters(), *model.buffers()])
+
+
+def fixed_bytes(model, live_reference_copy: bool) -> int:
+    """Weights (and a frozen copy of them for a live reference), plus for every trainable
+    parameter its gradient and AdamW's two moments, all in the parameter's dtype."""
+    weights = weight_bytes(model)
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    head_chunk = LOGITS_CHUNK_ELEMENTS * 4 * 2  # a chunk of fp32 logits and its log-softmax
+    return weights * (2 if live_reference_copy else 1) + 3 * trainable + head_chunk
+
+
+def device_limit_bytes(device: torch.device, limit_gib: float, resident_bytes: int) -> int:
+    """--memory-limit-gib when given (> 0); else what the device leaves this process."""
+    if limit_gib > 0:
+        return int(limit_gib * GIB)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_allocated(device)
+    import psutil
+
+    return psutil.virtual_memory().available + resident_bytes
