@@ -214,23 +214,26 @@ def run_prospect(spec: dict) -> dict:
         logging_steps=1,
     )
     options.update(spec.get("engine_options", {}))  # a lever may override any of the above
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    baseline_memory_mb = peak_memory_mb(device)  # the process before training: Python, torch, libraries
     started = time.perf_counter()
     summary = train(TrainConfig(**options))
     elapsed = time.perf_counter() - started
     records = [json.loads(line) for line in (Path(spec["out"]) / "metrics.jsonl").read_text().splitlines()]
     shares = [record["no_grad_share"] for record in records if record.get("no_grad_share") is not None]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     return {
         "seconds": elapsed,
         "losses": [record["loss"] for record in records],
         # The no-grad passes' (z0, live reference) share of the loop's forward/backward time, averaged over steps.
         "no_grad_share": round(sum(shares) / len(shares), 4) if shares else None,
         "peak_memory_mb": peak_memory_mb(device),
+        "baseline_memory_mb": baseline_memory_mb,
         "reference_cache": summary["reference_cache"],
         "loop_seconds": summary["train_runtime_s"],
         "phase_seconds": summary["phase_seconds"],
         "speed_levers": summary["speed_levers"],  # as they ran: a lever a model fails at start is off
         "profile": summary.get("profile"),  # with engine_options {"profile_steps": N}
+        "memory_plan": summary.get("memory_plan"),  # with engine_options {"checkpoint_policy": "auto"}
     }
 
 

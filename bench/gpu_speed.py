@@ -193,6 +193,17 @@ def _report_run(run: dict, tokens: int, model_flops: float | None, include_engin
         )
         if run.get("profile"):
             figures["profile"] = run["profile"]
+        if run.get("memory_plan"):
+            # What --checkpoint-policy auto chose and the peak it counted on, next to the peak measured.
+            plan = run["memory_plan"]
+            figures["memory_plan"] = {
+                "policy": plan["policy"],
+                "token_budget": plan["token_budget"],
+                "limit_mb": round(plan["limit_bytes"] / 2**20, 1),
+                "predicted_peak_mb": round(plan["peak_bytes"] / 2**20, 1),
+                "activation_bytes_per_token": {k: round(v) for k, v in plan["activation_bytes_per_token"].items()},
+                "activation_mb_per_call": {k: round(v / 2**20) for k, v in plan["activation_bytes_per_call"].items()},
+            }
     return figures
 
 

@@ -43,14 +43,18 @@ export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 backend=inductor
 if [ -n "${GPU_SPEED_ARGS:-}" ] && [[ "$GPU_SPEED_ARGS" == *--tiny* ]]; then backend=aot_eager; fi  # CPU rehearsal: inductor would build C++ for minutes
 # Most telling first (a run cut off by the time limit keeps what it finished): the memory lever,
-# compilation, then the rest; elementwise_8k is the memory/speed point nearest TRL's peak.
+# compilation, then the rest; elementwise_8k is the memory/speed point nearest TRL's peak; auto_18g
+# lets --checkpoint-policy auto fit TRL's 2026-11-27 peak (18 GiB), auto the whole card (its predicted
+# peak against the measured one).
 variants=(--variant 'elementwise={"gradient_checkpointing": true, "checkpoint_policy": "elementwise"}'
+    --variant 'auto_18g={"gradient_checkpointing": true, "checkpoint_policy": "auto", "memory_limit_gib": 18}'
     --variant "compile={\"compile_backend\": \"$backend\"}"
     --variant 'checkpointing={"gradient_checkpointing": true}'
     --variant 'profile={"profile_steps": 3}'
     --variant 'elementwise_8k={"gradient_checkpointing": true, "checkpoint_policy": "elementwise", "token_budget": 8192}'
     --variant "compile_checkpointing={\"compile_backend\": \"$backend\", \"gradient_checkpointing\": true}"
-    --variant 'no_prefix_sharing={"prefix_sharing": false}')
+    --variant 'no_prefix_sharing={"prefix_sharing": false}'
+    --variant 'auto={"gradient_checkpointing": true, "checkpoint_policy": "auto"}')
 # shellcheck disable=SC2206
 speed_args=(${GPU_SPEED_ARGS:---scenarios full --examples 512 --warmup} "${variants[@]}")
 timeout "${SPEED_SECONDS:-420}" "$python" bench/gpu_speed.py "${speed_args[@]}" 2> "$out/gpu_speed.stderr" \

@@ -42,10 +42,13 @@ class MemoryPlan:
     fixed_bytes: int
     call_tokens: int  # tokens of the largest call with gradient at the chosen budget
     activation_bytes_per_token: dict  # per candidate policy, measured
+    activation_bytes_per_call: dict  # per candidate policy, measured: what does not grow with tokens
 
     def peak_bytes(self, policy: str | None = None) -> int:
         policy = policy or self.policy
-        return self.fixed_bytes + int(self.activation_bytes_per_token[policy] * self.call_tokens)
+        return peak_bytes(
+            self.fixed_bytes, self.activation_bytes_per_token, self.activation_bytes_per_call, policy, self.call_tokens
+        )
 
     def describe(self) -> str:
         others = ", ".join(
@@ -62,70 +65,90 @@ class MemoryPlan:
         return dict(asdict(self), peak_bytes=self.peak_bytes())
 
 
+def peak_bytes(fixed: int, per_token: dict, per_call: dict, policy: str, call_tokens: int) -> int:
+    return int(fixed + per_call[policy] + per_token[policy] * call_tokens)
+
+
 def choose(
-    activation_bytes_per_token: dict,
-    fixed_bytes: int,
+    per_token: dict,
+    per_call: dict,
+    fixed: int,
     limit_bytes: int,
     token_budget: int,
     largest_microbatch_tokens: int,
 ) -> MemoryPlan:
-    """The first policy of CANDIDATES whose fixed + activation bytes fit ``limit_bytes`` less the
+    """The first policy of CANDIDATES whose peak (fixed + activations) fits ``limit_bytes`` less the
     headroom, at the largest call with gradient: ``token_budget`` tokens when > 0 (a microbatch longer
     than the budget still goes whole), else one microbatch. Failing that, layer at the largest budget
     that fits; failing that too, layer at one microbatch per call, marked as not fitting."""
     usable = int(limit_bytes * (1 - HEADROOM))
+    measured = dict(activation_bytes_per_token=per_token, activation_bytes_per_call=per_call)
     call_tokens = max(token_budget, largest_microbatch_tokens)
     for policy in CANDIDATES:
-        if fixed_bytes + activation_bytes_per_token[policy] * call_tokens <= usable:
-            return MemoryPlan(
-                policy, token_budget, True, limit_bytes, fixed_bytes, call_tokens, activation_bytes_per_token
-            )
-    room_tokens = int((usable - fixed_bytes) // max(activation_bytes_per_token["layer"], 1))
+        if peak_bytes(fixed, per_token, per_call, policy, call_tokens) <= usable:
+            return MemoryPlan(policy, token_budget, True, limit_bytes, fixed, call_tokens, **measured)
+    room_tokens = int((usable - fixed - per_call["layer"]) // max(per_token["layer"], 1))
     fits = room_tokens >= largest_microbatch_tokens
     # A budget below one microbatch would still send each microbatch whole: say so with 0.
     budget = room_tokens if fits and token_budget > 0 else 0
     call_tokens = max(budget, largest_microbatch_tokens)
-    return MemoryPlan("layer", budget, fits, limit_bytes, fixed_bytes, call_tokens, activation_bytes_per_token)
+    return MemoryPlan("layer", budget, fits, limit_bytes, fixed, call_tokens, **measured)
 
 
-def held_bytes_per_token(policy_module, inputs: dict, n_tokens: int, checkpoint: str, autocast) -> float:
+def held_bytes(policy_module, inputs: dict, checkpoint: str, autocast) -> int:
     """Bytes that one forward with gradient of ``policy_module`` (a SequenceLogProbs) over ``inputs``
-    leaves for its backward, per token, with checkpointing ``checkpoint`` ("off" or a policy)."""
+    leaves for its backward, with checkpointing ``checkpoint`` ("off" or a policy). The weights and
+    inputs are not counted (views of them, such as a transposed weight, share their storage)."""
     set_checkpointing(policy_module.model, checkpoint)
     with torch.enable_grad(), autocast, HeldBytes() as counter:
         outputs = policy_module(**inputs)
     outputs = [value for value in (outputs if isinstance(outputs, tuple) else (outputs,)) if torch.is_tensor(value)]
-    held = counter.alive(exclude=tuple(outputs))
+    owned = [*policy_module.parameters(), *policy_module.buffers(), *(v for v in inputs.values() if torch.is_tensor(v))]
+    held = counter.alive(exclude=(*outputs, *owned))
     del outputs  # frees the graph, and with it what was counted
-    return held / n_tokens
+    return held
 
 
-def measure(policy_module, inputs: dict, n_tokens: int, autocast_factory=contextlib.nullcontext) -> dict:
-    """held_bytes_per_token for every candidate, in training mode. Random state is restored
-    afterwards, so a run with dropout on draws the same masks as one that did not measure."""
+def measure(
+    policy_module, short: tuple[dict, int], long: tuple[dict, int], autocast_factory=contextlib.nullcontext
+) -> tuple[dict, dict]:
+    """Per candidate policy, activation bytes per token and per call, from two calls (``short`` and
+    ``long``: inputs and their token counts): the difference grows with tokens, the rest does not
+    (under autocast, the low-precision copies of the weights that the matmuls keep). In training mode
+    as in the loop; random state is restored afterwards, so a run with dropout on draws the same masks
+    as one that did not measure."""
+    (short_inputs, short_tokens), (long_inputs, long_tokens) = short, long
     devices = [policy_module.model.device] if policy_module.model.device.type == "cuda" else []
     was_training = policy_module.training
-    policy_module.train()  # as in the loop: transformers checkpoints only in training mode
+    policy_module.train()  # transformers checkpoints only in training mode
+    per_token, per_call = {}, {}
     try:
         with torch.random.fork_rng(devices=devices):
-            return {
-                policy: held_bytes_per_token(policy_module, inputs, n_tokens, policy, autocast_factory())
-                for policy in CANDIDATES
-            }
+            for policy in CANDIDATES:
+                small = held_bytes(policy_module, short_inputs, policy, autocast_factory())
+                large = held_bytes(policy_module, long_inputs, policy, autocast_factory())
+                if long_tokens > short_tokens:
+                    per_token[policy] = max(large - small, 0) / (long_tokens - short_tokens)
+                    per_call[policy] = max(small - per_token[policy] * short_tokens, 0.0)
+                else:
+                    per_token[policy], per_call[policy] = large / long_tokens, 0.0
     finally:
         policy_module.train(was_training)
+    return per_token, per_call
 
 
 def weight_bytes(model) -> int:
     return sum(tensor.numel() * tensor.element_size() for tensor in [*model.parameters(), *model.buffers()])
 
 
-def fixed_bytes(model, live_reference_copy: bool) -> int:
+def fixed_bytes(model, live_reference_copy: bool, scored_positions: int) -> int:
     """Weights (and a frozen copy of them for a live reference), plus for every trainable
-    parameter its gradient and AdamW's two moments, all in the parameter's dtype."""
+    parameter its gradient and AdamW's two moments, all in the parameter's dtype; plus one chunk
+    of fp32 logits and their log-softmax (at most LOGITS_CHUNK_ELEMENTS, fewer for a short call)."""
     weights = weight_bytes(model)
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    head_chunk = LOGITS_CHUNK_ELEMENTS * 4 * 2  # a chunk of fp32 logits and its log-softmax
+    vocabulary = model.get_output_embeddings().weight.shape[0]
+    head_chunk = min(scored_positions * vocabulary, LOGITS_CHUNK_ELEMENTS) * 4 * 2
     return weights * (2 if live_reference_copy else 1) + 3 * trainable + head_chunk
 
 

@@ -1404,31 +1404,49 @@ def plan_memory(
     token_budget: int,
     packing: bool,
     live_reference_copy: bool,
+    branches_in_grad_call: bool,
 ) -> kto_memory_plan.MemoryPlan:
     """--checkpoint-policy auto: measure each policy's activations on this run's own sequences and
-    model, then choose (memory_plan.py). Every process chooses alike: the smallest limit decides."""
+    model, then choose (memory_plan.py). Every process chooses alike: the smallest limit decides.
+    ``branches_in_grad_call``: mismatched sequences may be scored as branches in the call with
+    gradient (merged_positions, which depends on the policy chosen here): counted as if all were."""
     rank, per_device = accelerator.process_index, config.per_device_train_batch_size
     largest = 0
     for _, microbatches in steps:
         for global_microbatch in microbatches:
-            keys, _ = microbatch_keys(global_microbatch[rank * per_device : (rank + 1) * per_device], config)
+            keys, mismatched_keys = microbatch_keys(
+                global_microbatch[rank * per_device : (rank + 1) * per_device], config
+            )
             lengths = [len(ids) for ids, _ in joined_sequences(examples, keys, config)]
-            largest = max(largest, sum(lengths) if packing else len(lengths) * max(lengths))
-    # The measuring call: the first microbatch's longest sequences, up to PROBE_TOKENS (at least one).
+            tokens = sum(lengths) if packing else len(lengths) * max(lengths)
+            if branches_in_grad_call:
+                tokens += sum(
+                    len(ids) - n_prompt + 1 for ids, n_prompt in joined_sequences(examples, mismatched_keys, config)
+                )
+            largest = max(largest, tokens)
+    # The measuring calls: the first microbatch's longest sequences, up to PROBE_TOKENS (at least
+    # one), and the same cut to half their length.
     keys, _ = microbatch_keys(steps[0][1][0][rank * per_device : (rank + 1) * per_device], config)
     probe: list[tuple[list[int], int]] = []
     for sequence in sorted(joined_sequences(examples, keys, config), key=lambda sequence: -len(sequence[0])):
         if probe and sum(len(ids) for ids, _ in probe) + len(sequence[0]) > kto_memory_plan.PROBE_TOKENS:
             break
         probe.append(sequence)
-    inputs = _to_device(forward_inputs(probe, pad_token_id, packing), accelerator.device)
-    per_token = kto_memory_plan.measure(policy, inputs, sum(len(ids) for ids, _ in probe), accelerator.autocast)
-    fixed = kto_memory_plan.fixed_bytes(policy.model, live_reference_copy)
+    halves = [(ids[: max(2, len(ids) // 2)], min(n_prompt, max(2, len(ids) // 2) - 1)) for ids, n_prompt in probe]
+    short, long = (
+        (
+            _to_device(forward_inputs(sequences, pad_token_id, packing), accelerator.device),
+            sum(len(i) for i, _ in sequences),
+        )
+        for sequences in (halves, probe)
+    )
+    per_token, per_call = kto_memory_plan.measure(policy, short, long, accelerator.autocast)
+    fixed = kto_memory_plan.fixed_bytes(policy.model, live_reference_copy, max(token_budget, largest))
     resident = kto_memory_plan.weight_bytes(policy.model) * (2 if live_reference_copy else 1)
     limit = kto_memory_plan.device_limit_bytes(accelerator.device, config.memory_limit_gib, resident)
     if accelerator.num_processes > 1:
         limit = int(accelerator.gather(torch.tensor([limit], device=accelerator.device)).min())
-    return kto_memory_plan.choose(per_token, fixed, limit, token_budget, largest)
+    return kto_memory_plan.choose(per_token, per_call, fixed, limit, token_budget, largest)
 
 
 def compile_decoder_layers(model: torch.nn.Module, backend: str) -> int:
@@ -1545,9 +1563,13 @@ def train(config: TrainConfig) -> dict | None:
         # Full fine-tuning with a live reference: a frozen copy of the initial weights.
         reference = Reference(copy.deepcopy(policy).requires_grad_(False).eval(), disable_adapter=False)
     checkpointing = config.checkpoint_policy if config.gradient_checkpointing else "off"
+    # One process only: the no-grad calls it saves may differ between ranks, which collective
+    # (FSDP) forwards would not survive.
+    merging_possible = (
+        share_prefixes and config.mismatched_in_grad_call and config.uses_mismatched and accelerator.num_processes == 1
+    )
     plan = None
     if auto_checkpointing:
-        live_reference_copy = reference is not None and reference.module is not policy
         plan = plan_memory(
             policy,
             examples,
@@ -1557,21 +1579,18 @@ def train(config: TrainConfig) -> dict | None:
             accelerator,
             token_budget,
             packing,
-            live_reference_copy,
+            live_reference_copy=reference is not None and reference.module is not policy,
+            branches_in_grad_call=merging_possible,
         )
         checkpointing, token_budget = plan.policy, plan.token_budget
         set_checkpointing(model, checkpointing)
         if accelerator.is_main_process:
             print(plan.describe(), file=sys.stderr, flush=True)
-    merge_ratio = 0.0
-    if share_prefixes and config.mismatched_in_grad_call and config.uses_mismatched:
-        # One process only: the no-grad calls it saves may differ between ranks, which collective
-        # (FSDP) forwards would not survive.
-        merge_ratio = (
-            mismatched_merge_ratio(model, config.lora, layer_recompute=checkpointing == "layer")
-            if accelerator.num_processes == 1
-            else 0.0
-        )
+    merge_ratio = (
+        mismatched_merge_ratio(model, config.lora, layer_recompute=checkpointing == "layer")
+        if merging_possible
+        else 0.0
+    )
     clock.lap("model")
 
     # 3-4. Reference log-probs precomputed for every sequence the planned steps will use.
