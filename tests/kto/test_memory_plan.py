@@ -124,19 +124,7 @@ def test_auto_picks_by_the_limit_and_trains_like_the_policy_it_picks(bpe_model_d
 
 def test_the_options_are_parsed_and_a_bad_limit_is_named(tmp_path):
     args = build_parser().parse_args(
-        [
-            "train",
-            "--model",
-            "M",
-            "--data",
-            "D",
-            "--out",
-            "O",
-            "--checkpoint-policy",
-            "auto",
-            "--memory-limit-gib",
-            "20",
-        ]
+        "train --model M --data D --out O --checkpoint-policy auto --memory-limit-gib 20".split()
     )
     assert (args.checkpoint_policy, args.memory_limit_gib) == ("auto", 20.0)
     config = TrainConfig(model=str(tmp_path), data="d", out="o", checkpoint_policy="auto", memory_limit_gib=-1)

@@ -52,17 +52,21 @@ class MemoryPlan:
 
     def describe(self) -> str:
         others = ", ".join(
-            f"{policy} {self.peak_bytes(policy) / GIB:.1f}" for policy in CANDIDATES if policy != self.policy
+            f"{policy} {_size(self.peak_bytes(policy))}" for policy in CANDIDATES if policy != self.policy
         )
         verdict = "fits" if self.fits else "DOES NOT FIT"
         return (
-            f"memory: checkpointing {self.policy} {verdict}: {self.peak_bytes() / GIB:.1f} GiB of "
-            f"{self.limit_bytes / GIB:.1f} GiB (less {HEADROOM:.0%} headroom) at {self.call_tokens} tokens per call "
-            f"with gradient (GiB with {others})"
+            f"memory: checkpointing {self.policy} {verdict}: {_size(self.peak_bytes())} of "
+            f"{_size(self.limit_bytes)} (less {HEADROOM:.0%} headroom) at {self.call_tokens} tokens per call "
+            f"with gradient (peak with {others})"
         )
 
     def to_dict(self) -> dict:
         return dict(asdict(self), peak_bytes=self.peak_bytes())
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / GIB:.1f} GiB" if n_bytes >= GIB else f"{n_bytes / 2**20:.0f} MiB"
 
 
 def peak_bytes(fixed: int, per_token: dict, per_call: dict, policy: str, call_tokens: int) -> int:

@@ -1577,12 +1577,15 @@ def train(config: TrainConfig) -> dict | None:
             config,
             tokenizer.pad_token_id,
             accelerator,
-            token_budget,
-            packing,
+            # Per-token losses train on one padded call per microbatch, whatever the budget.
+            0 if variant.token_level else token_budget,
+            packing and not variant.token_level,
             live_reference_copy=reference is not None and reference.module is not policy,
             branches_in_grad_call=merging_possible,
         )
-        checkpointing, token_budget = plan.policy, plan.token_budget
+        checkpointing = plan.policy
+        if not variant.token_level:
+            token_budget = plan.token_budget
         set_checkpointing(model, checkpointing)
         if accelerator.is_main_process:
             print(plan.describe(), file=sys.stderr, flush=True)
