@@ -11,6 +11,7 @@ import sys
 import torch
 
 from training.kto import data as kto_data
+from training.kto import distributed as kto_distributed
 from training.kto.modeling import SequenceLogProbs, load_causal_lm, load_tokenizer
 from training.kto.trainer import Reference, TrainConfig, _tensors, build_microbatch, microbatch_loss
 
@@ -61,8 +62,11 @@ def main(model_dir: str, data_path: str, out_path: str) -> None:
             },
             out_path,
         )
-    accelerator.wait_for_everyone()
-    accelerator.end_training()  # destroy the gloo group before exit
+    # The DDP wrapper (and its reducer's threads) must go before the gloo group, as in the trainer:
+    # destroyed the other way round at exit, a rank could abort ("terminate called without an active
+    # exception") or hang.
+    del policy_ddp, optimizer, loss, stats
+    kto_distributed.shut_down(accelerator)
 
 
 if __name__ == "__main__":
