@@ -1407,7 +1407,7 @@ def plan_memory(
     branches_in_grad_call: bool,
 ) -> kto_memory_plan.MemoryPlan:
     """--checkpoint-policy auto: measure each policy's activations on this run's own sequences and
-    model, then choose (memory_plan.py). Every process chooses alike: the smallest limit decides.
+    model, then choose (memory_plan.py). Every process chooses alike, from the worst figures of all.
     ``branches_in_grad_call``: mismatched sequences may be scored as branches in the call with
     gradient (merged_positions, which depends on the policy chosen here): counted as if all were."""
     rank, per_device = accelerator.process_index, config.per_device_train_batch_size
@@ -1441,11 +1441,22 @@ def plan_memory(
         for sequences in (halves, probe)
     )
     per_token, per_call = kto_memory_plan.measure(policy, short, long, accelerator.autocast)
-    fixed = kto_memory_plan.fixed_bytes(policy.model, live_reference_copy, max(token_budget, largest))
     resident = kto_memory_plan.weight_bytes(policy.model) * (2 if live_reference_copy else 1)
     limit = kto_memory_plan.device_limit_bytes(accelerator.device, config.memory_limit_gib, resident)
     if accelerator.num_processes > 1:
-        limit = int(accelerator.gather(torch.tensor([limit], device=accelerator.device)).min())
+        # Every rank must choose alike (FSDP's recompute gathers parameters: different policies would
+        # hang): the smallest limit, the largest call and the largest counts of all ranks.
+        policies = kto_memory_plan.CANDIDATES
+        local = torch.tensor(
+            [-limit, largest, *(per_token[p] for p in policies), *(per_call[p] for p in policies)],
+            dtype=torch.float64,
+            device=accelerator.device,
+        )
+        worst = accelerator.gather(local.reshape(1, -1)).amax(dim=0).tolist()
+        limit, largest = int(-worst[0]), int(worst[1])
+        per_token = dict(zip(policies, worst[2 : 2 + len(policies)], strict=True))
+        per_call = dict(zip(policies, worst[2 + len(policies) :], strict=True))
+    fixed = kto_memory_plan.fixed_bytes(policy.model, live_reference_copy, max(token_budget, largest))
     return kto_memory_plan.choose(per_token, per_call, fixed, limit, token_budget, largest)
 
 
