@@ -200,8 +200,11 @@ def _report_run(run: dict, tokens: int, model_flops: float | None, include_engin
                 "policy": plan["policy"],
                 "token_budget": plan["token_budget"],
                 "limit_mb": round(plan["limit_bytes"] / 2**20, 1),
-                "predicted_peak_mb": round(plan["peak_bytes"] / 2**20, 1),
-                "activation_bytes_per_token": {k: round(v) for k, v in plan["activation_bytes_per_token"].items()},
+                "predicted_peak_mb": round(plan["peak_bytes"] / 2**20, 1) if plan["peak_bytes"] else None,
+                # None: that policy's measuring call ran out of memory.
+                "activation_bytes_per_token": {
+                    k: None if v is None else round(v) for k, v in plan["activation_bytes_per_token"].items()
+                },
                 "activation_mb_per_call": {k: round(v / 2**20) for k, v in plan["activation_bytes_per_call"].items()},
             }
     return figures

@@ -130,3 +130,40 @@ def test_the_options_are_parsed_and_a_bad_limit_is_named(tmp_path):
     config = TrainConfig(model=str(tmp_path), data="d", out="o", checkpoint_policy="auto", memory_limit_gib=-1)
     with pytest.raises(TrainingError, match="--memory-limit-gib must be 0 .* got -1"):
         check_config(config)
+
+
+def test_a_policy_whose_measuring_call_runs_out_of_memory_is_not_chosen(bpe_model_dir):
+    """On a small card the measuring call without checkpointing can itself run out of memory: that
+    policy is then out of reach, the others are still measured and chosen from, and the model is left
+    working. The device's refusal is played by a hook on the first decoder layer that raises what
+    CUDA raises, whenever that layer runs with gradient and without checkpointing."""
+    model = load_causal_lm(bpe_model_dir)
+    model.config.use_cache = False
+    policy = SequenceLogProbs(model, logits_chunk_size=7)
+    first_layer = model.model.layers[0]
+
+    def no_room_without_checkpointing(module, args):
+        if torch.is_grad_enabled() and not getattr(module, "gradient_checkpointing", False):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    hook = first_layer.register_forward_pre_hook(no_room_without_checkpointing)
+    generator = torch.Generator().manual_seed(0)
+    calls = []
+    for lengths in ((30, 20), (60, 40)):
+        joined = [(torch.randint(3, 200, (n,), generator=generator).tolist(), n // 3) for n in lengths]
+        calls.append((dict(kto_data.pack(joined, pad_token_id=0), n_sequences=len(joined)), sum(lengths)))
+    try:
+        per_token, per_call = memory_plan.measure(policy, *calls)
+    finally:
+        hook.remove()
+    assert per_token["off"] == float("inf") and 0 < per_token["layer"] < per_token["elementwise"] < float("inf")
+    plan = memory_plan.choose(per_token, per_call, FIXED, 10**12, token_budget=CALL, largest_microbatch_tokens=120)
+    assert plan.policy == "elementwise" and plan.fits
+    assert plan.to_dict()["activation_bytes_per_token"]["off"] is None  # JSON has no infinity
+    assert "off out of memory when measured" in plan.describe()
+    # Layer too out of reach: nothing fits, and the plan says so rather than failing.
+    stuck = memory_plan.choose(dict.fromkeys(memory_plan.CANDIDATES, float("inf")), per_call, FIXED, 10**12, CALL, 120)
+    assert (stuck.policy, stuck.fits, stuck.to_dict()["peak_bytes"]) == ("layer", False, None)
+    set_checkpointing(model, "off")
+    with torch.no_grad():
+        assert torch.isfinite(policy(**calls[0][0])[0]).all()

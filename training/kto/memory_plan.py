@@ -18,6 +18,7 @@ cuBLAS workspaces, the no-grad passes' transient buffers).
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -44,7 +45,7 @@ class MemoryPlan:
     activation_bytes_per_token: dict  # per candidate policy, measured
     activation_bytes_per_call: dict  # per candidate policy, measured: what does not grow with tokens
 
-    def peak_bytes(self, policy: str | None = None) -> int:
+    def peak_bytes(self, policy: str | None = None) -> float:
         policy = policy or self.policy
         return peak_bytes(
             self.fixed_bytes, self.activation_bytes_per_token, self.activation_bytes_per_call, policy, self.call_tokens
@@ -62,15 +63,25 @@ class MemoryPlan:
         )
 
     def to_dict(self) -> dict:
-        return dict(asdict(self), peak_bytes=self.peak_bytes())
+        """For JSON: a policy whose measuring call ran out of memory has None for its counts."""
+        finite = {
+            key: (None if isinstance(value, float) and math.isinf(value) else value)
+            for key, value in self.activation_bytes_per_token.items()
+        }
+        peak = self.peak_bytes()
+        return dict(asdict(self), activation_bytes_per_token=finite, peak_bytes=None if math.isinf(peak) else peak)
 
 
 def _size(n_bytes: float) -> str:
+    if math.isinf(n_bytes):
+        return "out of memory when measured"
     return f"{n_bytes / GIB:.1f} GiB" if n_bytes >= GIB else f"{n_bytes / 2**20:.0f} MiB"
 
 
-def peak_bytes(fixed: int, per_token: dict, per_call: dict, policy: str, call_tokens: int) -> int:
-    return int(fixed + per_call[policy] + per_token[policy] * call_tokens)
+def peak_bytes(fixed: int, per_token: dict, per_call: dict, policy: str, call_tokens: int) -> float:
+    """Infinite for a policy whose measuring call ran out of memory."""
+    peak = fixed + per_call[policy] + per_token[policy] * call_tokens
+    return peak if math.isinf(peak) else int(peak)
 
 
 def choose(
@@ -91,7 +102,7 @@ def choose(
     for policy in CANDIDATES:
         if peak_bytes(fixed, per_token, per_call, policy, call_tokens) <= usable:
             return MemoryPlan(policy, token_budget, True, limit_bytes, fixed, call_tokens, **measured)
-    room_tokens = int((usable - fixed - per_call["layer"]) // max(per_token["layer"], 1))
+    room_tokens = int(max(usable - fixed - per_call["layer"], 0) // max(per_token["layer"], 1))
     fits = room_tokens >= largest_microbatch_tokens
     # A budget below one microbatch would still send each microbatch whole: say so with 0.
     budget = room_tokens if fits and token_budget > 0 else 0
@@ -129,9 +140,18 @@ def measure(
     try:
         with torch.random.fork_rng(devices=devices):
             for policy in CANDIDATES:
-                small = held_bytes(policy_module, short_inputs, policy, autocast_factory())
-                large = held_bytes(policy_module, long_inputs, policy, autocast_factory())
-                if long_tokens > short_tokens:
+                try:
+                    small = held_bytes(policy_module, short_inputs, policy, autocast_factory())
+                    large = held_bytes(policy_module, long_inputs, policy, autocast_factory())
+                except torch.OutOfMemoryError:
+                    # The measuring call itself did not fit (a big model on a small card): neither
+                    # will this policy. The next one keeps more of the device free.
+                    small = large = None
+                if large is None:
+                    per_token[policy], per_call[policy] = math.inf, 0.0
+                    if devices:
+                        torch.cuda.empty_cache()
+                elif long_tokens > short_tokens:
                     per_token[policy] = max(large - small, 0) / (long_tokens - short_tokens)
                     per_call[policy] = max(small - per_token[policy] * short_tokens, 0.0)
                 else:
