@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--completion-chars", default="30,80")
     args = parser.parse_args()
 
-    from training.kto.memory_plan import HEADROOM
+    from training.kto.memory_plan import HEADROOM, peak_bytes
 
     workdir = Path(tempfile.mkdtemp(prefix="prospect-memory-plan-"))
     try:
@@ -74,7 +74,9 @@ def main() -> None:
 
         def limit_between(policy: str, cheaper: str) -> float:
             """GiB whose usable part (less the headroom) lies halfway between two policies' predicted peaks."""
-            peaks = [plan["fixed_bytes"] + per_call[p] + per_token[p] * plan["call_tokens"] for p in (policy, cheaper)]
+            peaks = [
+                peak_bytes(plan["fixed_bytes"], per_token, per_call, p, plan["call_tokens"]) for p in (policy, cheaper)
+            ]
             return sum(peaks) / 2 / (1 - HEADROOM) / 2**30
 
         runs["below_off"], _ = run("below_off", limit_between("off", "elementwise"))

@@ -104,7 +104,7 @@ def test_auto_picks_by_the_limit_and_trains_like_the_policy_it_picks(bpe_model_d
     assert per_token["off"] > per_token["elementwise"] > per_token["layer"] > 0, per_token
 
     def peak(policy: str) -> float:
-        return plan["fixed_bytes"] + per_call[policy] + per_token[policy] * plan["call_tokens"]
+        return memory_plan.peak_bytes(plan["fixed_bytes"], per_token, per_call, policy, plan["call_tokens"])
 
     # Limits between two policies' peaks, from the measured figures: the cheaper recompute is out of reach.
     runs = {"off": metrics_of(tmp_path / "roomy")}

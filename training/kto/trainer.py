@@ -52,7 +52,6 @@ from .balancing import balance_weights
 from .defaults import CHECKPOINT_POLICIES
 from .modeling import (
     SequenceLogProbs,
-    enable_checkpointing,
     is_peft_dir,
     load_causal_lm,
     load_tokenizer,
@@ -1411,18 +1410,19 @@ def plan_memory(
     ``branches_in_grad_call``: mismatched sequences may be scored as branches in the call with
     gradient (merged_positions, which depends on the policy chosen here): counted as if all were."""
     rank, per_device = accelerator.process_index, config.per_device_train_batch_size
+    max_length = config.max_length
     largest = 0
     for _, microbatches in steps:
         for global_microbatch in microbatches:
             keys, mismatched_keys = microbatch_keys(
                 global_microbatch[rank * per_device : (rank + 1) * per_device], config
             )
-            lengths = [len(ids) for ids, _ in joined_sequences(examples, keys, config)]
+            # Lengths only (both truncations keep min(prompt + completion, max_length) tokens); a
+            # branch is at most its completion plus the prompt's last token.
+            lengths = [min(len(examples[i].prompt_ids) + len(examples[j].completion_ids), max_length) for i, j in keys]
             tokens = sum(lengths) if packing else len(lengths) * max(lengths)
             if branches_in_grad_call:
-                tokens += sum(
-                    len(ids) - n_prompt + 1 for ids, n_prompt in joined_sequences(examples, mismatched_keys, config)
-                )
+                tokens += sum(min(len(examples[j].completion_ids), max_length - 1) + 1 for _, j in mismatched_keys)
             largest = max(largest, tokens)
     # The measuring calls: the first microbatch's longest sequences, up to PROBE_TOKENS (at least
     # one), and the same cut to half their length.
@@ -1433,14 +1433,12 @@ def plan_memory(
             break
         probe.append(sequence)
     halves = [(ids[: max(2, len(ids) // 2)], min(n_prompt, max(2, len(ids) // 2) - 1)) for ids, n_prompt in probe]
-    short, long = (
-        (
-            _to_device(forward_inputs(sequences, pad_token_id, packing), accelerator.device),
-            sum(len(i) for i, _ in sequences),
-        )
-        for sequences in (halves, probe)
-    )
-    per_token, per_call = kto_memory_plan.measure(policy, short, long, accelerator.autocast)
+
+    def call(sequences: list[tuple[list[int], int]]) -> tuple[dict, int]:
+        inputs = _to_device(forward_inputs(sequences, pad_token_id, packing), accelerator.device)
+        return inputs, sum(len(ids) for ids, _ in sequences)
+
+    per_token, per_call = kto_memory_plan.measure(policy, call(halves), call(probe), accelerator.autocast)
     resident = kto_memory_plan.weight_bytes(policy.model) * (2 if live_reference_copy else 1)
     limit = kto_memory_plan.device_limit_bytes(accelerator.device, config.memory_limit_gib, resident)
     if accelerator.num_processes > 1:
@@ -1533,9 +1531,6 @@ def train(config: TrainConfig) -> dict | None:
         add_token_rows(model, len(tokenizer))
     if not config.keep_dropout:
         disable_dropout(model)  # before LoRA, so an explicit --lora-dropout still applies
-    auto_checkpointing = config.gradient_checkpointing and config.checkpoint_policy == "auto"
-    if config.gradient_checkpointing and not auto_checkpointing:
-        enable_checkpointing(model, config.checkpoint_policy)
     model.config.use_cache = False
     if config.lora:
         from peft import LoraConfig, get_peft_model
@@ -1580,7 +1575,7 @@ def train(config: TrainConfig) -> dict | None:
         share_prefixes and config.mismatched_in_grad_call and config.uses_mismatched and accelerator.num_processes == 1
     )
     plan = None
-    if auto_checkpointing:
+    if checkpointing == "auto":
         plan = plan_memory(
             policy,
             examples,
@@ -1597,9 +1592,11 @@ def train(config: TrainConfig) -> dict | None:
         checkpointing = plan.policy
         if not variant.token_level:
             token_budget = plan.token_budget
-        set_checkpointing(model, checkpointing)
         if accelerator.is_main_process:
             print(plan.describe(), file=sys.stderr, flush=True)
+    # After LoRA and the reference copy (which runs without gradient and needs none), and after
+    # auto's measuring calls, which try every policy on the model.
+    set_checkpointing(model, checkpointing)
     merge_ratio = (
         mismatched_merge_ratio(model, config.lora, layer_recompute=checkpointing == "layer")
         if merging_possible
